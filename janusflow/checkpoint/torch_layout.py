@@ -1,0 +1,102 @@
+"""Mapping between PyTorch state dicts (official key names) and NNX parameter trees.
+
+Every model module exposes ``torch_key_map(cfg, prefix) -> {torch_key: (nnx_path, transform)}``.
+This file holds the transforms and the two generic directions, so that each model states its
+layout once and import/export can never disagree. Transforms are exact (transposes and
+reshapes only), so import followed by export is bit-identical.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+# name -> (torch array -> ours, ours -> torch array)
+TRANSFORMS: dict[str, tuple[Callable, Callable]] = {
+    "plain": (lambda a: a, lambda a: a),
+    # torch Linear weight (out, in) <-> our kernel (in, out)
+    "linear": (lambda a: a.T, lambda a: a.T),
+    # torch Conv2d weight (O, I, kh, kw) <-> our (kh, kw, I, O)
+    "conv": (lambda a: a.transpose(2, 3, 1, 0), lambda a: a.transpose(3, 2, 0, 1)),
+    # GRN gamma/beta stored (1, 1, 1, C) <-> ours (C,)
+    "grn": (lambda a: a.reshape(-1), lambda a: a.reshape(1, 1, 1, -1)),
+    # "squeeze:1,1,-1": a torch parameter of that shape <-> ours flattened to (D,) -- handled
+    # in to_ours/to_torch because the torch shape is part of the name.
+    # 1x1 conv (O, I, 1, 1) <-> our Linear kernel (I, O) (diffusers VAE attention in old layouts)
+    "conv1x1_linear": (lambda a: a[:, :, 0, 0].T, lambda a: a.T[:, :, None, None]),
+}
+
+KeyMap = Mapping[str, tuple[tuple, str]]
+
+
+class CheckpointMismatch(ValueError):
+    """Missing, unexpected or mis-shaped keys; the message lists them by name."""
+
+
+def _flat_params(module) -> dict[tuple, nnx.Variable]:
+    return {tuple(k): v for k, v in nnx.to_flat_state(nnx.state(module, nnx.Param))}
+
+
+def to_ours(name: str, transform: str, array: np.ndarray) -> np.ndarray:
+    if transform.startswith("squeeze"):
+        return np.asarray(array).reshape(-1)
+    return TRANSFORMS[transform][0](np.asarray(array))
+
+
+def to_torch(transform: str, array: np.ndarray) -> np.ndarray:
+    if transform.startswith("squeeze:"):
+        # "squeeze:1,1,-1" -> reshape to that torch shape
+        shape = tuple(int(s) for s in transform.split(":", 1)[1].split(","))
+        return np.asarray(array).reshape(shape)
+    return TRANSFORMS[transform][1](np.asarray(array))
+
+
+def load_state_dict(module, state_dict: Mapping[str, np.ndarray], key_map: KeyMap, *,
+                    strict: bool = True, dtype=None) -> None:
+    """Copy ``state_dict`` into ``module`` in place.
+
+    With ``strict`` every key of ``state_dict`` must be in ``key_map`` and every entry of
+    ``key_map`` must be present; every parameter of ``module`` must be covered. Shapes must
+    match exactly. All problems are collected and reported together, by name.
+    """
+    params = _flat_params(module)
+    missing = [k for k in key_map if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in key_map]
+    uncovered = sorted(set(params) - {p for p, _ in key_map.values()})
+    unknown_targets = [f"{k} -> {'.'.join(map(str, p))}" for k, (p, _) in key_map.items()
+                       if p not in params]
+    bad_shape = []
+    for k, (path, tr) in key_map.items():
+        if k in state_dict and path in params:
+            a = to_ours(k, tr, state_dict[k])
+            if a.shape != tuple(params[path].shape):
+                bad_shape.append(f"{k}: checkpoint {tuple(np.shape(state_dict[k]))} -> {a.shape}, "
+                                 f"model expects {params[path].shape}")
+    problems = []
+    if missing and strict:
+        problems.append("missing keys: " + ", ".join(missing))
+    if unexpected and strict:
+        problems.append("unexpected keys: " + ", ".join(unexpected))
+    if uncovered:
+        problems.append("model parameters with no checkpoint key: "
+                        + ", ".join(".".join(map(str, p)) for p in uncovered))
+    if unknown_targets:
+        problems.append("key map points at unknown parameters: " + ", ".join(unknown_targets))
+    if bad_shape:
+        problems.append("shape mismatches: " + "; ".join(bad_shape))
+    if problems:
+        raise CheckpointMismatch("\n".join(problems))
+    for k, (path, tr) in key_map.items():
+        if k not in state_dict:
+            continue
+        var = params[path]
+        a = to_ours(k, tr, state_dict[k])
+        var.set_value(jnp.asarray(a, dtype=dtype or var[...].dtype))
+
+
+def export_state_dict(module, key_map: KeyMap) -> dict[str, np.ndarray]:
+    params = _flat_params(module)
+    return {k: to_torch(tr, np.asarray(params[path][...])) for k, (path, tr) in key_map.items()}

@@ -1,0 +1,233 @@
+"""Model configuration: frozen dataclasses, validated at construction.
+
+Experiment files (``experiments/*.py``) build these through ``get_config(arg)``; the named
+model presets (``tiny``, ``janusflow_1_3b``) live in :mod:`janusflow.presets`. Every field that
+the released checkpoint's ``config.json`` settles (FFN size, vocab, rope theta, eps, SigLIP
+``select_layer``, gen-codec kernel/stride) is a field here, so the importer can fill it in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+class ConfigError(ValueError):
+    """A config field has a bad value; the message names the field."""
+
+
+def _check(cond: bool, name: str, msg: str):
+    if not cond:
+        raise ConfigError(f"{name}: {msg}")
+
+
+def _positive(obj, *names):
+    for n in names:
+        v = getattr(obj, n)
+        _check(isinstance(v, int) and not isinstance(v, bool) and v > 0,
+               f"{type(obj).__name__}.{n}", f"must be a positive int, got {v!r}")
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    """LLaMA-architecture decoder (HF ``LlamaForCausalLM`` layout)."""
+    vocab_size: int = 102400
+    hidden_size: int = 2048
+    intermediate_size: int = 5632
+    num_layers: int = 24
+    num_heads: int = 16
+    num_kv_heads: int = 16
+    head_dim: Optional[int] = None          # None: hidden_size // num_heads
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    max_position_embeddings: int = 4096
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self):
+        _positive(self, "vocab_size", "hidden_size", "intermediate_size", "num_layers",
+                  "num_heads", "num_kv_heads", "max_position_embeddings")
+        _check(self.num_heads % self.num_kv_heads == 0, "LLMConfig.num_kv_heads",
+               f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}")
+        if self.head_dim is None:
+            _check(self.hidden_size % self.num_heads == 0, "LLMConfig.num_heads",
+                   f"hidden_size={self.hidden_size} not divisible by num_heads={self.num_heads}")
+        _check(self.rms_norm_eps > 0, "LLMConfig.rms_norm_eps", "must be > 0")
+
+    @property
+    def dim_per_head(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_heads
+
+
+@dataclass(frozen=True)
+class SiglipConfig:
+    """SigLIP ViT (timm ``VisionTransformer`` layout as in JanusFlow's ``siglip_vit.py``).
+
+    ``num_layers`` is the full tower; ``select_layer`` decides how many blocks are built and
+    run (official rule: <= 0 counts from the end, -1 = all). The output is the final
+    LayerNorm applied to the last built block, as the official tower computes it.
+    """
+    image_size: int = 384
+    patch_size: int = 16
+    width: int = 1024
+    num_layers: int = 24
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    layer_norm_eps: float = 1e-6
+    select_layer: int = -1
+    attn_pool: bool = True                  # unused by JanusFlow, carried for faithful import/export
+    pixel_mean: tuple = (0.5, 0.5, 0.5)
+    pixel_std: tuple = (0.5, 0.5, 0.5)
+
+    def __post_init__(self):
+        _positive(self, "image_size", "patch_size", "width", "num_layers", "num_heads")
+        _check(self.image_size % self.patch_size == 0, "SiglipConfig.image_size",
+               f"{self.image_size} not divisible by patch_size {self.patch_size}")
+        _check(self.width % self.num_heads == 0, "SiglipConfig.num_heads",
+               f"width {self.width} not divisible by {self.num_heads} heads")
+        _check(1 <= self.depth <= self.num_layers, "SiglipConfig.select_layer",
+               f"{self.select_layer} selects no valid layer of {self.num_layers}")
+        _check(len(self.pixel_mean) == 3 and len(self.pixel_std) == 3, "SiglipConfig.pixel_mean/std",
+               "need 3 values each")
+
+    @property
+    def depth(self) -> int:
+        """Number of blocks actually built (official ``create_siglip_vit`` rule)."""
+        if self.select_layer <= 0:
+            return min(self.num_layers, self.num_layers + self.select_layer + 1)
+        return min(self.num_layers, self.select_layer)
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def mlp_dim(self) -> int:
+        return int(self.width * self.mlp_ratio)
+
+
+@dataclass(frozen=True)
+class GenCodecConfig:
+    """ShallowUViT generation encoder/decoder (official ``uvit.py``)."""
+    channels: int = 768                     # block_out_channels[0]; also the time-proj width
+    kernel_size: int = 2                    # in_conv; UNCONFIRMED -> from config.json
+    stride: int = 2
+    padding: Optional[int] = None           # None: ceil(kernel_size - stride) (official rule)
+    num_blocks: int = 2                     # layers_in_middle (encoder and decoder)
+    res_ffn_factor: int = 4
+    norm_eps: float = 1e-6
+    decoder_patch: int = 2                  # Unpatchify pixel-shuffle factor
+    decoder_upsamples: int = 1              # number of Unpatchify stages
+    use_bias: bool = True
+
+    def __post_init__(self):
+        _positive(self, "channels", "kernel_size", "stride", "num_blocks", "res_ffn_factor",
+                  "decoder_patch", "decoder_upsamples")
+
+    @property
+    def in_padding(self) -> int:
+        import math
+        return self.padding if self.padding is not None else max(0, math.ceil(self.kernel_size - self.stride))
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """AutoencoderKL (diffusers layout). ``kind='pixel'``: identity latent for tiny configs."""
+    kind: str = "kl"                        # "kl" | "pixel"
+    in_channels: int = 3
+    latent_channels: int = 4
+    block_out_channels: tuple = (128, 256, 512, 512)
+    layers_per_block: int = 2
+    norm_num_groups: int = 32
+    scaling_factor: float = 0.13025         # SDXL-VAE
+    shift_factor: float = 0.0
+    use_quant_conv: bool = True
+    use_post_quant_conv: bool = True
+    mid_block_add_attention: bool = True
+
+    def __post_init__(self):
+        _check(self.kind in ("kl", "pixel"), "VAEConfig.kind", f"must be 'kl' or 'pixel', got {self.kind!r}")
+        _positive(self, "in_channels", "latent_channels", "layers_per_block", "norm_num_groups")
+        for c in self.block_out_channels:
+            _check(c % self.norm_num_groups == 0, "VAEConfig.block_out_channels",
+                   f"{c} not divisible by norm_num_groups={self.norm_num_groups}")
+
+    @property
+    def downsample(self) -> int:
+        return 1 if self.kind == "pixel" else 2 ** (len(self.block_out_channels) - 1)
+
+    @property
+    def channels(self) -> int:
+        return self.in_channels if self.kind == "pixel" else self.latent_channels
+
+
+UND_ENCODERS = ("siglip", "shared_gen", "separate_gen", "none")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    siglip: SiglipConfig = field(default_factory=SiglipConfig)
+    gen_codec: GenCodecConfig = field(default_factory=GenCodecConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    image_size: int = 384                   # generation resolution (pixels)
+    # Paper Table 6 ablations. und_encoder: "siglip" (JanusFlow), "shared_gen" (understanding
+    # reuses the generation encoder and its aligner, exp. B), "separate_gen" (a second copy of
+    # the VAE+ConvNeXt encoder for understanding, exp. C), "none" (generation only, exp. E).
+    und_encoder: str = "siglip"
+    gen_enabled: bool = True                # False: understanding only (exp. D)
+    repa: bool = True                       # build the REPA projector (and keep SigLIP as target)
+    repa_layer: int = 6                     # LLM hidden states after this many blocks
+    repa_hidden: int = 2048
+    dtype: str = "float32"                  # compute dtype: "float32" | "bfloat16"
+    param_dtype: str = "float32"
+    remat: str = "none"                     # activation checkpointing: "none" | "block" | "dots"
+    attention_impl: str = "xla"             # passed to jax.nn.dot_product_attention
+
+    def __post_init__(self):
+        _check(self.und_encoder in UND_ENCODERS, "ModelConfig.und_encoder",
+               f"must be one of {UND_ENCODERS}, got {self.und_encoder!r}")
+        _check(self.und_encoder != "none" or self.gen_enabled, "ModelConfig.und_encoder",
+               "und_encoder='none' with gen_enabled=False leaves no task")
+        _check(self.dtype in ("float32", "bfloat16"), "ModelConfig.dtype", f"got {self.dtype!r}")
+        _check(self.param_dtype in ("float32", "bfloat16"), "ModelConfig.param_dtype", f"got {self.param_dtype!r}")
+        _check(self.remat in ("none", "block", "dots"), "ModelConfig.remat", f"got {self.remat!r}")
+        _check(0 < self.repa_layer <= self.llm.num_layers, "ModelConfig.repa_layer",
+               f"must be in 1..{self.llm.num_layers}, got {self.repa_layer}")
+        _check(self.image_size % self.vae.downsample == 0, "ModelConfig.image_size",
+               f"{self.image_size} not divisible by the VAE downsampling {self.vae.downsample}")
+        _check(self.latent_size % self.gen_codec.stride == 0, "ModelConfig.image_size",
+               f"latent size {self.latent_size} not divisible by gen_codec.stride {self.gen_codec.stride}")
+        _check(self.gen_codec.decoder_patch ** self.gen_codec.decoder_upsamples == self.gen_codec.stride,
+               "GenCodecConfig.decoder_patch",
+               f"decoder upsampling {self.gen_codec.decoder_patch}^{self.gen_codec.decoder_upsamples} "
+               f"must undo the encoder stride {self.gen_codec.stride}")
+        if self.repa and self.gen_enabled:
+            _check(self.siglip.num_patches == self.num_gen_tokens, "SiglipConfig.patch_size",
+                   f"REPA aligns patch by patch: SigLIP has {self.siglip.num_patches} patches but "
+                   f"generation has {self.num_gen_tokens} tokens")
+
+    @property
+    def latent_size(self) -> int:
+        return self.image_size // self.vae.downsample
+
+    @property
+    def gen_grid(self) -> int:
+        """Side of the generation token grid (24 for 384 px)."""
+        return self.latent_size // self.gen_codec.stride
+
+    @property
+    def num_gen_tokens(self) -> int:
+        return self.gen_grid ** 2
+
+    @property
+    def num_und_tokens(self) -> int:
+        return self.siglip.num_patches if self.und_encoder == "siglip" else self.num_gen_tokens
+
+    @property
+    def uses_siglip(self) -> bool:
+        return self.und_encoder == "siglip" or self.repa
+
+
+def replace(cfg, **kw):
+    return dataclasses.replace(cfg, **kw)

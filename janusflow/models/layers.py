@@ -1,0 +1,174 @@
+"""Basic layers shared by every model in janusflow.
+
+Why our own instead of `nnx.Linear` & co: every parameter must carry *logical axis names*
+(metadata key ``axes``) so one rules table (``janusflow/parallel/rules.py``) can map them
+onto the mesh, and the parameter layout must be obvious enough that importing the official
+PyTorch weights is a transpose, never a guess. Layouts:
+
+- ``Linear.kernel``: (in, out)          -- torch ``weight`` is (out, in)
+- ``Conv2d.kernel``: (kh, kw, in/groups, out), inputs NHWC -- torch is OIHW on NCHW
+- norms: ``scale`` (and ``bias``) of shape (C,)
+
+Logical axis vocabulary (keep it small; the rules table must know every name):
+  LLM:     "vocab", "embed", "mlp", "heads", "kv_heads"
+  vision:  "vit_embed", "vit_mlp", "vit_heads"        (SigLIP)
+  convs:   "conv_in", "conv_out"                       (gen codec, VAE)
+  other:   "norm" (norm scales/biases, replicated), None (never sharded)
+
+Compute dtype: each layer takes ``dtype`` (None = keep the input's dtype). Parameters stay in
+their stored dtype (fp32 master weights) and are cast at use; norms always compute in fp32.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Axes = tuple
+
+
+def param(rngs: nnx.Rngs | None, init, shape: Sequence[int], axes: Axes,
+          dtype=jnp.float32) -> nnx.Param:
+    """An ``nnx.Param`` with logical axis names; ``init(key, shape, dtype)``."""
+    shape = tuple(int(s) for s in shape)
+    if len(axes) != len(shape):
+        raise ValueError(f"axes {axes} do not match parameter shape {shape}")
+    key = rngs.params() if rngs is not None else jax.random.key(0)
+    return nnx.Param(init(key, shape, dtype), axes=tuple(axes))
+
+
+def normal(std: float):
+    return jax.nn.initializers.normal(std)
+
+
+zeros = jax.nn.initializers.zeros
+ones = jax.nn.initializers.ones
+
+
+def lecun():
+    # torch's default Linear/Conv init is kaiming_uniform(a=sqrt(5)) == uniform(+-1/sqrt(fan_in));
+    # variance_scaling(1/3, fan_in, uniform) is exactly that distribution.
+    return jax.nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+
+
+def _cast(x, dtype):
+    return x if dtype is None else x.astype(dtype)
+
+
+class Linear(nnx.Module):
+    def __init__(self, in_features: int, out_features: int, *, axes: Axes = (None, None),
+                 use_bias: bool = True, rngs: nnx.Rngs, dtype=None, init=None,
+                 param_dtype=jnp.float32):
+        self.in_features, self.out_features = in_features, out_features
+        self.dtype = dtype
+        self.kernel = param(rngs, init or lecun(), (in_features, out_features), axes, param_dtype)
+        self.bias = (param(rngs, zeros, (out_features,), axes[-1:], param_dtype)
+                     if use_bias else None)
+
+    def __call__(self, x):
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"Linear expects last dim {self.in_features}, got shape {x.shape}")
+        dtype = self.dtype or x.dtype
+        y = jnp.matmul(x.astype(dtype), self.kernel[...].astype(dtype))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(dtype)
+        return y
+
+
+class RMSNorm(nnx.Module):
+    """LLaMA RMSNorm: normalise in fp32, cast back, then multiply by the scale (HF order)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6, *, axis_name="norm", rngs=None,
+                 param_dtype=jnp.float32):
+        self.eps = eps
+        self.scale = param(rngs, ones, (dim,), (axis_name,), param_dtype)
+
+    def __call__(self, x):
+        dtype = x.dtype
+        x32 = x.astype(jnp.float32)
+        var = jnp.mean(x32 * x32, axis=-1, keepdims=True)
+        y = (x32 * jax.lax.rsqrt(var + self.eps)).astype(dtype)
+        return self.scale[...].astype(dtype) * y
+
+
+class LayerNorm(nnx.Module):
+    def __init__(self, dim: int, eps: float = 1e-6, *, axis_name="norm", rngs=None,
+                 param_dtype=jnp.float32):
+        self.eps = eps
+        self.scale = param(rngs, ones, (dim,), (axis_name,), param_dtype)
+        self.bias = param(rngs, zeros, (dim,), (axis_name,), param_dtype)
+
+    def __call__(self, x):
+        dtype = x.dtype
+        x32 = x.astype(jnp.float32)
+        mean = jnp.mean(x32, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+        return (y * self.scale[...] + self.bias[...]).astype(dtype)
+
+
+class GroupNorm(nnx.Module):
+    """GroupNorm over NHWC inputs, statistics in fp32 (torch semantics, biased variance)."""
+
+    def __init__(self, num_groups: int, dim: int, eps: float = 1e-6, *, rngs=None,
+                 param_dtype=jnp.float32):
+        if dim % num_groups:
+            raise ValueError(f"GroupNorm: {dim} channels not divisible by {num_groups} groups")
+        self.num_groups, self.eps = num_groups, eps
+        self.scale = param(rngs, ones, (dim,), ("norm",), param_dtype)
+        self.bias = param(rngs, zeros, (dim,), ("norm",), param_dtype)
+
+    def __call__(self, x):
+        dtype = x.dtype
+        *lead, c = x.shape
+        g = x.astype(jnp.float32).reshape(*lead[:1], -1, self.num_groups, c // self.num_groups)
+        mean = jnp.mean(g, axis=(1, 3), keepdims=True)
+        var = jnp.mean(jnp.square(g - mean), axis=(1, 3), keepdims=True)
+        y = ((g - mean) * jax.lax.rsqrt(var + self.eps)).reshape(x.shape)
+        return (y * self.scale[...] + self.bias[...]).astype(dtype)
+
+
+class Conv2d(nnx.Module):
+    """2-D convolution on NHWC inputs with torch-style symmetric integer padding."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *,
+                 stride: int = 1, padding: int = 0, groups: int = 1, use_bias: bool = True,
+                 axes: Axes = ("conv_in", "conv_out"), rngs: nnx.Rngs, dtype=None,
+                 param_dtype=jnp.float32):
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"Conv2d: channels {in_channels}->{out_channels} not divisible by groups={groups}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.stride, self.padding, self.groups, self.dtype = stride, padding, groups, dtype
+        shape = (kernel_size, kernel_size, in_channels // groups, out_channels)
+        self.kernel = param(rngs, lecun(), shape, (None, None) + tuple(axes), param_dtype)
+        self.bias = param(rngs, zeros, (out_channels,), tuple(axes)[-1:], param_dtype) if use_bias else None
+
+    def __call__(self, x):
+        if x.ndim != 4 or x.shape[-1] != self.in_channels:
+            raise ValueError(f"Conv2d expects NHWC input with {self.in_channels} channels, got shape {x.shape}")
+        dtype = self.dtype or x.dtype
+        p = self.padding
+        y = jax.lax.conv_general_dilated(
+            x.astype(dtype), self.kernel[...].astype(dtype),
+            window_strides=(self.stride, self.stride), padding=((p, p), (p, p)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=self.groups)
+        if self.bias is not None:
+            y = y + self.bias[...].astype(dtype)
+        return y
+
+
+def pixel_shuffle(x, r: int):
+    """torch.nn.PixelShuffle on NHWC: channel index c*r*r + i*r + j -> (h*r+i, w*r+j, c)."""
+    b, h, w, c = x.shape
+    if c % (r * r):
+        raise ValueError(f"pixel_shuffle: {c} channels not divisible by {r}^2")
+    x = x.reshape(b, h, w, c // (r * r), r, r)
+    x = x.transpose(0, 1, 4, 2, 5, 3)
+    return x.reshape(b, h * r, w * r, c // (r * r))
+
+
+def count_params(tree) -> int:
+    return sum(int(x.size) for x in jax.tree.leaves(tree))

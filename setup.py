@@ -1,0 +1,31 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="janusflow",
+    version="0.1.0",
+    description="JanusFlow (arXiv 2411.07975) in JAX/Flax NNX: training, sampling, evaluation",
+    packages=find_packages(include=["janusflow", "janusflow.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.7",
+        "flax>=0.12",
+        "optax>=0.2.5",
+        "orbax-checkpoint>=0.11",
+        "tensorflow-datasets>=4.9",
+        "numpy>=1.26",
+        "pillow>=10",
+        # reading official checkpoints without pickle
+        "safetensors>=0.4",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            # PyTorch references for parity tests. torch is pinned to the CPU build; a bare
+            # "torch" requirement would pull a multi-GB CUDA build.
+            "torch==2.13.0",
+            "transformers>=4.46",
+            "diffusers>=0.30",
+        ],
+    },
+    entry_points={"console_scripts": ["janusflow=janusflow.cli:main"]},
+)
