@@ -231,3 +231,98 @@ class ModelConfig:
 
 def replace(cfg, **kw):
     return dataclasses.replace(cfg, **kw)
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    """Device mesh ('data', 'fsdp', 'tensor'); -1 fills with the remaining devices."""
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+
+    def __post_init__(self):
+        sizes = (self.data, self.fsdp, self.tensor)
+        for name, s in zip(("data", "fsdp", "tensor"), sizes):
+            _check(isinstance(s, int) and (s >= 1 or s == -1), f"MeshConfig.{name}",
+                   f"must be a positive int or -1, got {s!r}")
+        _check(sizes.count(-1) <= 1, "MeshConfig", "at most one axis may be -1")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW + global-norm clipping + warm-up schedule + EMA (paper section 4.1 defaults)."""
+    lr: float = 1e-4
+    warmup_steps: int = 2000
+    schedule: str = "constant"              # "constant" (paper) | "cosine"
+    decay_steps: int = 0                    # cosine: steps after warm-up to reach min_lr_ratio*lr
+    min_lr_ratio: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0                  # 0 disables
+    ema_decay: float = 0.99                 # 0 disables the EMA copy
+    accum_steps: int = 1                    # gradient accumulation micro-batches per step
+
+    def __post_init__(self):
+        _check(self.lr > 0, "OptimConfig.lr", f"must be > 0, got {self.lr}")
+        _check(self.warmup_steps >= 0, "OptimConfig.warmup_steps", "must be >= 0")
+        _check(self.schedule in ("constant", "cosine"), "OptimConfig.schedule", f"got {self.schedule!r}")
+        _check(self.schedule != "cosine" or self.decay_steps > 0, "OptimConfig.decay_steps",
+               "cosine needs decay_steps > 0")
+        _check(0 <= self.b1 < 1 and 0 <= self.b2 < 1, "OptimConfig.b1/b2", "must be in [0, 1)")
+        _check(0 <= self.ema_decay < 1, "OptimConfig.ema_decay", "must be in [0, 1)")
+        _check(self.grad_clip >= 0 and self.weight_decay >= 0, "OptimConfig.grad_clip/weight_decay", "must be >= 0")
+        _positive(self, "accum_steps")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    ar_weight: float = 1.0
+    rf_weight: float = 1.0
+    repa_weight: float = 1.0                # JanusFlow: 1 (REPA paper: 0.5)
+    t_sampling: str = "logit_normal"        # "logit_normal" | "uniform"
+    t_mean: float = 0.0
+    t_std: float = 1.0
+    cfg_drop_prob: float = 0.1
+
+    def __post_init__(self):
+        _check(self.t_sampling in ("logit_normal", "uniform"), "LossConfig.t_sampling", f"got {self.t_sampling!r}")
+        _check(self.t_std > 0, "LossConfig.t_std", "must be > 0")
+        _check(0 <= self.cfg_drop_prob <= 1, "LossConfig.cfg_drop_prob", "must be in [0, 1]")
+        for n in ("ar_weight", "rf_weight", "repa_weight"):
+            _check(getattr(self, n) >= 0, f"LossConfig.{n}", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    stage: int = 2                          # 1: aligners + gen codec; 2: all but SigLIP; 3: all
+    steps: int = 1000
+    und_batch: int = 8                      # global examples per step, per task
+    gen_batch: int = 8
+    text_batch: int = 0
+    seed: int = 0
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+
+    def __post_init__(self):
+        _check(self.stage in (1, 2, 3), "TrainConfig.stage", f"must be 1, 2 or 3, got {self.stage!r}")
+        _positive(self, "steps")
+        for n in ("und_batch", "gen_batch", "text_batch"):
+            _check(isinstance(getattr(self, n), int) and getattr(self, n) >= 0, f"TrainConfig.{n}", "must be an int >= 0")
+        _check(self.und_batch + self.gen_batch + self.text_batch > 0, "TrainConfig.*_batch", "all zero")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Top of an experiment: ``experiments/<name>.py:get_config(arg)`` returns one of these."""
+    name: str = "experiment"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    seq_len: int = 4096                     # packed training sequence length (paper: 4096)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        _positive(self, "seq_len")
+        _check(self.seq_len <= self.model.llm.max_position_embeddings, "ExperimentConfig.seq_len",
+               f"{self.seq_len} exceeds the model context {self.model.llm.max_position_embeddings}")

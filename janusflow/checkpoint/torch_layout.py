@@ -94,9 +94,11 @@ def load_state_dict(module, state_dict: Mapping[str, np.ndarray], key_map: KeyMa
             continue
         var = params[path]
         a = to_ours(k, tr, state_dict[k])
-        var.set_value(jnp.asarray(a, dtype=dtype or var[...].dtype))
+        # get_value() also works on abstract (nnx.eval_shape) modules, so a checkpoint can be
+        # loaded into a model that never ran its random initialisers.
+        var.set_value(jnp.asarray(a, dtype=dtype or var.get_value().dtype))
 
 
 def export_state_dict(module, key_map: KeyMap) -> dict[str, np.ndarray]:
     params = _flat_params(module)
-    return {k: to_torch(tr, np.asarray(params[path][...])) for k, (path, tr) in key_map.items()}
+    return {k: to_torch(tr, np.asarray(params[path].get_value())) for k, (path, tr) in key_map.items()}

@@ -1,0 +1,102 @@
+"""Load an experiment config (``experiments/<file>.py[:arg]`` or a preset name) and apply
+dotted ``key=value`` overrides, validating each key and value type."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib.util
+import os
+import typing
+
+from janusflow.config import ConfigError, ExperimentConfig
+from janusflow import presets
+
+
+def load_config(spec: str) -> ExperimentConfig:
+    """``path/to/exp.py`` or ``path/to/exp.py:arg`` (calls ``get_config(arg)``), or a preset
+    name such as ``tiny`` / ``janusflow_1_3b`` (a model-only experiment)."""
+    path, _, arg = spec.partition(":")
+    if not path.endswith(".py"):
+        if path in presets.PRESETS:
+            model = presets.get_preset(path)
+            return ExperimentConfig(name=path, model=model,
+                                    seq_len=min(4096, model.llm.max_position_embeddings))
+        raise ConfigError(f"--config {spec!r}: expected experiments/<file>.py[:arg] or a preset "
+                          f"name in {sorted(presets.PRESETS)}")
+    if not os.path.isfile(path):
+        raise ConfigError(f"--config: no such file {path!r}")
+    mod_spec = importlib.util.spec_from_file_location(f"_janusflow_exp_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"{path} defines no get_config(arg)")
+    cfg = module.get_config(arg or None)
+    if not isinstance(cfg, ExperimentConfig):
+        raise ConfigError(f"{path}: get_config must return an ExperimentConfig, got {type(cfg).__name__}")
+    return cfg
+
+
+def _parse(raw: str, current, annotation, key: str):
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    optional = origin is typing.Union and type(None) in args
+    if raw in ("None", "none", "null") and (optional or current is None):
+        return None
+    if isinstance(current, bool) or annotation is bool:
+        if raw.lower() in ("true", "1", "yes"):
+            return True
+        if raw.lower() in ("false", "0", "no"):
+            return False
+        raise ConfigError(f"--set {key}={raw}: expected a bool")
+    if isinstance(current, int) or annotation is int or (optional and int in args):
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"--set {key}={raw}: expected an int") from None
+    if isinstance(current, float) or annotation is float or (optional and float in args):
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(f"--set {key}={raw}: expected a float") from None
+    if isinstance(current, tuple):
+        try:
+            value = ast.literal_eval(raw if raw.startswith("(") else f"({raw},)")
+        except (ValueError, SyntaxError):
+            raise ConfigError(f"--set {key}={raw}: expected a tuple like 1,2,3") from None
+        return tuple(value)
+    if isinstance(current, str) or annotation is str or (optional and str in args):
+        return raw
+    raise ConfigError(f"--set {key}: cannot override a field of type {type(current).__name__}")
+
+
+def apply_overrides(cfg, overrides: list[str]):
+    """``["train.lr=3e-4", "model.llm.num_layers=2"]`` -> new frozen config (re-validated)."""
+    for item in overrides or []:
+        key, eq, raw = item.partition("=")
+        if not eq:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        cfg = _set(cfg, key.strip().split("."), raw.strip(), key.strip())
+    return cfg
+
+
+def _set(obj, parts, raw, key):
+    if not dataclasses.is_dataclass(obj):
+        raise ConfigError(f"--set {key}: {parts[0]!r} is not inside a config section")
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    name = parts[0]
+    if name not in fields:
+        raise ConfigError(f"--set {key}: unknown key {name!r} in {type(obj).__name__}; "
+                          f"known: {', '.join(sorted(fields))}")
+    current = getattr(obj, name)
+    if len(parts) > 1:
+        value = _set(current, parts[1:], raw, key)
+    else:
+        if dataclasses.is_dataclass(current):
+            raise ConfigError(f"--set {key}: is a section, set one of its fields")
+        hints = typing.get_type_hints(type(obj))
+        value = _parse(raw, current, hints.get(name), key)
+    try:
+        return dataclasses.replace(obj, **{name: value})
+    except ConfigError as e:
+        raise ConfigError(f"--set {key}={raw}: {e}") from None

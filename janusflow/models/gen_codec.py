@@ -1,0 +1,252 @@
+"""JanusFlow's generation encoder g_enc and decoder g_dec (official ``ShallowUViTEncoder`` /
+``ShallowUViTDecoder`` in ``janus/janusflow/models/uvit.py``), NHWC.
+
+g_enc: VAE latent z_t (B, H, W, latent) and the timestep -> (x_emb (B, g, g, C), t_emb (B, D)).
+x_emb is both the U-Net skip and, through an aligner that lives outside this module, the image
+tokens fed to the LLM. g_dec: the LLM's image hidden states mapped back to (B, g, g, C) by the
+caller, the skip and t_emb -> the velocity (B, H, W, latent).
+
+Both are a stack of time-conditioned ConvNeXt blocks (see :class:`ConvNextBlock`); the decoder
+runs them at 2C channels on ``concat([norm(x), skip])`` and upsamples with RMSNorm + 1x1 conv +
+pixel shuffle stages.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from janusflow.config import GenCodecConfig
+from janusflow.models.layers import Conv2d, Linear, RMSNorm, param, pixel_shuffle, zeros
+
+# Fixed by the official block (not in config.json): 7x7 depthwise conv, GRN epsilon.
+DW_KERNEL = 7
+GRN_EPS = 1e-6
+
+
+def timestep_embedding(t, dim: int, max_period: float = 10000.0):
+    """Sinusoidal embedding, cos half first: diffusers ``Timesteps(dim, flip_sin_to_cos=True,
+    downscale_freq_shift=0)``. ``t`` (B,) is the raw value fed to the sinusoid (JanusFlow feeds
+    t*1000). Always fp32: at t*1000 the phases need more mantissa than bf16 has."""
+    t = jnp.asarray(t, jnp.float32)
+    if t.ndim != 1:
+        raise ValueError(f"timestep_embedding expects t of shape (B,), got {t.shape}")
+    half = dim // 2
+    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+    phase = t[:, None] * freqs[None, :]
+    emb = jnp.concatenate([jnp.cos(phase), jnp.sin(phase)], axis=-1)
+    if dim % 2:
+        emb = jnp.pad(emb, ((0, 0), (0, 1)))
+    return emb
+
+
+class ConvNextBlock(nnx.Module):
+    """y = x + Lin2(GRN(GELU(Lin1(RMSNorm(DWConv7x7(x))))));  out = y*(1+scale) + shift
+    with (scale, shift) = Linear(SiLU(t_emb)). The modulation follows the residual add, as in
+    the official block (unlike adaLN-style blocks that modulate inside the branch)."""
+
+    def __init__(self, channels: int, cond_dim: int, cfg: GenCodecConfig, *, rngs: nnx.Rngs,
+                 dtype=None):
+        hidden = channels * cfg.res_ffn_factor
+        self.channels, self.cond_dim, self.dtype = channels, cond_dim, dtype
+        self.depthwise = Conv2d(channels, channels, DW_KERNEL, padding=DW_KERNEL // 2,
+                                groups=channels, use_bias=cfg.use_bias, axes=(None, "conv_out"),
+                                rngs=rngs, dtype=dtype)
+        self.norm = RMSNorm(channels, cfg.norm_eps, rngs=rngs)
+        # The wide (hidden) dim is "conv_out" in both linears so a rule that shards conv_out
+        # gives the column-then-row split with no resharding in between.
+        self.linear_1 = Linear(channels, hidden, axes=("conv_in", "conv_out"),
+                               use_bias=cfg.use_bias, rngs=rngs, dtype=dtype)
+        self.grn_gamma = param(rngs, zeros, (hidden,), ("norm",))
+        self.grn_beta = param(rngs, zeros, (hidden,), ("norm",))
+        self.linear_2 = Linear(hidden, channels, axes=("conv_out", "conv_in"),
+                               use_bias=cfg.use_bias, rngs=rngs, dtype=dtype)
+        self.cond_embeds_mapper = Linear(cond_dim, 2 * channels, axes=("embed", "conv_out"),
+                                         use_bias=cfg.use_bias, rngs=rngs, dtype=dtype)
+
+    def grn(self, x):
+        """ConvNeXt-V2 global response norm (official variant: nx = gx / (mean_c gx + eps),
+        out = gamma * x * nx + beta + x). Statistics in fp32."""
+        x32 = x.astype(jnp.float32)
+        gx = jnp.sqrt(jnp.sum(x32 * x32, axis=(1, 2), keepdims=True))
+        nx = gx / (jnp.mean(gx, axis=-1, keepdims=True) + GRN_EPS)
+        y = self.grn_gamma[...] * (x32 * nx) + self.grn_beta[...] + x32
+        return y.astype(x.dtype)
+
+    def __call__(self, x, t_emb):
+        h = self.depthwise(x)
+        h = self.norm(h)
+        h = jax.nn.gelu(self.linear_1(h), approximate=False)
+        h = self.linear_2(self.grn(h))
+        y = x + h.astype(x.dtype)
+        scale, shift = jnp.split(self.cond_embeds_mapper(jax.nn.silu(t_emb)), 2, axis=-1)
+        return y * (1 + scale[:, None, None, :]) + shift[:, None, None, :]
+
+
+class Unpatchify(nnx.Module):
+    """RMSNorm -> 1x1 conv to out*p^2 channels -> pixel shuffle(p): one x p upsampling stage."""
+
+    def __init__(self, in_channels: int, out_channels: int, patch: int, cfg: GenCodecConfig, *,
+                 rngs: nnx.Rngs, dtype=None):
+        self.patch = patch
+        self.norm = RMSNorm(in_channels, cfg.norm_eps, rngs=rngs)
+        self.unpatch_conv = Conv2d(in_channels, out_channels * patch * patch, 1,
+                                   use_bias=cfg.use_bias, rngs=rngs, dtype=dtype)
+
+    def __call__(self, x):
+        return pixel_shuffle(self.unpatch_conv(self.norm(x)), self.patch)
+
+
+def _check_t_emb(t_emb, batch: int, hidden: int, who: str):
+    if t_emb.shape != (batch, hidden):
+        raise ValueError(f"{who}: t_emb must have shape (B={batch}, hidden={hidden}), "
+                         f"got {t_emb.shape}")
+
+
+class GenEncoder(nnx.Module):
+    """g_enc. ``__call__(z, t)``: z (B, H, W, latent) NHWC, t (B,) the timestep value fed to the
+    sinusoid -- the caller passes t*1000 with JanusFlow's t in [0, 1] (t=0 noise, t=1 data).
+    Returns (x_emb (B, H/stride, W/stride, channels), t_emb (B, hidden_size))."""
+
+    def __init__(self, cfg: GenCodecConfig, *, latent_channels: int, hidden_size: int,
+                 rngs: nnx.Rngs, dtype=None):
+        c = cfg.channels
+        self.cfg, self.latent_channels, self.hidden_size = cfg, latent_channels, hidden_size
+        self.dtype = dtype
+        self.time_linear_1 = Linear(c, hidden_size, axes=(None, "embed"), use_bias=cfg.use_bias,
+                                    rngs=rngs, dtype=dtype)
+        self.time_linear_2 = Linear(hidden_size, hidden_size, axes=("embed", None),
+                                    use_bias=cfg.use_bias, rngs=rngs, dtype=dtype)
+        # Official in_conv is a default nn.Conv2d: always has a bias, whatever use_bias says.
+        self.in_conv = Conv2d(latent_channels, c, cfg.kernel_size, stride=cfg.stride,
+                              padding=cfg.in_padding, use_bias=True, rngs=rngs, dtype=dtype)
+        self.blocks = nnx.List([ConvNextBlock(c, hidden_size, cfg, rngs=rngs, dtype=dtype)
+                                for _ in range(cfg.num_blocks)])
+
+    def grid_size(self, size: int) -> int:
+        """Token-grid side for a latent side ``size``; ValueError unless the decoder can undo it
+        exactly (size divisible by the stride and the conv giving size/stride)."""
+        k, s, p = self.cfg.kernel_size, self.cfg.stride, self.cfg.in_padding
+        out = (size + 2 * p - k) // s + 1 if size + 2 * p >= k else 0
+        if size % s or out != size // s:
+            raise ValueError(f"GenEncoder: latent side {size} must be a positive multiple of the "
+                             f"stride {s} (kernel {k}, padding {p} gives {out} instead of "
+                             f"{size / s:g})")
+        return out
+
+    def time_embedding(self, t, dtype=None):
+        """t (B,) -> t_emb (B, hidden). The sinusoid is cast to the compute dtype before the MLP,
+        as the official encoder casts it to the latent's dtype."""
+        t = jnp.asarray(t)
+        if t.ndim != 1:
+            raise ValueError(f"GenEncoder: t must have shape (B,), got {t.shape}")
+        dtype = dtype or self.dtype or jnp.float32
+        emb = timestep_embedding(t, self.cfg.channels).astype(dtype)
+        return self.time_linear_2(jax.nn.silu(self.time_linear_1(emb)))
+
+    def __call__(self, z, t):
+        if z.ndim != 4:
+            raise ValueError(f"GenEncoder: z must be NHWC (B, H, W, {self.latent_channels}), "
+                             f"got shape {z.shape}")
+        if z.shape[-1] != self.latent_channels:
+            raise ValueError(f"GenEncoder: z must have {self.latent_channels} latent channels "
+                             f"(NHWC, last axis), got shape {z.shape}")
+        t = jnp.asarray(t)
+        if t.shape != (z.shape[0],):
+            raise ValueError(f"GenEncoder: t must have shape (B,) = ({z.shape[0]},) matching z, "
+                             f"got {t.shape}")
+        self.grid_size(z.shape[1])
+        self.grid_size(z.shape[2])
+        dtype = self.dtype or z.dtype
+        t_emb = self.time_embedding(t, dtype)
+        x = self.in_conv(z.astype(dtype))
+        for block in self.blocks:
+            x = block(x, t_emb)
+        return x, t_emb
+
+
+class GenDecoder(nnx.Module):
+    """g_dec. ``__call__(x, skip, t_emb)``: x (B, g, g, channels) = LLM image hidden states after
+    the final norm and the decoder aligner, reshaped to the grid by the caller; skip = the
+    encoder's x_emb; t_emb from the encoder. Returns the velocity (B, g*p^n, g*p^n, latent)."""
+
+    def __init__(self, cfg: GenCodecConfig, *, latent_channels: int, hidden_size: int,
+                 rngs: nnx.Rngs, dtype=None):
+        c = cfg.channels
+        self.cfg, self.latent_channels, self.hidden_size = cfg, latent_channels, hidden_size
+        self.dtype = dtype
+        self.input_norm = RMSNorm(c, cfg.norm_eps, rngs=rngs)
+        self.blocks = nnx.List([ConvNextBlock(2 * c, hidden_size, cfg, rngs=rngs, dtype=dtype)
+                                for _ in range(cfg.num_blocks)])
+        n = cfg.decoder_upsamples
+        # Official channel plan: the first stage reads the 2C concat, later stages C; every
+        # stage but the last writes C.
+        self.out_convs = nnx.List([
+            Unpatchify(2 * c if i == 0 else c, latent_channels if i == n - 1 else c,
+                       cfg.decoder_patch, cfg, rngs=rngs, dtype=dtype)
+            for i in range(n)])
+
+    def __call__(self, x, skip, t_emb):
+        c = self.cfg.channels
+        if x.ndim != 4 or x.shape[-1] != c:
+            raise ValueError(f"GenDecoder: x must be NHWC (B, g, g, {c}), got shape {x.shape}")
+        if skip.shape != x.shape:
+            raise ValueError(f"GenDecoder: skip must have the same shape as x {x.shape}, "
+                             f"got {skip.shape}")
+        _check_t_emb(t_emb, x.shape[0], self.hidden_size, "GenDecoder")
+        dtype = self.dtype or x.dtype
+        h = jnp.concatenate([self.input_norm(x.astype(dtype)), skip.astype(dtype)], axis=-1)
+        t_emb = t_emb.astype(dtype)
+        for block in self.blocks:
+            h = block(h, t_emb)
+        for stage in self.out_convs:
+            h = stage(h)
+        return h
+
+
+def _block_keys(cfg: GenCodecConfig, prefix: str, path: tuple) -> dict:
+    m = {f"{prefix}depthwise.weight": (path + ("depthwise", "kernel"), "conv"),
+         f"{prefix}norm.weight": (path + ("norm", "scale"), "plain"),
+         f"{prefix}channelwise_linear_1.weight": (path + ("linear_1", "kernel"), "linear"),
+         f"{prefix}channelwise_norm.weight": (path + ("grn_gamma",), "grn"),
+         f"{prefix}channelwise_norm.bias": (path + ("grn_beta",), "grn"),
+         f"{prefix}channelwise_linear_2.weight": (path + ("linear_2", "kernel"), "linear"),
+         f"{prefix}cond_embeds_mapper.weight": (path + ("cond_embeds_mapper", "kernel"), "linear")}
+    if cfg.use_bias:
+        for t, ours in (("depthwise", "depthwise"), ("channelwise_linear_1", "linear_1"),
+                        ("channelwise_linear_2", "linear_2"),
+                        ("cond_embeds_mapper", "cond_embeds_mapper")):
+            m[f"{prefix}{t}.bias"] = (path + (ours, "bias"), "plain")
+    return m
+
+
+def torch_key_map_encoder(cfg: GenCodecConfig, prefix: str = "") -> dict:
+    """Official ``ShallowUViTEncoder`` keys. ``time_proj`` (diffusers ``Timesteps``) has no
+    parameters, so it has no keys."""
+    m = {f"{prefix}time_embed.linear_1.weight": (("time_linear_1", "kernel"), "linear"),
+         f"{prefix}time_embed.linear_2.weight": (("time_linear_2", "kernel"), "linear"),
+         f"{prefix}in_conv.weight": (("in_conv", "kernel"), "conv"),
+         f"{prefix}in_conv.bias": (("in_conv", "bias"), "plain")}
+    if cfg.use_bias:
+        m[f"{prefix}time_embed.linear_1.bias"] = (("time_linear_1", "bias"), "plain")
+        m[f"{prefix}time_embed.linear_2.bias"] = (("time_linear_2", "bias"), "plain")
+    for i in range(cfg.num_blocks):
+        m.update(_block_keys(cfg, f"{prefix}mid_block.res_blocks.{i}.", ("blocks", i)))
+    return m
+
+
+def torch_key_map_decoder(cfg: GenCodecConfig, prefix: str = "") -> dict:
+    """Official ``ShallowUViTDecoder`` keys."""
+    m = {f"{prefix}input_norm.weight": (("input_norm", "scale"), "plain")}
+    for i in range(cfg.num_blocks):
+        m.update(_block_keys(cfg, f"{prefix}mid_block.res_blocks.{i}.", ("blocks", i)))
+    for i in range(cfg.decoder_upsamples):
+        p, path = f"{prefix}out_convs.{i}.", ("out_convs", i)
+        m[p + "norm.weight"] = (path + ("norm", "scale"), "plain")
+        m[p + "unpatch_conv.weight"] = (path + ("unpatch_conv", "kernel"), "conv")
+        if cfg.use_bias:
+            m[p + "unpatch_conv.bias"] = (path + ("unpatch_conv", "bias"), "plain")
+    return m

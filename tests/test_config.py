@@ -1,0 +1,51 @@
+"""Config loading, overrides and validation: every error names the offending field."""
+
+import pytest
+
+from janusflow import cli
+from janusflow.config import ConfigError, LLMConfig
+from janusflow.config_loader import apply_overrides, load_config
+
+
+def test_experiment_files_load():
+    cfg = load_config("experiments/janusflow_1_3b.py")
+    assert cfg.model.llm.num_layers == 24 and cfg.model.num_gen_tokens == 576
+    assert load_config("experiments/shapes_tiny.py").model.image_size == 32
+
+
+def test_overrides_are_typed_and_revalidated():
+    cfg = load_config("tiny")
+    new = apply_overrides(cfg, ["model.llm.num_layers=2", "model.repa=false", "model.siglip.pixel_mean=0.1,0.2,0.3"])
+    assert new.model.llm.num_layers == 2 and new.model.repa is False
+    assert new.model.siglip.pixel_mean == (0.1, 0.2, 0.3)
+    assert cfg.model.llm.num_layers == 4  # the original is untouched (frozen dataclasses)
+    with pytest.raises(ConfigError, match="unknown key 'num_layer' in LLMConfig"):
+        apply_overrides(cfg, ["model.llm.num_layer=2"])
+    with pytest.raises(ConfigError, match="model.llm.num_layers=two: expected an int"):
+        apply_overrides(cfg, ["model.llm.num_layers=two"])
+    with pytest.raises(ConfigError, match="repa_layer"):
+        apply_overrides(cfg, ["model.repa_layer=9"])
+    with pytest.raises(ConfigError, match="expected key=value"):
+        apply_overrides(cfg, ["model.repa"])
+
+
+def test_field_validation_names_field():
+    with pytest.raises(ConfigError, match="LLMConfig.num_kv_heads"):
+        LLMConfig(num_heads=16, num_kv_heads=3)
+    with pytest.raises(ConfigError, match="LLMConfig.hidden_size"):
+        LLMConfig(hidden_size=0)
+    with pytest.raises(ConfigError, match="'tiny_huge': expected experiments/<file>.py"):
+        load_config("tiny_huge")
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config("experiments/nope.py")
+
+
+def test_cli_info_tiny(capsys):
+    assert cli.main(["info", "--config", "tiny"]) == 0
+    out = capsys.readouterr().out
+    assert "language_model" in out and "checkpoint total" in out and "FLOPs" in out
+
+
+def test_cli_reports_bad_override(capsys):
+    assert cli.main(["info", "--config", "tiny", "--set", "model.llm.bogus=1"]) == 2
+    assert "unknown key 'bogus'" in capsys.readouterr().err
