@@ -1,0 +1,152 @@
+"""Train state: trainable / frozen parameter split per stage, optimizer, EMA, shardings.
+
+The state is a plain pytree of arrays (``TrainState``) so jit, orbax and sharding treat it
+uniformly; the NNX graph (module structure) lives in ``Parts`` and is merged back inside the
+step. Frozen parameters are a separate subtree: they get no gradient, no optimizer state and
+no update, so they are bit-identical after any number of steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from janusflow.config import ExperimentConfig, OptimConfig
+from janusflow.models.janusflow import JanusFlow
+from janusflow.models.vae import make_vae
+from janusflow.parallel.rules import param_shardings, replicated
+
+# Paper Table 1. Stage 1 trains what is newly initialised (aligners, gen codec, and the new
+# small pieces: beg_of_und_embed, REPA projector, the ablation-C encoder); stage 2 adds the LLM;
+# stage 3 adds SigLIP.
+FROZEN_BY_STAGE = {1: ("language_model", "und_encoder"), 2: ("und_encoder",), 3: ()}
+
+
+class TrainState(NamedTuple):
+    step: jax.Array
+    rng: jax.Array               # base key; step k uses fold_in(rng, k) (exact resume)
+    params: dict                 # trainable parameters (pure dict)
+    frozen: dict                 # frozen parameters of the model (pure dict)
+    vae: dict                    # frozen VAE parameters (empty for the pixel VAE)
+    opt_state: Any
+    ema: Optional[dict]          # EMA of the trainable parameters (None when disabled)
+
+
+@dataclass
+class Parts:
+    """Static things the step needs besides the state."""
+    graphdef: Any
+    vae_graphdef: Any
+    optimizer: optax.GradientTransformation
+    schedule: Any
+
+
+def trainable_filter(stage: int):
+    frozen = FROZEN_BY_STAGE[stage]
+    return lambda path, x: isinstance(x, nnx.Param) and path[0] not in frozen
+
+
+def make_schedule(o: OptimConfig):
+    warm = optax.linear_schedule(0.0, o.lr, max(o.warmup_steps, 1))
+    if o.schedule == "constant":
+        after = optax.constant_schedule(o.lr)
+    else:
+        after = optax.cosine_decay_schedule(o.lr, o.decay_steps, alpha=o.min_lr_ratio)
+    return optax.join_schedules([warm, after], [o.warmup_steps])
+
+
+def make_optimizer(o: OptimConfig):
+    schedule = make_schedule(o)
+    chain = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip > 0 else []
+    chain.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay))
+    return optax.chain(*chain), schedule
+
+
+def _build(cfg: ExperimentConfig, seed: int):
+    rngs = nnx.Rngs(seed)
+    model = JanusFlow(cfg.model, rngs=rngs)
+    vae = make_vae(cfg.model.vae, rngs=rngs)
+    return model, vae
+
+
+def split_model(model, vae, stage: int):
+    graphdef, trainable, frozen = nnx.split(model, trainable_filter(stage), nnx.Param)
+    vae_graphdef, vae_params = nnx.split(vae, nnx.Param)
+    return graphdef, trainable, frozen, vae_graphdef, vae_params
+
+
+def _pure(state) -> dict:
+    return state.to_pure_dict() if hasattr(state, "to_pure_dict") else dict(state)
+
+
+def _state_from_model(model, vae, cfg: ExperimentConfig, parts_opt) -> TrainState:
+    t = cfg.train
+    _, trainable, frozen, _, vae_params = split_model(model, vae, t.stage)
+    params = _pure(trainable)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), rng=jax.random.key_data(jax.random.key(t.seed)),
+        params=params, frozen=_pure(frozen), vae=_pure(vae_params),
+        opt_state=parts_opt.init(params),
+        ema=jax.tree.map(jnp.copy, params) if t.optim.ema_decay > 0 else None)
+
+
+def abstract_parts(cfg: ExperimentConfig):
+    """(abstract model, abstract vae) built with eval_shape: no memory, no RNG work."""
+    return nnx.eval_shape(lambda: _build(cfg, 0))
+
+
+def state_shardings(cfg: ExperimentConfig, mesh: Mesh):
+    """(Parts, abstract TrainState, TrainState of NamedSharding)."""
+    model, vae = abstract_parts(cfg)
+    graphdef, trainable, frozen, vae_graphdef, vae_params = split_model(model, vae, cfg.train.stage)
+    optimizer, schedule = make_optimizer(cfg.train.optim)
+    parts = Parts(graphdef, vae_graphdef, optimizer, schedule)
+    p_sh = param_shardings(trainable, mesh)
+    abstract = jax.eval_shape(lambda: _state_from_model(*_build(cfg, 0), cfg, optimizer))
+    rep = replicated(mesh)
+    opt_sh = optax.tree_map_params(
+        optimizer, lambda _, s: s, abstract.opt_state, p_sh,
+        transform_non_params=lambda _: rep,
+        is_leaf=lambda x: isinstance(x, jax.sharding.NamedSharding))
+    shardings = TrainState(
+        step=rep, rng=rep, params=p_sh, frozen=param_shardings(frozen, mesh),
+        vae=param_shardings(vae_params, mesh), opt_state=opt_sh,
+        ema=p_sh if abstract.ema is not None else None)
+    return parts, abstract, shardings
+
+
+def init_state(cfg: ExperimentConfig, mesh: Mesh):
+    """Initialise the train state directly into its shardings (one jitted program, so the
+    full model is never materialised on one device). Returns (parts, state, shardings)."""
+    parts, _, shardings = state_shardings(cfg, mesh)
+    init = make_init(cfg, parts, shardings)
+    with jax.set_mesh(mesh):
+        state = init()
+    return parts, state, shardings
+
+
+def make_init(cfg: ExperimentConfig, parts: Parts, shardings: TrainState):
+    """The jitted, sharded initialiser (call it under ``jax.set_mesh(mesh)``)."""
+    return jax.jit(lambda: _state_from_model(*_build(cfg, cfg.train.seed), cfg, parts.optimizer),
+                   out_shardings=shardings)
+
+
+def state_from_model(model, vae, cfg: ExperimentConfig, mesh: Mesh):
+    """Train state from an existing (e.g. imported) model, placed into its shardings."""
+    parts, _, shardings = state_shardings(cfg, mesh)
+    state = _state_from_model(model, vae, cfg, parts.optimizer)
+    return parts, jax.device_put(state, shardings), shardings
+
+
+def merge_model(parts: Parts, params: dict, frozen: dict):
+    return nnx.merge(parts.graphdef, params, frozen)
+
+
+def merge_vae(parts: Parts, vae: dict):
+    return nnx.merge(parts.vae_graphdef, vae)

@@ -1,0 +1,180 @@
+"""One training step: losses of a mixed batch, gradients, AdamW, EMA; jitted with explicit
+shardings so the same code runs on 1 CPU, simulated devices, a GPU node or a TPU slice.
+
+Batch layout (global arrays; the leading dim is sharded over ('data', 'fsdp')); every task
+sub-batch is optional:
+  und:  ids, attention_mask, image_mask, loss_mask (B_u, T);  pixels (B_u, S, S, 3) SigLIP-
+        normalised;  vae_images (B_u, H, W, 3) in [-1, 1] for the gen-encoder ablations (B, C)
+  gen:  prompt_ids, prompt_mask (B_g, L) -- the prompt without the generation tag token;
+        images (B_g, H, W, 3) in [-1, 1];  repa_pixels (B_g, S, S, 3) SigLIP-normalised
+  text: ids, attention_mask, loss_mask (B_t, T)
+``loss_mask`` marks tokens to be predicted (answer tokens). Losses: L_AR (mean over all
+predicted tokens of und + text), L_RF and L_REPA (means over generation examples); the total
+is their weighted sum. Every term is reported separately.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from janusflow.config import ExperimentConfig
+from janusflow.models.vae import encode_latents
+from janusflow.objectives import ar, cfg_dropout, flow, repa
+from janusflow.parallel.rules import batch_sharding, replicated
+from janusflow.train.state import Parts, TrainState, merge_model, merge_vae
+
+TERMS = ("ar", "rf", "repa")
+
+
+def _global_counts(batch, loss_cfg):
+    """Denominators of the three means, from the whole (not micro-) batch, so gradient
+    accumulation gives exactly the gradient of the full-batch loss."""
+    ar_count = jnp.zeros((), jnp.float32)
+    for task in ("und", "text"):
+        if task in batch:
+            _, m = ar.shift_targets(batch[task]["ids"], batch[task]["loss_mask"])
+            ar_count += jnp.sum(m, dtype=jnp.float32)
+    n_gen = jnp.asarray(batch["gen"]["images"].shape[0] if "gen" in batch else 0, jnp.float32)
+    return {"ar": ar_count, "rf": n_gen, "repa": n_gen}
+
+
+def sample_noise(key, batch, cfg: ExperimentConfig):
+    """Per-example randomness of the generation samples for the whole global batch: t, z0 and
+    the CFG-dropout mask. Drawn once per step (not per micro-batch) so that gradient
+    accumulation sees exactly the same samples as one big batch."""
+    if "gen" not in batch:
+        return {}
+    mc, lc = cfg.model, cfg.train.loss
+    g = batch["gen"]
+    bsz = g["images"].shape[0]
+    k_t, k_noise, k_drop = jax.random.split(key, 3)
+    lat = (bsz, mc.latent_size, mc.latent_size, mc.vae.channels)
+    prompt_mask, _ = cfg_dropout.drop_prompt(k_drop, g["prompt_mask"], lc.cfg_drop_prob)
+    return {"t": flow.sample_t(k_t, bsz, lc.t_sampling, lc.t_mean, lc.t_std),
+            "z0": jax.random.normal(k_noise, lat, jnp.float32), "prompt_mask": prompt_mask}
+
+
+def loss_sums(model, vae, batch, noise, cfg: ExperimentConfig):
+    """Sums (not means) of each loss term over this (micro-)batch."""
+    mc, lc = cfg.model, cfg.train.loss
+    sums = {k: jnp.zeros((), jnp.float32) for k in TERMS}
+    lm = model.language_model
+    for task in ("und", "text"):
+        if task not in batch:
+            continue
+        b = batch[task]
+        if task == "und":
+            latents = (encode_latents(vae, mc.vae, b["vae_images"])
+                       if mc.und_encoder in ("shared_gen", "separate_gen") else None)
+            embeds = model.understanding_embeds(b["ids"], b["image_mask"], b.get("pixels"), latents)
+        else:
+            embeds = lm.embed(b["ids"])
+        hidden = lm(embeds, attention_mask=b["attention_mask"]).hidden
+        targets, mask = ar.shift_targets(b["ids"], b["loss_mask"])
+        s, _ = ar.ar_loss(lm.logits(hidden), targets, mask)
+        sums["ar"] += s
+    if "gen" in batch:
+        g = batch["gen"]
+        x = jax.lax.stop_gradient(encode_latents(vae, mc.vae, g["images"]))
+        t, z0, prompt_mask = noise["t"], noise["z0"], noise["prompt_mask"]
+        if z0.shape != x.shape:
+            raise ValueError(f"generation images encode to latents {x.shape}, expected {z0.shape} "
+                             f"for image_size={mc.image_size}")
+        z_t = flow.interpolate(x, z0, t)
+        use_repa = mc.repa and lc.repa_weight > 0
+        out = model.generate_velocity(lm.embed(g["prompt_ids"]), prompt_mask, z_t, t, with_repa=use_repa)
+        sums["rf"], _ = flow.rf_loss_terms(out.velocity, x, z0)
+        if use_repa:
+            sums["repa"], _ = repa.repa_loss(out.repa_pred, model.repa_target(g["repa_pixels"]))
+    return sums
+
+
+def _weighted_total(sums, counts, lc):
+    w = {"ar": lc.ar_weight, "rf": lc.rf_weight, "repa": lc.repa_weight}
+    return sum(w[k] * ar.safe_mean(sums[k], counts[k]) for k in TERMS)
+
+
+def _micro(batch, accum: int):
+    """(B, ...) -> (accum, B/accum, ...) taking rows i*accum + a into micro-batch a, so each
+    micro-batch draws evenly from every device's contiguous shard of the batch."""
+    def split(x):
+        if x.shape[0] % accum:
+            raise ValueError(f"batch of {x.shape[0]} not divisible by accum_steps={accum}")
+        return jnp.swapaxes(x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), 0, 1)
+    return jax.tree.map(split, batch)
+
+
+def make_train_step(cfg: ExperimentConfig, parts: Parts):
+    lc, oc = cfg.train.loss, cfg.train.optim
+
+    def grads_and_sums(params, state: TrainState, batch, noise, counts):
+        def loss_fn(p):
+            model = merge_model(parts, p, state.frozen)
+            sums = loss_sums(model, merge_vae(parts, state.vae), batch, noise, cfg)
+            return _weighted_total(sums, counts, lc), sums
+        (_, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        return grads, sums
+
+    def step(state: TrainState, batch):
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        counts = _global_counts(batch, lc)
+        noise = sample_noise(key, batch, cfg)
+        if oc.accum_steps == 1:
+            grads, sums = grads_and_sums(state.params, state, batch, noise, counts)
+        else:
+            micro = _micro((batch, noise), oc.accum_steps)
+            zeros = (jax.tree.map(jnp.zeros_like, state.params), {k: jnp.zeros((), jnp.float32) for k in TERMS})
+
+            def body(carry, mb):
+                g, s = grads_and_sums(state.params, state, mb[0], mb[1], counts)
+                return (jax.tree.map(jnp.add, carry[0], g), {k: carry[1][k] + s[k] for k in TERMS}), None
+            (grads, sums), _ = jax.lax.scan(body, zeros, micro)
+
+        terms = {k: ar.safe_mean(sums[k], counts[k]) for k in TERMS}
+        loss = _weighted_total(sums, counts, lc)
+        grad_norm = optax.tree.norm(grads)
+        updates, opt_state = parts.optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema = state.ema
+        if ema is not None:
+            d = oc.ema_decay
+            ema = jax.tree.map(lambda e, p: d * e + (1 - d) * p, ema, params)
+        new = state._replace(step=state.step + 1, params=params, opt_state=opt_state, ema=ema)
+        # A non-finite loss or gradient leaves the state untouched (the host loop then stops
+        # with an error): with buffer donation there is no other way to keep the last good state.
+        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)
+        metrics = {"loss": loss, "grad_norm": grad_norm, "lr": parts.schedule(state.step),
+                   "finite": ok, **{f"loss_{k}": v for k, v in terms.items()}}
+        return new, metrics
+
+    return step
+
+
+def batch_shardings(mesh, batch):
+    return jax.tree.map(lambda x: batch_sharding(mesh, x.ndim), batch)
+
+
+def jit_train_step(cfg: ExperimentConfig, parts: Parts, shardings: TrainState, mesh, example_batch):
+    """The jitted step with explicit in/out shardings; the state buffers are donated."""
+    step = make_train_step(cfg, parts)
+    b_sh = batch_shardings(mesh, example_batch)
+    rep = replicated(mesh)
+    return jax.jit(step, in_shardings=(shardings, b_sh), out_shardings=(shardings, rep),
+                   donate_argnums=(0,))
+
+
+class NonFiniteLoss(FloatingPointError):
+    pass
+
+
+def check_finite(step: int, metrics) -> None:
+    """Host-side: raise naming the step and every loss term when the step was non-finite."""
+    if bool(metrics["finite"]):
+        return
+    terms = ", ".join(f"{k}={float(metrics[k]):.6g}" for k in sorted(metrics)
+                      if k.startswith("loss") or k == "grad_norm")
+    raise NonFiniteLoss(f"non-finite loss or gradient at step {step}: {terms}; the state was "
+                        "kept at the last finite step and no checkpoint is written from it")

@@ -1,0 +1,45 @@
+"""Random batches with the exact layout the train step expects (see ``train/step.py``).
+
+Used by the train-step tests and ``janusflow bench train``, where the data pipeline must not
+be part of the measurement. Token layouts follow the spec's templates in shape only.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+from janusflow.config import ExperimentConfig
+from janusflow.models.siglip import normalize
+
+
+def synthetic_batch(cfg: ExperimentConfig, seed: int = 0, prompt_len: int = 16,
+                    answer_len: int = 8, text_len: int = 32) -> dict:
+    m, t = cfg.model, cfg.train
+    r = np.random.RandomState(seed)
+    v, s = m.llm.vocab_size, m.image_size
+    out = {}
+    if t.und_batch and m.und_encoder != "none":
+        n_img = 1 + m.num_und_tokens
+        T = 2 + n_img + prompt_len + answer_len
+        image_mask = np.zeros((t.und_batch, T), bool)
+        image_mask[:, 2:2 + n_img] = True
+        loss_mask = np.zeros((t.und_batch, T), bool)
+        loss_mask[:, -answer_len:] = True
+        imgs = r.rand(t.und_batch, s, s, 3).astype(np.float32)
+        out["und"] = {"ids": jnp.asarray(r.randint(0, v, (t.und_batch, T)), jnp.int32),
+                      "attention_mask": jnp.ones((t.und_batch, T), bool),
+                      "image_mask": jnp.asarray(image_mask), "loss_mask": jnp.asarray(loss_mask),
+                      "pixels": normalize(jnp.asarray(imgs), m.siglip),
+                      "vae_images": jnp.asarray(imgs * 2 - 1)}
+    if t.gen_batch and m.gen_enabled:
+        imgs = r.rand(t.gen_batch, s, s, 3).astype(np.float32)
+        out["gen"] = {"prompt_ids": jnp.asarray(r.randint(0, v, (t.gen_batch, prompt_len)), jnp.int32),
+                      "prompt_mask": jnp.ones((t.gen_batch, prompt_len), bool),
+                      "images": jnp.asarray(imgs * 2 - 1),
+                      "repa_pixels": normalize(jnp.asarray(imgs), m.siglip)}
+    if t.text_batch:
+        out["text"] = {"ids": jnp.asarray(r.randint(0, v, (t.text_batch, text_len)), jnp.int32),
+                       "attention_mask": jnp.ones((t.text_batch, text_len), bool),
+                       "loss_mask": jnp.ones((t.text_batch, text_len), bool)}
+    return out
