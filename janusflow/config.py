@@ -305,13 +305,26 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
+    log_every: int = 10
+    ckpt_every: int = 500
+    keep_checkpoints: int = 3
+    init_from: str = ""                     # model checkpoint (native or HF dir) or a previous stage's workdir
 
     def __post_init__(self):
+        _positive(self, "log_every", "ckpt_every", "keep_checkpoints")
         _check(self.stage in (1, 2, 3), "TrainConfig.stage", f"must be 1, 2 or 3, got {self.stage!r}")
         _positive(self, "steps")
         for n in ("und_batch", "gen_batch", "text_batch"):
             _check(isinstance(getattr(self, n), int) and getattr(self, n) >= 0, f"TrainConfig.{n}", "must be an int >= 0")
         _check(self.und_batch + self.gen_batch + self.text_batch > 0, "TrainConfig.*_batch", "all zero")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "synthetic"               # "synthetic" (random batches, benchmarks/tests)
+
+    def __post_init__(self):
+        _check(self.source in ("synthetic",), "DataConfig.source", f"unknown source {self.source!r}")
 
 
 @dataclass(frozen=True)
@@ -321,6 +334,7 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     seq_len: int = 4096                     # packed training sequence length (paper: 4096)
     train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
 
     def __post_init__(self):
         _positive(self, "seq_len")

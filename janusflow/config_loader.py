@@ -71,32 +71,46 @@ def _parse(raw: str, current, annotation, key: str):
 
 
 def apply_overrides(cfg, overrides: list[str]):
-    """``["train.lr=3e-4", "model.llm.num_layers=2"]`` -> new frozen config (re-validated)."""
+    """``["train.optim.lr=3e-4", "model.llm.num_layers=2"]`` -> new frozen config.
+
+    All overrides are applied together and each section is re-validated once, so changes that
+    are only consistent jointly (fewer layers *and* an earlier REPA layer) are accepted."""
+    tree: dict = {}
     for item in overrides or []:
         key, eq, raw = item.partition("=")
         if not eq:
             raise ConfigError(f"--set {item!r}: expected key=value")
-        cfg = _set(cfg, key.strip().split("."), raw.strip(), key.strip())
-    return cfg
+        node = tree
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: {p!r} is set as a value and a section")
+        node[parts[-1]] = (raw.strip(), key.strip())
+    return _apply(cfg, tree, "") if tree else cfg
 
 
-def _set(obj, parts, raw, key):
+def _apply(obj, tree: dict, prefix: str):
     if not dataclasses.is_dataclass(obj):
-        raise ConfigError(f"--set {key}: {parts[0]!r} is not inside a config section")
-    fields = {f.name: f for f in dataclasses.fields(obj)}
-    name = parts[0]
-    if name not in fields:
-        raise ConfigError(f"--set {key}: unknown key {name!r} in {type(obj).__name__}; "
-                          f"known: {', '.join(sorted(fields))}")
-    current = getattr(obj, name)
-    if len(parts) > 1:
-        value = _set(current, parts[1:], raw, key)
-    else:
-        if dataclasses.is_dataclass(current):
-            raise ConfigError(f"--set {key}: is a section, set one of its fields")
-        hints = typing.get_type_hints(type(obj))
-        value = _parse(raw, current, hints.get(name), key)
+        raise ConfigError(f"--set {prefix}: is a value, not a config section")
+    fields = {f.name for f in dataclasses.fields(obj)}
+    hints = typing.get_type_hints(type(obj))
+    changes = {}
+    for name, sub in tree.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name not in fields:
+            raise ConfigError(f"--set {key}: unknown key {name!r} in {type(obj).__name__}; "
+                              f"known: {', '.join(sorted(fields))}")
+        current = getattr(obj, name)
+        if isinstance(sub, dict):
+            changes[name] = _apply(current, sub, key)
+        else:
+            raw, full = sub
+            if dataclasses.is_dataclass(current):
+                raise ConfigError(f"--set {full}: is a section, set one of its fields")
+            changes[name] = _parse(raw, current, hints.get(name), full)
     try:
-        return dataclasses.replace(obj, **{name: value})
+        return dataclasses.replace(obj, **changes)
     except ConfigError as e:
-        raise ConfigError(f"--set {key}={raw}: {e}") from None
+        where = prefix or type(obj).__name__
+        raise ConfigError(f"--set ({where}): {e}") from None

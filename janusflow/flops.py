@@ -69,3 +69,81 @@ def generation_sample_training_flops(cfg: ModelConfig, prompt_len: int = 64,
 
 def text_training_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     return 3 * llm_forward_per_token(cfg.llm, seq_len // 2, with_lm_head=True)
+
+
+def train_step_flops(cfg, batch) -> dict:
+    """Model FLOPs of one train step on ``batch`` (the train-step layout; arrays or
+    ShapeDtypeStructs). Trained parts count 3x forward, frozen ones 1x (stage-dependent: SigLIP
+    is trained only in stage 3; the LLM is frozen in stage 1 but still runs forward and
+    backward (its activations carry the gradient to the aligners), so it counts 3x)."""
+    m = cfg.model
+    stage = cfg.train.stage
+    siglip_mult = 3 if stage == 3 else 1
+    out = {"llm": 0.0, "gen_codec": 0.0, "siglip": 0.0, "repa_projector": 0.0}
+    for task in ("und", "text"):
+        if task in batch:
+            b, t = batch[task]["ids"].shape
+            out["llm"] += 3 * b * t * llm_forward_per_token(m.llm, t // 2, with_lm_head=True)
+            if task == "und" and m.und_encoder == "siglip":
+                out["siglip"] += b * siglip_mult * siglip_forward_per_image(m.siglip)
+    if "gen" in batch:
+        b, prompt = batch["gen"]["prompt_ids"].shape
+        seq = prompt + 1 + m.num_gen_tokens
+        out["llm"] += 3 * b * seq * llm_forward_per_token(m.llm, seq // 2, with_lm_head=False)
+        out["gen_codec"] += 3 * b * gen_codec_forward_per_image(m)
+        if m.repa:
+            out["repa_projector"] += 3 * b * repa_forward_per_image(m)
+            out["siglip"] += b * siglip_mult * siglip_forward_per_image(m.siglip)
+    out["total"] = sum(out.values())
+    return out
+
+
+def vae_decode_forward_per_image(cfg: ModelConfig) -> float:
+    """FLOPs of decoding one latent with the KL VAE decoder (0 for the identity pixel VAE)."""
+    v = cfg.vae
+    if v.kind == "pixel":
+        return 0.0
+    rev = tuple(v.block_out_channels)[::-1]
+    res = cfg.latent_size ** 2                           # pixels at the current resolution
+
+    def conv(cin, cout, k, px):
+        return 2.0 * px * k * k * cin * cout
+
+    def resnet(cin, cout, px):
+        return conv(cin, cout, 3, px) + conv(cout, cout, 3, px) + (conv(cin, cout, 1, px) if cin != cout else 0.0)
+
+    f = conv(v.latent_channels, v.latent_channels, 1, res) if v.use_post_quant_conv else 0.0
+    f += conv(v.latent_channels, rev[0], 3, res) + 2 * resnet(rev[0], rev[0], res)
+    if v.mid_block_add_attention:
+        f += 2.0 * res * 4 * rev[0] ** 2 + 4.0 * res * res * rev[0]
+    for i, c in enumerate(rev):
+        for j in range(v.layers_per_block + 1):
+            f += resnet(rev[max(i - 1, 0)] if j == 0 else c, c, res)
+        if i < len(rev) - 1:
+            res *= 4
+            f += conv(c, c, 3, res)
+    return f + conv(rev[-1], v.in_channels, 3, res)
+
+
+def sampling_flops(cfg: ModelConfig, prompt_len: int, steps: int, solver: str = "euler",
+                   cached: bool = True, cfg_rows: int = 2) -> dict:
+    """Model FLOPs of sampling one image: ``cfg_rows`` LLM rows (2 with CFG) per velocity
+    evaluation, ``steps`` evaluations (2x for Heun). Cached: the prompt is prefilled once and
+    each evaluation runs the 1 + N new tokens against it; uncached: the whole sequence every
+    time (the official demo). Causal attention counts the average context actually attended."""
+    n_new = 1 + cfg.num_gen_tokens
+    if cached:
+        llm = n_new * llm_forward_per_token(cfg.llm, prompt_len + (n_new + 1) / 2, with_lm_head=False)
+        prefill = cfg_rows * prompt_len * llm_forward_per_token(cfg.llm, (prompt_len + 1) / 2, False)
+    else:
+        seq = prompt_len + n_new
+        llm = seq * llm_forward_per_token(cfg.llm, (seq + 1) / 2, with_lm_head=False)
+        prefill = 0.0
+    codec = gen_codec_forward_per_image(cfg)
+    per_eval = cfg_rows * (llm + codec)
+    evals = steps * (2 if solver == "heun" else 1)
+    out = {"per_step_llm": cfg_rows * llm * evals / steps, "per_step_gen_codec": cfg_rows * codec * evals / steps,
+           "per_step": per_eval * evals / steps, "prefill": prefill, "ode": per_eval * evals,
+           "vae_decode": vae_decode_forward_per_image(cfg)}
+    out["per_image"] = out["prefill"] + out["ode"] + out["vae_decode"]
+    return out

@@ -1,0 +1,121 @@
+"""Train-state checkpoints: orbax ``CheckpointManager`` with three items per step.
+
+- ``state``: the TrainState pytree (params, frozen, VAE, optimizer, EMA, step, RNG), restored
+  directly into the target shardings;
+- ``data``: the data iterator position (JSON), so a resumed run sees the same next batch;
+- ``meta``: the experiment config and the model's parameter shapes (JSON), checked on resume
+  so a workdir holding a different model is refused, never overwritten.
+
+A latest checkpoint that fails to restore (truncated write, corrupt file) is skipped with a
+warning and the previous one is used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+from typing import Any, Optional
+
+import jax
+import orbax.checkpoint as ocp
+
+from janusflow import config_io
+
+
+class CheckpointMismatchError(RuntimeError):
+    """The workdir holds checkpoints of a different model/experiment."""
+
+
+def shape_signature(abstract_state) -> dict:
+    """{parameter path: shape} of the trainable + frozen parameters: what makes two runs
+    compatible."""
+    sig = {}
+    for part in ("params", "frozen"):
+        flat = jax.tree_util.tree_flatten_with_path(getattr(abstract_state, part))[0]
+        for path, leaf in flat:
+            sig[part + jax.tree_util.keystr(path)] = list(leaf.shape)
+    return sig
+
+
+class Checkpointer:
+    def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True):
+        self.directory = os.path.abspath(directory)
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                                 enable_async_checkpointing=async_save),
+            item_names=("state", "data", "meta"))
+
+    def steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def save(self, step: int, state, data_state: dict, meta: dict, *, force: bool = False) -> bool:
+        saved = self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
+            meta=ocp.args.JsonSave(meta)), force=force)
+        return bool(saved)
+
+    def wait(self):
+        self.manager.wait_until_finished()
+
+    def check_compatible(self, meta: dict) -> None:
+        """Refuse a workdir whose checkpoints were written for another model shape."""
+        steps = self.steps()
+        if not steps:
+            return
+        try:
+            old = self.manager.restore(steps[-1], args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        except Exception:
+            return  # unreadable latest: restore_latest will fall back and re-check
+        self._compare(old, meta, steps[-1])
+
+    def _compare(self, old: dict, meta: dict, step: int):
+        a, b = old.get("shapes", {}), meta.get("shapes", {})
+        if a != b:
+            diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))[:5]
+            raise CheckpointMismatchError(
+                f"{self.directory} holds checkpoints (step {step}) of a different model: "
+                f"parameters differ at {', '.join(diff)}. Use another --workdir; nothing was "
+                "overwritten.")
+
+    def restore_latest(self, abstract_state_with_shardings, meta: dict) -> Optional[tuple[int, Any, dict]]:
+        """(step, state, data_state) of the newest checkpoint that restores, or None."""
+        for step in reversed(self.steps()):
+            try:
+                out = self.manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state_with_shardings),
+                    data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
+            except Exception as e:  # truncated/corrupt: fall back to the previous one
+                warnings.warn(f"checkpoint at step {step} in {self.directory} could not be restored "
+                              f"({type(e).__name__}: {str(e)[:200]}); trying the previous one")
+                continue
+            self._compare(out["meta"], meta, step)
+            return step, out["state"], out["data"]
+        return None
+
+    def close(self):
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def check_workdir(workdir: str, min_free_bytes: int = 1 << 30) -> None:
+    """Clear error before training starts: the workdir must be creatable, writable, with
+    some free space."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, ".write_probe")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise OSError(f"workdir {workdir!r} is not writable: {e}") from None
+    free = shutil.disk_usage(workdir).free
+    if free < min_free_bytes:
+        raise OSError(f"workdir {workdir!r} has only {free / 2**20:.0f} MiB free; "
+                      f"need at least {min_free_bytes / 2**20:.0f} MiB")
+
+
+def meta_for(cfg, abstract_state) -> dict:
+    return {"config": json.loads(config_io.dumps(cfg)), "shapes": shape_signature(abstract_state)}

@@ -1,0 +1,185 @@
+"""The training run, top to bottom: workdir -> mesh -> data -> state (init, resume or warm
+start) -> jitted step -> loop with logging, checkpoints and signals -> final model.
+
+Resuming is automatic: the newest restorable checkpoint in the workdir is used (state, RNG and
+data-iterator position), so a killed run restarted with the same command reproduces an
+uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from typing import Callable, Optional
+
+import jax
+import numpy as np
+
+from janusflow import flops, perf
+from janusflow.checkpoint.manager import Checkpointer, check_workdir, meta_for
+from janusflow.config import ExperimentConfig
+from janusflow.parallel.mesh import make_mesh, maybe_initialize_distributed
+from janusflow.parallel.rules import batch_sharding
+from janusflow.train import metrics as metrics_lib
+from janusflow.train.state import TrainState, make_init, merge_model, state_from_model, state_shardings
+from janusflow.train.step import check_finite, jit_train_step
+
+
+class _Signals:
+    """SIGTERM/SIGINT set a flag; the loop saves at the current step and exits cleanly."""
+
+    def __init__(self):
+        self.received: Optional[int] = None
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not in the main thread (e.g. some test runners)
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = signum
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def to_global(batch, mesh):
+    """Host batch (this process's rows) -> global jax arrays sharded over (data, fsdp)."""
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(
+        batch_sharding(mesh, np.ndim(x)), np.asarray(x)), batch)
+
+
+def _warm_start(cfg: ExperimentConfig, mesh, log):
+    """Initial state from ``train.init_from``: a previous stage's workdir (its final model) or a
+    model checkpoint (native or official HF directory)."""
+    from janusflow.checkpoint.model_io import load_model
+    from janusflow.models.vae import make_vae
+    from flax import nnx
+    path = cfg.train.init_from
+    if os.path.isdir(os.path.join(path, "model")):
+        path = os.path.join(path, "model")
+    model, model_cfg = load_model(path, log=log)
+    if model_cfg != cfg.model:
+        diff = [f.name for f in __import__("dataclasses").fields(model_cfg)
+                if getattr(model_cfg, f.name) != getattr(cfg.model, f.name)]
+        raise ValueError(f"train.init_from={cfg.train.init_from!r} holds a model whose config differs "
+                         f"from the experiment's in: {', '.join(diff)}")
+    vae = make_vae(cfg.model.vae, rngs=nnx.Rngs(cfg.train.seed))
+    log(f"warm start from {path}")
+    return state_from_model(model, vae, cfg, mesh)
+
+
+def save_final_model(cfg: ExperimentConfig, parts, state: TrainState, workdir: str, log):
+    """``workdir/model`` (raw weights) and ``workdir/model_ema``: what the next stage, sampling
+    and evaluation load."""
+    from janusflow.checkpoint.model_io import save_model
+    if jax.process_index() != 0:
+        return
+    host = jax.device_get(state)
+    for name, params in (("model", host.params), ("model_ema", host.ema)):
+        if params is None:
+            continue
+        out = os.path.join(workdir, name)
+        if os.path.exists(out):
+            import shutil
+            shutil.rmtree(out)  # written by this run only: replaced by the newer final weights
+        save_model(out, merge_model(parts, params, host.frozen), cfg.model)
+        log(f"saved {out}")
+
+
+_COMPILED: dict = {}
+
+
+def _compiled_step(cfg, parts, shardings, mesh, batch):
+    """One jitted step per (config, mesh, batch shapes) per process: repeated runs in one
+    process (stages of the default run, tests) do not recompile."""
+    key = (cfg, mesh.axis_names, tuple(d.id for d in mesh.devices.flat),
+           str(jax.tree.map(lambda x: (x.shape, str(x.dtype)), batch)))
+    if key not in _COMPILED:
+        _COMPILED[key] = jit_train_step(cfg, parts, shardings, mesh, batch)
+    return _COMPILED[key]
+
+
+def train(cfg: ExperimentConfig, workdir: str, *, data_iter=None, log: Callable = print,
+          stop_at: Optional[int] = None, devices=None) -> dict:
+    """Run (or resume) training. ``data_iter``: an iterator of host batches with
+    ``get_state()``/``set_state()``; default: built from ``cfg`` (see ``train/data.py``).
+    ``stop_at``: stop after this global step; ``devices``: a subset of devices for the mesh
+    (tests); default all. Returns the last metrics."""
+    t = cfg.train
+    check_workdir(workdir)
+    maybe_initialize_distributed()
+    mesh = make_mesh(t.mesh, devices=devices)
+    parts, abstract, shardings = state_shardings(cfg, mesh)
+    meta = meta_for(cfg, abstract)
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=t.keep_checkpoints)
+    ckpt.check_compatible(meta)
+    if data_iter is None:
+        from janusflow.train.data import make_data_iterator
+        data_iter = make_data_iterator(cfg)
+
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          abstract, shardings)
+    restored = ckpt.restore_latest(target, meta)
+    if restored is not None:
+        start, state, data_state = restored
+        data_iter.set_state(data_state)
+        log(f"resumed from step {start} in {workdir}")
+    elif t.init_from:
+        parts, state, shardings = _warm_start(cfg, mesh, log)
+        start = 0
+    else:
+        key = ("init", cfg, mesh.axis_names, tuple(d.id for d in mesh.devices.flat))
+        if key not in _COMPILED:
+            _COMPILED[key] = make_init(cfg, parts, shardings)
+        with jax.set_mesh(mesh):
+            state = _COMPILED[key]()
+        start = 0
+        log(f"initialised a new {cfg.name} model (stage {t.stage})")
+
+    first = to_global(next(data_iter), mesh)
+    step_fn = _compiled_step(cfg, parts, shardings, mesh, first)
+    peak, peak_src = perf.peak_flops_per_device()
+    step_flops = flops.train_step_flops(cfg, first)["total"]
+    writer = metrics_lib.MetricsWriter(workdir, enabled=jax.process_index() == 0)
+    writer.write_json("run_info.json", {"peak_flops_per_device": peak, "peak_source": peak_src,
+                                        "devices": jax.device_count(), "model_flops_per_step": step_flops,
+                                        "mesh": dict(mesh.shape)})
+    end = t.steps if stop_at is None else min(stop_at, t.steps)
+    progress = metrics_lib.Progress(start, end, log)
+    batch, last = first, {}
+    with _Signals() as sig:
+        for step in range(start, end):
+            t0 = time.perf_counter()
+            state, m = step_fn(state, batch)
+            m = jax.device_get(m)
+            check_finite(step, m)  # raises before any checkpoint of a bad state can be written
+            dt = time.perf_counter() - t0
+            done = step + 1
+            if done % t.log_every == 0 or done == end:
+                last = metrics_lib.step_metrics(m, dt, first, cfg, step_flops, peak * jax.device_count())
+                writer.write(done, last)
+                progress.update(done, last)
+            stop = sig.received is not None
+            if done % t.ckpt_every == 0 or done == end or stop:
+                # the data position saved is that of the *next* batch to train on
+                ckpt.save(done, state, data_iter.get_state(), meta, force=stop)
+            if stop:
+                ckpt.wait()
+                log(f"received signal {sig.received}: saved step {done} and stopping")
+                break
+            if done < end:
+                batch = to_global(next(data_iter), mesh)
+    ckpt.wait()
+    if int(jax.device_get(state.step)) >= t.steps:
+        save_final_model(cfg, parts, state, workdir, log)
+    ckpt.close()
+    writer.close()
+    return last
