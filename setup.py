@@ -7,7 +7,7 @@ setup(
     packages=find_packages(include=["janusflow", "janusflow.*"]),
     python_requires=">=3.10",
     install_requires=[
-        "jax>=0.7",
+        "jax>=0.10",
         "flax>=0.12",
         "optax>=0.2.5",
         "orbax-checkpoint>=0.11",
@@ -16,6 +16,20 @@ setup(
         "pillow>=10",
         # reading official checkpoints without pickle
         "safetensors>=0.4",
+        # TensorBoard event files without TensorFlow
+        "tensorboardX>=2.6",
+        # learning-curve plots of the default run
+        "matplotlib>=3.7",
+        # progress bars on sampling and evaluation
+        "tqdm>=4.60",
+        # data loading: random access + checkpointable iterators over TFDS array_record files,
+        # without TensorFlow
+        "grain>=0.2.12",
+        # tensorflow-datasets imports it when building a dataset without TensorFlow, but only
+        # declares it for Python < 3.9
+        "importlib_resources",
+        # the DeepSeek-LLM tokenizer.json and the locally trained tiny tokenizer
+        "tokenizers>=0.19",
     ],
     extras_require={
         "test": [

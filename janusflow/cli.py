@@ -21,6 +21,23 @@ def _load(args):
     return apply_overrides(load_config(args.config), args.set)
 
 
+def cmd_train(args) -> int:
+    cfg = _load(args)
+    if cfg.recipe.enabled:  # the multi-phase default run (train/recipe.py)
+        from janusflow.train.recipe import run
+        run(cfg, args.workdir)
+    else:
+        from janusflow.train.loop import train
+        train(cfg, args.workdir)
+    return 0
+
+
+def cmd_bench_train(args) -> int:
+    from janusflow import bench_train
+    bench_train.run(_load(args), repeats=args.repeats)
+    return 0
+
+
 def cmd_info(args) -> int:
     from janusflow.info import report
     cfg = _load(args)
@@ -74,6 +91,150 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def cmd_sample(args) -> int:
+    from janusflow.checkpoint import model_io
+    from janusflow.checkpoint.torch_layout import CheckpointMismatch
+    from janusflow.sample import run
+    from janusflow.sample.generate import with_compute_dtype
+    try:
+        texts = run.read_prompts(args.prompt, args.prompts_file)
+        if texts and args.prompt_ids:
+            raise ValueError("give text prompts (--prompt/--prompts-file) or --prompt-ids, not both")
+        if not texts and not args.prompt_ids:
+            raise ValueError("no prompt: give --prompt, --prompts-file or --prompt-ids")
+        tok = run.load_tokenizer(args.checkpoint, args.tokenizer) if texts else None
+        model, cfg = model_io.load_model(args.checkpoint, args.dtype)
+        if args.compute_dtype:
+            model, cfg = with_compute_dtype(model, cfg, args.compute_dtype)
+        vae = run.load_vae_for(cfg, args.checkpoint, args.vae, args.dtype)
+        if tok is not None:
+            from janusflow.data.tokenizer import generation_prompt_ids
+            ids = [generation_prompt_ids(tok, t) for t in texts]
+        else:
+            ids = [run.parse_ids(x) for x in args.prompt_ids]
+        out = run.sample_to_dir(
+            model, vae, cfg, ids, args.out, prompts_text=texts or None, n=args.n,
+            cfg_weight=args.cfg, steps=args.steps, seed=args.seed, solver=args.solver,
+            save_latents=args.save_latents, batch_size=args.batch_size, mesh=run.default_mesh(),
+            pad_id=tok.pad_id if tok is not None else 0, grid_max=args.grid_max,
+            progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
+    except (CheckpointMismatch, FileNotFoundError, ValueError) as e:
+        print(f"janusflow sample: error: {e}", file=sys.stderr)
+        return 1
+    print(f"{out['generated']} images written, {out['skipped']} already there: {out['out_dir']}"
+          + (f" (grid: {out['grid']})" if out["grid"] else ""))
+    return 0
+
+
+def cmd_chat(args) -> int:
+    from janusflow.checkpoint import model_io
+    from janusflow.checkpoint.torch_layout import CheckpointMismatch
+    from janusflow.sample import run
+    from janusflow.sample.chat import answer, load_image
+    try:
+        if not args.question.strip():
+            raise ValueError("--question is empty")
+        image = load_image(args.image)
+        tok = run.load_tokenizer(args.checkpoint, args.tokenizer)
+        model, cfg = model_io.load_model(args.checkpoint, args.dtype)
+        vae = (run.load_vae_for(cfg, args.checkpoint, args.vae, args.dtype)
+               if cfg.und_encoder in ("shared_gen", "separate_gen") else None)
+        text = answer(model, cfg, tok, [image], [args.question], max_new_tokens=args.max_new_tokens,
+                      temperature=args.temperature, top_p=args.top_p, seed=args.seed, vae=vae)[0]
+    except (CheckpointMismatch, FileNotFoundError, ValueError) as e:
+        print(f"janusflow chat: error: {e}", file=sys.stderr)
+        return 1
+    print(text)
+    return 0
+
+
+def cmd_bench_sample(args) -> int:
+    from janusflow import bench_sample
+    bench_sample.run(_load(args).model, batch=args.batch, steps=args.steps, repeats=args.repeats,
+                     prompt_len=args.prompt_len, solver=args.solver, decode=not args.no_decode,
+                     uncached=not args.no_uncached)
+    return 0
+
+
+def cmd_data(args) -> int:
+    from janusflow.data import build, shapes_tfds
+    try:
+        if args.data_command == "shapes":
+            cfg = args.config if args.train is None else shapes_tfds.shapes_config(
+                int(args.config.rstrip("px")), args.train, args.validation or 1200)
+            print(shapes_tfds.build_shapes(args.out, cfg))
+        elif args.texts:
+            build.build_text(args.texts, args.out, args.name)
+        elif args.images and args.captions:
+            build.build_image_text(args.images, args.captions, args.out, args.name,
+                                   val_fraction=args.val_fraction, short_side=args.short_side,
+                                   threads=args.threads)
+        else:
+            print("janusflow data build: error: give --images and --captions, or --texts",
+                  file=sys.stderr)
+            return 2
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"janusflow data: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_bench_data(args) -> int:
+    import json
+
+    from janusflow.bench_data import run
+    out = run(_load(args), repeats=args.repeats, batches=args.batches, work_dir=args.work_dir,
+              threads=args.threads)
+    if args.json:
+        print(json.dumps(out))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import json
+
+    from janusflow.eval import geneval
+    from janusflow.eval.geneval_layout import ProtocolMismatch
+    from janusflow.eval.geneval_score import IncompleteResultsError, format_summary, summarize
+    try:
+        if args.eval_command == "shapes":
+            from janusflow.eval import shapes_bench
+            if args.ground_truth:
+                fn = shapes_bench.ground_truth_generate_fn(args.size)
+            elif args.checkpoint:
+                model, vae, cfg, tok = geneval.load_generator(args.checkpoint, args.vae, args.dtype)
+                fn = geneval.model_generate_fn(model, vae, cfg, tok, cfg_weight=args.cfg,
+                                               steps=args.steps, solver=args.solver)
+            else:
+                print("janusflow eval shapes: error: give --checkpoint or --ground-truth", file=sys.stderr)
+                return 2
+            out = shapes_bench.run_shapes_bench(fn, args.n_per_tag, args.n_images, args.seed,
+                                                args.outdir, batch_size=args.batch_size, progress=True)
+        elif args.geneval_command == "generate":
+            out = geneval.run_generate(args.checkpoint, args.metadata, args.outdir, n=args.n,
+                                       cfg_weight=args.cfg, steps=args.steps, seed=args.seed,
+                                       batch_size=args.batch_size, solver=args.solver,
+                                       vae_path=args.vae, dtype=args.dtype)
+        elif args.geneval_command == "summarize":
+            from janusflow.eval.geneval_layout import load_prompts
+            expected = load_prompts(args.metadata)[0] if args.metadata else None
+            out = summarize(args.results, expected, args.n, strict=not args.allow_incomplete)
+        else:
+            out = geneval.run_score(args.outdir, detections=args.detections, detector=args.detector,
+                                    colors=args.colors, out_jsonl=args.out, metadata=args.metadata,
+                                    n=args.n, strict=not args.allow_incomplete,
+                                    mask2former=args.mask2former, object_names=args.object_names,
+                                    device=args.device)
+    except (IncompleteResultsError, ProtocolMismatch, FileNotFoundError, ImportError, KeyError,
+            ValueError) as e:
+        print(f"janusflow eval: error: {e}", file=sys.stderr)
+        return 1
+    if "per_tag" in out and args.eval_command == "geneval":
+        print(format_summary(out))
+    print(json.dumps(out, indent=None if args.eval_command == "geneval" else 2, default=str))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="janusflow", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -89,6 +250,148 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
                    help="parameter dtype (default: float32 from HF, the saved dtype to HF)")
     p.set_defaults(func=cmd_convert)
+    p = sub.add_parser("data", help="build TFDS datasets: users' images+captions, texts, shapes")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    q = dsub.add_parser("build", help="a folder of images + captions JSONL (or a text file) -> TFDS dataset")
+    q.add_argument("--images", metavar="DIR", help="folder the captions' image paths are relative to")
+    q.add_argument("--captions", metavar="FILE.jsonl",
+                   help='lines {"image": path, "caption": str|[str], "qa": [{"question", "answer"}]}')
+    q.add_argument("--texts", metavar="FILE", help="text dataset: .txt (a document per line) or .jsonl with 'text'")
+    q.add_argument("--out", required=True, metavar="DATA_DIR", help="TFDS data directory to write into")
+    q.add_argument("--name", default="user_images", help="dataset name (snake_case) the configs use")
+    q.add_argument("--val-fraction", type=float, default=0.0, help="held-out share (by image path hash)")
+    q.add_argument("--short-side", type=int, default=0, help="downscale images whose short side exceeds this")
+    q.add_argument("--threads", type=int, default=4, help="image decoding threads")
+    q.set_defaults(func=cmd_data)
+    q = dsub.add_parser("shapes", help="generate the built-in janusflow_shapes dataset")
+    q.add_argument("--out", required=True, metavar="DATA_DIR")
+    q.add_argument("--config", default="32px", help="32px | 64px | 384px")
+    q.add_argument("--train", type=int, default=None, help="custom number of train examples")
+    q.add_argument("--validation", type=int, default=None, help="custom number of validation examples")
+    q.set_defaults(func=cmd_data)
+    # `bench` may already hold other benchmarks: attach `data` to the existing group.
+    bench = sub.choices.get("bench") or sub.add_parser("bench", help="benchmarks")
+    bsub = next((a for a in bench._actions if isinstance(a, argparse._SubParsersAction)), None) \
+        or bench.add_subparsers(dest="bench_command", required=True)
+    p = bsub.add_parser("data", help="input pipeline examples/s beside the train step's")
+    _add_config_args(p)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--batches", type=int, default=10, help="batches per timed run")
+    p.add_argument("--threads", type=int, default=2, help="grain threads per task stream")
+    p.add_argument("--work-dir", default=None, help="where to build the benchmark datasets (default: a temp dir)")
+    p.add_argument("--json", action="store_true", help="also print the results as JSON")
+    p.set_defaults(func=cmd_bench_data)
+    p = sub.add_parser("eval", help="GenEval (generate / score / summarize) and the shapes benchmark")
+    esub = p.add_subparsers(dest="eval_command", required=True)
+    g = esub.add_parser("geneval", help="the GenEval benchmark (official prompt file and layout)")
+    gsub = g.add_subparsers(dest="geneval_command", required=True)
+
+    def sampling_args(q):
+        q.add_argument("--cfg", type=float, default=2.0, help="CFG weight w (paper FID protocol: 2)")
+        q.add_argument("--steps", type=int, default=30, help="ODE steps (paper: 30 Euler)")
+        q.add_argument("--solver", choices=("euler", "heun"), default="euler")
+        q.add_argument("--seed", type=int, default=0)
+        q.add_argument("--vae", metavar="DIR", default=None,
+                       help="diffusers AutoencoderKL dir (default CKPT/vae; not needed for a pixel VAE)")
+        q.add_argument("--dtype", choices=("float32", "bfloat16"), default=None)
+    q = gsub.add_parser("generate", help="write <outdir>/<00000>/{metadata.jsonl,samples/0000.png}; resumable")
+    q.add_argument("--checkpoint", required=True)
+    q.add_argument("--metadata", required=True, metavar="evaluation_metadata.jsonl")
+    q.add_argument("--outdir", required=True)
+    q.add_argument("--n", type=int, default=4, help="images per prompt")
+    q.add_argument("--batch-size", type=int, default=8)
+    sampling_args(q)
+    q.set_defaults(func=cmd_eval)
+    q = gsub.add_parser("summarize", help="per-tag and overall score of a results.jsonl (official schema)")
+    q.add_argument("results", metavar="RESULTS.jsonl")
+    q.add_argument("--metadata", default=None, help="prompt file to check completeness against")
+    q.add_argument("--n", type=int, default=None, help="images per prompt expected (default: the most seen)")
+    q.add_argument("--allow-incomplete", action="store_true", help="report per-tag scores, no overall")
+    q.set_defaults(func=cmd_eval)
+    q = gsub.add_parser("score", help="detect + score a generated layout, write results.jsonl, summarize")
+    q.add_argument("--outdir", required=True, help="the generated layout")
+    q.add_argument("--detections", default=None, help="precomputed detections (.json / .npz)")
+    q.add_argument("--detector", choices=("precomputed", "shapes", "mask2former"), default="precomputed")
+    q.add_argument("--colors", choices=("precomputed", "shapes", "clip"), default="precomputed",
+                   help="colour classifier (clip: open_clip ViT-L/14 OpenAI weights)")
+    q.add_argument("--out", default=None, help="results jsonl (default OUTDIR/results.jsonl)")
+    q.add_argument("--metadata", default=None, help="prompt file to check completeness against")
+    q.add_argument("--n", type=int, default=None, help="images per prompt (default: protocol.json's)")
+    q.add_argument("--mask2former", default=None, metavar="CKPT", help="Mask2Former .pth (mmdet 2.x)")
+    q.add_argument("--object-names", default=None, metavar="object_names.txt")
+    q.add_argument("--device", default="cuda")
+    q.add_argument("--allow-incomplete", action="store_true")
+    q.set_defaults(func=cmd_eval)
+    q = esub.add_parser("shapes", help="GenEval-style benchmark on the shapes world (analytic detector)")
+    q.add_argument("--checkpoint", default=None)
+    q.add_argument("--ground-truth", action="store_true", help="score ground-truth renders (sanity check)")
+    q.add_argument("--size", type=int, default=32, help="render size for --ground-truth")
+    q.add_argument("--n-per-tag", type=int, default=16)
+    q.add_argument("--n-images", type=int, default=2)
+    q.add_argument("--batch-size", type=int, default=16)
+    q.add_argument("--outdir", default=None, help="write grids, results.jsonl, summary.json here")
+    sampling_args(q)
+    q.set_defaults(func=cmd_eval)
+    p = sub.add_parser("train", help="train (or resume) an experiment in --workdir")
+    _add_config_args(p)
+    p.add_argument("--workdir", required=True, help="checkpoints, metrics, samples; resumed if it holds a run")
+    p.set_defaults(func=cmd_train)
+    bench = sub.choices.get("bench") or sub.add_parser("bench", help="benchmarks")
+    bsub = next((a for a in bench._actions if isinstance(a, argparse._SubParsersAction)), None) \
+        or bench.add_subparsers(dest="bench_command", required=True)
+    p = bsub.add_parser("train", help="train-step time, examples/s, tokens/s and MFU (synthetic data)")
+    _add_config_args(p)
+    p.add_argument("--repeats", type=int, default=3)
+    p.set_defaults(func=cmd_bench_train)
+    p = sub.add_parser("sample", help="text-to-image sampling (rectified flow, CFG, prompt KV cache)")
+    p.add_argument("--checkpoint", required=True, help="janusflow checkpoint dir or official HF dir")
+    p.add_argument("--vae", metavar="DIR", default=None,
+                   help="diffusers AutoencoderKL dir (default CKPT/vae; not needed for a pixel VAE)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer.json or its dir (default: CKPT)")
+    p.add_argument("--prompt", action="append", default=[], help="a text prompt (repeatable)")
+    p.add_argument("--prompts-file", default=None, help=".txt (a prompt a line) or .jsonl with 'prompt'")
+    p.add_argument("--prompt-ids", action="append", default=[], metavar="1,2,3",
+                   help="a tokenised prompt without the generation tag (repeatable; no tokenizer needed)")
+    p.add_argument("--out", required=True, help="output directory (rerun: only missing images are sampled)")
+    p.add_argument("--n", type=int, default=4, help="images per prompt")
+    p.add_argument("--cfg", type=float, default=2.0, help="CFG weight w (1 = no guidance)")
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--solver", choices=("euler", "heun"), default="euler")
+    p.add_argument("--save-latents", action="store_true", help="also write the final latents as .npy")
+    p.add_argument("--batch-size", type=int, default=8, help="images per compiled call")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None, help="parameter dtype")
+    p.add_argument("--compute-dtype", choices=("float32", "bfloat16"), default=None,
+                   help="override the checkpoint's compute dtype")
+    p.add_argument("--grid-max", type=int, default=64, help="images in grid.png")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_sample)
+    p = sub.add_parser("chat", help="answer a question about an image")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--image", required=True)
+    p.add_argument("--question", required=True)
+    p.add_argument("--tokenizer", default=None, help="tokenizer.json or its dir (default: CKPT)")
+    p.add_argument("--vae", default=None, help="only for the gen-encoder understanding ablations")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None)
+    p.set_defaults(func=cmd_chat)
+    # `bench` is shared: attach `sample` to the group whoever created it first.
+    bench = sub.choices.get("bench") or sub.add_parser("bench", help="benchmarks")
+    bsub = next((a for a in bench._actions if isinstance(a, argparse._SubParsersAction)), None) \
+        or bench.add_subparsers(dest="bench_command", required=True)
+    p = bsub.add_parser("sample", help="s/ODE step, s/image, FLOPs, fraction of peak, prompt-cache speed-up")
+    _add_config_args(p)
+    p.add_argument("--batch", type=int, default=1, help="images (2x LLM rows with CFG)")
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--prompt-len", type=int, default=32)
+    p.add_argument("--solver", choices=("euler", "heun"), default="euler")
+    p.add_argument("--no-decode", action="store_true", help="skip timing the VAE decode")
+    p.add_argument("--no-uncached", action="store_true", help="skip the recompute-the-prompt baseline")
+    p.set_defaults(func=cmd_bench_sample)
     return parser
 
 

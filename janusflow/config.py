@@ -12,6 +12,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
+# The data pipeline's config is plain dataclasses (pipeline.py imports nothing heavy at module
+# level), so it is part of the experiment config and takes --set data.gen.name=... overrides.
+from janusflow.data.pipeline import DataConfig
+
 
 class ConfigError(ValueError):
     """A config field has a bad value; the message names the field."""
@@ -320,11 +324,28 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class DataConfig:
-    source: str = "synthetic"               # "synthetic" (random batches, benchmarks/tests)
+class RecipeConfig:
+    """The default run's phases (``train/recipe.py``); off for single-stage experiments."""
+    enabled: bool = False
+    batch: int = 16                         # global examples per step, split by the ratios
+    siglip_steps: int = 300
+    siglip_lr: float = 1e-3
+    text_steps: int = 300
+    text_lr: float = 1e-3
+    stage_steps: tuple = (300, 1200, 300)
+    stage_lrs: tuple = (1e-3, 1e-3, 3e-4)
+    stage_ratios: tuple = (50, 50, 0, 14, 80, 6, 21, 70, 9)   # und:gen:text per stage (paper Table 1)
+    eval_prompts_per_tag: int = 8
+    eval_images: int = 2
+    eval_questions: int = 300
+    sample_steps: int = 30
+    cfg_weight: float = 2.0
 
     def __post_init__(self):
-        _check(self.source in ("synthetic",), "DataConfig.source", f"unknown source {self.source!r}")
+        _positive(self, "batch", "siglip_steps", "text_steps", "eval_prompts_per_tag", "eval_images", "sample_steps")
+        _check(len(self.stage_steps) == 3 and len(self.stage_lrs) == 3, "RecipeConfig.stage_steps/stage_lrs",
+               "need 3 values each")
+        _check(len(self.stage_ratios) == 9, "RecipeConfig.stage_ratios", "need 9 values (und, gen, text per stage)")
 
 
 @dataclass(frozen=True)
@@ -335,6 +356,8 @@ class ExperimentConfig:
     seq_len: int = 4096                     # packed training sequence length (paper: 4096)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    synthetic_data: bool = False            # random batches instead of cfg.data (benchmarks, tests)
+    recipe: RecipeConfig = field(default_factory=RecipeConfig)
 
     def __post_init__(self):
         _positive(self, "seq_len")

@@ -23,7 +23,7 @@ from flax import nnx
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # tiny gen-only run on one device: small and quick to compile
-SETS = ["model.repa=false", "train.und_batch=0", "train.text_batch=0", "train.gen_batch=2",
+SETS = ["synthetic_data=true", "model.repa=false", "train.und_batch=0", "train.text_batch=0", "train.gen_batch=2",
         "train.mesh.data=1", "train.optim.warmup_steps=2", "train.optim.lr=1e-3", "train.log_every=1"]
 
 
@@ -32,7 +32,7 @@ def _cfg(**train_kw):
                 optim=OptimConfig(lr=1e-3, warmup_steps=2), mesh=MeshConfig(data=1))
     base.update(train_kw)
     return ExperimentConfig(name="loop", model=presets.tiny(repa=False), seq_len=256,
-                            train=TrainConfig(**base))
+                            train=TrainConfig(**base), synthetic_data=True)
 
 
 def train(cfg, workdir, **kw):

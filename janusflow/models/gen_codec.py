@@ -43,6 +43,27 @@ def timestep_embedding(t, dim: int, max_period: float = 10000.0):
     return emb
 
 
+def depthwise_conv(conv: Conv2d, x):
+    """``conv(x)`` for a stride-1 depthwise ``Conv2d`` (groups == channels). On CPU it is
+    computed as a sum of k*k shifted, per-channel-scaled copies of the padded input: XLA:CPU
+    runs ``feature_group_count=C`` convolutions ~10x slower than this one fused elementwise
+    loop (measured: 1536 ch, 24x24, batch 2: 690 ms vs 50 ms), which made the 7x7 convs a
+    quarter of a sampling step. Other backends keep the native convolution."""
+    if jax.default_backend() != "cpu" or conv.stride != 1 or conv.groups != conv.in_channels:
+        return conv(x)
+    if x.ndim != 4 or x.shape[-1] != conv.in_channels:
+        raise ValueError(f"Conv2d expects NHWC input with {conv.in_channels} channels, got shape {x.shape}")
+    dtype = conv.dtype or x.dtype
+    kernel = conv.kernel[...].astype(dtype)                  # (k, k, 1, C)
+    k, p = kernel.shape[0], conv.padding
+    xp = jnp.pad(x.astype(dtype), ((0, 0), (p, p), (p, p), (0, 0)))
+    h, w = xp.shape[1] - k + 1, xp.shape[2] - k + 1
+    y = sum(xp[:, i:i + h, j:j + w, :] * kernel[i, j, 0] for i in range(k) for j in range(k))
+    if conv.bias is not None:
+        y = y + conv.bias[...].astype(dtype)
+    return y
+
+
 class ConvNextBlock(nnx.Module):
     """y = x + Lin2(GRN(GELU(Lin1(RMSNorm(DWConv7x7(x))))));  out = y*(1+scale) + shift
     with (scale, shift) = Linear(SiLU(t_emb)). The modulation follows the residual add, as in
@@ -77,7 +98,7 @@ class ConvNextBlock(nnx.Module):
         return y.astype(x.dtype)
 
     def __call__(self, x, t_emb):
-        h = self.depthwise(x)
+        h = depthwise_conv(self.depthwise, x)
         h = self.norm(h)
         h = jax.nn.gelu(self.linear_1(h), approximate=False)
         h = self.linear_2(self.grn(h))

@@ -32,6 +32,8 @@ class SyntheticIterator:
 
 
 def make_data_iterator(cfg: ExperimentConfig):
-    if cfg.data.source == "synthetic":
+    """Synthetic batches when ``cfg.synthetic_data``, else the TFDS/grain pipeline of ``cfg.data``."""
+    if cfg.synthetic_data:
         return SyntheticIterator(cfg)
-    raise ValueError(f"unknown data source {cfg.data.source!r}")
+    from janusflow.data.pipeline import make_pipeline
+    return make_pipeline(cfg, cfg.data)

@@ -165,6 +165,8 @@ def train(cfg: ExperimentConfig, workdir: str, *, data_iter=None, log: Callable 
             done = step + 1
             if done % t.log_every == 0 or done == end:
                 last = metrics_lib.step_metrics(m, dt, first, cfg, step_flops, peak * jax.device_count())
+                if hasattr(data_iter, "metrics"):  # skipped / fixed bad examples, counted
+                    last.update({f"data/{k}": v for k, v in data_iter.metrics().items()})
                 writer.write(done, last)
                 progress.update(done, last)
             stop = sig.received is not None

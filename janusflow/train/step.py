@@ -135,17 +135,21 @@ def make_train_step(cfg: ExperimentConfig, parts: Parts):
         terms = {k: ar.safe_mean(sums[k], counts[k]) for k in TERMS}
         loss = _weighted_total(sums, counts, lc)
         grad_norm = optax.tree.norm(grads)
-        updates, opt_state = parts.optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        ema = state.ema
-        if ema is not None:
-            d = oc.ema_decay
-            ema = jax.tree.map(lambda e, p: d * e + (1 - d) * p, ema, params)
-        new = state._replace(step=state.step + 1, params=params, opt_state=opt_state, ema=ema)
         # A non-finite loss or gradient leaves the state untouched (the host loop then stops
-        # with an error): with buffer donation there is no other way to keep the last good state.
+        # with an error). lax.cond, not a select over two full states: only the taken branch
+        # runs and XLA can update the donated buffers in place, so peak memory stays ~1x state.
         ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)
+
+        def apply(st):
+            updates, opt_state = parts.optimizer.update(grads, st.opt_state, st.params)
+            params = optax.apply_updates(st.params, updates)
+            ema = st.ema
+            if ema is not None:
+                d = oc.ema_decay
+                ema = jax.tree.map(lambda e, p: d * e + (1 - d) * p, ema, params)
+            return st._replace(step=st.step + 1, params=params, opt_state=opt_state, ema=ema)
+
+        new = jax.lax.cond(ok, apply, lambda st: st, state)
         metrics = {"loss": loss, "grad_norm": grad_norm, "lr": parts.schedule(state.step),
                    "finite": ok, **{f"loss_{k}": v for k, v in terms.items()}}
         return new, metrics

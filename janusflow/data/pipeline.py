@@ -1,0 +1,300 @@
+"""The training data pipeline: TFDS sources -> grain (shard, shuffle, repeat, preprocess in
+threads) -> fixed-size task batches in exactly the layout of ``janusflow/train/step.py``.
+
+  und:  ids, attention_mask, image_mask, loss_mask (B_u, und_len); pixels (B_u, S, S, 3)
+        SigLIP-normalised [when und_encoder == 'siglip']; vae_images (B_u, H, W, 3) in [-1, 1]
+        [when und_encoder is one of the gen-encoder ablations, or und_vae_images='yes']
+  gen:  prompt_ids, prompt_mask (B_g, prompt_len), LEFT-padded so the prompt ends right before
+        the t_emb slot (positions are contiguous, as at sampling time); images (B_g, H, W, 3) in
+        [-1, 1]; repa_pixels (B_g, S, S, 3) [when REPA is on]
+  text: ids, attention_mask, loss_mask (B_t, text_len)
+ids are int32, masks bool, images float32; und/text rows are right-padded with the pad id.
+
+Sequences are padded, not packed: packing several examples into one row needs per-segment
+attention masks and position resets, which the LLM does not take yet.
+
+Batch sizes are per process (global / process_count) from ``cfg.train.{und,gen,text}_batch``
+(set them from ratios with :func:`janusflow.data.mixing.with_task_ratios`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import numpy as np
+
+from janusflow.data import preprocess as pp
+from janusflow.data.mixing import TASKS, MixedIterator
+from janusflow.data.sources import (SourceConfig, as_text, as_text_list, get_field, open_source,
+                                    task_dataset)
+from janusflow.data.tokenizer import Tokenizer, conversation_example, generation_prompt_ids
+
+SHAPES_32 = "janusflow_shapes/32px"
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    und: SourceConfig = SourceConfig(name=SHAPES_32)
+    gen: SourceConfig = SourceConfig(name=SHAPES_32)
+    text: SourceConfig = SourceConfig(name=SHAPES_32, text="description")   # read iff text_batch > 0
+    tokenizer: str = ""             # tokenizer.json or checkpoint dir; "" -> built-in shapes BPE
+    und_text_len: int = 64          # und row length = 2 + num_und_tokens + und_text_len
+    prompt_len: int = 64            # generation prompt ids (BOS ... "Assistant:")
+    text_len: int = 128
+    max_turns: int = 1              # QA turns per understanding example (0: all)
+    system_prompt: str = ""         # tokenizer.SYSTEM_PROMPT reproduces the official und prompt
+    seed: int = 0
+    shuffle: bool = True
+    num_threads: int = 2            # grain threads decoding + preprocessing per process
+    prefetch: int = 64              # examples buffered per task stream
+    workers: int = 0                # >0: grain worker processes per task stream (mp_prefetch)
+    und_vae_images: str = "auto"    # "auto" | "yes" | "no"
+
+    def __post_init__(self):
+        for n in ("und_text_len", "prompt_len", "text_len"):
+            if getattr(self, n) < 1:
+                raise ValueError(f"DataConfig.{n} must be >= 1, got {getattr(self, n)}")
+        if self.und_vae_images not in ("auto", "yes", "no"):
+            raise ValueError(f"DataConfig.und_vae_images must be auto|yes|no, got {self.und_vae_images!r}")
+
+
+# ---------------------------------------------------------------------- processors
+class _Processor:
+    """grain ``random_map`` transform: raw record -> padded example, or a skip marker."""
+
+    def __call__(self, record, rng):
+        if "_skip" in record:
+            return {"_skip": record["_skip"]}
+        flags: list = []
+        try:
+            out = self.process(record, rng, flags)
+        except pp.BadExample as e:
+            return {"_skip": e.reason}
+        except Exception as e:  # noqa: BLE001 - one bad record must not stop a long run
+            return {"_skip": f"error_{type(e).__name__}"}
+        out["_flags"] = flags
+        return out
+
+
+def _pad(a, length, value, left=False):
+    a = np.asarray(a)
+    pad = np.full((length - len(a),), value, a.dtype)
+    return np.concatenate([pad, a] if left else [a, pad])
+
+
+@dataclasses.dataclass
+class UndProcessor(_Processor):
+    tok: Tokenizer
+    keys: SourceConfig
+    length: int
+    num_image_tokens: int
+    siglip: tuple            # (size, mean, std) or None
+    vae_size: int | None
+    max_turns: int = 1
+    system_prompt: str = ""
+
+    def process(self, record, rng, flags):
+        img = pp.decode_image(get_field(record, self.keys.image), flags)
+        qs = as_text_list(get_field(record, self.keys.question))
+        ans = as_text_list(get_field(record, self.keys.answer))
+        turns = [(q, a) for q, a in zip(qs, ans) if a.strip()]
+        if not turns:
+            raise pp.BadExample("empty_text")
+        if self.max_turns and len(turns) > self.max_turns:
+            keep = np.sort(rng.choice(len(turns), self.max_turns, replace=False))
+            turns = [turns[i] for i in keep]
+        ids, image_mask, loss_mask = conversation_example(self.tok, turns, self.num_image_tokens,
+                                                          self.system_prompt)
+        if len(ids) > self.length:
+            if int(np.argmax(loss_mask)) >= self.length:
+                raise pp.BadExample("too_long")           # not one answer token would fit
+            ids, image_mask, loss_mask = ids[:self.length], image_mask[:self.length], loss_mask[:self.length]
+            flags.append("truncated")
+        n = self.length
+        out = {"ids": _pad(ids, n, self.tok.pad_id), "attention_mask": _pad(np.ones(len(ids), bool), n, False),
+               "image_mask": _pad(image_mask, n, False), "loss_mask": _pad(loss_mask, n, False)}
+        if self.siglip is not None:
+            size, mean, std = self.siglip
+            out["pixels"] = pp.to_siglip(pp.resize_long_side_pad(img, size, pp.mean_color(mean)), mean, std)
+        if self.vae_size:
+            fill = pp.mean_color(self.siglip[1]) if self.siglip else (127, 127, 127)
+            out["vae_images"] = pp.to_vae(pp.resize_long_side_pad(img, self.vae_size, fill))
+        return out
+
+
+@dataclasses.dataclass
+class GenProcessor(_Processor):
+    tok: Tokenizer
+    keys: SourceConfig
+    length: int
+    image_size: int
+    repa: tuple | None       # (size, mean, std) or None
+
+    def prompt_ids(self, caption: str, flags) -> list:
+        ids = generation_prompt_ids(self.tok, caption)
+        if len(ids) <= self.length:
+            return ids
+        flags.append("truncated")
+        body = self.tok.encode(caption, add_bos=False)
+        budget = len(body) - (len(ids) - self.length)
+        while budget > 0:
+            ids = generation_prompt_ids(self.tok, self.tok.decode(body[:budget]))
+            if len(ids) <= self.length:
+                return ids
+            budget -= max(1, len(ids) - self.length)
+        raise pp.BadExample("too_long")                  # the template alone does not fit
+
+    def process(self, record, rng, flags):
+        caps = [c.strip() for c in as_text_list(get_field(record, self.keys.caption))]
+        caps = [c for c in caps if c]
+        if not caps:
+            raise pp.BadExample("empty_caption")
+        caption = caps[int(rng.integers(len(caps)))] if len(caps) > 1 else caps[0]
+        ids = self.prompt_ids(caption, flags)
+        img = pp.decode_image(get_field(record, self.keys.image), flags)
+        crop = pp.resize_short_side_random_crop(img, self.image_size, rng)
+        out = {"prompt_ids": _pad(np.asarray(ids, np.int32), self.length, self.tok.pad_id, left=True),
+               "prompt_mask": _pad(np.ones(len(ids), bool), self.length, False, left=True),
+               "images": pp.to_vae(crop)}
+        if self.repa is not None:
+            size, mean, std = self.repa
+            out["repa_pixels"] = pp.to_siglip(pp._resize(crop, size, size), mean, std)
+        return out
+
+
+@dataclasses.dataclass
+class TextProcessor(_Processor):
+    tok: Tokenizer
+    keys: SourceConfig
+    length: int
+
+    def process(self, record, rng, flags):
+        text = as_text(get_field(record, self.keys.text)).strip()
+        if not text:
+            raise pp.BadExample("empty_text")
+        ids = self.tok.encode(text) + [self.tok.eos_id]
+        if len(ids) > self.length:
+            ids = ids[:self.length]
+            flags.append("truncated")
+        mask = _pad(np.ones(len(ids), bool), self.length, False)
+        return {"ids": _pad(np.asarray(ids, np.int32), self.length, self.tok.pad_id),
+                "attention_mask": mask, "loss_mask": mask.copy()}
+
+
+# ---------------------------------------------------------------------- tokenizer
+@functools.lru_cache(maxsize=4)
+def shapes_tokenizer(vocab_size: int = 512) -> Tokenizer:
+    """Byte-level BPE trained on the shapes world's vocabulary and the chat templates
+    (deterministic, no download; cached per process)."""
+    from janusflow.data import shapes
+    from janusflow.data.shapes_tfds import describe
+    from janusflow.data.tokenizer import ASSISTANT, SEP, SYSTEM_PROMPT, USER, build_tiny_tokenizer
+    texts = [f"{USER}: {m['prompt']}{SEP}{ASSISTANT}:" for tag in shapes.TAGS
+             for m in shapes.prompts_for(tag, "all")]
+    rng = np.random.default_rng(0)
+    for i in range(400):
+        n = 1 + i % 4
+        objs = [shapes.Obj(shapes.SHAPES[int(rng.integers(6))], shapes.COLORS[int(rng.integers(10))],
+                           (2 + 10 * k, 2 + 10 * ((k * 7 + i) % 4), 10 + 10 * k, 10 + 10 * ((k * 7 + i) % 4)))
+                for k in range(n)]
+        texts += [f"\n{q}{SEP}{ASSISTANT}: {a}" for q, a, _ in shapes.questions(objs, rng)]
+        texts.append(describe(objs))
+    texts += [SYSTEM_PROMPT, "0123456789"]
+    return build_tiny_tokenizer(texts, min(vocab_size, 4096))
+
+
+def load_tokenizer(data: DataConfig, model_cfg) -> Tokenizer:
+    tok = Tokenizer.load(data.tokenizer) if data.tokenizer else shapes_tokenizer(model_cfg.llm.vocab_size)
+    if tok.vocab_size > model_cfg.llm.vocab_size:
+        raise ValueError(f"tokenizer has {tok.vocab_size} tokens but the model's vocab_size is "
+                         f"{model_cfg.llm.vocab_size}: ids would index past the embedding table")
+    return tok
+
+
+# ---------------------------------------------------------------------- pipeline
+def _outputs(cfg, data: DataConfig):
+    m = cfg.model
+    sig = (m.siglip.image_size, tuple(m.siglip.pixel_mean), tuple(m.siglip.pixel_std))
+    und_vae = (m.und_encoder in ("shared_gen", "separate_gen") if data.und_vae_images == "auto"
+               else data.und_vae_images == "yes")
+    use_repa = m.repa and cfg.train.loss.repa_weight > 0
+    return {"und_pixels": sig if m.und_encoder == "siglip" else None,
+            "und_vae": m.image_size if und_vae else None, "repa": sig if use_repa else None}
+
+
+def processors(cfg, data: DataConfig, tok: Tokenizer) -> dict:
+    m, o = cfg.model, _outputs(cfg, data)
+    und_len = min(cfg.seq_len, 2 + m.num_und_tokens + data.und_text_len)
+    if und_len < m.num_und_tokens + 8:
+        raise ValueError(f"understanding rows of {und_len} tokens (seq_len {cfg.seq_len}) cannot hold "
+                         f"the {m.num_und_tokens + 2} image slots and a question/answer")
+    if data.prompt_len + 1 + m.num_gen_tokens > m.llm.max_position_embeddings:
+        raise ValueError(f"prompt_len {data.prompt_len} + 1 + {m.num_gen_tokens} image tokens exceeds "
+                         f"the model context {m.llm.max_position_embeddings}")
+    if data.text_len > cfg.seq_len:
+        raise ValueError(f"DataConfig.text_len {data.text_len} exceeds seq_len {cfg.seq_len}")
+    return {"und": UndProcessor(tok, data.und, und_len, m.num_und_tokens, o["und_pixels"], o["und_vae"],
+                                data.max_turns, data.system_prompt),
+            "gen": GenProcessor(tok, data.gen, data.prompt_len, m.image_size, o["repa"]),
+            "text": TextProcessor(tok, data.text, data.text_len)}
+
+
+def per_process_batch_sizes(cfg, process_count: int) -> dict:
+    m, t = cfg.model, cfg.train
+    sizes = {"und": t.und_batch if m.und_encoder != "none" else 0,
+             "gen": t.gen_batch if m.gen_enabled else 0, "text": t.text_batch}
+    for k, v in sizes.items():
+        if v % process_count:
+            raise ValueError(f"train.{k}_batch={v} is not divisible by the {process_count} processes")
+    return {k: v // process_count for k, v in sizes.items()}
+
+
+def _check_fields(task, source, keys: SourceConfig):
+    need = {"und": (keys.image, keys.question, keys.answer), "gen": (keys.image, keys.caption),
+            "text": (keys.text,)}[task]
+    rec = source[0]
+    for path in need:
+        try:
+            get_field(rec, path)
+        except KeyError:
+            raise KeyError(f"{task} source {keys.name!r} ({keys.split}) has no feature {path!r}; "
+                           f"its top-level features are {sorted(rec)}; set the key mapping") from None
+
+
+def make_pipeline(cfg, data: DataConfig = DataConfig(), tokenizer: Tokenizer | None = None, *,
+                  process_index: int | None = None, process_count: int | None = None) -> MixedIterator:
+    """Iterator of host-local batches for this process (its shard of every source)."""
+    import grain
+    if process_index is None or process_count is None:
+        import jax
+        process_index, process_count = jax.process_index(), jax.process_count()
+    tok = tokenizer or load_tokenizer(data, cfg.model)
+    if tok.vocab_size > cfg.model.llm.vocab_size:
+        raise ValueError(f"tokenizer has {tok.vocab_size} tokens > model vocab_size {cfg.model.llm.vocab_size}")
+    sizes = per_process_batch_sizes(cfg, process_count)
+    procs = processors(cfg, data, tok)
+    iters = {}
+    for k, task in enumerate(TASKS):
+        if not sizes[task]:
+            continue
+        src_cfg = getattr(data, task)
+        if not src_cfg.enabled:
+            raise ValueError(f"train.{task}_batch > 0 but DataConfig.{task} names no dataset")
+        source = open_source(src_cfg, src_cfg.image if task != "text" else None)
+        _check_fields(task, source, src_cfg)
+        seed = (data.seed * 1_000_003 + 7919 * (k + 1)) % 2**32
+        ds = task_dataset(source, seed=seed, shard_index=process_index, shard_count=process_count,
+                          shuffle=data.shuffle)
+        ds = ds.random_map(procs[task], seed=(seed + 104729 * (process_index + 1)) % 2**32)
+        opts = grain.ReadOptions(num_threads=data.num_threads, prefetch_buffer_size=data.prefetch)
+        ids = ds.to_iter_dataset(opts)
+        if data.workers:
+            from absl import flags
+            if not flags.FLAGS.is_parsed():
+                flags.FLAGS.mark_as_parsed()        # grain's worker code reads absl flags
+            # Processes sidestep the GIL for the Python/numpy parts of preprocessing; the
+            # output (and the checkpointed position) stays deterministic for a fixed count.
+            ids = ids.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.workers))
+        iters[task] = iter(ids)
+    return MixedIterator(iters, sizes)

@@ -1,0 +1,118 @@
+"""Tokenizer + chat templates: exact token layouts of spec section 2 and the official code."""
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+
+from janusflow.data import tokenizer as T
+from janusflow.data.pipeline import shapes_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return shapes_tokenizer(512)
+
+
+def official_understanding_ids(tok, question, answer, n):
+    """Reference: the official processor's procedure -- encode the whole sft string with one
+    <image_placeholder>, then replace it by <begin_of_image> + n placeholders + <end_of_image>."""
+    text = f"User: {T.IMAGE_PLACEHOLDER}\n{question}\n\nAssistant: {answer}{T.EOS_TOKEN}"
+    out = []
+    for i in tok.encode(text):
+        if i == tok.image_placeholder_id:
+            out += [tok.image_start_id] + [tok.image_placeholder_id] * n + [tok.image_end_id]
+        else:
+            out.append(i)
+    return out
+
+
+def test_tiny_tokenizer_fits_vocab_and_is_deterministic(tok, tmp_path):
+    assert tok.vocab_size <= 512
+    assert [tok.hf.token_to_id(t) for t in T.SPECIAL_TOKENS] == list(range(7))
+    assert (tok.bos_id, tok.eos_id, tok.pad_id) == (0, 1, 2)
+    again = T.build_tiny_tokenizer(["a photo of a red circle"] * 3, 300)
+    same = T.build_tiny_tokenizer(["a photo of a red circle"] * 3, 300)
+    assert again.hf.to_str() == same.hf.to_str()
+    (tmp_path / "ckpt").mkdir()
+    tok.save(str(tmp_path / "ckpt" / "tokenizer.json"))
+    loaded = T.Tokenizer.from_checkpoint_dir(str(tmp_path / "ckpt"))
+    text = "User: What color is the star?\n\nAssistant: red"
+    assert loaded.encode(text) == tok.encode(text)
+    assert pickle.loads(pickle.dumps(tok)).encode(text) == tok.encode(text)
+    with pytest.raises(ValueError, match="vocab_size"):
+        T.build_tiny_tokenizer(["x"], 100)
+
+
+def test_encode_decode_roundtrip_and_bos(tok):
+    text = "a photo of a blue square left of a green circle"
+    ids = tok.encode(text)
+    assert ids[0] == tok.bos_id and ids.count(tok.bos_id) == 1
+    assert tok.encode(text, add_bos=False) == ids[1:]
+    assert tok.decode(ids) == text
+    assert tok.decode(tok.encode(f"x{T.IMAGE_START}y", add_bos=False), skip_special_tokens=False) == f"x{T.IMAGE_START}y"
+
+
+def test_generation_prompt_has_no_image_tag(tok):
+    ids = T.generation_prompt_ids(tok, "  a photo of a red circle ")
+    assert ids == tok.encode("User: a photo of a red circle\n\nAssistant:")
+    assert ids[0] == tok.bos_id
+    for tag in (tok.image_start_id, tok.image_end_id, tok.generation_tag_id, tok.image_placeholder_id,
+                tok.eos_id, tok.pad_id):
+        assert tag not in ids
+    assert tok.decode(ids) == "User: a photo of a red circle\n\nAssistant:"
+
+
+@pytest.mark.parametrize("n", [4, 64])
+def test_understanding_layout_matches_spec_and_official(tok, n):
+    q, a = "What color is the star?", "yellow"
+    ids, image_mask, loss_mask = T.understanding_example(tok, q, a, n)
+    assert ids.dtype == np.int32 and image_mask.dtype == bool and loss_mask.dtype == bool
+    assert ids.tolist() == official_understanding_ids(tok, q, a, n)
+    # BOS "User: " <begin_of_image> N x placeholder <end_of_image> ...
+    start = int(np.argmax(ids == tok.image_start_id))
+    assert ids[0] == tok.bos_id and tok.decode(ids[1:start]) == "User: "
+    assert np.flatnonzero(image_mask).tolist() == list(range(start, start + 1 + n))
+    assert (ids[start + 1:start + 1 + n] == tok.image_placeholder_id).all()
+    assert ids[start + 1 + n] == tok.image_end_id
+    # loss exactly on " yellow" + <eos>, which close the sequence
+    lm = np.flatnonzero(loss_mask)
+    assert lm.tolist() == list(range(lm[0], len(ids))) and ids[-1] == tok.eos_id
+    assert tok.decode(ids[loss_mask]) == " yellow"
+    assert tok.decode(ids[start + n + 2:lm[0]]) == f"\n{q}\n\nAssistant:"
+
+
+def test_multi_turn_and_system_prompt(tok):
+    turns = [("How many stars are there?", "2"), ("What shape is the red object?", "circle")]
+    ids, image_mask, loss_mask = T.conversation_example(tok, turns, 4, system_prompt="Be brief.")
+    text = tok.decode(ids, skip_special_tokens=False)
+    img = T.IMAGE_START + T.IMAGE_PLACEHOLDER * 4 + T.IMAGE_END
+    assert text == (f"{T.BOS_TOKEN}Be brief.\n\nUser: {img}\nHow many stars are there?\n\nAssistant: 2"
+                    f"{T.EOS_TOKEN}User: What shape is the red object?\n\nAssistant: circle{T.EOS_TOKEN}")
+    assert image_mask.sum() == 5
+    spans = np.split(np.flatnonzero(loss_mask), np.flatnonzero(np.diff(np.flatnonzero(loss_mask)) > 1) + 1)
+    assert [tok.decode(ids[s]) for s in spans] == [" 2", " circle"]
+    assert all(ids[s[-1]] == tok.eos_id for s in spans)
+    with pytest.raises(ValueError):
+        T.conversation_example(tok, [], 4)
+
+
+def test_checkpoint_tokenizer_without_janus_tags_gets_them_in_official_order(tmp_path):
+    from tokenizers import Tokenizer as HF, models, pre_tokenizers
+    vocab = {"<s>": 0, "</s>": 1, "hello": 2, "[UNK]": 3}
+    hf = HF(models.WordLevel(vocab, unk_token="[UNK]"))
+    hf.pre_tokenizer = pre_tokenizers.Whitespace()
+    hf.add_special_tokens(["<s>", "</s>"])
+    d = tmp_path / "ckpt"
+    d.mkdir()
+    hf.save(str(d / "tokenizer.json"))
+    (d / "tokenizer_config.json").write_text(json.dumps(
+        {"bos_token": {"content": "<s>"}, "eos_token": "</s>"}))
+    tok = T.Tokenizer.from_checkpoint_dir(str(d))
+    assert (tok.bos_id, tok.eos_id) == (0, 1)
+    assert tok.pad_id == tok.eos_id                     # no pad token: official fallback to eos
+    assert [tok.image_placeholder_id, tok.generation_tag_id, tok.image_start_id, tok.image_end_id] == [4, 5, 6, 7]
+    assert tok.encode("hello") == [0, 2]
+    with pytest.raises(FileNotFoundError):
+        T.Tokenizer.from_checkpoint_dir(str(tmp_path))
