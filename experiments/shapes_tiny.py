@@ -9,19 +9,19 @@ Arg "quick": a few steps per phase (smoke test of the whole path).
 
 import dataclasses
 
-from janusflow.config import ExperimentConfig, MeshConfig, OptimConfig, RecipeConfig, TrainConfig
+from janusflow.config import ConfigError, ExperimentConfig, MeshConfig, OptimConfig, RecipeConfig, TrainConfig
 from janusflow.data.pipeline import DataConfig
 from janusflow.presets import tiny
 
 
 def get_config(arg=None):
-    recipe = RecipeConfig(enabled=True, batch=16, siglip_steps=300, text_steps=300,
-                          stage_steps=(300, 1200, 300), stage_lrs=(1e-3, 1e-3, 3e-4))
+    recipe = RecipeConfig(enabled=True, batch=16, siglip_steps=200, text_steps=200,
+                          stage_steps=(150, 900, 150), stage_lrs=(1e-3, 1e-3, 3e-4))
     if arg == "quick":
         recipe = dataclasses.replace(recipe, siglip_steps=5, text_steps=5, stage_steps=(5, 5, 5),
                                      eval_prompts_per_tag=2, eval_images=1, eval_questions=12, sample_steps=4)
     elif arg not in (None, ""):
-        raise ValueError(f"experiments/shapes_tiny.py: unknown arg {arg!r} (expected '' or 'quick')")
+        raise ConfigError(f"experiments/shapes_tiny.py: unknown arg {arg!r} (expected '' or 'quick')")
     train = TrainConfig(stage=2, steps=1, log_every=25, ckpt_every=500, mesh=MeshConfig(data=1),
                         optim=OptimConfig(lr=1e-3, warmup_steps=100, ema_decay=0.99))
     return ExperimentConfig(name="shapes_tiny", model=tiny(), seq_len=256, train=train,

@@ -49,3 +49,16 @@ def test_cli_info_tiny(capsys):
 def test_cli_reports_bad_override(capsys):
     assert cli.main(["info", "--config", "tiny", "--set", "model.llm.bogus=1"]) == 2
     assert "unknown key 'bogus'" in capsys.readouterr().err
+
+
+def test_1_3b_stage_variants_follow_paper_table_1():
+    s1, s2, s3 = (load_config(f"experiments/janusflow_1_3b.py:stage={s}") for s in (1, 2, 3))
+    assert (s1.train.stage, s1.train.steps, s1.train.optim.lr) == (1, 10_000, 1e-4)
+    assert (s2.train.steps, s2.train.optim.warmup_steps) == (390_000, 2000)
+    assert (s3.train.steps, s3.train.optim.lr, s3.train.optim.warmup_steps) == (26_000, 2e-5, 1000)
+    assert s1.train.und_batch + s1.train.gen_batch + s1.train.text_batch == 512
+    assert s3.train.und_batch + s3.train.gen_batch + s3.train.text_batch == 256
+    assert s1.train.text_batch == 0 and s2.train.gen_batch > s2.train.und_batch > s2.train.text_batch
+    assert s1.train.optim.ema_decay == 0.99 and s1.train.optim.b2 == 0.95
+    with pytest.raises(ConfigError, match="stage must be 1, 2 or 3"):
+        load_config("experiments/janusflow_1_3b.py:stage=4")
