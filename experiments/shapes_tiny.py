@@ -16,7 +16,7 @@ from janusflow.presets import tiny
 
 def get_config(arg=None):
     recipe = RecipeConfig(enabled=True, batch=16, siglip_steps=200, text_steps=200,
-                          stage_steps=(150, 900, 150), stage_lrs=(1e-3, 1e-3, 3e-4))
+                          stage_steps=(150, 1100, 150), stage_lrs=(1e-3, 1e-3, 3e-4))
     if arg == "quick":
         recipe = dataclasses.replace(recipe, siglip_steps=5, text_steps=5, stage_steps=(5, 5, 5),
                                      eval_prompts_per_tag=2, eval_images=1, eval_questions=12, sample_steps=4)

@@ -35,7 +35,10 @@ def tiny(**overrides) -> ModelConfig:
                             mlp_ratio=2.0, attn_pool=True),
         gen_codec=GenCodecConfig(channels=32, kernel_size=4, stride=4, num_blocks=2,
                                  decoder_patch=2, decoder_upsamples=2),
-        vae=VAEConfig(kind="pixel"),
+        # Shape images are mostly flat gray: pixels in [-1, 1] have std ~0.05, so at most t the
+        # noise drowns them. Scaling the "latent" (as SD's VAE scaling factor does) lifts the
+        # signal; decoding divides it back out.
+        vae=VAEConfig(kind="pixel", scaling_factor=4.0),
         image_size=32, repa_layer=2, repa_hidden=64, overrides=overrides)
 
 
