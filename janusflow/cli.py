@@ -235,6 +235,13 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _bench_group(sub):
+    """The shared `janusflow bench` group (data, sample, train benchmarks attach to it)."""
+    bench = sub.choices.get("bench") or sub.add_parser("bench", help="benchmarks")
+    return next((a for a in bench._actions if isinstance(a, argparse._SubParsersAction)), None) \
+        or bench.add_subparsers(dest="bench_command", required=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="janusflow", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -269,10 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--train", type=int, default=None, help="custom number of train examples")
     q.add_argument("--validation", type=int, default=None, help="custom number of validation examples")
     q.set_defaults(func=cmd_data)
-    # `bench` may already hold other benchmarks: attach `data` to the existing group.
-    bench = sub.choices.get("bench") or sub.add_parser("bench", help="benchmarks")
-    bsub = next((a for a in bench._actions if isinstance(a, argparse._SubParsersAction)), None) \
-        or bench.add_subparsers(dest="bench_command", required=True)
+    bsub = _bench_group(sub)
     p = bsub.add_parser("data", help="input pipeline examples/s beside the train step's")
     _add_config_args(p)
     p.add_argument("--repeats", type=int, default=3)
@@ -336,9 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--workdir", required=True, help="checkpoints, metrics, samples; resumed if it holds a run")
     p.set_defaults(func=cmd_train)
-    bench = sub.choices.get("bench") or sub.add_parser("bench", help="benchmarks")
-    bsub = next((a for a in bench._actions if isinstance(a, argparse._SubParsersAction)), None) \
-        or bench.add_subparsers(dest="bench_command", required=True)
+    bsub = _bench_group(sub)
     p = bsub.add_parser("train", help="train-step time, examples/s, tokens/s and MFU (synthetic data)")
     _add_config_args(p)
     p.add_argument("--repeats", type=int, default=3)
@@ -379,9 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None)
     p.set_defaults(func=cmd_chat)
     # `bench` is shared: attach `sample` to the group whoever created it first.
-    bench = sub.choices.get("bench") or sub.add_parser("bench", help="benchmarks")
-    bsub = next((a for a in bench._actions if isinstance(a, argparse._SubParsersAction)), None) \
-        or bench.add_subparsers(dest="bench_command", required=True)
+    bsub = _bench_group(sub)
     p = bsub.add_parser("sample", help="s/ODE step, s/image, FLOPs, fraction of peak, prompt-cache speed-up")
     _add_config_args(p)
     p.add_argument("--batch", type=int, default=1, help="images (2x LLM rows with CFG)")
