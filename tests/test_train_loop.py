@@ -41,7 +41,7 @@ def train(cfg, workdir, **kw):
 
 def _params(path):
     model, _ = load_model(path)
-    return jax.device_get(nnx.state(model, nnx.Param).to_pure_dict())
+    return jax.device_get(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
 
 
 def _cli(workdir, steps, ckpt_every, extra=()):

@@ -47,12 +47,12 @@ def spec_for(axes, shape, mesh: Mesh, rules=RULES) -> P:
 
 
 def param_shardings(abstract_state: nnx.State, mesh: Mesh, rules=RULES):
-    """A pure-dict tree of NamedSharding matching ``abstract_state.to_pure_dict()``."""
+    """A pure-dict tree of NamedSharding matching ``nnx.to_pure_dict(abstract_state)``."""
     def one(v):
         axes = v.get_metadata().get("axes") or (None,) * len(v.get_value().shape)
         return NamedSharding(mesh, spec_for(axes, v.get_value().shape, mesh, rules))
     shardings = jax.tree.map(one, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
-    return nnx.State(shardings).to_pure_dict() if not isinstance(shardings, dict) else shardings
+    return nnx.to_pure_dict(shardings)
 
 
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:

@@ -80,4 +80,4 @@ def pretrain_siglip(cfg: SiglipConfig, vocab: int, batches, steps: int, *, lr: f
             log(f"siglip pre-training step {i + 1}/{steps} sigmoid loss {loss:.4f} "
                 f"({time.perf_counter() - t0:.0f} s)")
     return {"first_loss": first, "last_loss": loss,
-            "params": nnx.state(model.image, nnx.Param).to_pure_dict()}
+            "params": nnx.to_pure_dict(nnx.state(model.image, nnx.Param))}

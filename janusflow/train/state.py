@@ -82,7 +82,7 @@ def split_model(model, vae, stage: int):
 
 
 def _pure(state) -> dict:
-    return state.to_pure_dict() if hasattr(state, "to_pure_dict") else dict(state)
+    return nnx.to_pure_dict(state)
 
 
 def _state_from_model(model, vae, cfg: ExperimentConfig, parts_opt) -> TrainState:
