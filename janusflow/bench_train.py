@@ -1,7 +1,17 @@
 """``janusflow bench train``: step time, examples/s, tokens/s and MFU of the jitted train step
-on synthetic data (the input pipeline is benchmarked separately by ``bench data``)."""
+on synthetic data (the input pipeline is benchmarked separately by ``bench data``).
+
+MFU counts model FLOPs only (``flops.train_step_flops``). A step fed images also runs the
+frozen VAE encoder (``--latents`` feeds precomputed latents instead, as ``janusflow data
+latents`` datasets do); its FLOPs are reported beside, with the utilisation of model + encoder
+FLOPs. ``--compare`` times both variants alternately in one process on one state, with the
+peak re-measured every round: on a shared machine that is the fair comparison."""
 
 from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
 
 import jax
 
@@ -13,22 +23,81 @@ from janusflow.train.step import check_finite, jit_train_step
 from janusflow.train.synthetic import synthetic_batch
 
 
-def run(cfg: ExperimentConfig, repeats: int = 3, log=print) -> dict:
-    mesh = make_mesh(cfg.train.mesh)
-    log(f"mesh {dict(mesh.shape)} on {jax.device_count()} x {jax.devices()[0].device_kind}")
-    peak, peak_src = perf.peak_flops_per_device()
-    log(f"peak {peak / 1e9:.1f} GFLOP/s per device ({peak_src})")
-    batch = synthetic_batch(cfg)
-    parts, state, shardings = init_state(cfg, mesh)
-    step = jit_train_step(cfg, parts, shardings, mesh, batch)
-    compiled = step.lower(state, batch).compile()
-    xla_flops = None
+def with_latents(cfg: ExperimentConfig, latents: bool) -> ExperimentConfig:
+    return dataclasses.replace(cfg, data=dataclasses.replace(
+        cfg.data, gen=dataclasses.replace(cfg.data.gen, latents=latents)))
+
+
+def _compile(cfg, parts, shardings, mesh, state, batch):
+    """(executable, XLA cost-analysis FLOPs or None, memory plan dict or None)."""
+    compiled = jit_train_step(cfg, parts, shardings, mesh, batch).lower(state, batch).compile()
+    xla_flops, mem = None, None
+    try:
+        ma = compiled.memory_analysis()
+        mem = {"argument_bytes": ma.argument_size_in_bytes, "temp_bytes": ma.temp_size_in_bytes,
+               "output_bytes": ma.output_size_in_bytes, "alias_bytes": ma.alias_size_in_bytes}
+    except Exception:  # best effort, as below
+        pass
     try:
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         xla_flops = float(cost.get("flops", 0.0)) or None
     except Exception:  # cost analysis is best effort (not all backends report it)
         pass
+    return compiled, xla_flops, mem
+
+
+def _counts(cfg, batch) -> tuple[int, int]:
+    """(examples, tokens) of one step."""
+    n_examples = sum(b[next(iter(b))].shape[0] for b in batch.values())
+    n_tokens = 0
+    for task, b in batch.items():
+        if task == "gen":
+            n_tokens += b["prompt_ids"].shape[0] * (b["prompt_ids"].shape[1] + 1 + cfg.model.num_gen_tokens)
+        else:
+            n_tokens += b["ids"].size
+    return n_examples, n_tokens
+
+
+def _report(cfg, batch, med, samples, peak, xla_flops, mem, log) -> dict:
+    model = flops.train_step_flops(cfg, batch)
+    n_examples, n_tokens = _counts(cfg, batch)
+    total_peak = peak * jax.device_count()
+    mfu = model["total"] / med / total_peak
+    enc = flops.train_step_vae_encode_flops(cfg, batch)
+    hfu = (model["total"] + enc) / med / total_peak
+    out = {"step_time_s": med, "step_time_samples": samples, "examples_per_s": n_examples / med,
+           "tokens_per_s": n_tokens / med, "model_flops_per_step": model["total"],
+           "model_flops_breakdown": model, "xla_flops_per_step": xla_flops,
+           "vae_encode_flops_per_step": enc, "latents": "latents" in batch.get("gen", {}),
+           "peak_flops_per_device": peak, "mfu": mfu, "mfu_with_vae_encode": hfu, "memory": mem}
+    log(f"step {med:.3f} s (median of {len(samples)}: {', '.join(f'{s:.3f}' for s in samples)})")
+    log(f"{n_examples / med:.2f} examples/s, {n_tokens / med:.0f} tokens/s")
+    parts_txt = ", ".join(f"{k} {v / 1e9:.1f}" for k, v in model.items() if k != "total")
+    log(f"model FLOPs/step {model['total'] / 1e9:.1f} G ({parts_txt})"
+        + (f"; XLA cost analysis {xla_flops / 1e9:.1f} G" if xla_flops else ""))
+    if "gen" in batch:
+        log("gen batch: precomputed latents (no VAE encoder in the step)" if out["latents"] else
+            f"gen batch: images, VAE encoder in the step {enc / 1e9:.1f} G (not model FLOPs); "
+            f"model + encoder {(model['total'] + enc) / 1e9:.1f} G/step = {100 * hfu:.1f}% of peak")
+    if mem:
+        log(f"compiled memory: arguments {mem['argument_bytes'] / 2**30:.2f} GiB, temporaries "
+            f"{mem['temp_bytes'] / 2**30:.2f} GiB")
+    log(f"MFU {100 * mfu:.1f}% of {total_peak / 1e9:.1f} GFLOP/s")
+    return out
+
+
+def run(cfg: ExperimentConfig, repeats: int = 3, log=print, latents: bool | None = None) -> dict:
+    """``latents``: override ``cfg.data.gen.latents`` (gen examples carry precomputed latents)."""
+    if latents is not None:
+        cfg = with_latents(cfg, latents)
+    mesh = make_mesh(cfg.train.mesh)
+    log(f"mesh {dict(mesh.shape)} on {jax.device_count()} x {jax.devices()[0].device_kind}")
+    peak, peak_src = perf.peak_flops_per_device()
+    log(f"peak {peak / 1e9:.1f} GFLOP/s per device ({peak_src})")
+    batch = synthetic_batch(cfg)
+    parts, state, shardings = init_state(cfg, mesh)
+    compiled, xla_flops, mem = _compile(cfg, parts, shardings, mesh, state, batch)
     holder = {"state": state}
 
     def one():
@@ -38,23 +107,46 @@ def run(cfg: ExperimentConfig, repeats: int = 3, log=print) -> dict:
     m = one()  # warm-up
     check_finite(0, jax.device_get(m))
     med, samples = perf.timed(one, repeats=repeats, warmup=0)
-    model = flops.train_step_flops(cfg, batch)
-    n_examples = sum(b[next(iter(b))].shape[0] for b in batch.values())
-    n_tokens = 0
-    for task, b in batch.items():
-        if task == "gen":
-            n_tokens += b["prompt_ids"].shape[0] * (b["prompt_ids"].shape[1] + 1 + cfg.model.num_gen_tokens)
-        else:
-            n_tokens += b["ids"].size
-    mfu = model["total"] / med / (peak * jax.device_count())
-    out = {"step_time_s": med, "step_time_samples": samples, "examples_per_s": n_examples / med,
-           "tokens_per_s": n_tokens / med, "model_flops_per_step": model["total"],
-           "model_flops_breakdown": model, "xla_flops_per_step": xla_flops,
-           "peak_flops_per_device": peak, "mfu": mfu}
-    log(f"step {med:.3f} s (median of {repeats}: {', '.join(f'{s:.3f}' for s in samples)})")
-    log(f"{n_examples / med:.2f} examples/s, {n_tokens / med:.0f} tokens/s")
-    parts_txt = ", ".join(f"{k} {v / 1e9:.1f}" for k, v in model.items() if k != "total")
-    log(f"model FLOPs/step {model['total'] / 1e9:.1f} G ({parts_txt})"
-        + (f"; XLA cost analysis {xla_flops / 1e9:.1f} G" if xla_flops else ""))
-    log(f"MFU {100 * mfu:.1f}% of {peak * jax.device_count() / 1e9:.1f} GFLOP/s")
+    return _report(cfg, batch, med, samples, peak, xla_flops, mem, log)
+
+
+def run_compare(cfg: ExperimentConfig, repeats: int = 3, log=print) -> dict:
+    """The step fed images (VAE encoder in the step) and fed precomputed latents, timed
+    alternately on one state (the order flips every round), the peak measured before every
+    round: both variants see the same machine load. Returns {"images": ..., "latents": ...,
+    "speedup": images time / latents time}."""
+    mesh = make_mesh(cfg.train.mesh)
+    log(f"mesh {dict(mesh.shape)} on {jax.device_count()} x {jax.devices()[0].device_kind}")
+    if "gen" not in synthetic_batch(cfg):
+        raise ValueError("--compare needs generation examples (train.gen_batch > 0, model.gen_enabled)")
+    cfgs = {"images": with_latents(cfg, False), "latents": with_latents(cfg, True)}
+    batches = {k: synthetic_batch(c) for k, c in cfgs.items()}
+    parts, state, shardings = init_state(cfg, mesh)
+    built = {k: _compile(cfgs[k], parts, shardings, mesh, state, batches[k]) for k in cfgs}
+    holder = {"state": state}
+
+    def one(k):
+        holder["state"], m = built[k][0](holder["state"], batches[k])
+        return m
+
+    for k in cfgs:  # warm-up
+        check_finite(0, jax.device_get(one(k)))
+    times, peaks = {k: [] for k in cfgs}, []
+    for r in range(repeats):
+        peaks.append(perf.peak_flops_per_device()[0])
+        for k in (("images", "latents") if r % 2 == 0 else ("latents", "images")):
+            t0 = time.perf_counter()
+            jax.block_until_ready(one(k))
+            times[k].append(time.perf_counter() - t0)
+        log(f"round {r + 1}/{repeats}: peak {peaks[-1] / 1e9:.1f} GFLOP/s, images "
+            f"{times['images'][-1]:.2f} s, latents {times['latents'][-1]:.2f} s")
+    peak = statistics.median(peaks)
+    out = {"peak_samples": peaks}
+    for k in cfgs:
+        log(f"--- gen batch fed {k} (peak: median of {repeats} = {peak / 1e9:.1f} GFLOP/s)")
+        med = statistics.median(times[k])
+        out[k] = _report(cfgs[k], batches[k], med, times[k], peak, built[k][1], built[k][2], log)
+    out["speedup"] = out["images"]["step_time_s"] / out["latents"]["step_time_s"]
+    log(f"precomputed latents: {out['speedup']:.2f}x faster steps "
+        f"(MFU {100 * out['images']['mfu']:.1f}% -> {100 * out['latents']['mfu']:.1f}%)")
     return out

@@ -23,6 +23,11 @@ def _load(args):
 
 def cmd_train(args) -> int:
     cfg = _load(args)
+    if getattr(args, "platform", None):  # mesh, remat, dtype, accumulation, runtime flags
+        from janusflow.platform import apply_platform, export_env, load_platform
+        platform = load_platform(args.platform)
+        cfg = apply_platform(cfg, platform, log=print)
+        export_env(platform, log=print)  # before jax starts its backend (train() is the first to use it)
     if cfg.recipe.enabled:  # the multi-phase default run (train/recipe.py)
         from janusflow.train.recipe import run
         run(cfg, args.workdir)
@@ -32,9 +37,35 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    from janusflow.plan import run_cli
+    return run_cli(args)
+
+
+def cmd_sweep(args) -> int:
+    from janusflow import sweep
+    path, members = sweep.load_members(args.config)
+    members = sweep.select(members, args.only)
+    if args.print:
+        for line in sweep.launch_commands(path, members, args.workdir, args.set, args.launcher):
+            print(line)
+        return 0
+    from janusflow.config_loader import apply_overrides, load_config
+    for m in members:  # every member's config must load before hours of training start
+        apply_overrides(load_config(f"{path}:{m['arg']}"), args.set)
+    status = sweep.run(path, members, args.workdir, args.set)
+    out = sweep.write_results(path, members, args.workdir, status, command=" ".join(["janusflow"] + sys.argv[1:]))
+    print(open(out).read())
+    print(f"wrote {out} and learning_curves.png")
+    return 0 if all(s == "done" for s in status.values()) else 1
+
+
 def cmd_bench_train(args) -> int:
     from janusflow import bench_train
-    bench_train.run(_load(args), repeats=args.repeats)
+    if args.compare:
+        bench_train.run_compare(_load(args), repeats=args.repeats)
+    else:
+        bench_train.run(_load(args), repeats=args.repeats, latents=args.latents or None)
     return 0
 
 
@@ -179,6 +210,17 @@ def cmd_data(args) -> int:
     return 0
 
 
+def cmd_data_latents(args) -> int:
+    from janusflow.data.latents import build_latents
+    try:
+        build_latents(_load(args), args.out, split=args.split, batch=args.batch, name=args.name,
+                      vae_dir=args.vae)
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"janusflow data latents: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_bench_data(args) -> int:
     import json
 
@@ -276,6 +318,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--train", type=int, default=None, help="custom number of train examples")
     q.add_argument("--validation", type=int, default=None, help="custom number of validation examples")
     q.set_defaults(func=cmd_data)
+    q = dsub.add_parser("latents", help="encode the experiment's gen source with the frozen VAE once "
+                        "(train with --set data.gen.name=DIR --set data.gen.latents=true)")
+    _add_config_args(q)
+    q.add_argument("--out", required=True, metavar="DATA_DIR", help="TFDS data directory to write into")
+    q.add_argument("--split", default="train", help="split(s) of data.gen to encode, comma-separated")
+    q.add_argument("--batch", type=int, default=8, help="images per encoder call")
+    q.add_argument("--name", default=None, help="dataset name (default <source>_latents)")
+    q.add_argument("--vae", metavar="DIR", default=None,
+                   help="diffusers AutoencoderKL dir (default: the VAE a fresh run of EXP initialises)")
+    q.set_defaults(func=cmd_data_latents)
     bsub = _bench_group(sub)
     p = bsub.add_parser("data", help="input pipeline examples/s beside the train step's")
     _add_config_args(p)
@@ -339,11 +391,40 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train (or resume) an experiment in --workdir")
     _add_config_args(p)
     p.add_argument("--workdir", required=True, help="checkpoints, metrics, samples; resumed if it holds a run")
+    p.add_argument("--platform", default=None, metavar="FILE[:k=v,...]",
+                   help="tpu_configs/<name>.py: mesh, micro-batch (sets accumulation), remat, dtype, flags")
     p.set_defaults(func=cmd_train)
+    p = sub.add_parser("plan", help="compile the train step for N simulated devices: per-device memory, "
+                       "FLOPs, time at an MFU (nothing is allocated)")
+    _add_config_args(p)
+    p.add_argument("--devices", type=int, default=None, help="simulated devices (default: the platform's)")
+    p.add_argument("--mesh", default=None, metavar="data=1,fsdp=8,tensor=1", help="mesh (after --platform)")
+    p.add_argument("--platform", default=None, metavar="FILE[:k=v,...]", help="tpu_configs/<name>.py")
+    p.add_argument("--batch", type=int, default=None, help="global batch (same und:gen:text ratios)")
+    p.add_argument("--chip", default=None, help="peak FLOP/s for the time estimate: v4|v5e|v5p|h100|a100 "
+                   "(default: the platform's)")
+    p.add_argument("--mfu", type=float, default=None, help="model FLOPs utilisation for the estimate (0.5)")
+    p.add_argument("--steps", type=int, default=None, help="steps to time (default: 426,000, paper stages 1-3)")
+    p.add_argument("--json", default=None, metavar="OUT.json", help="write the numbers as JSON")
+    p.set_defaults(func=cmd_plan)
+    p = sub.add_parser("sweep", help="run (or --print) the members of an experiment file's sweep(); results.md")
+    p.add_argument("--config", required=True, help="experiments/<file>.py[:arg] defining sweep(arg)")
+    p.add_argument("--workdir", required=True, help="one sub-directory per member; results.md, learning_curves.png")
+    p.add_argument("--only", default=None, help="comma-separated member names, e.g. A,F")
+    p.add_argument("--print", action="store_true", help="print one launch command per member instead of running")
+    p.add_argument("--launcher", default=None,
+                   help="with --print: command prefix per member, e.g. 'tpu_configs/launch_tpu.sh NAME ZONE "
+                        "PROJECT tpu_configs/v5p_64.py' (then spec, workdir and --set follow)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every member")
+    p.set_defaults(func=cmd_sweep)
     bsub = _bench_group(sub)
     p = bsub.add_parser("train", help="train-step time, examples/s, tokens/s and MFU (synthetic data)")
     _add_config_args(p)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--latents", action="store_true",
+                   help="feed precomputed latents (data.gen.latents=true): no VAE encoder in the step")
+    p.add_argument("--compare", action="store_true",
+                   help="time the step fed images and fed latents alternately in one process")
     p.set_defaults(func=cmd_bench_train)
     p = sub.add_parser("sample", help="text-to-image sampling (rectified flow, CFG, prompt KV cache)")
     p.add_argument("--checkpoint", required=True, help="janusflow checkpoint dir or official HF dir")

@@ -340,6 +340,7 @@ class RecipeConfig:
     eval_questions: int = 300
     sample_steps: int = 30
     cfg_weight: float = 2.0
+    eval_untrained: bool = True             # also score the untrained model (the "random" baseline)
 
     def __post_init__(self):
         _positive(self, "batch", "siglip_steps", "text_steps", "eval_prompts_per_tag", "eval_images", "sample_steps")

@@ -98,6 +98,58 @@ def train_step_flops(cfg, batch) -> dict:
     return out
 
 
+def _conv(cin: int, cout: int, k: int, px: int) -> float:
+    return 2.0 * px * k * k * cin * cout
+
+
+def _vae_resnet(cin: int, cout: int, px: int) -> float:
+    return _conv(cin, cout, 3, px) + _conv(cout, cout, 3, px) + (_conv(cin, cout, 1, px) if cin != cout else 0.0)
+
+
+def _vae_mid(v, c: int, px: int) -> float:
+    """Mid block: two resnets and (optionally) one-head attention over all ``px`` positions."""
+    f = 2 * _vae_resnet(c, c, px)
+    if v.mid_block_add_attention:
+        f += 2.0 * px * 4 * c * c + 4.0 * px * px * c            # q, k, v, out + QK^T, AV
+    return f
+
+
+def vae_encode_forward_per_image(cfg: ModelConfig) -> float:
+    """FLOPs of encoding one ``image_size`` image with the KL VAE encoder (0 for the identity
+    pixel VAE). Frozen and outside the model: a train step that encodes its images runs this
+    on top of the model FLOPs (precomputed latents remove it; see ``janusflow data latents``)."""
+    v = cfg.vae
+    if v.kind == "pixel":
+        return 0.0
+    ch = tuple(v.block_out_channels)
+    res = cfg.image_size ** 2                            # pixels at the current resolution
+    f = _conv(v.in_channels, ch[0], 3, res)
+    for i, c in enumerate(ch):
+        for j in range(v.layers_per_block):
+            f += _vae_resnet(ch[max(i - 1, 0)] if j == 0 else c, c, res)
+        if i < len(ch) - 1:
+            res //= 4                                    # pad (0, 1) + stride-2 3x3: H/2 x W/2 out
+            f += _conv(c, c, 3, res)
+    f += _vae_mid(v, ch[-1], res) + _conv(ch[-1], 2 * v.latent_channels, 3, res)
+    if v.use_quant_conv:
+        f += _conv(2 * v.latent_channels, 2 * v.latent_channels, 1, res)
+    return f
+
+
+def train_step_vae_encode_flops(cfg, batch) -> float:
+    """FLOPs of the frozen VAE encoder the step runs on top of the model FLOPs: every gen
+    example that carries ``images`` (not precomputed ``latents``) and, for the gen-encoder
+    understanding ablations, every und example with ``vae_images``. Not model FLOPs (MFU
+    leaves it out); reported to show what encoding in the step costs."""
+    m, n = cfg.model, 0
+    if "gen" in batch and "latents" not in batch["gen"] and "images" in batch["gen"]:
+        n += batch["gen"]["images"].shape[0]
+    if ("und" in batch and m.und_encoder in ("shared_gen", "separate_gen")
+            and "vae_latents" not in batch["und"] and "vae_images" in batch["und"]):
+        n += batch["und"]["vae_images"].shape[0]
+    return n * vae_encode_forward_per_image(m)
+
+
 def vae_decode_forward_per_image(cfg: ModelConfig) -> float:
     """FLOPs of decoding one latent with the KL VAE decoder (0 for the identity pixel VAE)."""
     v = cfg.vae

@@ -6,7 +6,8 @@ threads) -> fixed-size task batches in exactly the layout of ``janusflow/train/s
         [when und_encoder is one of the gen-encoder ablations, or und_vae_images='yes']
   gen:  prompt_ids, prompt_mask (B_g, prompt_len), LEFT-padded so the prompt ends right before
         the t_emb slot (positions are contiguous, as at sampling time); images (B_g, H, W, 3) in
-        [-1, 1]; repa_pixels (B_g, S, S, 3) [when REPA is on]
+        [-1, 1], or latents (B_g, h, w, C) when ``gen.latents`` (a ``janusflow data latents``
+        dataset; see ``data/latents.py``); repa_pixels (B_g, S, S, 3) [when REPA is on]
   text: ids, attention_mask, loss_mask (B_t, text_len)
 ids are int32, masks bool, images float32; und/text rows are right-padded with the pad id.
 
@@ -25,6 +26,9 @@ import functools
 import numpy as np
 
 from janusflow.data import preprocess as pp
+from janusflow.data.latents import FEATURE as LATENTS_FEATURE
+from janusflow.data.latents import check_source as check_latents_source
+from janusflow.data.latents import latent_shape
 from janusflow.data.mixing import TASKS, MixedIterator
 from janusflow.data.sources import (SourceConfig, as_text, as_text_list, get_field, open_source,
                                     task_dataset)
@@ -57,6 +61,11 @@ class DataConfig:
                 raise ValueError(f"DataConfig.{n} must be >= 1, got {getattr(self, n)}")
         if self.und_vae_images not in ("auto", "yes", "no"):
             raise ValueError(f"DataConfig.und_vae_images must be auto|yes|no, got {self.und_vae_images!r}")
+        for n in ("und", "text"):
+            if getattr(self, n).latents:
+                raise ValueError(f"DataConfig.{n}.latents=True: only the gen stream reads precomputed "
+                                 "latents (understanding images are padded, not cropped, so the gen "
+                                 "latents do not apply)")
 
 
 # ---------------------------------------------------------------------- processors
@@ -130,6 +139,7 @@ class GenProcessor(_Processor):
     length: int
     image_size: int
     repa: tuple | None       # (size, mean, std) or None
+    latent_shape: tuple | None = None   # (h, w, C): read precomputed latents instead of images
 
     def prompt_ids(self, caption: str, flags) -> list:
         ids = generation_prompt_ids(self.tok, caption)
@@ -146,17 +156,31 @@ class GenProcessor(_Processor):
         raise pp.BadExample("too_long")                  # the template alone does not fit
 
     def process(self, record, rng, flags):
-        caps = [c.strip() for c in as_text_list(get_field(record, self.keys.caption))]
+        # "caption|description": one random caption among all those fields hold (mixed caption
+        # styles, as text-to-image training mixes alt-texts and detailed re-captions)
+        caps = [c.strip() for path in self.keys.caption.split("|")
+                for c in as_text_list(get_field(record, path))]
         caps = [c for c in caps if c]
         if not caps:
             raise pp.BadExample("empty_caption")
         caption = caps[int(rng.integers(len(caps)))] if len(caps) > 1 else caps[0]
         ids = self.prompt_ids(caption, flags)
-        img = pp.decode_image(get_field(record, self.keys.image), flags)
-        crop = pp.resize_short_side_random_crop(img, self.image_size, rng)
         out = {"prompt_ids": _pad(np.asarray(ids, np.int32), self.length, self.tok.pad_id, left=True),
-               "prompt_mask": _pad(np.ones(len(ids), bool), self.length, False, left=True),
-               "images": pp.to_vae(crop)}
+               "prompt_mask": _pad(np.ones(len(ids), bool), self.length, False, left=True)}
+        if self.latent_shape is not None:
+            z = np.asarray(get_field(record, LATENTS_FEATURE), np.float32)
+            if z.shape != self.latent_shape:
+                raise pp.BadExample("bad_latents", f"shape {z.shape}, expected {self.latent_shape}")
+            out["latents"] = z
+            if self.repa is None:
+                return out                      # the image is not needed at all
+            # REPA sees the same (centre) crop the latents were encoded from
+            crop = pp.resize_short_side_random_crop(
+                pp.decode_image(get_field(record, self.keys.image), flags), self.image_size, None)
+        else:
+            img = pp.decode_image(get_field(record, self.keys.image), flags)
+            crop = pp.resize_short_side_random_crop(img, self.image_size, rng)
+            out["images"] = pp.to_vae(crop)
         if self.repa is not None:
             size, mean, std = self.repa
             out["repa_pixels"] = pp.to_siglip(pp._resize(crop, size, size), mean, std)
@@ -236,7 +260,8 @@ def processors(cfg, data: DataConfig, tok: Tokenizer) -> dict:
         raise ValueError(f"DataConfig.text_len {data.text_len} exceeds seq_len {cfg.seq_len}")
     return {"und": UndProcessor(tok, data.und, und_len, m.num_und_tokens, o["und_pixels"], o["und_vae"],
                                 data.max_turns, data.system_prompt),
-            "gen": GenProcessor(tok, data.gen, data.prompt_len, m.image_size, o["repa"]),
+            "gen": GenProcessor(tok, data.gen, data.prompt_len, m.image_size, o["repa"],
+                                latent_shape(m) if data.gen.latents else None),
             "text": TextProcessor(tok, data.text, data.text_len)}
 
 
@@ -251,8 +276,8 @@ def per_process_batch_sizes(cfg, process_count: int) -> dict:
 
 
 def _check_fields(task, source, keys: SourceConfig):
-    need = {"und": (keys.image, keys.question, keys.answer), "gen": (keys.image, keys.caption),
-            "text": (keys.text,)}[task]
+    need = {"und": (keys.image, keys.question, keys.answer), "gen": (keys.image, *keys.caption.split("|")),
+            "text": (keys.text,)}[task] + ((LATENTS_FEATURE,) if keys.latents else ())
     rec = source[0]
     for path in need:
         try:
@@ -281,6 +306,8 @@ def make_pipeline(cfg, data: DataConfig = DataConfig(), tokenizer: Tokenizer | N
         src_cfg = getattr(data, task)
         if not src_cfg.enabled:
             raise ValueError(f"train.{task}_batch > 0 but DataConfig.{task} names no dataset")
+        if src_cfg.latents:
+            check_latents_source(src_cfg, cfg.model)   # VAE config + latent shape == the model's
         source = open_source(src_cfg, src_cfg.image if task != "text" else None)
         _check_fields(task, source, src_cfg)
         seed = (data.seed * 1_000_003 + 7919 * (k + 1)) % 2**32

@@ -33,15 +33,20 @@ class SourceConfig:
     ("" -> ``$JANUSFLOW_DATA_DIR`` or the TFDS default). The key fields map logical inputs to
     feature paths; a path whose value is a list (several captions, several QA turns) is
     handled per task: a random caption, up to ``max_turns`` random turns.
+
+    ``latents`` (generation only): the dataset was written by ``janusflow data latents``, so
+    examples carry the VAE latents (``latents``) instead of ``images`` and the step runs no
+    VAE encoder; its VAE config must match the model's (checked when the pipeline opens it).
     """
     name: str = ""
     split: str = "train"
     data_dir: str = ""
     image: str = "image"
-    caption: str = "caption"            # generation
+    caption: str = "caption"            # generation; "a|b": a random caption from fields a and b
     question: str = "qa.question"       # understanding (str or list, zipped with answer)
     answer: str = "qa.answer"
     text: str = "text"                  # text (LM) stream
+    latents: bool = False               # precomputed VAE latents (gen stream only)
 
     @property
     def enabled(self) -> bool:

@@ -43,11 +43,24 @@ def _phase_cfg(cfg: ExperimentConfig, phase: str, init_from: str) -> ExperimentC
     return with_task_ratios(out, ratios, r.batch)
 
 
+def siglip_data_cfg(cfg: ExperimentConfig) -> ExperimentConfig:
+    """The data view of SigLIP pre-training: caption + image pairs (+ SigLIP pixels) of the
+    generation stream, which the pipeline only produces for a model with generation and REPA
+    -- not so for the ablations without them (A, D), whose SigLIP is pre-trained all the same."""
+    view = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, gen_enabled=True, und_encoder="siglip",
+                                                              repa=True))
+    return with_task_ratios(view, (0, 1, 0), cfg.recipe.batch)
+
+
 def _save_init(cfg: ExperimentConfig, siglip_params: dict, out: str, log):
     """A fresh model whose SigLIP tower holds the pre-trained weights."""
     from janusflow.checkpoint.model_io import save_model
     from janusflow.models.janusflow import JanusFlow
     model = nnx.jit(lambda: JanusFlow(cfg.model, rngs=nnx.Rngs(cfg.train.seed)))()
+    if siglip_params is None:   # a model without SigLIP: nothing was pre-trained
+        save_model(out, model, cfg.model)
+        log(f"saved the initial model to {out}")
+        return
     state = nnx.state(model.und_encoder, nnx.Param)
     nnx.replace_by_pure_dict(state, siglip_params)
     nnx.update(model.und_encoder, state)
@@ -89,17 +102,21 @@ def evaluate(cfg: ExperimentConfig, model_dir: str, outdir: str, log) -> dict:
     from janusflow.models.vae import make_vae
     r = cfg.recipe
     model, mcfg = load_model(model_dir)
-    vae = make_vae(mcfg.vae, rngs=nnx.Rngs(0))
     tok = load_tokenizer(cfg.data, mcfg)
-    fn = model_generate_fn(model, vae, mcfg, tok, cfg_weight=r.cfg_weight, steps=r.sample_steps)
-    report = shapes_bench.run_shapes_bench(fn, r.eval_prompts_per_tag, r.eval_images, seed=0,
-                                           outdir=outdir, batch_size=64)
-    out = {"shapes_bench": report}
-    try:
-        from janusflow.eval.understanding import model_answer_fn, understanding_accuracy
-        out["understanding"] = understanding_accuracy(model_answer_fn(model, mcfg, tok), r.eval_questions, seed=0)
-    except Exception as e:  # reported, not fatal: the generation score is the headline
-        out["understanding_error"] = f"{type(e).__name__}: {e}"
+    vae = make_vae(mcfg.vae, rngs=nnx.Rngs(0))
+    out = {}
+    if mcfg.gen_enabled:   # not for the understanding-only ablation (D)
+        fn = model_generate_fn(model, vae, mcfg, tok, cfg_weight=r.cfg_weight, steps=r.sample_steps)
+        out["shapes_bench"] = shapes_bench.run_shapes_bench(fn, r.eval_prompts_per_tag, r.eval_images, seed=0,
+                                                            outdir=outdir, batch_size=64)
+    if mcfg.und_encoder != "none":   # not for the generation-only ablation (E)
+        try:
+            from janusflow.eval.understanding import model_answer_fn, understanding_accuracy
+            # The gen-encoder ablations (B, C) see images through the VAE.
+            fn = model_answer_fn(model, mcfg, tok, vae=vae if mcfg.und_encoder != "siglip" else None)
+            out["understanding"] = understanding_accuracy(fn, r.eval_questions, seed=0)
+        except Exception as e:  # reported, not fatal: one broken evaluation must not lose the other
+            out["understanding_error"] = f"{type(e).__name__}: {e}"
     return out
 
 
@@ -110,9 +127,11 @@ def run(cfg: ExperimentConfig, workdir: str, *, log: Callable = print) -> dict:
     t_start = time.perf_counter()
     os.makedirs(workdir, exist_ok=True)
     init_dir = os.path.join(workdir, "init")
+    if not os.path.isdir(init_dir) and not cfg.model.uses_siglip:
+        _save_init(cfg, None, init_dir, log)
     if not os.path.isdir(init_dir):
         log(f"== phase siglip: {r.siglip_steps} steps of sigmoid-loss pre-training")
-        pcfg = with_task_ratios(cfg, (0, 1, 0), r.batch)
+        pcfg = siglip_data_cfg(cfg)
         batches = make_pipeline(pcfg, cfg.data)
         res = pretrain_siglip(cfg.model.siglip, cfg.model.llm.vocab_size, batches, r.siglip_steps,
                               lr=r.siglip_lr, seed=cfg.train.seed, log=log)
@@ -131,21 +150,27 @@ def run(cfg: ExperimentConfig, workdir: str, *, log: Callable = print) -> dict:
             loop.train(pcfg, pdir, log=log)
         prev = pdir
     results = {"train_minutes": (time.perf_counter() - t_start) / 60}
-    log("== eval: shapes benchmark of the final EMA model and of the untrained model")
+    log("== eval: shapes benchmark and understanding accuracy of the final EMA model"
+        + (" and of the untrained model" if r.eval_untrained else ""))
     final = os.path.join(workdir, "stage3", "model_ema")
     results["final"] = evaluate(cfg, final, os.path.join(workdir, "eval_final"), log)
-    results["untrained"] = evaluate(cfg, init_dir, os.path.join(workdir, "eval_untrained"), log)
+    if r.eval_untrained:
+        results["untrained"] = evaluate(cfg, init_dir, os.path.join(workdir, "eval_untrained"), log)
     _learning_curves(workdir, os.path.join(workdir, "learning_curves.png"))
     results["total_minutes"] = (time.perf_counter() - t_start) / 60
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
-    f_s, u_s = results["final"]["shapes_bench"], results["untrained"]["shapes_bench"]
-    log("shapes benchmark (GenEval rules)   " + "  ".join(f"{k}" for k in f_s["per_tag"]) + "  overall")
-    for name, s in (("final EMA model", f_s), ("untrained model", u_s)):
-        log(f"{name:34s} " + "  ".join(f"{v:.2f}" for v in s["per_tag"].values()) + f"  {s['overall']:.3f}")
+    rows = [(name, results[key]) for name, key in (("final EMA model", "final"), ("untrained model", "untrained"))
+            if key in results]
+    if "shapes_bench" in results["final"]:
+        tags = results["final"]["shapes_bench"]["per_tag"]
+        log("shapes benchmark (GenEval rules)   " + "  ".join(tags) + "  overall")
+        for name, res in rows:
+            s = res["shapes_bench"]
+            log(f"{name:34s} " + "  ".join(f"{v:.2f}" for v in s["per_tag"].values()) + f"  {s['overall']:.3f}")
     if "understanding" in results["final"]:
-        log(f"understanding accuracy (shapes validation): final {results['final']['understanding']['overall']:.3f}, "
-            f"untrained {results['untrained'].get('understanding', {}).get('overall', float('nan')):.3f}")
+        log("understanding accuracy (shapes validation): " + ", ".join(
+            f"{name.split()[0]} {res['understanding']['overall']:.3f}" for name, res in rows if "understanding" in res))
     log(f"wrote {workdir}/results.json, learning_curves.png, eval_final/grid_*.png "
         f"({results['total_minutes']:.1f} min in all)")
     return results

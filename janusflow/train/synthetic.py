@@ -14,8 +14,12 @@ from janusflow.models.siglip import normalize
 
 
 def synthetic_batch(cfg: ExperimentConfig, seed: int = 0, prompt_len: int = 16,
-                    answer_len: int = 8, text_len: int = 32) -> dict:
+                    answer_len: int = 8, text_len: int = 32, latents: bool | None = None) -> dict:
+    """``latents`` (default ``cfg.data.gen.latents``): the gen sub-batch carries precomputed
+    ``latents`` (random, the scale of scaled VAE latents) instead of ``images``, as a
+    ``janusflow data latents`` dataset feeds it."""
     m, t = cfg.model, cfg.train
+    latents = cfg.data.gen.latents if latents is None else latents
     r = np.random.RandomState(seed)
     v, s = m.llm.vocab_size, m.image_size
     out = {}
@@ -35,9 +39,13 @@ def synthetic_batch(cfg: ExperimentConfig, seed: int = 0, prompt_len: int = 16,
     if t.gen_batch and m.gen_enabled:
         imgs = r.rand(t.gen_batch, s, s, 3).astype(np.float32)
         out["gen"] = {"prompt_ids": jnp.asarray(r.randint(0, v, (t.gen_batch, prompt_len)), jnp.int32),
-                      "prompt_mask": jnp.ones((t.gen_batch, prompt_len), bool),
-                      "images": jnp.asarray(imgs * 2 - 1),
-                      "repa_pixels": normalize(jnp.asarray(imgs), m.siglip)}
+                      "prompt_mask": jnp.ones((t.gen_batch, prompt_len), bool)}
+        if latents:
+            lat = (t.gen_batch, m.latent_size, m.latent_size, m.vae.channels)
+            out["gen"]["latents"] = jnp.asarray(r.randn(*lat).astype(np.float32))
+        else:
+            out["gen"]["images"] = jnp.asarray(imgs * 2 - 1)
+        out["gen"]["repa_pixels"] = normalize(jnp.asarray(imgs), m.siglip)
     if t.text_batch:
         out["text"] = {"ids": jnp.asarray(r.randint(0, v, (t.text_batch, text_len)), jnp.int32),
                        "attention_mask": jnp.ones((t.text_batch, text_len), bool),

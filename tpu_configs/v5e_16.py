@@ -1,0 +1,29 @@
+"""TPU v5e-16 (gcloud accelerator type ``v5litepod-16``): 16 chips = 16 JAX devices, 2 hosts.
+
+Naming: v5e types count chips (one TensorCore per chip): v5litepod-16 is the 4x4 topology,
+16 chips on 2 VMs of 8 (https://cloud.google.com/tpu/docs/v5e). Peak 197 TFLOPS bf16 and
+16 GB HBM per chip: the smallest memory here, so FSDP over all 16 chips, remat per block and a
+micro-batch of 8: batch 512 = 8 x 16 x 4 accumulation steps (stage 3, 256: 2 steps).
+"""
+
+from janusflow.config import MeshConfig
+from janusflow.platform import Platform
+
+# From MaxText's v5e configs (AI-Hypercomputer/maxtext @ e591f30,
+# src/maxtext/configs/tpu/v5e/16b.sh, also 32b.sh ... llama2_13b.sh): data-parallel all-reduce
+# optimisation and async collective fusion (overlap all-gathers with compute).
+LIBTPU_INIT_ARGS = (
+    "--xla_tpu_enable_data_parallel_all_reduce_opt=true"
+    " --xla_tpu_data_parallel_opt_different_sized_ops=true"
+    " --xla_tpu_enable_async_collective_fusion=true"
+    " --xla_tpu_enable_async_collective_fusion_fuse_all_gather=true"
+    " --xla_tpu_enable_async_collective_fusion_multiple_steps=true"
+    " --xla_tpu_overlap_compute_collective_tc=true"
+    " --xla_enable_async_all_gather=true")
+
+
+def get_platform():
+    return Platform(name="v5litepod-16", chip="v5e", devices=16, hosts=2,
+                    mesh=MeshConfig(data=1, fsdp=16, tensor=1), micro_batch=8,
+                    remat="block", dtype="bfloat16",
+                    env={"LIBTPU_INIT_ARGS": LIBTPU_INIT_ARGS})
