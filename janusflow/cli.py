@@ -239,7 +239,12 @@ def cmd_eval(args) -> int:
     from janusflow.eval.geneval_layout import ProtocolMismatch
     from janusflow.eval.geneval_score import IncompleteResultsError, format_summary, summarize
     try:
-        if args.eval_command == "shapes":
+        if args.eval_command == "conditioning":
+            from janusflow.eval import conditioning
+            ts = tuple(float(x) for x in args.t.split(","))
+            out = conditioning.evaluate_checkpoint(args.checkpoint, _load(args), n=args.n, ts=ts, seed=args.seed)
+            print(conditioning.summary(out))
+        elif args.eval_command == "shapes":
             from janusflow.eval import shapes_bench
             if args.ground_truth:
                 fn = shapes_bench.ground_truth_generate_fn(args.size)
@@ -377,6 +382,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--object-names", default=None, metavar="object_names.txt")
     q.add_argument("--device", default="cuda")
     q.add_argument("--allow-incomplete", action="store_true")
+    q.set_defaults(func=cmd_eval)
+    q = esub.add_parser("conditioning", help="does the generator read its prompt? RF loss with shuffled "
+                        "minus correct prompts on validation examples (eval/conditioning.py)")
+    q.add_argument("--checkpoint", required=True, help="a saved model directory (e.g. WORKDIR/stage3/model_ema)")
+    _add_config_args(q)
+    q.add_argument("--n", type=int, default=64, help="validation examples")
+    q.add_argument("--t", default="0.1,0.3,0.5,0.7", help="comma-separated t values (0 = noise)")
+    q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=cmd_eval)
     q = esub.add_parser("shapes", help="GenEval-style benchmark on the shapes world (analytic detector)")
     q.add_argument("--checkpoint", default=None)

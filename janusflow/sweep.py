@@ -167,6 +167,7 @@ def collect(members, workdir, status=None) -> list[dict]:
             final = res.get("final", {}) if isinstance(res, dict) else {}
             row["shapes_bench"] = final.get("shapes_bench")
             row["understanding"] = final.get("understanding")
+            row["conditioning"] = final.get("conditioning")
             row["minutes"] = res.get("total_minutes")
         if row["status"] is None:
             row["status"] = "done" if is_done(mdir) else ("partial" if row["final_losses"] else "not run")
@@ -178,6 +179,14 @@ def _fmt(v, nd=3):
     return "-" if v is None else f"{v:.{nd}f}"
 
 
+def _cond_cell(c) -> str:
+    """The conditioning gap at the smallest t, e.g. "+0.0007 (t=0.1)"."""
+    if not c or not c.get("gap"):
+        return "-"
+    i = min(range(len(c["t"])), key=lambda k: c["t"][k])
+    return f"{c['gap'][i]:+.4f} (t={c['t'][i]:g})"
+
+
 def results_markdown(rows, title: str, command: str) -> str:
     tags = None
     for r in rows:
@@ -185,18 +194,21 @@ def results_markdown(rows, title: str, command: str) -> str:
             tags = list(r["shapes_bench"]["per_tag"])
             break
     tags = tags or ["single_object", "two_object", "counting", "colors", "position", "color_attr"]
-    head = (["member", "ablates"] + tags + ["gen overall", "und acc"]
+    head = (["member", "ablates"] + tags + ["gen overall", "cond gap", "und acc"]
             + ["final " + k[5:] for k in LOSSES] + ["min", "status"])
     lines = [f"# {title}", "", f"Command: `{command}`", "",
              "Generation: shapes benchmark (GenEval rules, analytic detector) of the final EMA model; "
              "understanding: accuracy on held-out shapes questions; losses: last logged values of "
-             "the last training phase. '-' = not applicable or not run.", "",
+             "the last training phase; cond gap: RF loss with shuffled minus correct prompts at "
+             "the smallest evaluated t (eval/conditioning.py; ~0 = the generator ignores its prompt). "
+             "'-' = not applicable or not run.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         sb, und = r.get("shapes_bench"), r.get("understanding")
         cells = [r["name"], r["what"]]
         cells += [_fmt(sb["per_tag"].get(t), 2) if sb else "-" for t in tags]
-        cells += [_fmt(sb["overall"]) if sb else "-", _fmt(und["overall"]) if und else "-"]
+        cells += [_fmt(sb["overall"]) if sb else "-", _cond_cell(r.get("conditioning")),
+                  _fmt(und["overall"]) if und else "-"]
         cells += [_fmt(r["final_losses"].get(k)) for k in LOSSES]
         cells += [_fmt(r.get("minutes"), 1), r["status"]]
         lines.append("| " + " | ".join(cells) + " |")

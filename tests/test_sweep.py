@@ -120,7 +120,7 @@ def test_only_rejects_unknown_members(capsys):
     assert "unknown member(s) ['Q']" in capsys.readouterr().err
 
 
-def _write_member(d, losses, shapes=None, und=None):
+def _write_member(d, losses, shapes=None, und=None, cond=None):
     os.makedirs(os.path.join(d, "stage2"))
     os.makedirs(os.path.join(d, "stage3"))
     with open(os.path.join(d, "stage2", "metrics.jsonl"), "w") as f:
@@ -134,6 +134,8 @@ def _write_member(d, losses, shapes=None, und=None):
         final["shapes_bench"] = {"per_tag": shapes, "overall": sum(shapes.values()) / len(shapes)}
     if und is not None:
         final["understanding"] = {"overall": und}
+    if cond is not None:
+        final["conditioning"] = cond
     with open(os.path.join(d, "results.json"), "w") as f:
         json.dump({"final": final, "total_minutes": 4.0}, f)
 
@@ -141,7 +143,8 @@ def _write_member(d, losses, shapes=None, und=None):
 def test_results_table_and_plot(tmp_path):
     tags = {"single_object": 1.0, "two_object": 0.5, "counting": 0.25, "colors": 0.0, "position": 0.0,
             "color_attr": 0.75}
-    _write_member(str(tmp_path / "A"), {"loss_ar": 0.7, "loss_rf": 0.9, "loss_repa": 0.0}, shapes=tags, und=0.61)
+    _write_member(str(tmp_path / "A"), {"loss_ar": 0.7, "loss_rf": 0.9, "loss_repa": 0.0}, shapes=tags, und=0.61,
+                  cond={"t": [0.5, 0.1], "gap": [0.001, 0.0213], "correct": [1, 1], "shuffled": [1, 1]})
     _write_member(str(tmp_path / "D"), {"loss_ar": 0.6, "loss_rf": 0.0, "loss_repa": 0.0}, und=0.7)
     members = [{"name": "A", "arg": "A", "what": "no REPA"}, {"name": "D", "arg": "D", "what": "und only"},
                {"name": "E", "arg": "E", "what": "gen only"}]
@@ -149,9 +152,9 @@ def test_results_table_and_plot(tmp_path):
     md = open(out).read()
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[1:-1]]
             for line in md.splitlines() if line.startswith("| ") and not line.startswith("| member")}
-    assert rows["A"][2:10] == ["1.00", "0.50", "0.25", "0.00", "0.00", "0.75", "0.417", "0.610"]
-    assert rows["A"][10:13] == ["0.700", "0.900", "0.000"]
-    assert rows["D"][2:9] == ["-"] * 7 and rows["D"][9] == "0.700"
+    assert rows["A"][2:11] == ["1.00", "0.50", "0.25", "0.00", "0.00", "0.75", "0.417", "+0.0213 (t=0.1)", "0.610"]
+    assert rows["A"][11:14] == ["0.700", "0.900", "0.000"]
+    assert rows["D"][2:10] == ["-"] * 8 and rows["D"][10] == "0.700"
     assert rows["E"][-1] == "not run" and rows["A"][-1] == "done"
     assert os.path.getsize(tmp_path / "learning_curves.png") > 1000
     curves = sweep.collect(members[:1], str(tmp_path))[0]["curves"]
