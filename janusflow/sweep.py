@@ -212,6 +212,12 @@ def results_markdown(rows, title: str, command: str) -> str:
         cells += [_fmt(r["final_losses"].get(k)) for k in LOSSES]
         cells += [_fmt(r.get("minutes"), 1), r["status"]]
         lines.append("| " + " | ".join(cells) + " |")
+    bases = sorted({round(r["understanding"]["baseline"]["overall"], 3) for r in rows
+                    if (r.get("understanding") or {}).get("baseline")})
+    if bases:   # the questions are the same for every member, so normally one value
+        lines += ["", "Understanding without looking at the image (the best constant answer per question "
+                  f"type, e.g. always \"1\" for counts): {', '.join(f'{b:.3f}' for b in bases)}; an und acc "
+                  "at or below it means the image is not used."]
     lines += ["", "![learning curves](learning_curves.png)", ""]
     return "\n".join(lines)
 

@@ -188,6 +188,13 @@ def test_understanding_oracle_and_constant_answerers():
     n_one = sum(d[2] == "1" for d in data if d[3] == "count")
     assert one["counts"]["count"] == (n_one, sum(d[3] == "count" for d in data)) and n_one > 0
     assert U.normalize(" Three. ") == "3" and U.normalize("it is red") != "red"
+    # the majority baseline is the best constant answerer: answering its answers scores it
+    base = oracle["baseline"]
+    best = {t: a for t, (a, _) in base["per_qtype"].items()}
+    const = U.understanding_accuracy(lambda ims, qs: [best[d[3]] for d in data[:len(qs)]], data=data,
+                                     batch_size=len(data))
+    assert const["overall"] == pytest.approx(base["overall"]) and 0.2 < base["overall"] < 0.8
+    assert base["per_qtype"]["count"][0] == "1" and yes["per_qtype"]["position"] <= base["per_qtype"]["position"][1]
     with pytest.raises(ValueError, match="answers"):
         U.understanding_accuracy(lambda ims, qs: [], data=data)
     assert U.validation_questions(5, seed=1)[0][1] == U.validation_questions(5, seed=1)[0][1]

@@ -133,7 +133,7 @@ def _write_member(d, losses, shapes=None, und=None, cond=None):
     if shapes is not None:
         final["shapes_bench"] = {"per_tag": shapes, "overall": sum(shapes.values()) / len(shapes)}
     if und is not None:
-        final["understanding"] = {"overall": und}
+        final["understanding"] = {"overall": und, "baseline": {"overall": 0.4}}
     if cond is not None:
         final["conditioning"] = cond
     with open(os.path.join(d, "results.json"), "w") as f:
@@ -156,6 +156,7 @@ def test_results_table_and_plot(tmp_path):
     assert rows["A"][11:14] == ["0.700", "0.900", "0.000"]
     assert rows["D"][2:10] == ["-"] * 8 and rows["D"][10] == "0.700"
     assert rows["E"][-1] == "not run" and rows["A"][-1] == "done"
+    assert "(the best constant answer per question type, e.g. always \"1\" for counts): 0.400;" in md
     assert os.path.getsize(tmp_path / "learning_curves.png") > 1000
     curves = sweep.collect(members[:1], str(tmp_path))[0]["curves"]
     assert curves["loss_rf"][0] == [10, 20, 25]   # stage 3 continues after stage 2's last step

@@ -61,7 +61,21 @@ def understanding_accuracy(answer_fn: Callable, n: int = 100, seed: int = 0, *, 
     return {"per_qtype": per, "counts": {t: tuple(c) for t, c in counts.items()},
             "overall": float(np.mean(list(per.values()))) if per else 0.0,
             "micro": sum(c for c, _ in counts.values()) / total if total else 0.0,
-            "n_questions": total}
+            "n_questions": total, "baseline": majority_baseline(data)}
+
+
+def majority_baseline(data: list) -> dict:
+    """The score of the best *constant* answer per question type (e.g. always "1" for counts):
+    what a model earns from the answer prior alone, without looking at the image. An accuracy
+    at or below ``overall`` here means the image is not being used. Returns ``{"per_qtype":
+    {qtype: (answer, accuracy)}, "overall"}`` (unweighted over qtypes, like ``overall``)."""
+    per = {}
+    for t in QTYPES:
+        refs = [normalize(d[2]) for d in data if d[3] == t]
+        if refs:
+            answer = max(sorted(set(refs)), key=refs.count)
+            per[t] = (answer, refs.count(answer) / len(refs))
+    return {"per_qtype": per, "overall": float(np.mean([a for _, a in per.values()])) if per else 0.0}
 
 
 def oracle_answer_fn(data: list) -> Callable:
