@@ -30,6 +30,10 @@ def test_quick_sweep_runs_the_whole_recipe(tmp_path):
     assert set(f_res["shapes_bench"]["per_tag"]) == {"single_object", "two_object", "counting", "colors",
                                                     "position", "color_attr"}
     assert 0 <= f_res["understanding"]["overall"] <= 1 and "understanding_error" not in f_res
+    assert 0.2 < f_res["understanding"]["baseline"]["overall"] < 0.8
+    cond = f_res["conditioning"]
+    assert cond["t"] == [0.1, 0.3, 0.5, 0.7] and cond["n"] == 64
+    assert all(abs(s - c - g) < 1e-9 for s, c, g in zip(cond["shuffled"], cond["correct"], cond["gap"]))
     assert len(list((work / "F" / "eval_final").glob("grid_*.png"))) == 6
     md = (work / "results.md").read_text()
     assert "| F | full method |" in md

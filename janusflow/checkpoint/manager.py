@@ -12,16 +12,18 @@ warning and the previous one is used.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
+import socket
 import warnings
 from typing import Any, Optional
 
 import jax
 import orbax.checkpoint as ocp
 
-from janusflow import config_io
+from janusflow import config_io, paths
 
 
 class CheckpointMismatchError(RuntimeError):
@@ -41,7 +43,9 @@ def shape_signature(abstract_state) -> dict:
 
 class Checkpointer:
     def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True):
-        self.directory = os.path.abspath(directory)
+        # epath.Path: absolute for a local directory, verbatim for gs:// (orbax takes both and
+        # coordinates the processes of a multi-host run itself)
+        self.directory = paths.as_path(directory)
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
@@ -100,18 +104,46 @@ class Checkpointer:
         self.manager.close()
 
 
+# What a gs:// workdir needs beyond orbax's own dependencies: epath reaches gs:// through
+# fsspec + gcsfs, and orbax lists/deletes checkpoint steps on GCS with google-cloud-storage.
+GCS_PACKAGES = {"gcsfs": "gcsfs", "google.cloud.storage": "google-cloud-storage"}
+
+
+def missing_gcs_packages() -> list[str]:
+    missing = []
+    for module, dist in GCS_PACKAGES.items():
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:  # parent package (google.cloud) absent
+            found = False
+        if not found:
+            missing.append(dist)
+    return missing
+
+
 def check_workdir(workdir: str, min_free_bytes: int = 1 << 30) -> None:
     """Clear error before training starts: the workdir must be creatable, writable, with
-    some free space."""
+    some free space. ``workdir`` may be local or a ``gs://`` URL."""
+    if paths.scheme(workdir) == "gs":
+        missing = missing_gcs_packages()
+        if missing:
+            raise ImportError(f"workdir {workdir!r} is on Google Cloud Storage, which needs "
+                              f"{', '.join(missing)} (pip install {' '.join(missing)})")
+    root = paths.as_path(workdir)
+    # Every process of a multi-host run probes the same (shared) workdir: a per-host, per-pid
+    # name so no process deletes another's probe. No jax call here: this may run before
+    # jax.distributed.initialize().
+    probe = root / f".write_probe-{socket.gethostname()}-{os.getpid()}"
     try:
-        os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, ".write_probe")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
+        root.mkdir(parents=True, exist_ok=True)
+        probe.write_text("ok")
+        probe.unlink(missing_ok=True)
     except OSError as e:
         raise OSError(f"workdir {workdir!r} is not writable: {e}") from None
-    free = shutil.disk_usage(workdir).free
+    if not paths.is_local(workdir):
+        # Object stores have no "free space" to ask for (quota errors surface on write).
+        return
+    free = shutil.disk_usage(root).free
     if free < min_free_bytes:
         raise OSError(f"workdir {workdir!r} has only {free / 2**20:.0f} MiB free; "
                       f"need at least {min_free_bytes / 2**20:.0f} MiB")

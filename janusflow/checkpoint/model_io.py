@@ -7,19 +7,24 @@ Face directory (``config.json`` + ``model*.safetensors`` / ``pytorch_model*.bin`
 The params are saved as a nested dict of arrays (``nnx.to_pure_dict`` of the ``nnx.Param``
 state), so the files do not depend on NNX internals; the config is written last, so a
 directory with a config is a complete checkpoint.
+
+A directory may be local or a ``gs://`` URL (all file access goes through ``etils.epath``;
+orbax reads/writes the arrays of either). Official HF directories are read from local disk
+only. On a multi-host run every process calls :func:`save_model` with the (sharded) arrays
+-- orbax writes each process's shards and coordinates the processes -- and only process 0
+writes the config.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Callable, Optional
 
 import jax
 from flax import nnx
 
-from janusflow import config_io
+from janusflow import config_io, paths
 from janusflow.checkpoint import hf
 from janusflow.checkpoint.torch_layout import CheckpointMismatch
 from janusflow.config import ConfigError, ModelConfig
@@ -35,54 +40,73 @@ def _key(path) -> str:
 
 
 def is_model_dir(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, CONFIG_NAME))
+    return (paths.as_path(path) / CONFIG_NAME).is_file()
+
+
+def barrier(name: str):
+    """All processes of a multi-host run meet here; nothing to wait for in a single process."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
 
 
 def save_model(ckpt_dir: str, model, cfg: ModelConfig) -> str:
-    """Write ``model``'s parameters and ``cfg`` to a new directory ``ckpt_dir`` (never
-    overwrites). Returns the absolute path."""
+    """Write ``model``'s parameters and ``cfg`` to a new directory ``ckpt_dir`` (local or a
+    URL; never overwrites). Returns the absolute local path or the URL. Multi-host: call it on
+    every process (arrays may be sharded across hosts)."""
     import orbax.checkpoint as ocp
-    path = os.path.abspath(ckpt_dir)
-    if os.path.exists(path):
+    path = paths.as_path(ckpt_dir)
+    if path.exists():
         raise FileExistsError(f"{path} already exists; refusing to overwrite a checkpoint")
     pure = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     abstract = [_key(p) for p, v in jax.tree_util.tree_flatten_with_path(pure)[0]
                 if isinstance(v, jax.ShapeDtypeStruct)]
     if abstract:
         raise ValueError(f"cannot save abstract (never loaded) parameters: {', '.join(abstract)}")
-    os.makedirs(path)
+    # every process has checked for an existing directory before any process creates it
+    barrier("janusflow_save_model_checked")
+    primary = jax.process_index() == 0
+    if primary:
+        path.mkdir(parents=True)
+    barrier("janusflow_save_model_mkdir")
     ckpt = ocp.StandardCheckpointer()
-    ckpt.save(os.path.join(path, PARAMS_DIR), pure)
+    ckpt.save(path / PARAMS_DIR, pure)
     ckpt.wait_until_finished()
     ckpt.close()
-    tmp = os.path.join(path, CONFIG_NAME + ".tmp")
-    with open(tmp, "w") as fh:
-        json.dump({"format": FORMAT, "version": VERSION, "model": config_io.to_dict(cfg)}, fh, indent=2)
-    os.replace(tmp, os.path.join(path, CONFIG_NAME))
-    return path
+    if primary:
+        text = json.dumps({"format": FORMAT, "version": VERSION, "model": config_io.to_dict(cfg)}, indent=2)
+        if paths.is_local(path):  # write + rename: a config file is never seen half-written
+            tmp = path / (CONFIG_NAME + ".tmp")
+            tmp.write_text(text)
+            tmp.replace(path / CONFIG_NAME)
+        else:  # an object upload is atomic already (readers see all or nothing); rename = copy
+            (path / CONFIG_NAME).write_text(text)
+    # no process returns (and e.g. loads the model) before the config is written
+    barrier("janusflow_save_model_done")
+    return str(path)
 
 
 def load_config(path: str) -> ModelConfig:
     """The :class:`ModelConfig` of a checkpoint directory (native or HF), without weights."""
     if is_model_dir(path):
-        with open(os.path.join(path, CONFIG_NAME)) as fh:
-            try:
-                d = json.load(fh)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"{path}/{CONFIG_NAME}: invalid JSON ({e})") from None
+        try:
+            d = json.loads((paths.as_path(path) / CONFIG_NAME).read_text())
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}/{CONFIG_NAME}: invalid JSON ({e})") from None
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise ConfigError(f"{path}/{CONFIG_NAME}: not a {FORMAT} config")
         if d.get("version") != VERSION:
             raise ConfigError(f"{path}/{CONFIG_NAME}: version {d.get('version')!r}, this code reads {VERSION}")
         return config_io.from_dict(ModelConfig, d.get("model", {}), f"{CONFIG_NAME}: model")
-    if hf.is_hf_dir(path):
+    if paths.is_local(path) and hf.is_hf_dir(path):
         return hf.read_model_config(path)
     raise FileNotFoundError(_not_a_checkpoint(path))
 
 
 def _not_a_checkpoint(path: str) -> str:
     return (f"{path}: not a checkpoint (expected {CONFIG_NAME} + {PARAMS_DIR}/ from save_model, or a "
-            "Hugging Face directory with config.json + model.safetensors / pytorch_model.bin)")
+            "Hugging Face directory with config.json + model.safetensors / pytorch_model.bin"
+            + ("; Hugging Face directories are read from local disk only)" if not paths.is_local(path) else ")"))
 
 
 def load_model(path: str, dtype: Optional[str] = None, *,
@@ -92,16 +116,16 @@ def load_model(path: str, dtype: Optional[str] = None, *,
     ``dtype`` ("float32" | "bfloat16") casts the parameters; None keeps the saved dtypes (HF
     directories then load as float32).
     """
-    if not os.path.isdir(path):
+    if not paths.as_path(path).is_dir():
         raise FileNotFoundError(f"{path}: no such checkpoint directory")
     if not is_model_dir(path):
-        if hf.is_hf_dir(path):
+        if paths.is_local(path) and hf.is_hf_dir(path):
             return hf.load_janusflow_hf(path, dtype or "float32", log=log, progress=progress)
         raise FileNotFoundError(_not_a_checkpoint(path))
     import orbax.checkpoint as ocp
     jdt = hf._jnp_dtype(dtype)
     cfg = load_config(path)
-    params_path = os.path.abspath(os.path.join(path, PARAMS_DIR))
+    params_path = paths.as_path(path) / PARAMS_DIR
     ckpt = ocp.StandardCheckpointer()
     saved = {_key(p): m for p, m in jax.tree_util.tree_flatten_with_path(
         ckpt.metadata(params_path).item_metadata.tree)[0]}
@@ -122,7 +146,8 @@ def load_model(path: str, dtype: Optional[str] = None, *,
     if missing or unexpected or bad:
         raise CheckpointMismatch(f"{params_path} does not match {CONFIG_NAME}: missing {missing}; "
                                  f"unexpected {unexpected}; shape mismatches {bad}")
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    # this process's first device (jax.devices()[0] belongs to process 0 on a multi-host run)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
     def target(p, v):
         return jax.ShapeDtypeStruct(v.shape, jdt or saved[_key(p)].dtype, sharding=device)

@@ -4,12 +4,14 @@ start) -> jitted step -> loop with logging, checkpoints and signals -> final mod
 Resuming is automatic: the newest restorable checkpoint in the workdir is used (state, RNG and
 data-iterator position), so a killed run restarted with the same command reproduces an
 uninterrupted one exactly.
+
+The workdir may be local or a ``gs://`` URL (``janusflow/paths.py``); on a multi-host run every
+process runs this same function: orbax coordinates the checkpoint writes, and only process 0
+writes the JSON/metrics files.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import time
 from typing import Callable, Optional
@@ -17,7 +19,7 @@ from typing import Callable, Optional
 import jax
 import numpy as np
 
-from janusflow import flops, perf
+from janusflow import flops, paths, perf
 from janusflow.checkpoint.manager import Checkpointer, check_workdir, meta_for
 from janusflow.config import ExperimentConfig
 from janusflow.parallel.mesh import make_mesh, maybe_initialize_distributed
@@ -56,15 +58,23 @@ def to_global(batch, mesh):
         batch_sharding(mesh, np.ndim(x)), np.asarray(x)), batch)
 
 
+def init_distributed() -> bool:
+    """``maybe_initialize_distributed()`` once per process: ``jax.distributed.initialize``
+    raises when called twice, and one process may run several trainings (recipe phases)."""
+    if jax.distributed.is_initialized():  # reads a flag only: does not start the backend
+        return True
+    return maybe_initialize_distributed()
+
+
 def _warm_start(cfg: ExperimentConfig, mesh, log):
     """Initial state from ``train.init_from``: a previous stage's workdir (its final model) or a
-    model checkpoint (native or official HF directory)."""
+    model checkpoint (native or official HF directory); local or a ``gs://`` URL."""
     from janusflow.checkpoint.model_io import load_model
     from janusflow.models.vae import make_vae
     from flax import nnx
     path = cfg.train.init_from
-    if os.path.isdir(os.path.join(path, "model")):
-        path = os.path.join(path, "model")
+    if paths.as_path(paths.join(path, "model")).is_dir():
+        path = paths.join(path, "model")
     model, model_cfg = load_model(path, log=log)
     if model_cfg != cfg.model:
         diff = [f.name for f in __import__("dataclasses").fields(model_cfg)
@@ -78,20 +88,24 @@ def _warm_start(cfg: ExperimentConfig, mesh, log):
 
 def save_final_model(cfg: ExperimentConfig, parts, state: TrainState, workdir: str, log):
     """``workdir/model`` (raw weights) and ``workdir/model_ema``: what the next stage, sampling
-    and evaluation load."""
-    from janusflow.checkpoint.model_io import save_model
-    if jax.process_index() != 0:
-        return
-    host = jax.device_get(state)
-    for name, params in (("model", host.params), ("model_ema", host.ema)):
+    and evaluation load.
+
+    Called on every process: the arrays go to orbax as they are (sharded, possibly across
+    hosts -- a ``device_get`` would fail on arrays that are not fully addressable); orbax
+    writes each process's shards, ``save_model`` writes the config on process 0 only."""
+    from janusflow.checkpoint.model_io import barrier, save_model
+    primary = jax.process_index() == 0
+    for name, params in (("model", state.params), ("model_ema", state.ema)):
         if params is None:
             continue
-        out = os.path.join(workdir, name)
-        if os.path.exists(out):
-            import shutil
-            shutil.rmtree(out)  # written by this run only: replaced by the newer final weights
-        save_model(out, merge_model(parts, params, host.frozen), cfg.model)
-        log(f"saved {out}")
+        out = paths.join(workdir, name)
+        if primary and paths.as_path(out).exists():
+            # written by this run only: replaced by the newer final weights
+            paths.as_path(out).rmtree()
+        barrier(f"janusflow_final_{name}_cleared")  # no process sees the old directory
+        save_model(out, merge_model(parts, params, state.frozen), cfg.model)
+        if primary:
+            log(f"saved {out}")
 
 
 _COMPILED: dict = {}
@@ -114,12 +128,12 @@ def train(cfg: ExperimentConfig, workdir: str, *, data_iter=None, log: Callable 
     ``stop_at``: stop after this global step; ``devices``: a subset of devices for the mesh
     (tests); default all. Returns the last metrics."""
     t = cfg.train
+    init_distributed()  # first: jax.distributed.initialize must precede any other jax call
     check_workdir(workdir)
-    maybe_initialize_distributed()
     mesh = make_mesh(t.mesh, devices=devices)
     parts, abstract, shardings = state_shardings(cfg, mesh)
     meta = meta_for(cfg, abstract)
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=t.keep_checkpoints)
+    ckpt = Checkpointer(paths.join(workdir, "checkpoints"), keep=t.keep_checkpoints)
     ckpt.check_compatible(meta)
     if data_iter is None:
         from janusflow.train.data import make_data_iterator
@@ -148,7 +162,7 @@ def train(cfg: ExperimentConfig, workdir: str, *, data_iter=None, log: Callable 
     step_fn = _compiled_step(cfg, parts, shardings, mesh, first)
     peak, peak_src = perf.peak_flops_per_device()
     step_flops = flops.train_step_flops(cfg, first)["total"]
-    writer = metrics_lib.MetricsWriter(workdir, enabled=jax.process_index() == 0)
+    writer = metrics_lib.MetricsWriter(workdir, enabled=jax.process_index() == 0, log=log)
     writer.write_json("run_info.json", {"peak_flops_per_device": peak, "peak_source": peak_src,
                                         "devices": jax.device_count(), "model_flops_per_step": step_flops,
                                         "mesh": dict(mesh.shape)})

@@ -22,7 +22,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from janusflow.config import ExperimentConfig, OptimConfig
+from janusflow import paths
+from janusflow.config import ConfigError, ExperimentConfig, OptimConfig
 from janusflow.data.mixing import with_task_ratios
 from janusflow.train import loop
 
@@ -109,6 +110,11 @@ def evaluate(cfg: ExperimentConfig, model_dir: str, outdir: str, log) -> dict:
         fn = model_generate_fn(model, vae, mcfg, tok, cfg_weight=r.cfg_weight, steps=r.sample_steps)
         out["shapes_bench"] = shapes_bench.run_shapes_bench(fn, r.eval_prompts_per_tag, r.eval_images, seed=0,
                                                             outdir=outdir, batch_size=64)
+        # does the generator read its prompt at all? (smooth where the benchmark is coarse)
+        from janusflow.eval import conditioning
+        out["conditioning"] = conditioning.conditioning_gap(
+            model, vae, dataclasses.replace(cfg, model=mcfg), n=64)
+        log("conditioning gap (RF loss, shuffled - correct prompts): " + conditioning.summary(out["conditioning"]))
     if mcfg.und_encoder != "none":   # not for the generation-only ablation (E)
         try:
             from janusflow.eval.understanding import model_answer_fn, understanding_accuracy
@@ -124,6 +130,13 @@ def run(cfg: ExperimentConfig, workdir: str, *, log: Callable = print) -> dict:
     from janusflow.data.pipeline import make_pipeline
     from janusflow.train.siglip_pretrain import pretrain_siglip
     r = cfg.recipe
+    if not paths.is_local(workdir):
+        # the phases themselves could train into a bucket (loop.train), but the evaluation
+        # writes image grids and the learning curves with local file APIs
+        raise ConfigError(f"--workdir {workdir!r}: the default recipe run needs a local workdir; "
+                          "cloud workdirs are for single-phase runs (recipe.enabled=false)")
+    # before SigLIP pre-training touches jax; loop.train's own call is then a no-op
+    loop.init_distributed()
     t_start = time.perf_counter()
     os.makedirs(workdir, exist_ok=True)
     init_dir = os.path.join(workdir, "init")
@@ -170,7 +183,9 @@ def run(cfg: ExperimentConfig, workdir: str, *, log: Callable = print) -> dict:
             log(f"{name:34s} " + "  ".join(f"{v:.2f}" for v in s["per_tag"].values()) + f"  {s['overall']:.3f}")
     if "understanding" in results["final"]:
         log("understanding accuracy (shapes validation): " + ", ".join(
-            f"{name.split()[0]} {res['understanding']['overall']:.3f}" for name, res in rows if "understanding" in res))
+            f"{name.split()[0]} {res['understanding']['overall']:.3f}" for name, res in rows if "understanding" in res)
+            + f"; without looking at the image (best constant answers) "
+              f"{results['final']['understanding']['baseline']['overall']:.3f}")
     log(f"wrote {workdir}/results.json, learning_curves.png, eval_final/grid_*.png "
         f"({results['total_minutes']:.1f} min in all)")
     return results
