@@ -40,6 +40,9 @@ setup(
             "transformers>=4.46",
             "diffusers>=0.30",
         ],
+        # gs:// workdirs: etils.epath reaches GCS through fsspec/gcsfs, orbax lists and deletes
+        # checkpoint steps with google-cloud-storage (tpu_configs/launch_tpu.sh installs these)
+        "gcs": ["gcsfs", "google-cloud-storage"],
     },
     entry_points={"console_scripts": ["janusflow=janusflow.cli:main"]},
 )

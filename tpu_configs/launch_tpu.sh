@@ -10,7 +10,7 @@
 # Steps (each a gcloud command on all workers, --worker=all):
 #   1. sync  : this repo's files (git-tracked + untracked-not-ignored) as a tarball -> every worker
 #              (or, with --ref REF, `git clone/fetch + checkout REF` on every worker)
-#   2. install: pip install jax[tpu]==<local jax version> and `pip install -e .`
+#   2. install: pip install jax[tpu]==<local jax version> and `pip install -e '.[gcs]'` (gs:// workdirs)
 #   3. train : the same `janusflow train --config SPEC --platform FILE --workdir GS_WORKDIR` on
 #              every worker with the platform's flags (LIBTPU_INIT_ARGS ...) exported and
 #              JANUSFLOW_DISTRIBUTED=1 when the slice has several hosts (parallel/mesh.py calls
@@ -147,7 +147,7 @@ fi
 if ((!SKIP_INSTALL)); then
   on_all install "set -e; cd $REMOTE_DIR; python3 -m pip install -q -U pip; \
 python3 -m pip install -q $(printf %q "$JAX_SPEC") -f https://storage.googleapis.com/jax-releases/libtpu_releases.html; \
-python3 -m pip install -q -e ."
+python3 -m pip install -q -e '.[gcs]'"
 fi
 
 # 3. train: the same command on every worker
