@@ -13,6 +13,15 @@ from janusflow.config import ConfigError, ExperimentConfig
 from janusflow import presets
 
 
+def load_python_file(path: str):
+    """Execute an experiment file as a fresh module (config as Python: the user's own file,
+    not a checkpoint's). Shared by ``load_config`` and ``janusflow sweep``."""
+    mod_spec = importlib.util.spec_from_file_location(f"_janusflow_exp_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(module)
+    return module
+
+
 def load_config(spec: str) -> ExperimentConfig:
     """``path/to/exp.py`` or ``path/to/exp.py:arg`` (calls ``get_config(arg)``), or a preset
     name such as ``tiny`` / ``janusflow_1_3b`` (a model-only experiment)."""
@@ -26,9 +35,7 @@ def load_config(spec: str) -> ExperimentConfig:
                           f"name in {sorted(presets.PRESETS)}")
     if not os.path.isfile(path):
         raise ConfigError(f"--config: no such file {path!r}")
-    mod_spec = importlib.util.spec_from_file_location(f"_janusflow_exp_{abs(hash(path))}", path)
-    module = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(module)
+    module = load_python_file(path)
     if not hasattr(module, "get_config"):
         raise ConfigError(f"{path} defines no get_config(arg)")
     cfg = module.get_config(arg or None)

@@ -9,7 +9,6 @@ command skips finished members and resumes the unfinished one from its checkpoin
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -19,6 +18,7 @@ import sys
 import time
 
 from janusflow.config import ConfigError
+from janusflow.config_loader import load_python_file
 
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 PHASES = ("llm", "stage1", "stage2", "stage3")   # train/recipe.py's phase directories, in order
@@ -30,9 +30,7 @@ def load_members(spec: str) -> tuple[str, list[dict]]:
     path, _, arg = spec.partition(":")
     if not path.endswith(".py") or not os.path.isfile(path):
         raise ConfigError(f"--config {spec!r}: expected an existing experiments/<file>.py[:arg]")
-    mod_spec = importlib.util.spec_from_file_location(f"_janusflow_sweep_{abs(hash(path))}", path)
-    module = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(module)
+    module = load_python_file(path)
     if not hasattr(module, "sweep"):
         raise ConfigError(f"{path} defines no sweep(arg); it is not a sweep file")
     members = module.sweep(arg or None)

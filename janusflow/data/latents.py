@@ -167,7 +167,7 @@ def build_latents(cfg, out: str, split: str = "train", batch: int = 8, name: str
     import tensorflow_datasets as tfds
     from flax import nnx
     from janusflow.data import preprocess as pp
-    from janusflow.data.build import _LocalBuilder, _check_name
+    from janusflow.data.build import _build, _check_name
     from janusflow.data.sources import get_field, open_builder
     from janusflow.models.vae import encode_latents
 
@@ -247,25 +247,15 @@ def build_latents(cfg, out: str, split: str = "train", batch: int = 8, name: str
         **{k: features[k] for k in features.keys()},
         FEATURE: tfds.features.Tensor(shape=shape, dtype=np.float32,
                                       doc="encode_latents(vae, image): scaled posterior mean")})
-    builder = _LocalBuilder(name=name, features=feats, splits={out_names[s]: generate(s) for s in splits},
-                            description=f"VAE latents of {src.name} ({split}), by janusflow data latents",
-                            data_dir=out)
-    if builder.is_prepared():
-        raise FileExistsError(f"{builder.data_dir} already holds a prepared dataset; choose another "
-                              "--name or --out")
-    tfds.disable_progress_bar()
-    builder.download_and_prepare()
+    path, _ = _build(name, feats, {out_names[s]: generate(s) for s in splits}, out,
+                     f"VAE latents of {src.name} ({split}), by janusflow data latents", stats, log)
     written = {k[len("written_"):]: v for k, v in stats.items() if k.startswith("written_")}
-    if not sum(written.values()):
-        raise ValueError(f"no example was written ({dict(stats)})")
     meta = {"format": FORMAT_VERSION, "vae": vae_fields(m.vae), "image_size": size,
             "latent_shape": list(shape), "dtype": "float32", "crop": CROP, "feature": FEATURE,
             "vae_weights": vae_desc, "vae_fingerprint": fingerprint(params),
             "source": {"name": src.name, "data_dir": src.data_dir, "split": split, "image": src.image},
             "splits": written, "stats": dict(sorted(stats.items())), "experiment": cfg.name}
-    path = os.fspath(builder.data_dir)
     with open(os.path.join(path, MANIFEST), "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=2)
-    log(f"wrote {path}: {json.dumps(dict(sorted(stats.items())))}")
     log(f"train on it with: --set data.gen.name={path} --set data.gen.latents=true")
     return path, dict(stats)
