@@ -38,6 +38,18 @@ def test_quick_sweep_runs_the_whole_recipe(tmp_path):
     md = (work / "results.md").read_text()
     assert "| F | full method |" in md
     assert (work / "learning_curves.png").stat().st_size > 1000
+    # every saved model carries its tokenizer: the final model is evaluated on its own
+    from janusflow.data.pipeline import shapes_tokenizer
+    from janusflow.data.tokenizer import Tokenizer, generation_prompt_ids
+    ref = generation_prompt_ids(shapes_tokenizer(512), "a photo of a red cross")
+    for d in ("init", "stage1/model", "stage3/model_ema"):
+        tok = Tokenizer.load(str(work / "F" / d))
+        assert generation_prompt_ids(tok, "a photo of a red cross") == ref, d
+        assert tok.pad_id == shapes_tokenizer(512).pad_id
+    p = _run(["eval", "shapes", "--checkpoint", str(work / "F" / "stage3" / "model_ema"), "--n-per-tag", "1",
+              "--n-images", "1", "--steps", "2", "--outdir", str(tmp_path / "ev")], ROOT)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert json.loads((tmp_path / "ev" / "summary.json").read_text())["n_images"] == 6
     # (a second command skipping the finished member: tests/test_sweep.py::test_failing_member_does_not_stop_the_sweep)
 
 

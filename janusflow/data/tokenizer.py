@@ -87,7 +87,7 @@ class Tokenizer:
             if os.path.isfile(f):
                 with open(f, encoding="utf-8") as fh:
                     conf = json.load(fh)
-                for k in ("bos_token", "eos_token"):
+                for k in ("bos_token", "eos_token", "pad_token"):
                     if _token_name(conf.get(k)):
                         names[k] = _token_name(conf[k])
         return cls(HFTokenizer.from_file(path), **names)
