@@ -300,3 +300,25 @@ def test_wrong_key_mapping_and_missing_dataset_are_clear_errors(shapes_dir, tmp_
         make_pipeline(dataclasses.replace(_cfg(), seq_len=60), _data(shapes_dir), tok,
                       process_index=0, process_count=1)
 
+
+
+def test_default_experiment_mixes_geneval_prompts_and_descriptions(shapes_dir, tok):
+    """shapes_tiny.py trains generation on "caption|description": about half the prompts are the
+    GenEval phrasing, the others the scene description naming every object's colour, and
+    prompt_len holds the descriptions whole (none truncated)."""
+    import os
+
+    from janusflow.config_loader import load_config
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cfg = load_config(os.path.join(root, "experiments", "shapes_tiny.py"))
+    assert cfg.data.gen.caption == "caption|description"
+    data = dataclasses.replace(cfg.data, gen=dataclasses.replace(cfg.data.gen, name=shapes_dir))
+    view = with_task_ratios(cfg, (0, 1, 0), 96)
+    it = make_pipeline(view, data, tok, process_index=0, process_count=1)
+    g = next(it)["gen"]
+    texts = [tok.decode([int(i) for i, m in zip(ids, mask) if m]) for ids, mask in zip(g["prompt_ids"], g["prompt_mask"])]
+    geneval = sum("a photo of" in t for t in texts)
+    described = sum(" object" in t and ":" in t.split("User:")[-1].split("\n")[0] for t in texts)
+    assert geneval + described == 96 and 25 <= geneval <= 71, (geneval, described)
+    assert all(t.rstrip().endswith("Assistant:") for t in texts)   # the template survived whole
+    assert not any("truncated" in k for k in it.metrics()), it.metrics()
