@@ -77,6 +77,14 @@ def cmd_info(args) -> int:
     return 0
 
 
+def _dir_tokenizer(directory: str):
+    """The tokenizer a checkpoint directory holds (carried over by ``convert``), or None."""
+    import os
+
+    from janusflow.data.tokenizer import Tokenizer
+    return Tokenizer.load(directory) if os.path.isfile(os.path.join(directory, "tokenizer.json")) else None
+
+
 def cmd_convert(args) -> int:
     import os
     import time
@@ -106,12 +114,16 @@ def cmd_convert(args) -> int:
             model, cfg = hf.load_janusflow_hf(args.from_hf, args.dtype or "float32",
                                               progress=progress, log=say)
             say(f"writing {args.out}")
-            path = model_io.save_model(args.out, model, cfg)
+            path = model_io.save_model(args.out, model, cfg, _dir_tokenizer(args.from_hf))
         else:
             say(f"reading {args.to_hf}")
             model, cfg = model_io.load_model(args.to_hf, args.dtype, progress=progress, log=say)
             say(f"writing {args.out}")
             hf.export_janusflow_hf(model, cfg, args.out, progress=progress)
+            tok = _dir_tokenizer(args.to_hf)
+            for name, body in (tok.files().items() if tok is not None else ()):
+                with open(os.path.join(args.out, name), "w", encoding="utf-8") as f:
+                    f.write(body)
             path = args.out
     except ConfigError:
         raise

@@ -462,7 +462,11 @@ def test_load_model_accepts_hf_dir_and_rejects_others(tmp_path, hf_dir, sd):
 
 def test_convert_cli_end_to_end(tmp_path, sd, capsys):
     from janusflow.cli import main
+    from janusflow.data.pipeline import shapes_tokenizer
+    from janusflow.data.tokenizer import Tokenizer, generation_prompt_ids
     src = write_hf_dir(str(tmp_path / "hf"), sd, config=hf.hf_config_from_model_config(CFG))
+    tok = shapes_tokenizer(512)
+    tok.save(os.path.join(src, "tokenizer.json"))      # the release ships its tokenizer beside the weights
     ck, out = str(tmp_path / "ck"), str(tmp_path / "out")
     assert main(["convert", "--from-hf", src, "--out", ck]) == 0
     assert os.path.isfile(os.path.join(ck, model_io.CONFIG_NAME))
@@ -470,6 +474,9 @@ def test_convert_cli_end_to_end(tmp_path, sd, capsys):
     assert f"{len(sd)}/{len(sd)} tensors" in err and "training-only" in err
     assert main(["convert", "--to-hf", ck, "--out", out]) == 0
     assert_bit_identical(read_dir(out), sd)
+    ref = generation_prompt_ids(tok, "a photo of a red cross")
+    for d in (ck, out):   # the tokenizer travels both ways
+        assert generation_prompt_ids(Tokenizer.load(d), "a photo of a red cross") == ref, d
     assert main(["convert", "--from-hf", src, "--out", ck]) == 1
     assert "already exists" in capsys.readouterr().err
     assert main(["convert", "--from-hf", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 1

@@ -116,3 +116,21 @@ def test_checkpoint_tokenizer_without_janus_tags_gets_them_in_official_order(tmp
     assert tok.encode("hello") == [0, 2]
     with pytest.raises(FileNotFoundError):
         T.Tokenizer.from_checkpoint_dir(str(tmp_path))
+
+
+def test_files_reload_to_the_same_tokenizer_with_its_own_token_names(tmp_path):
+    """``Tokenizer.files`` (what a saved model carries) keeps non-default bos/eos/pad names:
+    reloaded from those files, every id is the same."""
+    from tokenizers import Tokenizer as HF, models, pre_tokenizers
+    hf = HF(models.WordLevel({"<s>": 0, "</s>": 1, "<pad>": 2, "hello": 3, "[UNK]": 4}, unk_token="[UNK]"))
+    hf.pre_tokenizer = pre_tokenizers.Whitespace()
+    hf.add_special_tokens(["<s>", "</s>", "<pad>"])
+    tok = T.Tokenizer(hf, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    d = tmp_path / "model"
+    d.mkdir()
+    for name, body in tok.files().items():
+        (d / name).write_text(body)
+    again = T.Tokenizer.load(str(d))
+    assert (again.bos_id, again.eos_id, again.pad_id) == (0, 1, 2)   # pad would fall back to eos (1) if lost
+    assert again.encode("hello") == tok.encode("hello") == [0, 3]
+    assert again.generation_tag_id == tok.generation_tag_id

@@ -50,10 +50,11 @@ def barrier(name: str):
         multihost_utils.sync_global_devices(name)
 
 
-def save_model(ckpt_dir: str, model, cfg: ModelConfig) -> str:
+def save_model(ckpt_dir: str, model, cfg: ModelConfig, tokenizer=None) -> str:
     """Write ``model``'s parameters and ``cfg`` to a new directory ``ckpt_dir`` (local or a
-    URL; never overwrites). Returns the absolute local path or the URL. Multi-host: call it on
-    every process (arrays may be sharded across hosts)."""
+    URL; never overwrites), with ``tokenizer``'s files when given (``Tokenizer.files``), so
+    sampling and evaluation find the ids the model was trained on. Returns the absolute local
+    path or the URL. Multi-host: call it on every process (arrays may be sharded across hosts)."""
     import orbax.checkpoint as ocp
     path = paths.as_path(ckpt_dir)
     if path.exists():
@@ -74,6 +75,8 @@ def save_model(ckpt_dir: str, model, cfg: ModelConfig) -> str:
     ckpt.wait_until_finished()
     ckpt.close()
     if primary:
+        for name, body in (tokenizer.files().items() if tokenizer is not None else ()):
+            (path / name).write_text(body)     # before the config: a config means complete
         text = json.dumps({"format": FORMAT, "version": VERSION, "model": config_io.to_dict(cfg)}, indent=2)
         if paths.is_local(path):  # write + rename: a config file is never seen half-written
             tmp = path / (CONFIG_NAME + ".tmp")

@@ -107,6 +107,13 @@ class Tokenizer:
     def save(self, path: str) -> None:
         self.hf.save(path)
 
+    def files(self) -> dict:
+        """``{file name: text}`` that :meth:`load` of their directory reads back to this
+        tokenizer: ``tokenizer.json`` and a ``tokenizer_config.json`` naming bos/eos/pad."""
+        names = {k: self.hf.id_to_token(i) for k, i in (("bos_token", self.bos_id), ("eos_token", self.eos_id),
+                                                        ("pad_token", self.pad_id))}
+        return {"tokenizer.json": self.hf.to_str(), "tokenizer_config.json": json.dumps(names, indent=2)}
+
     def __getstate__(self):
         return {"json": self.hf.to_str(), "ids": self._ids}
 

@@ -95,6 +95,7 @@ def save_final_model(cfg: ExperimentConfig, parts, state: TrainState, workdir: s
     writes each process's shards, ``save_model`` writes the config on process 0 only."""
     from janusflow.checkpoint.model_io import barrier, save_model
     primary = jax.process_index() == 0
+    tok = run_tokenizer(cfg)
     for name, params in (("model", state.params), ("model_ema", state.ema)):
         if params is None:
             continue
@@ -103,27 +104,18 @@ def save_final_model(cfg: ExperimentConfig, parts, state: TrainState, workdir: s
             # written by this run only: replaced by the newer final weights
             paths.as_path(out).rmtree()
         barrier(f"janusflow_final_{name}_cleared")  # no process sees the old directory
-        save_model(out, merge_model(parts, params, state.frozen), cfg.model)
+        save_model(out, merge_model(parts, params, state.frozen), cfg.model, tok)
         if primary:
-            write_tokenizer(cfg, out)
             log(f"saved {out}")
 
 
-def write_tokenizer(cfg: ExperimentConfig, model_dir: str) -> None:
-    """The run's tokenizer beside the weights (``tokenizer.json`` + the names of its bos/eos/pad
-    tokens), so ``janusflow sample``/``eval`` read a trained model with the ids it was trained
-    on, without knowing the experiment. Skipped for synthetic-data runs, which have none."""
+def run_tokenizer(cfg: ExperimentConfig):
+    """The tokenizer the run's data was encoded with (saved beside its models); None for
+    synthetic-data runs, which have none."""
     if cfg.synthetic_data:
-        return
-    import json
-
+        return None
     from janusflow.data.pipeline import load_tokenizer
-    tok = load_tokenizer(cfg.data, cfg.model)
-    names = {k: tok.hf.id_to_token(i) for k, i in (("bos_token", tok.bos_id), ("eos_token", tok.eos_id),
-                                                   ("pad_token", tok.pad_id))}
-    d = paths.as_path(model_dir)
-    (d / "tokenizer.json").write_text(tok.hf.to_str())
-    (d / "tokenizer_config.json").write_text(json.dumps(names, indent=2))
+    return load_tokenizer(cfg.data, cfg.model)
 
 
 _COMPILED: dict = {}

@@ -59,15 +59,13 @@ def _save_init(cfg: ExperimentConfig, siglip_params: dict, out: str, log):
     from janusflow.models.janusflow import JanusFlow
     model = nnx.jit(lambda: JanusFlow(cfg.model, rngs=nnx.Rngs(cfg.train.seed)))()
     if siglip_params is None:   # a model without SigLIP: nothing was pre-trained
-        save_model(out, model, cfg.model)
-        loop.write_tokenizer(cfg, out)
+        save_model(out, model, cfg.model, loop.run_tokenizer(cfg))
         log(f"saved the initial model to {out}")
         return
     state = nnx.state(model.und_encoder, nnx.Param)
     nnx.replace_by_pure_dict(state, siglip_params)
     nnx.update(model.und_encoder, state)
-    save_model(out, model, cfg.model)
-    loop.write_tokenizer(cfg, out)
+    save_model(out, model, cfg.model, loop.run_tokenizer(cfg))
     log(f"saved the initial model with the pre-trained SigLIP to {out}")
 
 
