@@ -349,3 +349,28 @@ def test_bad_inputs():
         dec(x, jnp.zeros((2, 4, 4, CFG_K2.channels)), temb)
     with pytest.raises(ValueError, match="t_emb"):
         dec(x, x, jnp.zeros((1, HIDDEN)))
+
+
+@pytest.mark.parametrize("hw", [(8, 8), (5, 7)])
+def test_cpu_depthwise_paths_equal_the_native_convolution(hw, monkeypatch):
+    """Both CPU implementations of the 7x7 depthwise conv (dense per-channel matrix on small
+    grids, shifted sum otherwise) give the native grouped convolution's values and gradients."""
+    from janusflow.models import gen_codec
+    from janusflow.models.layers import Conv2d
+    c = 6
+    conv = Conv2d(c, c, 7, padding=3, groups=c, rngs=nnx.Rngs(0))
+    conv.bias.set_value(jax.random.normal(jax.random.key(2), (c,)))
+    x = jax.random.normal(jax.random.key(1), (3, *hw, c))
+    gd, params = nnx.split(conv)
+    probe = jax.random.normal(jax.random.key(3), (3, *hw, c))
+
+    def loss(fn):
+        return jax.value_and_grad(lambda p, x: jnp.sum(fn(nnx.merge(gd, p), x) * probe), argnums=(0, 1))
+
+    ref_val, ref_grads = loss(lambda m, x: m(x))(params, x)
+    for limit in (gen_codec._DENSE_DW_MAX, 0):     # 0: the dense matrix is never allowed
+        monkeypatch.setattr(gen_codec, "_DENSE_DW_MAX", limit)
+        val, grads = loss(gen_codec.depthwise_conv)(params, x)
+        np.testing.assert_allclose(val, ref_val, rtol=1e-5, atol=1e-4)
+        for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)

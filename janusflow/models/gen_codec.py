@@ -13,10 +13,12 @@ pixel shuffle stages.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from janusflow.config import GenCodecConfig
@@ -43,12 +45,33 @@ def timestep_embedding(t, dim: int, max_period: float = 10000.0):
     return emb
 
 
+# Largest (h*w)^2 * C a dense depthwise matrix may have (fp32 elements, 64 MB): a tiny 8x8 grid
+# at 128 channels needs 0.5M, the 1.3B's 24x24 grid at 1536 channels 510M (not used there).
+_DENSE_DW_MAX = 16 * 2 ** 20
+
+
+@functools.lru_cache(maxsize=None)
+def _dense_dw_index(h: int, w: int, k: int, p: int) -> np.ndarray:
+    """(h*w, h*w) int32: entry [out, in] is the kernel tap (dy*k + dx) linking the two pixels
+    of a stride-1 k x k conv with zero padding p, or k*k (a zero tap) where none does."""
+    oy, ox = np.divmod(np.arange(h * w), w)
+    dy = oy[None, :] - oy[:, None] + p            # [out, in]: input row - output row + p
+    dx = ox[None, :] - ox[:, None] + p
+    ok = (dy >= 0) & (dy < k) & (dx >= 0) & (dx < k)
+    return np.where(ok, dy * k + dx, k * k).astype(np.int32)
+
+
 def depthwise_conv(conv: Conv2d, x):
-    """``conv(x)`` for a stride-1 depthwise ``Conv2d`` (groups == channels). On CPU it is
-    computed as a sum of k*k shifted, per-channel-scaled copies of the padded input: XLA:CPU
-    runs ``feature_group_count=C`` convolutions ~10x slower than this one fused elementwise
-    loop (measured: 1536 ch, 24x24, batch 2: 690 ms vs 50 ms), which made the 7x7 convs a
-    quarter of a sampling step. Other backends keep the native convolution."""
+    """``conv(x)`` for a stride-1 depthwise ``Conv2d`` (groups == channels). XLA:CPU runs
+    ``feature_group_count=C`` convolutions ~10x slower than the alternatives (measured: 1536
+    ch, 24x24, batch 2: 690 ms vs 50 ms), so on CPU it is computed either
+      - on small grids, as one batched matmul with the dense (h*w, h*w) matrix of each channel's
+        kernel: the forward + backward of a tiny-config ConvNeXt block (8x8 grid, 128 ch,
+        batch 16) takes 13 ms instead of 38 ms with the shifted sum below, whose backward
+        XLA:CPU runs poorly; or
+      - as a sum of k*k shifted, per-channel-scaled copies of the padded input (one fused
+        elementwise loop), where the dense matrix would be too large.
+    Other backends keep the native convolution."""
     if jax.default_backend() != "cpu" or conv.stride != 1 or conv.groups != conv.in_channels:
         return conv(x)
     if x.ndim != 4 or x.shape[-1] != conv.in_channels:
@@ -56,9 +79,15 @@ def depthwise_conv(conv: Conv2d, x):
     dtype = conv.dtype or x.dtype
     kernel = conv.kernel[...].astype(dtype)                  # (k, k, 1, C)
     k, p = kernel.shape[0], conv.padding
-    xp = jnp.pad(x.astype(dtype), ((0, 0), (p, p), (p, p), (0, 0)))
-    h, w = xp.shape[1] - k + 1, xp.shape[2] - k + 1
-    y = sum(xp[:, i:i + h, j:j + w, :] * kernel[i, j, 0] for i in range(k) for j in range(k))
+    b, h, w, c = x.shape
+    if h + 2 * p - k + 1 == h and w + 2 * p - k + 1 == w and (h * w) ** 2 * c <= _DENSE_DW_MAX:
+        taps = jnp.concatenate([kernel.reshape(k * k, c), jnp.zeros((1, c), dtype)], axis=0)
+        dense = taps[_dense_dw_index(h, w, k, p)]           # (h*w out, h*w in, C)
+        y = jnp.einsum("bqc,pqc->bpc", x.astype(dtype).reshape(b, h * w, c), dense).reshape(b, h, w, c)
+    else:
+        xp = jnp.pad(x.astype(dtype), ((0, 0), (p, p), (p, p), (0, 0)))
+        ho, wo = xp.shape[1] - k + 1, xp.shape[2] - k + 1
+        y = sum(xp[:, i:i + ho, j:j + wo, :] * kernel[i, j, 0] for i in range(k) for j in range(k))
     if conv.bias is not None:
         y = y + conv.bias[...].astype(dtype)
     return y
