@@ -30,8 +30,8 @@ MEMBERS = ("A", "B", "C", "D", "E", "F")
 SCALES = ("tiny", "short", "paper")
 # Knob sweeps around F (F's own value is left out: F is already a member).
 KNOBS = {
-    "tiny": {"repa_layer": (1, 3), "repa_weight": (0.25, 0.5), "t": ("uniform",), "t_mean": (-0.5,)},  # F: 2, 1, LN(0,1)
-    "short": {"repa_layer": (1, 3), "repa_weight": (0.25, 0.5), "t": ("uniform",), "t_mean": (-0.5,)},
+    "tiny": {"repa_layer": (1, 3), "repa_weight": (0.25, 0.5), "t": ("uniform",), "t_mean": (0.0,)},  # F: 2, 1, LN(-0.5,1)
+    "short": {"repa_layer": (1, 3), "repa_weight": (0.25, 0.5), "t": ("uniform",), "t_mean": (0.0,)},
     "paper": {"repa_layer": (4, 8), "repa_weight": (0.25, 0.5), "t": ("uniform",), "t_mean": (-0.5,)},  # F: 6, 1, LN(0,1)
 }
 

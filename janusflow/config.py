@@ -330,6 +330,7 @@ class RecipeConfig:
     batch: int = 16                         # global examples per step, split by the ratios
     siglip_steps: int = 300
     siglip_lr: float = 1e-3
+    siglip_batch: int = 0                   # image-caption pairs per SigLIP step; 0 = ``batch``
     text_steps: int = 300
     text_lr: float = 1e-3
     stage_steps: tuple = (300, 1200, 300)
@@ -344,6 +345,7 @@ class RecipeConfig:
 
     def __post_init__(self):
         _positive(self, "batch", "siglip_steps", "text_steps", "eval_prompts_per_tag", "eval_images", "sample_steps")
+        _check(self.siglip_batch >= 0, "RecipeConfig.siglip_batch", f"must be >= 0 (0 = batch), got {self.siglip_batch}")
         _check(len(self.stage_steps) == 3 and len(self.stage_lrs) == 3, "RecipeConfig.stage_steps/stage_lrs",
                "need 3 values each")
         _check(len(self.stage_ratios) == 9, "RecipeConfig.stage_ratios", "need 9 values (und, gen, text per stage)")

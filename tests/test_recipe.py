@@ -66,5 +66,24 @@ def test_siglip_pretraining_gets_caption_image_pairs_for_every_ablation(member):
     batch = next(it)
     it.close() if hasattr(it, "close") else None
     g = batch["gen"]
-    assert g["repa_pixels"].shape[0] == cfg.recipe.batch and g["prompt_ids"].shape[0] == cfg.recipe.batch
+    n = cfg.recipe.siglip_batch or cfg.recipe.batch
+    assert g["repa_pixels"].shape[0] == n and g["prompt_ids"].shape[0] == n
     assert view.model.siglip == cfg.model.siglip and view.data == cfg.data
+
+
+def test_siglip_batch_sets_the_pair_count_apart_from_the_stage_batch():
+    """SigLIP's contrastive loss wants more pairs per step than the stages' batch (shapes_tiny:
+    32 vs 16); 0 falls back to the stage batch."""
+    import dataclasses
+    from janusflow.config import ConfigError, RecipeConfig
+    from janusflow.config_loader import load_config
+    from janusflow.train.recipe import _phase_cfg, siglip_data_cfg
+    cfg = load_config(os.path.join(ROOT, "experiments/shapes_tiny.py:quick"))
+    for siglip_batch, want in ((24, 24), (0, cfg.recipe.batch)):
+        c = dataclasses.replace(cfg, recipe=dataclasses.replace(cfg.recipe, siglip_batch=siglip_batch))
+        b = siglip_data_cfg(c).train
+        assert (b.und_batch, b.gen_batch, b.text_batch) == (0, want, 0)
+        s = _phase_cfg(c, "stage2", "prev").train   # the stages keep their own batch
+        assert s.und_batch + s.gen_batch + s.text_batch == cfg.recipe.batch
+    with pytest.raises(ConfigError, match="siglip_batch"):
+        RecipeConfig(siglip_batch=-1)

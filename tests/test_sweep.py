@@ -44,7 +44,7 @@ TINY_EXPECTED = {
     "repa_weight_0.25": {"train.loss.repa_weight"},
     "repa_weight_0.5": {"train.loss.repa_weight"},
     "t_uniform": {"train.loss.t_sampling"},
-    "t_mean_-0.5": {"train.loss.t_mean"},
+    "t_mean_0.0": {"train.loss.t_mean"},
 }
 
 
@@ -64,6 +64,8 @@ def test_each_member_differs_from_F_only_in_what_it_ablates(scale):
         if scale == "paper":   # no recipe: the ablated task's share of the batch goes to the others
             if m["name"].startswith("repa_layer"):
                 expected = {"model.repa_layer"}
+            elif m["name"].startswith("t_mean"):   # paper F is LN(0, 1), so its knob is -0.5
+                expected = {"train.loss.t_mean"}
             else:
                 expected = {k.replace("recipe.stage_ratios", "BATCH") for k in expected}
                 if "BATCH" in expected:

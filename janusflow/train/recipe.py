@@ -50,7 +50,7 @@ def siglip_data_cfg(cfg: ExperimentConfig) -> ExperimentConfig:
     -- not so for the ablations without them (A, D), whose SigLIP is pre-trained all the same."""
     view = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, gen_enabled=True, und_encoder="siglip",
                                                               repa=True))
-    return with_task_ratios(view, (0, 1, 0), cfg.recipe.batch)
+    return with_task_ratios(view, (0, 1, 0), cfg.recipe.siglip_batch or cfg.recipe.batch)
 
 
 def _save_init(cfg: ExperimentConfig, siglip_params: dict, out: str, log):
