@@ -4,6 +4,7 @@ the package, so everything the CLI does is also a Python API."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from janusflow.config import ConfigError
@@ -256,6 +257,16 @@ def cmd_eval(args) -> int:
             ts = tuple(float(x) for x in args.t.split(","))
             out = conditioning.evaluate_checkpoint(args.checkpoint, _load(args), n=args.n, ts=ts, seed=args.seed)
             print(conditioning.summary(out))
+        elif args.eval_command == "denoise":
+            from janusflow.eval import denoise
+            ts = tuple(float(x) for x in args.t.split(","))
+            if os.path.exists(args.out) and not args.force:
+                print(f"error: --out {args.out} exists; pass --force to replace it", file=sys.stderr)
+                return 2
+            out = denoise.evaluate_checkpoint(args.checkpoint, _load(args), n=args.n, ts=ts, seed=args.seed,
+                                              out_png=args.out)
+            print(denoise.summary(out))
+            print(f"wrote {args.out} (rows: clean, then t = {args.t}; each cell z_t | x_hat)")
         elif args.eval_command == "shapes":
             from janusflow.eval import shapes_bench
             if args.ground_truth:
@@ -401,6 +412,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(q)
     q.add_argument("--n", type=int, default=64, help="validation examples")
     q.add_argument("--t", default="0.1,0.3,0.5,0.7", help="comma-separated t values (0 = noise)")
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(func=cmd_eval)
+    q = esub.add_parser("denoise", help="one-step denoising grid: x_hat = z_t + (1-t) v for validation images "
+                        "noised to several t (eval/denoise.py)")
+    q.add_argument("--checkpoint", required=True, help="a saved model directory (e.g. WORKDIR/stage3/model_ema)")
+    _add_config_args(q)
+    q.add_argument("--out", required=True, help="PNG to write")
+    q.add_argument("--force", action="store_true", help="replace an existing --out file")
+    q.add_argument("--n", type=int, default=8, help="validation examples (grid columns)")
+    q.add_argument("--t", default="0.1,0.2,0.3,0.5,0.7,0.9", help="comma-separated t values (0 = noise)")
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=cmd_eval)
     q = esub.add_parser("shapes", help="GenEval-style benchmark on the shapes world (analytic detector)")

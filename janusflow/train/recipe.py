@@ -95,7 +95,7 @@ def _learning_curves(workdir: str, out_png: str):
     plt.close(fig)
 
 
-def evaluate(cfg: ExperimentConfig, model_dir: str, outdir: str, log) -> dict:
+def evaluate(cfg: ExperimentConfig, model_dir: str, outdir: str, log, denoise_png: str | None = None) -> dict:
     from janusflow.checkpoint.model_io import load_model
     from janusflow.data.pipeline import load_tokenizer
     from janusflow.eval import shapes_bench
@@ -115,6 +115,10 @@ def evaluate(cfg: ExperimentConfig, model_dir: str, outdir: str, log) -> dict:
         out["conditioning"] = conditioning.conditioning_gap(
             model, vae, dataclasses.replace(cfg, model=mcfg), n=64)
         log("conditioning gap (RF loss, shuffled - correct prompts): " + conditioning.summary(out["conditioning"]))
+        if denoise_png:   # what the model draws from real noised images, beside its samples
+            from janusflow.eval import denoise
+            out["denoise"] = denoise.denoise_report(model, vae, dataclasses.replace(cfg, model=mcfg), out_png=denoise_png)
+            log(denoise.summary(out["denoise"]))
     if mcfg.und_encoder != "none":   # not for the generation-only ablation (E)
         try:
             from janusflow.eval.understanding import model_answer_fn, understanding_accuracy
@@ -166,7 +170,8 @@ def run(cfg: ExperimentConfig, workdir: str, *, log: Callable = print) -> dict:
     log("== eval: shapes benchmark and understanding accuracy of the final EMA model"
         + (" and of the untrained model" if r.eval_untrained else ""))
     final = os.path.join(workdir, "stage3", "model_ema")
-    results["final"] = evaluate(cfg, final, os.path.join(workdir, "eval_final"), log)
+    results["final"] = evaluate(cfg, final, os.path.join(workdir, "eval_final"), log,
+                                denoise_png=os.path.join(workdir, "eval_final", "denoise.png"))
     if r.eval_untrained:
         results["untrained"] = evaluate(cfg, init_dir, os.path.join(workdir, "eval_untrained"), log)
     _learning_curves(workdir, os.path.join(workdir, "learning_curves.png"))
@@ -186,6 +191,6 @@ def run(cfg: ExperimentConfig, workdir: str, *, log: Callable = print) -> dict:
             f"{name.split()[0]} {res['understanding']['overall']:.3f}" for name, res in rows if "understanding" in res)
             + f"; without looking at the image (best constant answers) "
               f"{results['final']['understanding']['baseline']['overall']:.3f}")
-    log(f"wrote {workdir}/results.json, learning_curves.png, eval_final/grid_*.png "
+    log(f"wrote {workdir}/results.json, learning_curves.png, eval_final/grid_*.png and denoise.png "
         f"({results['total_minutes']:.1f} min in all)")
     return results

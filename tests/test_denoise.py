@@ -1,0 +1,84 @@
+"""The one-step denoising grid (eval/denoise.py): x_hat = z_t + (1-t) v at several t."""
+
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from flax import nnx
+
+from janusflow import presets
+from janusflow.eval import denoise
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _xz(n=3, s=4):
+    rng = np.random.default_rng(0)
+    return (jnp.asarray(rng.uniform(-1, 1, (n, s, s, 3)), jnp.float32),
+            jnp.asarray(rng.standard_normal((n, s, s, 3)), jnp.float32))
+
+
+def test_x_hat_is_the_image_for_the_true_velocity_and_z_t_for_zero_velocity():
+    x, z0 = _xz()
+    seen = []
+
+    def oracle(zt, t):   # the rectified-flow target x - z0 (independent of z_t and t)
+        seen.append(np.asarray(t))
+        return x - z0
+
+    rows = denoise.denoise_rows(oracle, x, z0, ts=(0.1, 0.5, 0.9))
+    assert [t for t, _, _ in rows] == [0.1, 0.5, 0.9]
+    for (t, zt, xh), tt in zip(rows, seen):
+        np.testing.assert_allclose(zt, t * x + (1 - t) * z0, atol=1e-6)
+        np.testing.assert_allclose(xh, x, atol=1e-5)
+        assert tt.shape == (3,) and np.all(tt == np.float32(t))
+    for t, zt, xh in denoise.denoise_rows(lambda zt, t: jnp.zeros_like(zt), x, z0, ts=(0.3,)):
+        np.testing.assert_array_equal(xh, zt)
+
+
+def test_bad_t_and_mismatched_shapes_are_refused():
+    x, z0 = _xz()
+    with pytest.raises(ValueError, match="t must be in"):
+        denoise.denoise_rows(lambda zt, t: zt, x, z0, ts=(1.0,))
+    with pytest.raises(ValueError, match="same shape"):
+        denoise.denoise_rows(lambda zt, t: zt, x, z0[:2])
+
+
+def test_grid_puts_the_clean_images_on_top_and_each_z_t_beside_its_x_hat():
+    x, z0 = _xz(n=2, s=4)
+    rows = [(0.5, np.full((2, 4, 4, 3), -1.0), np.full((2, 4, 4, 3), 1.0))]
+    g = denoise.grid(np.asarray(x), rows, pad=2)
+    assert g.shape == (2 * 6 + 2, 2 * (2 * 4 + 2 + 4) + 2, 3) and g.dtype == np.uint8
+    np.testing.assert_array_equal(g[2:6, 2:6], denoise._to_uint8(x[0]))     # clean, example 0
+    np.testing.assert_array_equal(g[2:6, 8:12], denoise._to_uint8(x[0]))    # clean beside itself
+    np.testing.assert_array_equal(g[2:6, 16:20], denoise._to_uint8(x[1]))   # example 1
+    assert (g[8:12, 2:6] == 0).all() and (g[8:12, 8:12] == 255).all()       # z_t | x_hat of t=0.5
+
+
+def test_cli_on_a_saved_tiny_model(tmp_path, capsys):
+    from janusflow.checkpoint.model_io import save_model
+    from janusflow.cli import main
+    from janusflow.data.pipeline import shapes_tokenizer
+    from janusflow.data.shapes_tfds import build_shapes, shapes_config
+    from janusflow.models.janusflow import JanusFlow
+    tfds.disable_progress_bar()
+    path = build_shapes(str(tmp_path / "tfds"), shapes_config(32, 8, 8))
+    cfg = presets.tiny()
+    save_model(str(tmp_path / "m"), JanusFlow(cfg, rngs=nnx.Rngs(0)), cfg, shapes_tokenizer(cfg.llm.vocab_size))
+    out = tmp_path / "d.png"
+    args = ["eval", "denoise", "--checkpoint", str(tmp_path / "m"), "--config", os.path.join(ROOT, "experiments/shapes_tiny.py"),
+            "--set", f"data.gen.name={path}", "--n", "3", "--t", "0.2,0.8", "--out", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "t=0.2:" in printed and "t=0.8:" in printed
+    from PIL import Image
+    img = np.asarray(Image.open(out))
+    assert img.shape == (3 * 34 + 2, 3 * (2 * 32 + 2 + 4) + 2, 3)
+    # the top row holds the real validation images: mostly the shapes world's gray background
+    assert np.median(img[2:34, 2:34]) == 128
+    before = out.read_bytes()
+    assert main(args) == 2 and out.read_bytes() == before          # never replaced silently
+    assert "exists" in capsys.readouterr().err
+    assert main(args + ["--force"]) == 0
