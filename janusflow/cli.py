@@ -267,6 +267,18 @@ def cmd_eval(args) -> int:
                                               out_png=args.out)
             print(denoise.summary(out))
             print(f"wrote {args.out} (rows: clean, then t = {args.t}; each cell z_t | x_hat)")
+        elif args.eval_command == "trajectory":
+            from janusflow.eval import denoise
+            if os.path.exists(args.out) and not args.force:
+                print(f"error: --out {args.out} exists; pass --force to replace it", file=sys.stderr)
+                return 2
+            show = tuple(int(x) for x in args.show.split(","))
+            ts = denoise.trajectory_checkpoint(args.checkpoint, tuple(args.prompt or denoise.SHAPES_PROMPTS),
+                                               steps=args.steps, cfg_weight=args.cfg, seed=args.seed, show=show,
+                                               out_png=args.out)
+            print(f"wrote {args.out} (rows: final samples, then t = {', '.join(f'{t:.3g}' for t in ts)}; "
+                  "each cell z | x_hat)")
+            out = {"t": ts, "out": args.out}
         elif args.eval_command == "shapes":
             from janusflow.eval import shapes_bench
             if args.ground_truth:
@@ -422,6 +434,17 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--force", action="store_true", help="replace an existing --out file")
     q.add_argument("--n", type=int, default=8, help="validation examples (grid columns)")
     q.add_argument("--t", default="0.1,0.2,0.3,0.5,0.7,0.9", help="comma-separated t values (0 = noise)")
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(func=cmd_eval)
+    q = esub.add_parser("trajectory", help="the sampler's Euler + CFG path from noise: z and x_hat = z + (1-t) v "
+                        "at chosen steps, one column per prompt (eval/denoise.py)")
+    q.add_argument("--checkpoint", required=True, help="a saved model directory (e.g. WORKDIR/stage3/model_ema)")
+    q.add_argument("--out", required=True, help="PNG to write")
+    q.add_argument("--force", action="store_true", help="replace an existing --out file")
+    q.add_argument("--prompt", action="append", help="a prompt (repeatable; default: shapes-world prompts)")
+    q.add_argument("--steps", type=int, default=30)
+    q.add_argument("--cfg", type=float, default=2.0)
+    q.add_argument("--show", default="0,1,3,6,9,15,24", help="comma-separated step indices to show")
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=cmd_eval)
     q = esub.add_parser("shapes", help="GenEval-style benchmark on the shapes world (analytic detector)")

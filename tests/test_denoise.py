@@ -82,3 +82,46 @@ def test_cli_on_a_saved_tiny_model(tmp_path, capsys):
     assert main(args) == 2 and out.read_bytes() == before          # never replaced silently
     assert "exists" in capsys.readouterr().err
     assert main(args + ["--force"]) == 0
+
+
+def test_trajectory_follows_euler_with_cfg_to_the_data_for_the_oracle_velocity():
+    """With the straight-line velocity x - z0 the Euler path lands on x and every x_hat is x;
+    the unconditional branch enters as w*v_c - (w-1)*v_u, so an unconditional velocity of
+    zero scales the step by w (and the path overshoots to z0 + w (x - z0))."""
+    x, z0 = _xz(n=2, s=4)
+    calls = []
+
+    def oracle(z, t, cond):
+        calls.append(cond)
+        return x - z0
+
+    rows = denoise.trajectory_rows(oracle, z0, steps=5, cfg_weight=3.0, show=(0, 2, 4))
+    assert [t for t, _, _ in rows] == pytest.approx([0.0, 0.4, 0.8, 1.0])
+    np.testing.assert_allclose(rows[-1][1], x, atol=1e-5)
+    for t, z, xh in rows:
+        np.testing.assert_allclose(z, t * x + (1 - t) * z0, atol=1e-5)
+        np.testing.assert_allclose(xh, x, atol=1e-5)
+    assert calls.count(True) == calls.count(False) == 5
+    end = denoise.trajectory_rows(lambda z, t, cond: (x - z0) if cond else jnp.zeros_like(z), z0, steps=4,
+                                  cfg_weight=2.0, show=(0,))[-1][1]
+    np.testing.assert_allclose(end, z0 + 2.0 * (x - z0), atol=1e-5)
+    with pytest.raises(ValueError, match="show must list steps"):
+        denoise.trajectory_rows(oracle, z0, steps=5, show=(5,))
+
+
+def test_trajectory_cli_on_a_saved_tiny_model(tmp_path, capsys):
+    from janusflow.checkpoint.model_io import save_model
+    from janusflow.cli import main
+    from janusflow.data.pipeline import shapes_tokenizer
+    from janusflow.models.janusflow import JanusFlow
+    cfg = presets.tiny()
+    save_model(str(tmp_path / "m"), JanusFlow(cfg, rngs=nnx.Rngs(0)), cfg, shapes_tokenizer(cfg.llm.vocab_size))
+    out = tmp_path / "tr.png"
+    args = ["eval", "trajectory", "--checkpoint", str(tmp_path / "m"), "--out", str(out), "--steps", "4",
+            "--show", "0,2", "--prompt", "a photo of a circle", "--prompt", "a photo of a red star"]
+    assert main(args) == 0
+    assert "t = 0, 0.5" in capsys.readouterr().out
+    from PIL import Image
+    img = np.asarray(Image.open(out))
+    assert img.shape == (3 * 34 + 2, 2 * (2 * 32 + 2 + 4) + 2, 3)
+    assert main(args) == 2   # an existing --out is kept unless --force

@@ -36,6 +36,7 @@ def test_quick_sweep_runs_the_whole_recipe(tmp_path):
     assert all(abs(s - c - g) < 1e-9 for s, c, g in zip(cond["shuffled"], cond["correct"], cond["gap"]))
     assert len(list((work / "F" / "eval_final").glob("grid_*.png"))) == 6
     assert (work / "F" / "eval_final" / "denoise.png").stat().st_size > 1000
+    assert (work / "F" / "eval_final" / "trajectory.png").stat().st_size > 1000
     assert len(f_res["denoise"]["mse"]) == 6 and "denoise" not in json.loads(
         (work / "F" / "results.json").read_text()).get("untrained", {})
     md = (work / "results.md").read_text()

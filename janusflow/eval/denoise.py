@@ -11,6 +11,12 @@ per t. Why this exists: the default run's samples are blobs, yet the same model,
 true layout under noise, may already draw crisp shapes at t >= 0.5; the grid tells a sampler or
 low-t problem (good x_hat from real z_t, bad samples) from a denoiser that has not learnt the
 shapes at all (bad x_hat everywhere).
+
+The second view, :func:`trajectory_rows` / :func:`trajectory_report`, follows the sampler
+instead of real images: the same Euler + CFG path the sampler takes from noise, showing x_hat
+and z at chosen steps. It shows *when* a sample commits to its layout and whether the model's
+estimate at t = 0 (pure noise, where the ideal x_hat is the prompt's mean image) already holds
+objects read out of the noise.
 """
 
 from __future__ import annotations
@@ -36,6 +42,31 @@ def denoise_rows(velocity_fn: Callable, x, z0, ts: Sequence[float] = DEFAULT_TS)
         zt = float(tv) * x + (1.0 - float(tv)) * z0
         v = velocity_fn(zt, t)
         out.append((float(tv), np.asarray(zt), np.asarray(zt + (1.0 - float(tv)) * v)))
+    return out
+
+
+def trajectory_rows(velocity_fn: Callable, z0, steps: int = 30, cfg_weight: float = 2.0,
+                    show: Sequence[int] = (0, 1, 3, 6, 9, 15, 24)):
+    """Euler with CFG on the official grid t_k = k/steps, as the sampler integrates it.
+    ``velocity_fn(z, t (n,), cond: bool) -> v``. Returns ``[(t_k, z_k, x_hat_k), ...]`` for the
+    steps in ``show`` (x_hat_k = z_k + (1 - t_k) v_k, v the guided velocity) and the final
+    ``(1.0, z, z)``."""
+    import jax.numpy as jnp
+
+    from janusflow.objectives.flow import euler_step, time_grid
+    if not all(0 <= k < steps for k in show):
+        raise ValueError(f"show must list steps in [0, {steps}), got {tuple(show)}")
+    ts, dt = time_grid(steps)
+    z, out = jnp.asarray(z0, jnp.float32), []
+    for k in range(steps):
+        t = jnp.full((z.shape[0],), ts[k], jnp.float32)
+        v = velocity_fn(z, t, True)
+        if cfg_weight != 1.0:
+            v = cfg_weight * v - (cfg_weight - 1.0) * velocity_fn(z, t, False)
+        if k in show:
+            out.append((float(ts[k]), np.asarray(z), np.asarray(z + (1.0 - ts[k]) * v)))
+        z, _ = euler_step(z, v, ts[k], dt)
+    out.append((1.0, np.asarray(z), np.asarray(z)))
     return out
 
 
@@ -96,6 +127,44 @@ def denoise_report(model, vae, cfg, *, n: int = 8, ts: Sequence[float] = DEFAULT
     return report
 
 
+def trajectory_report(model, vae, mcfg, tokenizer, prompts: Sequence[str], *, steps: int = 30,
+                      cfg_weight: float = 2.0, seed: int = 0, show: Sequence[int] = (0, 1, 3, 6, 9, 15, 24),
+                      out_png: str | None = None) -> list:
+    """:func:`trajectory_rows` for ``prompts`` (one sample each, noise from ``seed``; ``mcfg`` the
+    model's config); writes a
+    grid like :func:`grid` (top row the final samples, then per shown step z | x_hat). Returns
+    the shown t values."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from janusflow.data.tokenizer import generation_prompt_ids
+    from janusflow.models.vae import decode_latents
+    from janusflow.objectives.cfg_dropout import uncond_prompt_mask
+    from janusflow.sample.generate import latent_shape, pad_prompts
+    ids = [generation_prompt_ids(tokenizer, p) for p in prompts]
+    pid, pmask = pad_prompts(ids, max(map(len, ids)), tokenizer.pad_id)
+    pid, pmask = jnp.asarray(pid), jnp.asarray(pmask)
+    umask = uncond_prompt_mask(pmask)
+
+    @nnx.jit
+    def velocity(model, mask, z, t):
+        return model.generate_velocity(model.language_model.embed(pid), mask, z, t).velocity
+
+    @nnx.jit
+    def decode(vae, z):
+        return decode_latents(vae, mcfg.vae, z)
+
+    z0 = jax.random.normal(jax.random.key(seed), (len(prompts),) + latent_shape(mcfg), jnp.float32)
+    rows = trajectory_rows(lambda z, t, cond: velocity(model, pmask if cond else umask, z, t), z0, steps,
+                           cfg_weight, show)
+    px = [(t, np.asarray(decode(vae, z), np.float32), np.asarray(decode(vae, xh), np.float32)) for t, z, xh in rows]
+    if out_png:
+        from PIL import Image
+        Image.fromarray(grid(px[-1][1], px[:-1])).save(out_png)
+    return [t for t, _, _ in px[:-1]]
+
+
 def summary(report: dict) -> str:
     return "one-step denoising MSE (pixels in [-1, 1]): " + ", ".join(
         f"t={t:g}: {m:.4f}" for t, m in zip(report["t"], report["mse"]))
@@ -114,3 +183,23 @@ def evaluate_checkpoint(model_dir: str, cfg, *, n: int = 8, ts: Sequence[float] 
     model, mcfg = load_model(model_dir)
     vae = make_vae(mcfg.vae, rngs=nnx.Rngs(0))
     return denoise_report(model, vae, dataclasses.replace(cfg, model=mcfg), n=n, ts=ts, seed=seed, out_png=out_png)
+
+
+# prompts of the shapes world: one per GenEval tag, and the same shape in two colours
+SHAPES_PROMPTS = ("a photo of a circle", "a photo of a red square", "a photo of a triangle and a star",
+                  "a photo of three diamonds", "a photo of a cross left of a circle",
+                  "a photo of a blue square and a yellow circle", "a photo of a green star")
+
+
+def trajectory_checkpoint(model_dir: str, prompts: Sequence[str] = SHAPES_PROMPTS, **kw) -> list:
+    """:func:`trajectory_report` of a saved model (its own tokenizer and config)."""
+    from flax import nnx
+
+    from janusflow.checkpoint.model_io import load_model
+    from janusflow.data.tokenizer import Tokenizer
+    from janusflow.models.vae import make_vae
+    model, mcfg = load_model(model_dir)
+    if not mcfg.gen_enabled:
+        raise ValueError(f"{model_dir}: the model has no generation path (gen_enabled=False)")
+    return trajectory_report(model, make_vae(mcfg.vae, rngs=nnx.Rngs(0)), mcfg, Tokenizer.load(model_dir),
+                             prompts, **kw)

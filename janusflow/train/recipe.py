@@ -95,6 +95,11 @@ def _learning_curves(workdir: str, out_png: str):
     plt.close(fig)
 
 
+def _trajectory_steps(steps: int) -> tuple:
+    """Steps shown in the trajectory grid: t = 0, 1/30, 0.1, 0.2, 0.3, 0.5, 0.8 on 30 steps."""
+    return tuple(sorted({min(steps - 1, round(f * steps)) for f in (0, 1 / 30, 0.1, 0.2, 0.3, 0.5, 0.8)}))
+
+
 def evaluate(cfg: ExperimentConfig, model_dir: str, outdir: str, log, denoise_png: str | None = None) -> dict:
     from janusflow.checkpoint.model_io import load_model
     from janusflow.data.pipeline import load_tokenizer
@@ -119,6 +124,10 @@ def evaluate(cfg: ExperimentConfig, model_dir: str, outdir: str, log, denoise_pn
             from janusflow.eval import denoise
             out["denoise"] = denoise.denoise_report(model, vae, dataclasses.replace(cfg, model=mcfg), out_png=denoise_png)
             log(denoise.summary(out["denoise"]))
+            # ... and what it draws from noise: the sampler's path, x_hat at chosen steps
+            denoise.trajectory_report(model, vae, mcfg, tok, denoise.SHAPES_PROMPTS, steps=r.sample_steps,
+                                      cfg_weight=r.cfg_weight, show=_trajectory_steps(r.sample_steps),
+                                      out_png=os.path.join(os.path.dirname(denoise_png), "trajectory.png"))
     if mcfg.und_encoder != "none":   # not for the generation-only ablation (E)
         try:
             from janusflow.eval.understanding import model_answer_fn, understanding_accuracy
@@ -191,6 +200,6 @@ def run(cfg: ExperimentConfig, workdir: str, *, log: Callable = print) -> dict:
             f"{name.split()[0]} {res['understanding']['overall']:.3f}" for name, res in rows if "understanding" in res)
             + f"; without looking at the image (best constant answers) "
               f"{results['final']['understanding']['baseline']['overall']:.3f}")
-    log(f"wrote {workdir}/results.json, learning_curves.png, eval_final/grid_*.png and denoise.png "
+    log(f"wrote {workdir}/results.json, learning_curves.png, eval_final/grid_*.png, denoise.png and trajectory.png "
         f"({results['total_minutes']:.1f} min in all)")
     return results
