@@ -61,6 +61,9 @@ def test_ground_truth_scores_near_one_under_geneval_rules(size):
     assert r["overall"] >= 0.95
     assert min(r["per_tag"].values()) >= 0.9
     assert set(r["per_tag"]) == set(S.TAGS) and r["n_images"] == 6 * 12 * 2
+    a = r["one_object"]   # single_object + colors prompts: 2 tags x 12 prompts x 2 images
+    assert a["n"] == 48 and a["one_component"] == a["shape_acc"] == a["color_acc"] == 1.0
+    assert a["iou_requested_shape"] > 0.95
 
 
 def test_antialiased_and_noisy_renders_still_score_high():
@@ -82,6 +85,26 @@ def test_wrong_scenes_score_low():
         return ground_truth_generate_fn(32)(rolled)
     r = run_shapes_bench(shuffled, n_per_tag=8, n_images=1, seed=3, batch_size=48)
     assert r["overall"] < 0.5
+
+
+def test_one_object_attributes_name_what_is_wrong():
+    """A clean object of the requested colour but another shape: shape wrong, colour right; two
+    objects: not one component; an empty image: nothing right."""
+    from janusflow.eval.shapes_bench import format_one_object, one_object_attributes
+    rng = np.random.default_rng(0)
+    md = S.meta_colors("circle", "red")
+    square = S.render(S.scene_from_metadata(S.meta_colors("square", "red"), rng, 32), 32)
+    two = S.render([S.Obj("circle", "blue", (2, 2, 16, 16)), S.Obj("star", "red", (20, 20, 30, 30))], 32)
+    empty = np.full((32, 32, 3), 128, np.uint8)
+    other_tag = S.meta_two("circle", "star")   # not a one-object prompt: ignored
+    a = one_object_attributes([square, two, empty, two], [md, md, md, other_tag])
+    # the two-object image's largest object is the (blue) circle: shape right, colour wrong
+    assert a["n"] == 3 and a["shape_acc"] == pytest.approx(1 / 3)
+    assert a["one_component"] == pytest.approx(1 / 3) and a["color_acc"] == pytest.approx(1 / 3)
+    a1 = one_object_attributes([square], [md])
+    assert a1["shape_acc"] == 0.0 and a1["color_acc"] == 1.0 and a1["iou_requested_shape"] < 0.9
+    assert "shape right 0.00" in format_one_object(a1)
+    assert one_object_attributes([two], [other_tag]) == {"n": 0}
 
 
 def test_bench_writes_grids(tmp_path):

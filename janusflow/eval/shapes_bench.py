@@ -20,7 +20,10 @@ import numpy as np
 from janusflow.data import shapes
 from janusflow.eval.geneval_layout import image_seed
 from janusflow.eval.geneval_score import ScoreParams, score_image, summarize
-from janusflow.eval.shapes_detector import ShapesColorClassifier, ShapesDetector
+from janusflow.eval.shapes_detector import ShapesColorClassifier, ShapesDetector, classify_mask
+
+# Tags whose prompts ask for exactly one object: where the attribute diagnostic applies.
+ONE_OBJECT_TAGS = ("single_object", "colors")
 
 
 def ground_truth_generate_fn(size: int = 32, *, antialias: bool = False, noise: bool = False) -> Callable:
@@ -60,8 +63,9 @@ def run_shapes_bench(generate_fn: Callable, n_per_tag: int = 16, n_images: int =
                      grid_prompts: int = 8, progress: bool = False) -> dict:
     """Score ``generate_fn`` on ``n_per_tag`` prompts per tag x ``n_images`` images each.
 
-    Returns ``{"per_tag", "overall", "counts", "n_prompts", "n_images", "correct_images"}``
-    (overall = unweighted mean of the 6 tag accuracies, as GenEval). With ``outdir``: writes
+    Returns ``{"per_tag", "overall", "counts", "n_prompts", "n_images", "correct_images",
+    "one_object"}`` (overall = unweighted mean of the 6 tag accuracies, as GenEval;
+    ``one_object`` = :func:`one_object_attributes`). With ``outdir``: writes
     ``grid_<tag>.png`` (one row per prompt, up to ``grid_prompts`` rows), ``results.jsonl``
     (official schema; filenames in the GenEval layout's form) and ``summary.json``.
     """
@@ -95,9 +99,50 @@ def run_shapes_bench(generate_fn: Callable, n_per_tag: int = 16, n_images: int =
     summary = summarize(results, prompts, n_images)
     report = {k: summary[k] for k in ("per_tag", "overall", "counts", "n_prompts", "n_images",
                                       "correct_images")}
+    report["one_object"] = one_object_attributes(images, [it["metadata"] for it in items], detector)
     if outdir:
         _write(outdir, items, images, results, report, n_images, grid_prompts)
     return report
+
+
+def one_object_attributes(images, metadata, detector=None) -> dict:
+    """Where a pass/fail score hides *why* images fail: for the one-object prompts
+    (:data:`ONE_OBJECT_TAGS`), the share of images with exactly one detected component, and for
+    each image's largest component whether its best-matching shape (template IoU, whatever
+    the score) and its colour (``colors`` prompts) are the requested ones, plus its IoU with
+    the requested shape's template. Chance for the shape is 1/6."""
+    detector = detector or ShapesDetector()
+    n = one = shape_ok = color_ok = n_color = 0
+    ious = []
+    for img, md in zip(images, metadata):
+        if md["tag"] not in ONE_OBJECT_TAGS:
+            continue
+        want = md["include"][0]
+        comps = detector.components(img)
+        n += 1
+        one += len(comps) == 1
+        n_color += "color" in want
+        if not comps:
+            ious.append(0.0)
+            continue
+        big = max(comps, key=lambda c: int(c["crop"].sum()))
+        best, _, per_shape = classify_mask(big["crop"], detector.shapes)
+        ious.append(per_shape.get(want["class"], 0.0))
+        shape_ok += best == want["class"]
+        color_ok += "color" in want and big["color"] == want["color"]
+    if n == 0:
+        return {"n": 0}
+    return {"n": n, "one_component": one / n, "shape_acc": shape_ok / n,
+            "color_acc": color_ok / n_color if n_color else None, "iou_requested_shape": float(np.mean(ious))}
+
+
+def format_one_object(a: dict) -> str:
+    if not a.get("n"):
+        return "one-object prompts: none scored"
+    color = "n/a" if a["color_acc"] is None else f"{a['color_acc']:.2f}"
+    return (f"one-object prompts ({a['n']} images): exactly one object {a['one_component']:.2f}, largest object's "
+            f"shape right {a['shape_acc']:.2f} (chance 0.17), colour right {color}, "
+            f"IoU with the requested shape {a['iou_requested_shape']:.2f}")
 
 
 def _write(outdir, items, images, results, report, n_images, grid_prompts):

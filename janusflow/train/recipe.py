@@ -115,6 +115,7 @@ def evaluate(cfg: ExperimentConfig, model_dir: str, outdir: str, log, denoise_pn
         fn = model_generate_fn(model, vae, mcfg, tok, cfg_weight=r.cfg_weight, steps=r.sample_steps)
         out["shapes_bench"] = shapes_bench.run_shapes_bench(fn, r.eval_prompts_per_tag, r.eval_images, seed=0,
                                                             outdir=outdir, batch_size=64)
+        log(shapes_bench.format_one_object(out["shapes_bench"]["one_object"]))
         # does the generator read its prompt at all? (smooth where the benchmark is coarse)
         from janusflow.eval import conditioning
         out["conditioning"] = conditioning.conditioning_gap(
