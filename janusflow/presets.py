@@ -35,9 +35,10 @@ def tiny(**overrides) -> ModelConfig:
                             mlp_ratio=2.0, attn_pool=True),
         gen_codec=GenCodecConfig(channels=32, kernel_size=4, stride=4, num_blocks=2,
                                  decoder_patch=2, decoder_upsamples=2),
-        # Shape images are mostly flat gray: pixels in [-1, 1] have std ~0.05, so at most t the
-        # noise drowns them. Scaling the "latent" (as SD's VAE scaling factor does) lifts the
-        # signal; decoding divides it back out.
+        # Shape images are mostly flat gray background (0 in [-1, 1]); over the 32 px training
+        # images pixels have std 0.32 (measured on 300 scenes). Scaling the "latent" by 4, as
+        # SD's VAE scaling factor does for its latents, gives std ~1.3, about the noise's; decoding
+        # divides it back out. (Scale 1.5 with t ~ LN(0, 1) scored the same as 4 with LN(-0.5, 1).)
         vae=VAEConfig(kind="pixel", scaling_factor=4.0),
         image_size=32, repa_layer=2, repa_hidden=64, overrides=overrides)
 
