@@ -254,8 +254,10 @@ def cmd_eval(args) -> int:
     try:
         if args.eval_command == "conditioning":
             from janusflow.eval import conditioning
-            ts = tuple(float(x) for x in args.t.split(","))
-            out = conditioning.evaluate_checkpoint(args.checkpoint, _load(args), n=args.n, ts=ts, seed=args.seed)
+            ts = tuple(float(x) for x in (args.t or ",".join(map(str, conditioning.SHAPE_GAP_TS if args.shape_swap
+                                                                 else conditioning.DEFAULT_TS))).split(","))
+            out = conditioning.evaluate_checkpoint(args.checkpoint, _load(args), n=args.n, ts=ts, seed=args.seed,
+                                                   shape_swap=args.shape_swap)
             print(conditioning.summary(out))
         elif args.eval_command == "denoise":
             from janusflow.eval import denoise
@@ -423,7 +425,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--checkpoint", required=True, help="a saved model directory (e.g. WORKDIR/stage3/model_ema)")
     _add_config_args(q)
     q.add_argument("--n", type=int, default=64, help="validation examples")
-    q.add_argument("--t", default="0.1,0.3,0.5,0.7", help="comma-separated t values (0 = noise)")
+    q.add_argument("--t", default=None, help="comma-separated t values (0 = noise; default 0.1,0.3,0.5,0.7, "
+                   "with --shape-swap 0.05,0.1,0.2,0.3)")
+    q.add_argument("--shape-swap", action="store_true", help="the shape gap: one-object shapes scenes with their "
+                   "prompt vs the same prompt naming another shape (same colour)")
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=cmd_eval)
     q = esub.add_parser("denoise", help="one-step denoising grid: x_hat = z_t + (1-t) v for validation images "

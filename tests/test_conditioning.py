@@ -85,3 +85,34 @@ def test_validation_batch_needs_a_generation_source(tiny_setup):
     no_gen = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, gen=SourceConfig(name="")))
     with pytest.raises(ValueError, match="generation source"):
         conditioning.validation_batch(no_gen)
+
+
+def test_shape_swap_prompts_change_only_the_shape_word():
+    from janusflow.data import shapes
+    items = conditioning.shape_swap_prompts(60, seed=3)
+    assert [md["include"][0]["class"] for md, _ in items[:6]] == list(shapes.SHAPES)
+    for md, other in items:
+        want = md["include"][0]
+        right = md["prompt"].split()
+        wrong = other.split()
+        assert len(right) == len(wrong) and right[:-1] == wrong[:-1]   # "a photo of a <colour>"
+        assert right[-1] == want["class"] and wrong[-1] in shapes.SHAPES and wrong[-1] != want["class"]
+        assert want["color"] in right
+    assert len({other.split()[-1] for _, other in items}) == len(shapes.SHAPES)
+
+
+def test_shape_gap_of_a_tiny_model_and_its_cli(tiny_setup, tmp_path, capsys):
+    from janusflow.checkpoint.model_io import save_model
+    from janusflow.cli import main
+    from janusflow.data.pipeline import shapes_tokenizer
+    cfg, model, vae = tiny_setup
+    tok = shapes_tokenizer(cfg.model.llm.vocab_size)
+    r = conditioning.shape_gap(model, vae, cfg, tok, n=12, ts=(0.1, 0.5))
+    assert r["n"] == 12 and r["t"] == [0.1, 0.5] and all(np.isfinite(r["correct"] + r["shuffled"]))
+    # the swapped word reaches the model: an untrained model's loss changes with it
+    assert all(abs(g) > 1e-7 for g in r["gap"])
+    # the CLI on the saved model: its own tokenizer, default shape-gap t values
+    save_model(str(tmp_path / "m"), model, cfg.model, tok)
+    assert main(["eval", "conditioning", "--checkpoint", str(tmp_path / "m"), "--config", "tiny",
+                 "--shape-swap", "--n", "6"]) == 0
+    assert "t=0.05:" in capsys.readouterr().out

@@ -34,6 +34,8 @@ def test_quick_sweep_runs_the_whole_recipe(tmp_path):
     cond = f_res["conditioning"]
     assert cond["t"] == [0.1, 0.3, 0.5, 0.7] and cond["n"] == 64
     assert all(abs(s - c - g) < 1e-9 for s, c, g in zip(cond["shuffled"], cond["correct"], cond["gap"]))
+    assert f_res["shape_gap"]["t"] == [0.05, 0.1, 0.2, 0.3] and f_res["shape_gap"]["n"] == 192
+    assert f_res["shapes_bench"]["one_object"]["n"] == 2   # quick: 1 prompt x 1 image for each one-object tag
     assert len(list((work / "F" / "eval_final").glob("grid_*.png"))) == 6
     assert (work / "F" / "eval_final" / "denoise.png").stat().st_size > 1000
     assert (work / "F" / "eval_final" / "trajectory.png").stat().st_size > 1000

@@ -121,6 +121,9 @@ def evaluate(cfg: ExperimentConfig, model_dir: str, outdir: str, log, denoise_pn
         out["conditioning"] = conditioning.conditioning_gap(
             model, vae, dataclasses.replace(cfg, model=mcfg), n=64)
         log("conditioning gap (RF loss, shuffled - correct prompts): " + conditioning.summary(out["conditioning"]))
+        out["shape_gap"] = conditioning.shape_gap(model, vae, dataclasses.replace(cfg, model=mcfg), tok)
+        log("shape gap (RF loss, shape word swapped - correct, one-object scenes): "
+            + conditioning.summary(out["shape_gap"]))
         if denoise_png:   # what the model draws from real noised images, beside its samples
             from janusflow.eval import denoise
             out["denoise"] = denoise.denoise_report(model, vae, dataclasses.replace(cfg, model=mcfg), out_png=denoise_png)
