@@ -131,9 +131,11 @@ def trajectory_report(model, vae, mcfg, tokenizer, prompts: Sequence[str], *, st
                       cfg_weight: float = 2.0, seed: int = 0, show: Sequence[int] = (0, 1, 3, 6, 9, 15, 24),
                       out_png: str | None = None) -> list:
     """:func:`trajectory_rows` for ``prompts`` (one sample each, noise from ``seed``; ``mcfg`` the
-    model's config); writes a
-    grid like :func:`grid` (top row the final samples, then per shown step z | x_hat). Returns
-    the shown t values."""
+    model's config); writes a grid like :func:`grid` (top row the final samples, then per shown
+    step z | x_hat). Returns the shown t values. A step-by-step Python loop, not the sampler's
+    fused program, so that intermediate states can be read; tests check both end equal."""
+    if not prompts:
+        raise ValueError("trajectory_report needs at least one prompt")
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -185,7 +187,7 @@ def evaluate_checkpoint(model_dir: str, cfg, *, n: int = 8, ts: Sequence[float] 
     return denoise_report(model, vae, dataclasses.replace(cfg, model=mcfg), n=n, ts=ts, seed=seed, out_png=out_png)
 
 
-# prompts of the shapes world: one per GenEval tag, and the same shape in two colours
+# prompts of the shapes world covering the six GenEval tags (one-object prompts with and without a colour)
 SHAPES_PROMPTS = ("a photo of a circle", "a photo of a red square", "a photo of a triangle and a star",
                   "a photo of three diamonds", "a photo of a cross left of a circle",
                   "a photo of a blue square and a yellow circle", "a photo of a green star")
