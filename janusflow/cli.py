@@ -281,6 +281,16 @@ def cmd_eval(args) -> int:
             print(f"wrote {args.out} (rows: final samples, then t = {', '.join(f'{t:.3g}' for t in ts)}; "
                   "each cell z | x_hat)")
             out = {"t": ts, "out": args.out}
+        elif args.eval_command == "encoder":
+            from janusflow.checkpoint.model_io import load_model
+            from janusflow.eval import encoder_probe
+            model, mcfg = load_model(args.checkpoint)
+            if not mcfg.uses_siglip:
+                print(f"janusflow eval encoder: error: {args.checkpoint} has no SigLIP encoder "
+                      f"(und_encoder={mcfg.und_encoder!r}, repa={mcfg.repa})", file=sys.stderr)
+                return 1
+            out = encoder_probe.encoder_probe(model.und_encoder, mcfg.siglip, n=args.n, seed=args.seed)
+            print(encoder_probe.summary(out))
         elif args.eval_command == "shapes":
             from janusflow.eval import shapes_bench
             if args.ground_truth:
@@ -450,6 +460,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--steps", type=int, default=30)
     q.add_argument("--cfg", type=float, default=2.0)
     q.add_argument("--show", default="0,1,3,6,9,15,24", help="comma-separated step indices to show")
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(func=cmd_eval)
+    q = esub.add_parser("encoder", help="what the SigLIP encoder (REPA's target) knows: ridge probes of shape "
+                        "and colour on one-object scenes, beside a random tower's (eval/encoder_probe.py)")
+    q.add_argument("--checkpoint", required=True, help="a saved model directory (e.g. WORKDIR/stage3/model_ema)")
+    q.add_argument("--n", type=int, default=1200, help="one-object scenes (3/4 fit the probe, 1/4 score it)")
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=cmd_eval)
     q = esub.add_parser("shapes", help="GenEval-style benchmark on the shapes world (analytic detector)")

@@ -36,6 +36,9 @@ def test_quick_sweep_runs_the_whole_recipe(tmp_path):
     assert all(abs(s - c - g) < 1e-9 for s, c, g in zip(cond["shuffled"], cond["correct"], cond["gap"]))
     assert f_res["shape_gap"]["t"] == [0.05, 0.1, 0.2, 0.3] and f_res["shape_gap"]["n"] == 192
     assert f_res["shapes_bench"]["one_object"]["n"] == 2   # quick: 1 prompt x 1 image for each one-object tag
+    probe = f_res["encoder_probe"]   # the SigLIP's shape/colour probes beside a random tower's
+    assert probe["n"] == 1200 and all(0 <= probe[k] <= 1 for k in ("shape", "colour", "random_shape", "random_colour"))
+    assert "understanding encoder (SigLIP) probe: shape" in p.stdout
     assert len(list((work / "F" / "eval_final").glob("grid_*.png"))) == 6
     assert (work / "F" / "eval_final" / "denoise.png").stat().st_size > 1000
     assert (work / "F" / "eval_final" / "trajectory.png").stat().st_size > 1000

@@ -5,7 +5,8 @@
   2. llm      pre-train the tiny LLM on the dataset's text (JanusFlow starts from DeepSeek-LLM);
   3-5. stage1/stage2/stage3 of paper Table 1 (trainable parts, data ratios, learning rates);
   6. eval     shapes benchmark (GenEval rules, analytic detector) of the final EMA model and of
-              the untrained model, understanding accuracy, sample grids, learning curves.
+              the untrained model, understanding accuracy, what the SigLIP encoder knows
+              (shape/colour probes against a random tower), sample grids, learning curves.
 Each phase lives in ``workdir/<phase>`` and is skipped when its final model exists, so the
 recipe resumes where it stopped (a phase itself resumes from its checkpoints).
 """
@@ -111,6 +112,10 @@ def evaluate(cfg: ExperimentConfig, model_dir: str, outdir: str, log, denoise_pn
     tok = load_tokenizer(cfg.data, mcfg)
     vae = make_vae(mcfg.vae, rngs=nnx.Rngs(0))
     out = {}
+    if mcfg.uses_siglip:   # what REPA's target and the understanding path can see at all
+        from janusflow.eval import encoder_probe
+        out["encoder_probe"] = encoder_probe.encoder_probe(model.und_encoder, mcfg.siglip)
+        log("understanding encoder (SigLIP) probe: " + encoder_probe.summary(out["encoder_probe"]))
     if mcfg.gen_enabled:   # not for the understanding-only ablation (D)
         fn = model_generate_fn(model, vae, mcfg, tok, cfg_weight=r.cfg_weight, steps=r.sample_steps)
         out["shapes_bench"] = shapes_bench.run_shapes_bench(fn, r.eval_prompts_per_tag, r.eval_images, seed=0,
