@@ -39,7 +39,7 @@ def test_probe_scenes_hold_one_object_of_the_named_shape_and_colour():
         assert len(comps) == 1 and comps[0]["color"] == shapes.COLORS[c]
 
 
-def test_encoder_probe_of_a_tiny_tower_against_its_random_floor():
+def test_encoder_probe_reports_a_tiny_tower_beside_a_random_floor():
     cfg = presets.tiny().siglip
     res = encoder_probe.encoder_probe(SiglipVisionTower(cfg, rngs=nnx.Rngs(5)), cfg, n=240)
     for k in ("shape", "colour", "random_shape", "random_colour"):
