@@ -111,17 +111,21 @@ def cmd_convert(args) -> int:
         if args.to_hf and os.path.isdir(args.out) and os.listdir(args.out):
             raise FileExistsError(f"--out {args.out} is not empty; choose a new directory")
         if args.from_hf:
+            if not os.path.isdir(args.from_hf):
+                raise FileNotFoundError(f"--from-hf {args.from_hf}: no such directory")
+            tok = _dir_tokenizer(args.from_hf)     # a bad tokenizer.json fails before the long read
             say(f"reading {args.from_hf} ({args.dtype or 'float32'})")
             model, cfg = hf.load_janusflow_hf(args.from_hf, args.dtype or "float32",
                                               progress=progress, log=say)
             say(f"writing {args.out}")
-            path = model_io.save_model(args.out, model, cfg, _dir_tokenizer(args.from_hf))
+            path = model_io.save_model(args.out, model, cfg, tok)
         else:
-            say(f"reading {args.to_hf}")
-            model, cfg = model_io.load_model(args.to_hf, args.dtype, progress=progress, log=say)
+            src = model_io.resolve_checkpoint(args.to_hf, say)
+            tok = _dir_tokenizer(src)
+            say(f"reading {src}")
+            model, cfg = model_io.load_model(src, args.dtype, progress=progress, log=say)
             say(f"writing {args.out}")
             hf.export_janusflow_hf(model, cfg, args.out, progress=progress)
-            tok = _dir_tokenizer(args.to_hf)
             for name, body in (tok.files().items() if tok is not None else ()):
                 with open(os.path.join(args.out, name), "w", encoding="utf-8") as f:
                     f.write(body)
@@ -146,6 +150,7 @@ def cmd_sample(args) -> int:
             raise ValueError("give text prompts (--prompt/--prompts-file) or --prompt-ids, not both")
         if not texts and not args.prompt_ids:
             raise ValueError("no prompt: give --prompt, --prompts-file or --prompt-ids")
+        args.checkpoint = model_io.resolve_checkpoint(args.checkpoint, lambda m: print(m, file=sys.stderr))
         tok = run.load_tokenizer(args.checkpoint, args.tokenizer) if texts else None
         model, cfg = model_io.load_model(args.checkpoint, args.dtype)
         if args.compute_dtype:
@@ -161,7 +166,8 @@ def cmd_sample(args) -> int:
             cfg_weight=args.cfg, steps=args.steps, seed=args.seed, solver=args.solver,
             save_latents=args.save_latents, batch_size=args.batch_size, mesh=run.default_mesh(),
             pad_id=tok.pad_id if tok is not None else 0, grid_max=args.grid_max,
-            progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
+            progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr),
+            model_id=run.model_identity(args.checkpoint, dtype=args.dtype, compute_dtype=args.compute_dtype))
     except (CheckpointMismatch, FileNotFoundError, ValueError) as e:
         print(f"janusflow sample: error: {e}", file=sys.stderr)
         return 1
@@ -179,6 +185,7 @@ def cmd_chat(args) -> int:
         if not args.question.strip():
             raise ValueError("--question is empty")
         image = load_image(args.image)
+        args.checkpoint = model_io.resolve_checkpoint(args.checkpoint, lambda m: print(m, file=sys.stderr))
         tok = run.load_tokenizer(args.checkpoint, args.tokenizer)
         model, cfg = model_io.load_model(args.checkpoint, args.dtype)
         vae = (run.load_vae_for(cfg, args.checkpoint, args.vae, args.dtype)
