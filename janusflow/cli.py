@@ -259,6 +259,9 @@ def cmd_eval(args) -> int:
     from janusflow.eval.geneval_layout import ProtocolMismatch
     from janusflow.eval.geneval_score import IncompleteResultsError, format_summary, summarize
     try:
+        if getattr(args, "checkpoint", None):
+            from janusflow.checkpoint.model_io import resolve_checkpoint
+            args.checkpoint = resolve_checkpoint(args.checkpoint, lambda m: print(m, file=sys.stderr))
         if args.eval_command == "conditioning":
             from janusflow.eval import conditioning
             ts = tuple(float(x) for x in (args.t or ",".join(map(str, conditioning.SHAPE_GAP_TS if args.shape_swap
