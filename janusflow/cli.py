@@ -321,7 +321,7 @@ def cmd_eval(args) -> int:
                                        vae_path=args.vae, dtype=args.dtype)
         elif args.geneval_command == "summarize":
             from janusflow.eval.geneval_layout import load_prompts
-            expected = load_prompts(args.metadata)[0] if args.metadata else None
+            expected = load_prompts(args.metadata)[0]      # default: the shipped official list
             out = summarize(args.results, expected, args.n, strict=not args.allow_incomplete)
         else:
             out = geneval.run_score(args.outdir, detections=args.detections, detector=args.detector,
@@ -414,7 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--dtype", choices=("float32", "bfloat16"), default=None)
     q = gsub.add_parser("generate", help="write <outdir>/<00000>/{metadata.jsonl,samples/0000.png}; resumable")
     q.add_argument("--checkpoint", required=True)
-    q.add_argument("--metadata", required=True, metavar="evaluation_metadata.jsonl")
+    q.add_argument("--metadata", default=None, metavar="evaluation_metadata.jsonl",
+                   help="prompt file (default: the official GenEval list shipped with janusflow)")
     q.add_argument("--outdir", required=True)
     q.add_argument("--n", type=int, default=4, help="images per prompt")
     q.add_argument("--batch-size", type=int, default=8)
@@ -422,7 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_eval)
     q = gsub.add_parser("summarize", help="per-tag and overall score of a results.jsonl (official schema)")
     q.add_argument("results", metavar="RESULTS.jsonl")
-    q.add_argument("--metadata", default=None, help="prompt file to check completeness against")
+    q.add_argument("--metadata", default=None, help="prompt file to check completeness against "
+                   "(default: the official GenEval list shipped with janusflow)")
     q.add_argument("--n", type=int, default=None, help="images per prompt expected (default: the most seen)")
     q.add_argument("--allow-incomplete", action="store_true", help="report per-tag scores, no overall")
     q.set_defaults(func=cmd_eval)
@@ -433,7 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--colors", choices=("precomputed", "shapes", "clip"), default="precomputed",
                    help="colour classifier (clip: open_clip ViT-L/14 OpenAI weights)")
     q.add_argument("--out", default=None, help="results jsonl (default OUTDIR/results.jsonl)")
-    q.add_argument("--metadata", default=None, help="prompt file to check completeness against")
+    q.add_argument("--metadata", default=None, help="prompt file to check completeness against "
+                   "(default: the layout's own prompts, else the shipped official list)")
     q.add_argument("--n", type=int, default=None, help="images per prompt (default: protocol.json's)")
     q.add_argument("--mask2former", default=None, metavar="CKPT", help="Mask2Former .pth (mmdet 2.x)")
     q.add_argument("--object-names", default=None, metavar="object_names.txt")
