@@ -640,9 +640,9 @@ def janusflow_key_map(cfg: ModelConfig) -> dict:
 # ------------------------------------------------------------------------ whole-model I/O
 def _read_json(path: str) -> dict:
     try:
-        with open(path) as fh:
+        with open(path, encoding="utf-8") as fh:
             return json.load(fh)
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: invalid JSON ({e})") from None
 
 
