@@ -115,8 +115,9 @@ def _names(n_prompts: int, n: int) -> list[str]:
 
 def _comparable(settings: dict) -> dict:
     # the same weights reached by another path (a copied or moved checkpoint) are the same model
-    model = {k: v for k, v in settings.get("model", {}).items() if k != "checkpoint"} \
-        if isinstance(settings.get("model"), dict) else settings.get("model")
+    model = settings.get("model")
+    if isinstance(model, dict):
+        model = {k: v for k, v in model.items() if k != "checkpoint"}
     return {**settings, "model": model}
 
 
