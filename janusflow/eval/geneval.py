@@ -280,11 +280,12 @@ def make_protocol(checkpoint: str, metadata_md5: str, *, cfg_weight: float, step
             "resolution": int(resolution), "solver": solver, "n": int(n)}
 
 
-def run_generate(checkpoint: str, metadata: str, outdir: str, *, n: int = 4, cfg_weight: float = 2.0,
+def run_generate(checkpoint: str, metadata: Optional[str], outdir: str, *, n: int = 4, cfg_weight: float = 2.0,
                  steps: int = 30, seed: int = 0, batch_size: int = 8, solver: str = "euler",
                  vae_path: Optional[str] = None, dtype: Optional[str] = None,
                  progress: bool = True, generator=None, generate: Optional[Callable] = None) -> dict:
-    """``janusflow eval geneval generate``: fill ``outdir`` for every prompt of ``metadata``.
+    """``janusflow eval geneval generate``: fill ``outdir`` for every prompt of ``metadata`` (None:
+    the official list shipped with the package).
     ``generator`` = ``(model, vae, cfg, tokenizer)`` skips :func:`load_generator`."""
     prompts, md5 = layout.load_prompts(metadata)
 
@@ -321,6 +322,8 @@ def run_score(outdir: str, *, detections: Optional[str] = None, detector: str = 
     results = score_layout(outdir, det, clf, out_jsonl=out_jsonl or os.path.join(outdir, "results.jsonl"),
                            progress=True)
     expected = layout.load_prompts(metadata)[0] if metadata else _expected_from_protocol(outdir)
+    if expected is None:             # no prompt file and no protocol: the official list
+        expected = layout.load_prompts()[0]
     if n is None and os.path.exists(os.path.join(outdir, layout.PROTOCOL_NAME)):
         with open(os.path.join(outdir, layout.PROTOCOL_NAME)) as fh:
             n = json.load(fh).get("n")
@@ -344,8 +347,11 @@ def _expected_from_protocol(outdir: str):
         if not os.path.exists(mpath):
             missing.append(f"prompt folder {i:05d} is missing")
             continue
-        with open(mpath) as fh:
-            out.append(json.load(fh))
+        try:
+            with open(mpath, encoding="utf-8") as fh:
+                out.append(layout.check_prompt(json.load(fh), mpath))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{mpath}: invalid JSON ({e})") from None
     if missing:
         raise IncompleteResultsError(missing)
     return out

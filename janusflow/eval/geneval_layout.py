@@ -25,6 +25,10 @@ from typing import Callable, Optional
 
 import numpy as np
 
+# The official prompt list (553 prompts, MIT), shipped as package data: the default for
+# completeness checks.
+OFFICIAL_METADATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "geneval_data",
+                                 "evaluation_metadata.jsonl")
 PROTOCOL_NAME = "protocol.json"
 METADATA_NAME = "metadata.jsonl"
 SEED_RULE = "numpy SeedSequence([seed, prompt_index, image_index]).generate_state(1)[0]"
@@ -34,21 +38,40 @@ class ProtocolMismatch(RuntimeError):
     pass
 
 
-def load_prompts(path: str):
-    """``(list of prompt dicts, md5 of the file)``: one JSON object a line."""
+def check_prompt(m, where: str) -> dict:
+    """``m`` if it is a GenEval prompt object (``tag``, ``prompt`` strings, ``include`` a list
+    of objects), else ValueError naming ``where`` and the field."""
+    if not isinstance(m, dict):
+        raise ValueError(f"{where}: expected a prompt object, got {type(m).__name__}")
+    for k, kind, what in (("tag", str, "a string"), ("prompt", str, "a string"), ("include", list, "a list")):
+        if k not in m:
+            raise ValueError(f"{where}: {k}: missing")
+        if not isinstance(m[k], kind):
+            raise ValueError(f"{where}: {k}: expected {what}, got {m[k]!r}")
+    if not all(isinstance(e, dict) for e in m["include"]):
+        raise ValueError(f"{where}: include: expected a list of objects")
+    return m
+
+
+def load_prompts(path: Optional[str] = None):
+    """``(list of prompt dicts, md5 of the file)``: one JSON object a line. ``path`` None: the
+    official list shipped with the package."""
+    path = path or OFFICIAL_METADATA
     with open(path, "rb") as fh:
         raw = fh.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 ({e.reason} at byte {e.start})") from None
     prompts = []
-    for n, line in enumerate(raw.decode().splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             m = json.loads(line)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}:{n}: invalid JSON ({e})") from None
-        if not isinstance(m, dict) or not {"tag", "prompt", "include"} <= m.keys():
-            raise ValueError(f"{path}:{n}: expected an object with tag, prompt, include")
-        prompts.append(m)
+        prompts.append(check_prompt(m, f"{path}:{n}"))
     return prompts, hashlib.md5(raw).hexdigest()
 
 
