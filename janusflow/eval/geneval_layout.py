@@ -188,7 +188,13 @@ def read_layout(outdir: str) -> list:
 
 
 def load_image(path: str) -> np.ndarray:
-    """RGB uint8, EXIF orientation applied as the official evaluator does."""
-    from PIL import Image, ImageOps
-    with Image.open(path) as im:
-        return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+    """RGB uint8, EXIF orientation applied as the official evaluator does. An unreadable file
+    or one over the pixel cap (checked before decoding) is a ValueError naming it."""
+    from PIL import ImageOps
+
+    from janusflow.data.preprocess import BadExample, open_image, read_image_file
+    try:
+        im = open_image(read_image_file(path))
+    except BadExample as e:
+        raise ValueError(f"{path}: {e.detail}") from None
+    return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))

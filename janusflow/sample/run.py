@@ -166,11 +166,14 @@ def sample_to_dir(model, vae, cfg: ModelConfig, prompt_ids: Sequence[Sequence[in
     shown = names[:max(0, grid_max)]
     grid_path = None
     if shown:
-        from PIL import Image
+        from janusflow.data.preprocess import BadExample, decode_image, read_image_file
         imgs = []
         for name in shown:
-            with Image.open(os.path.join(out_dir, name + ".png")) as im:
-                imgs.append(np.asarray(im.convert("RGB")))
+            path = os.path.join(out_dir, name + ".png")
+            try:
+                imgs.append(decode_image(read_image_file(path)))
+            except BadExample as e:
+                raise ValueError(f"{path}: {e.detail}; delete it to sample it again") from None
         grid_path = os.path.join(out_dir, "grid.png")
         grid_mod.save_png(grid_path, grid_mod.make_grid(np.stack(imgs), ncols=n))
     return {"generated": len(missing), "skipped": len(names) - len(missing), "total": len(names),
