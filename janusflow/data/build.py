@@ -33,7 +33,6 @@ import concurrent.futures
 import hashlib
 import io
 import json
-import math
 import os
 import re
 import shutil
@@ -104,7 +103,7 @@ def _load_image(path: str, short_side: int, max_pixels: int) -> tuple[bytes | No
     already a clean RGB JPEG/PNG of the right size, else re-encoded; None when the file is
     missing, unreadable or over the pixel cap (checked before decoding)."""
     try:
-        raw = read_image_file(path, max_pixels=max_pixels)
+        raw = read_image_file(path, max_pixels=max_pixels, short_side=short_side)
     except OSError as e:
         return None, ["skipped_missing_file"], e.strerror or str(e)
     except BadExample as e:
@@ -113,15 +112,13 @@ def _load_image(path: str, short_side: int, max_pixels: int) -> tuple[bytes | No
     try:
         with Image.open(io.BytesIO(raw)) as head:
             fmt, (w, h) = head.format, head.size
-        # only a short side of `short_side` is kept: a JPEG may decode at 1/2..1/8 scale
-        s = short_side / min(w, h) if short_side and min(w, h) > short_side else 1.0
-        img = decode_image(open_image(raw, flags, max_pixels=max_pixels,
-                                      min_size=(math.ceil(w * s), math.ceil(h * s)) if s < 1 else None),
+        img = decode_image(open_image(raw, flags, max_pixels=max_pixels, short_side=short_side),
                            flags, max_pixels=max_pixels)
     except BadExample as e:
         return None, [f"skipped_{e.reason}"], e.detail
     except Exception as e:  # PIL raises many types for corrupt files
         return None, ["skipped_bad_image"], f"{type(e).__name__}: {e}"
+    s = short_side / min(w, h) if short_side and min(w, h) > short_side else 1.0
     if s < 1:
         img = np.asarray(Image.fromarray(img).resize((round(w * s), round(h * s)), Image.Resampling.BICUBIC))
         flags.append("resized")

@@ -19,6 +19,7 @@ size in the header against :data:`MAX_PIXELS` *before* decoding: a 13000 x 13000
 from __future__ import annotations
 
 import io
+import math
 import os
 import warnings
 
@@ -70,55 +71,63 @@ def _check_pixels(size, max_pixels: int, what: str = "image"):
                          f"of {max_pixels / 1e6:.0f} MPixel")
 
 
-def open_image(data, flags: list | None = None, *, max_pixels: int = MAX_PIXELS,
-               min_size: tuple[int, int] | None = None) -> Image.Image:
-    """Encoded image bytes -> a decoded PIL image, its header size checked against
-    ``max_pixels`` before any pixel is decoded.
+def _plan_decode(img: Image.Image, flags: list, max_pixels: int, short_side: int):
+    """Before any pixel is decoded: a JPEG whose short side exceeds ``short_side`` is set to
+    decode at 1/2, 1/4 or 1/8 scale that still covers it (Pillow's ``draft``), then the size
+    to decode is checked against the cap."""
+    w, h = img.size
+    if short_side and img.format == "JPEG" and min(w, h) > short_side:
+        s = short_side / min(w, h)
+        img.draft(None, (max(1, math.ceil(w * s)), max(1, math.ceil(h * s))))
+        if img.size != (w, h):
+            flags.append("reduced")
+    _check_pixels(img.size, max_pixels)
 
-    ``min_size`` (w, h): the caller only needs at least this size, so a JPEG is decoded at
-    1/2, 1/4 or 1/8 scale where that still covers it (Pillow's ``draft``: less memory and time;
-    'reduced' is appended to ``flags``), and the cap applies to the reduced size. Raises
-    :class:`BadExample` 'too_large' over the cap, 'bad_image' for anything unreadable.
-    """
-    flags = [] if flags is None else flags
-    if len(data) == 0:
-        raise BadExample("bad_image", "empty image bytes")
+
+def _opened(source, flags, max_pixels, short_side) -> Image.Image:
     try:
-        img = Image.open(io.BytesIO(bytes(data)))
-        if min_size and img.format == "JPEG":
-            full = img.size
-            img.draft(None, (max(1, min_size[0]), max(1, min_size[1])))
-            if img.size != full:
-                flags.append("reduced")
-        _check_pixels(img.size, max_pixels)
-        img.load()
+        img = Image.open(source)
+        _plan_decode(img, flags, max_pixels, short_side)
+        return img
     except BadExample:
         raise
     except Image.DecompressionBombError as e:
         raise BadExample("too_large", str(e)) from None
     except Exception as e:  # PIL raises many types for corrupt or truncated files
         raise BadExample("bad_image", f"{type(e).__name__}: {e}") from None
+
+
+def open_image(data, flags: list | None = None, *, max_pixels: int = MAX_PIXELS,
+               short_side: int = 0) -> Image.Image:
+    """Encoded image bytes -> a decoded PIL image, its header size checked against
+    ``max_pixels`` before any pixel is decoded.
+
+    ``short_side``: the caller keeps only a short side this long, so a larger JPEG is decoded
+    at a reduced scale (less memory and time; 'reduced' is appended to ``flags``) and the cap
+    applies to that scale. Raises :class:`BadExample` 'too_large' over the cap, 'bad_image'
+    for anything unreadable.
+    """
+    flags = [] if flags is None else flags
+    if len(data) == 0:
+        raise BadExample("bad_image", "empty image bytes")
+    img = _opened(io.BytesIO(bytes(data)), flags, max_pixels, short_side)
+    try:
+        img.load()
+    except Exception as e:
+        raise BadExample("bad_image", f"{type(e).__name__}: {e}") from None
     return img
 
 
-def read_image_file(path: str, *, max_pixels: int = MAX_PIXELS) -> bytes:
-    """The bytes of an image file, after its header passed the pixel cap and its size the
-    byte bound an image under the cap can have (so a huge file is never read whole). OSError
-    (missing, unreadable) passes through; BadExample as :func:`open_image`."""
+def read_image_file(path: str, *, max_pixels: int = MAX_PIXELS, short_side: int = 0) -> bytes:
+    """The bytes of an image file, after its header passed the pixel cap (as
+    :func:`open_image` would decode it) and its size the byte bound an image under the cap can
+    have (so a huge file is never read whole). OSError (missing, unreadable) passes through."""
     with open(path, "rb") as fh:
         size = os.fstat(fh.fileno()).st_size
         if size > max_pixels * _BYTES_PER_PIXEL + 2**20:
             raise BadExample("too_large", f"file is {size / 1e6:.0f} MB, more than an image under "
                              f"the cap of {max_pixels / 1e6:.0f} MPixel can take")
-        try:
-            with Image.open(fh) as img:
-                _check_pixels(img.size, max_pixels)
-        except BadExample:
-            raise
-        except Image.DecompressionBombError as e:
-            raise BadExample("too_large", str(e)) from None
-        except Exception as e:
-            raise BadExample("bad_image", f"{type(e).__name__}: {e}") from None
+        _opened(fh, [], max_pixels, short_side)
         fh.seek(0)
         return fh.read()
 
