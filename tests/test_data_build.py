@@ -270,6 +270,10 @@ def test_huge_image_is_refused_before_decoding(tmp_path, capsys, decoded_sizes):
     for load in (chat_image, layout_image):
         with pytest.raises(ValueError, match="13000 x 13000 = 169 MPixel, over the cap"):
             load(str(tmp_path / "imgs" / "huge.png"))
+    assert main(["chat", "--checkpoint", str(tmp_path / "no_ckpt"), "--image", str(tmp_path / "imgs" / "huge.png"),
+                 "--question", "what is it?"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "huge.png" in err and "over the cap" in err
     assert max(w * h for w, h in decoded_sizes) < 10**6
 
 

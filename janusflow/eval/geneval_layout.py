@@ -25,6 +25,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from janusflow.records import REQUIRED, RecordError, iter_jsonl
+
 PROTOCOL_NAME = "protocol.json"
 METADATA_NAME = "metadata.jsonl"
 SEED_RULE = "numpy SeedSequence([seed, prompt_index, image_index]).generate_state(1)[0]"
@@ -35,20 +37,29 @@ class ProtocolMismatch(RuntimeError):
 
 
 def load_prompts(path: str):
-    """``(list of prompt dicts, md5 of the file)``: one JSON object a line."""
+    """``(list of prompt dicts, md5 of the file)``: one JSON object a line, with ``tag`` and
+    ``prompt`` strings and ``include`` (and optional ``exclude``) lists of ``{"class": str,
+    "count": int >= 0, "color"?: str, "position"?: [str, int]}`` as the scorer reads them. A bad
+    line is a ValueError naming file, line and field (nothing is skipped: prompt indices are
+    folder names)."""
     with open(path, "rb") as fh:
         raw = fh.read()
     prompts = []
-    for n, line in enumerate(raw.decode().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            m = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{n}: invalid JSON ({e})") from None
-        if not isinstance(m, dict) or not {"tag", "prompt", "include"} <= m.keys():
-            raise ValueError(f"{path}:{n}: expected an object with tag, prompt, include")
-        prompts.append(m)
+    for _, rec in iter_jsonl(path):
+        if isinstance(rec, RecordError):
+            raise rec
+        rec.get_str("tag", nonempty=True)
+        rec.get_str("prompt", nonempty=True)
+        for key in ("include", "exclude"):
+            for req in rec.get_objs(key, [] if key == "exclude" else REQUIRED):
+                req.get_str("class", nonempty=True)
+                req.get_int("count", minimum=0)
+                req.get_str("color", None)
+                pos = req.data.get("position")
+                if pos is not None and not (isinstance(pos, list) and len(pos) == 2 and isinstance(pos[0], str)
+                                            and type(pos[1]) is int):
+                    raise req.error("position", "[relation, object index]", pos)
+        prompts.append(rec.data)
     return prompts, hashlib.md5(raw).hexdigest()
 
 
