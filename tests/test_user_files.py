@@ -152,3 +152,12 @@ def test_geneval_prompt_file_fields_are_typed(tmp_path):
     pos = {**good, "include": [{"class": "cat", "count": 1}, {"class": "dog", "count": 1, "position": ["left of", 0]}]}
     f.write_text(json.dumps(good) + "\n" + json.dumps(pos) + "\n")
     assert load_prompts(str(f))[0] == [good, pos]
+
+
+@pytest.mark.parametrize("name", ["../outside.safetensors", "/abs/x.safetensors", "..", "sub/x.safetensors", 3])
+def test_hf_shard_index_names_stay_in_the_checkpoint(tmp_path, name):
+    from janusflow.checkpoint.hf import TensorSource
+    from janusflow.checkpoint.torch_layout import CheckpointMismatch
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"w": name}}))
+    with pytest.raises(CheckpointMismatch, match="must be plain file names"):
+        TensorSource(str(tmp_path))
