@@ -217,17 +217,18 @@ def test_build_validation_split_that_would_be_empty(tmp_path, capsys):
 
 
 def test_text_build_typed_and_non_utf8(tmp_path, capsys):
-    from janusflow.data.build import build_text
     f = tmp_path / "t.jsonl"
     f.write_bytes(b'{"text": "one"}\n{"text": 5}\n{"text": "caf\xe9"}\n[1]\n{"text": "two"}\n')
-    warned = []
-    _, stats = build_text(str(f), str(tmp_path / "out"), "tx", log=lambda *_: None, warn=warned.append)
-    assert stats == {"written_train": 2, "skipped_bad_line": 3}
-    assert [w.split(": ")[0] for w in warned] == [f"{f}:2", f"{f}:3", f"{f}:4"]
+    assert main(["data", "build", "--texts", str(f), "--out", str(tmp_path / "out"), "--name", "tx"]) == 0
+    out, err = capsys.readouterr()
+    assert _stats(out) == {"written_train": 2, "skipped_bad_line": 3}
+    assert [w.split(": ")[0] for w in err.splitlines()] == [f"{f}:2", f"{f}:3", f"{f}:4"]
+    src = open_source(SourceConfig(name="tx", data_dir=str(tmp_path / "out")))
+    assert sorted(src[i]["text"] for i in range(len(src))) == [b"one", b"two"]    # no "5"
     t = tmp_path / "t.txt"
     t.write_bytes(b"first\n\xff\xfe bad\nsecond\n")
-    _, stats = build_text(str(t), str(tmp_path / "out"), "tt", log=lambda *_: None, warn=warned.append)
-    assert stats == {"written_train": 2, "skipped_bad_line": 1}
+    assert main(["data", "build", "--texts", str(t), "--out", str(tmp_path / "out"), "--name", "tt"]) == 0
+    assert _stats(capsys.readouterr().out) == {"written_train": 2, "skipped_bad_line": 1}
 
 
 # ------------------------------------------------------------------ the pixel cap

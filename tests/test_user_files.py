@@ -7,10 +7,10 @@ import os
 import pytest
 
 from janusflow import paths
-from janusflow.records import Record, RecordError, iter_jsonl, iter_text_lines
 
 
 def test_record_fields_are_typed_and_errors_name_file_line_field():
+    from janusflow.records import Record, RecordError
     rec = Record({"ok": True, "s": "false", "n": 3, "f": 1.5, "b": 1, "inf": float("inf"), "none": None,
                   "caps": ["a", 2], "qa": [{"answer": 7}], "obj": [1]}, "f.jsonl:4")
     assert rec.get_bool("ok") is True
@@ -42,6 +42,7 @@ def test_record_fields_are_typed_and_errors_name_file_line_field():
 
 
 def test_iter_jsonl_names_each_bad_line_and_goes_on(tmp_path):
+    from janusflow.records import iter_jsonl, iter_text_lines
     f = tmp_path / "r.jsonl"
     f.write_bytes(b'{"a": 1}\n\n\xff{"a": 2}\n{cut\n[1, 2]\n' + b'{"a": "' + b"x" * 300 + b'"}\n{"a": 3}\n')
     out = list(iter_jsonl(str(f), max_line_bytes=200))
