@@ -265,6 +265,11 @@ def test_huge_image_is_refused_before_decoding(tmp_path, capsys, decoded_sizes):
     assert "caps.jsonl:1: field 'image': 'huge.png': image is 13000 x 13000" in err
     assert max(w * h for w, h in decoded_sizes) < 10**6
     assert time.perf_counter() - t0 < 30          # decoding it alone takes ~8 s on this machine
+    # the training pipeline's decoder (records of any TFDS dataset) counts it as too_large
+    from janusflow.data.preprocess import BadExample, decode_image
+    with pytest.raises(BadExample) as e:
+        decode_image((tmp_path / "imgs" / "huge.png").read_bytes())
+    assert e.value.reason == "too_large"
     # chat, GenEval scoring and sample grids open images through the same check
     from janusflow.eval.geneval_layout import load_image as layout_image
     from janusflow.sample.chat import load_image as chat_image
