@@ -2,7 +2,6 @@
 folder they must stay in (paths.confined / plain_name), and the places that read them."""
 
 import json
-import os
 
 import pytest
 
