@@ -205,8 +205,12 @@ def cmd_data(args) -> int:
     from janusflow.data.preprocess import MAX_PIXELS
     try:
         if args.data_command == "shapes":
+            if args.train is None and args.validation is not None:
+                raise ValueError("--validation needs --train (a custom size of both splits)")
+            if args.train is not None and not (args.config.endswith("px") and args.config[:-2].isdigit()):
+                raise ValueError(f"--config {args.config!r}: with --train, give the image size as <N>px")
             cfg = args.config if args.train is None else shapes_tfds.shapes_config(
-                int(args.config.rstrip("px")), args.train, args.validation or 1200)
+                int(args.config[:-2]), args.train, 1200 if args.validation is None else args.validation)
             print(shapes_tfds.build_shapes(args.out, cfg))
         elif args.texts and not (args.images or args.captions):
             build.build_text(args.texts, args.out, args.name)

@@ -49,8 +49,7 @@ class Record:
 
     def __init__(self, data: Any, where: str, prefix: str = ""):
         if not isinstance(data, dict):
-            raise RecordError(f"{where}: {('field ' + repr(prefix) + ': ') if prefix else ''}"
-                              f"expected a JSON object, got {kind(data)}")
+            raise RecordError(f"{where}: expected a JSON object, got {kind(data)}")
         self.data, self.where, self.prefix = data, where, prefix
 
     def has(self, key: str) -> bool:

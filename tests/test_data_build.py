@@ -199,6 +199,18 @@ def test_build_names_bad_flag_values(tmp_path, capsys, flags, named):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("flags,named", [
+    (["--train", "-5"], "--train -5"), (["--train", "0"], "--train 0"),
+    (["--train", "3", "--validation", "0"], "--validation 0"), (["--validation", "5"], "--validation needs --train"),
+    (["--config", "abc", "--train", "3"], "--config 'abc'"), (["--config", "0px", "--train", "3"], "--config 0"),
+])
+def test_data_shapes_names_bad_flag_values(tmp_path, capsys, flags, named):
+    assert main(["data", "shapes", "--out", str(tmp_path / "out"), *flags]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and named in err          # not TFDS's "No examples were yielded"
+    assert not (tmp_path / "out").exists()
+
+
 def test_build_out_that_is_a_file_and_both_sources(tmp_path, capsys):
     _png(tmp_path / "imgs" / "a.png")
     (tmp_path / "out").write_text("a file")
