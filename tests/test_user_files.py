@@ -161,3 +161,19 @@ def test_hf_shard_index_names_stay_in_the_checkpoint(tmp_path, name):
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"w": name}}))
     with pytest.raises(CheckpointMismatch, match="must be plain file names"):
         TensorSource(str(tmp_path))
+
+
+@pytest.mark.parametrize("data,field", [
+    ({"images": {"00000/samples/0000.png": [1, 2]}}, "images.00000/samples/0000.png"),
+    ({"images": {"k": {"cat": [["1", 2, 3, 4, 0.9]]}}}, "images.k.cat"),
+    ({"images": {"k": {"cat": [[1, 2, 3, 4, True]]}}}, "images.k.cat"),
+    ({"images": {"k": {"cat": [[1, 2, 3, 4]]}}}, "images.k.cat"),
+    ({"images": {"k": {"cat": [[1, 2, 3, 4, 0.9]]}}, "colors": {"k": {"cat": "red"}}}, "colors.k.cat"),
+    ({"images": {"k": {}}, "colors": ["red"]}, "colors"),
+])
+def test_precomputed_detections_fields_are_typed(tmp_path, data, field):
+    from janusflow.eval.geneval import PrecomputedDetections
+    f = tmp_path / "det.json"
+    f.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=rf"^{f}: field '{field}': expected"):
+        PrecomputedDetections(str(f))
