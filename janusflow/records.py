@@ -164,6 +164,8 @@ def iter_text_lines(path: str, *, max_line_bytes: int = MAX_LINE_BYTES) -> Itera
             if raw is None:
                 yield lineno, RecordError(f"{where}: line longer than {max_line_bytes} bytes, skipped")
                 continue
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):     # a BOM from Windows editors
+                raw = raw[3:]
             try:
                 yield lineno, raw.decode("utf-8").rstrip("\r\n")
             except UnicodeDecodeError as e:

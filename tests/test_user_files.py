@@ -54,6 +54,8 @@ def test_iter_jsonl_names_each_bad_line_and_goes_on(tmp_path):
     assert msgs[3] == f"{f}:5: expected a JSON object, got a list"
     assert msgs[4].startswith(f"{f}:6: line longer than 200 bytes")
     assert out[-1][1].get_int("a") == 3
+    f.write_bytes(b'\xef\xbb\xbf{"a": 1}\r\n')                    # BOM and CRLF from a Windows editor
+    assert [r.get_int("a") for _, r in iter_jsonl(str(f))] == [1]
     t = tmp_path / "t.txt"
     t.write_bytes(b"one\r\n\xc3(\nthree")
     assert [(n, r if isinstance(r, str) else "err") for n, r in iter_text_lines(str(t))] == [
