@@ -209,22 +209,28 @@ def cmd_bench_sample(args) -> int:
 
 def cmd_data(args) -> int:
     from janusflow.data import build, shapes_tfds
+    from janusflow.data.preprocess import MAX_PIXELS
     try:
         if args.data_command == "shapes":
+            if args.train is None and args.validation is not None:
+                raise ValueError("--validation needs --train (a custom size of both splits)")
+            if args.train is not None and not (args.config.endswith("px") and args.config[:-2].isdigit()):
+                raise ValueError(f"--config {args.config!r}: with --train, give the image size as <N>px")
             cfg = args.config if args.train is None else shapes_tfds.shapes_config(
-                int(args.config.rstrip("px")), args.train, args.validation or 1200)
+                int(args.config[:-2]), args.train, 1200 if args.validation is None else args.validation)
             print(shapes_tfds.build_shapes(args.out, cfg))
-        elif args.texts:
+        elif args.texts and not (args.images or args.captions):
             build.build_text(args.texts, args.out, args.name)
-        elif args.images and args.captions:
+        elif args.images and args.captions and not args.texts:
             build.build_image_text(args.images, args.captions, args.out, args.name,
                                    val_fraction=args.val_fraction, short_side=args.short_side,
-                                   threads=args.threads)
+                                   threads=args.threads,
+                                   max_pixels=MAX_PIXELS if args.max_pixels is None else args.max_pixels)
         else:
-            print("janusflow data build: error: give --images and --captions, or --texts",
+            print("janusflow data build: error: give --images and --captions, or --texts (not both)",
                   file=sys.stderr)
             return 2
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
+    except (OSError, ValueError) as e:                  # OSError: FileNotFound, FileExists, ...
         print(f"janusflow data: error: {e}", file=sys.stderr)
         return 1
     return 0
@@ -373,6 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--val-fraction", type=float, default=0.0, help="held-out share (by image path hash)")
     q.add_argument("--short-side", type=int, default=0, help="downscale images whose short side exceeds this")
     q.add_argument("--threads", type=int, default=4, help="image decoding threads")
+    q.add_argument("--max-pixels", type=int, default=None,
+                   help="skip images with more pixels than this, read from the header before decoding "
+                   "(default 2^26, 67 MPixel)")
     q.set_defaults(func=cmd_data)
     q = dsub.add_parser("shapes", help="generate the built-in janusflow_shapes dataset")
     q.add_argument("--out", required=True, metavar="DATA_DIR")

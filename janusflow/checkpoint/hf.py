@@ -35,7 +35,7 @@ import numpy as np
 from flax import nnx
 from numpy.lib.stride_tricks import as_strided
 
-from janusflow import config_io
+from janusflow import config_io, paths
 from janusflow.checkpoint.precheck import all_finite, check_config_against_headers, weight_files_name
 from janusflow.checkpoint.torch_layout import (CheckpointMismatch, _flat_params, load_state_dict,
                                                to_ours, to_torch)
@@ -119,10 +119,11 @@ def _torch_load(path: str) -> dict:
 
 
 def _inside(root: str, name: str) -> str:
-    if not isinstance(name, str) or os.path.basename(name) != name or name in ("", ".", ".."):
+    try:   # a plain name, not resolved: the HF cache's shards are symlinks to its blobs/ folder
+        return os.path.join(root, paths.plain_name(name))
+    except paths.OutsideRoot:
         raise CheckpointMismatch(f"shard index names {name!r}: shards must be plain file names "
-                                 f"inside {root}")
-    return os.path.join(root, name)
+                                 f"inside {root}") from None
 
 
 def safe_open_checked(f: str):

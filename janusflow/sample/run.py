@@ -23,6 +23,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from janusflow.config import ModelConfig
+from janusflow.records import RecordError, iter_jsonl, iter_text_lines
 from janusflow.sample import grid as grid_mod
 from janusflow.sample.generate import check_options, check_prompts, iter_generate
 
@@ -79,19 +80,18 @@ def read_prompts(prompts: Sequence[str] = (), prompts_file: Optional[str] = None
     if prompts_file:
         if not os.path.isfile(prompts_file):
             raise FileNotFoundError(f"--prompts-file {prompts_file}: no such file")
-        with open(prompts_file, encoding="utf-8") as fh:
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                if prompts_file.endswith(".jsonl"):
-                    try:
-                        item = json.loads(line)
-                        out.append(item["prompt"])
-                    except (json.JSONDecodeError, KeyError, TypeError):
-                        raise ValueError(f"{prompts_file}:{n}: expected a JSON object with a "
-                                         f"'prompt' field") from None
-                else:
-                    out.append(line.rstrip("\n"))
+        # A bad line stops here (named): skipping it would shift every later prompt's index.
+        if prompts_file.endswith(".jsonl"):
+            for _, item in iter_jsonl(prompts_file):
+                if isinstance(item, RecordError):
+                    raise item
+                out.append(item.get_str("prompt", nonempty=True))
+        else:
+            for _, line in iter_text_lines(prompts_file):
+                if isinstance(line, RecordError):
+                    raise line
+                if line.strip():
+                    out.append(line)
     for i, p in enumerate(out):
         if not isinstance(p, str) or not p.strip():
             raise ValueError(f"prompt {i} is empty")
@@ -186,11 +186,14 @@ def sample_to_dir(model, vae, cfg: ModelConfig, prompt_ids: Sequence[Sequence[in
     shown = names[:max(0, grid_max)]
     grid_path = None
     if shown:
-        from PIL import Image
+        from janusflow.data.preprocess import BadExample, decode_image, read_image_file
         imgs = []
         for name in shown:
-            with Image.open(os.path.join(out_dir, name + ".png")) as im:
-                imgs.append(np.asarray(im.convert("RGB")))
+            path = os.path.join(out_dir, name + ".png")
+            try:
+                imgs.append(decode_image(read_image_file(path)))
+            except BadExample as e:
+                raise ValueError(f"{path}: unreadable sample ({e.detail})") from None
         grid_path = os.path.join(out_dir, "grid.png")
         grid_mod.save_png(grid_path, grid_mod.make_grid(np.stack(imgs), ncols=n))
     return {"generated": len(missing), "skipped": len(names) - len(missing), "total": len(names),
