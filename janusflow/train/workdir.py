@@ -260,7 +260,7 @@ def hold(workdir: str, primary: bool, *, replaces: tuple = (), log: Callable = p
             manifest = Manifest(workdir)
             for name in replaces:
                 manifest.check_replaceable(name)
-        except (WorkdirInUseError, WorkdirOwnershipError, ValueError) as e:
+        except (RuntimeError, OSError, ValueError) as e:  # in use, not ours, unreadable manifest, I/O
             error = e
             if lock is not None:
                 lock.__exit__(None, None, None)
