@@ -152,6 +152,7 @@ def test_unwritable_workdir_is_a_clear_error(tmp_path):
 
 
 # ------------------------------------------------------------------ workdir ownership
+@pytest.mark.slow   # two training processes
 def test_second_run_on_a_workdir_is_refused_in_one_line_and_the_first_is_unharmed(tmp_path):
     first = _cli(tmp_path, 10_000, 1000)
     second = None
