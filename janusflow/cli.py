@@ -31,10 +31,10 @@ def cmd_train(args) -> int:
         export_env(platform, log=print)  # before jax starts its backend (train() is the first to use it)
     if cfg.recipe.enabled:  # the multi-phase default run (train/recipe.py)
         from janusflow.train.recipe import run
-        run(cfg, args.workdir)
+        run(cfg, args.workdir, start_over=args.start_over)
     else:
         from janusflow.train.loop import train
-        train(cfg, args.workdir)
+        train(cfg, args.workdir, start_over=args.start_over)
     return 0
 
 
@@ -354,6 +354,8 @@ def _bench_group(sub):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="janusflow", description=__doc__)
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error instead of its one-line message")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="parameter count per component and FLOPs per training token")
     _add_config_args(p)
@@ -505,6 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", required=True, help="checkpoints, metrics, samples; resumed if it holds a run")
     p.add_argument("--platform", default=None, metavar="FILE[:k=v,...]",
                    help="tpu_configs/<name>.py: mesh, micro-batch (sets accumulation), remat, dtype, flags")
+    p.add_argument("--start-over", action="store_true",
+                   help="when no checkpoint in --workdir restores, move them aside and train from step 0 "
+                        "(default: refuse)")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("plan", help="compile the train step for N simulated devices: per-device memory, "
                        "FLOPs, time at an MFU (nothing is allocated)")
@@ -588,13 +593,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command(args) -> str:
+    """``train``, ``data build``, ``eval geneval summarize``: the words the user typed."""
+    words = [args.command]
+    for dest in ("data_command", "bench_command", "eval_command", "geneval_command"):
+        if getattr(args, dest, None):
+            words.append(getattr(args, dest))
+    return " ".join(words)
+
+
+def one_line(e: BaseException) -> str:
+    """An exception as one line: its message with newlines folded. Errors raised to be read
+    (ours: ValueError, OSError, RuntimeError and their kin) are their message; any other gets
+    its type's name in front (``KeyError: 'tag'``) and where to see more."""
+    msg = " ".join(str(e).split())
+    if len(msg) > 2000:
+        msg = msg[:2000] + " ..."
+    if msg and (type(e) is ValueError or isinstance(e, (ConfigError, OSError, RuntimeError))):
+        return msg
+    return f"{type(e).__name__}: {msg or '(no message)'} (run with --debug for the traceback)"
+
+
 def main(argv=None) -> int:
+    """Every error that reaches here is one line on stderr (``janusflow <command>: ...``) and a
+    non-zero exit; ``janusflow --debug <command>`` shows the traceback instead."""
     args = build_parser().parse_args(argv)
+    name = _command(args)
     try:
         return args.func(args)
     except ConfigError as e:
-        print(f"janusflow {args.command}: config error: {e}", file=sys.stderr)
+        if args.debug:
+            raise
+        print(f"janusflow {name}: config error: {one_line(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"janusflow {name}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 -- the CLI's net: one line, not a traceback
+        if args.debug:
+            raise
+        print(f"janusflow {name}: error: {one_line(e)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ the released checkpoint's ``config.json`` settles (FFN size, vocab, rope theta, 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -24,6 +25,18 @@ class ConfigError(ValueError):
 def _check(cond: bool, name: str, msg: str):
     if not cond:
         raise ConfigError(f"{name}: {msg}")
+
+
+def _finite(obj):
+    """Every float field (and float in a tuple field) of ``obj`` is a finite number: ``inf``
+    or ``nan`` (``--set train.optim.lr=inf``) passes comparisons like ``lr > 0`` and only
+    surfaces later as a non-finite loss."""
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        for i, x in enumerate(v if isinstance(v, tuple) else (v,)):
+            if isinstance(x, float) and not math.isfinite(x):
+                where = f"{type(obj).__name__}.{f.name}" + (f"[{i}]" if isinstance(v, tuple) else "")
+                raise ConfigError(f"{where}: must be a finite number, got {x!r}")
 
 
 def _positive(obj, *names):
@@ -49,6 +62,7 @@ class LLMConfig:
     tie_word_embeddings: bool = False
 
     def __post_init__(self):
+        _finite(self)
         _positive(self, "vocab_size", "hidden_size", "intermediate_size", "num_layers",
                   "num_heads", "num_kv_heads", "max_position_embeddings")
         _check(self.num_heads % self.num_kv_heads == 0, "LLMConfig.num_kv_heads",
@@ -57,6 +71,7 @@ class LLMConfig:
             _check(self.hidden_size % self.num_heads == 0, "LLMConfig.num_heads",
                    f"hidden_size={self.hidden_size} not divisible by num_heads={self.num_heads}")
         _check(self.rms_norm_eps > 0, "LLMConfig.rms_norm_eps", "must be > 0")
+        _check(self.rope_theta > 0, "LLMConfig.rope_theta", f"must be > 0, got {self.rope_theta}")
 
     @property
     def dim_per_head(self) -> int:
@@ -84,6 +99,7 @@ class SiglipConfig:
     pixel_std: tuple = (0.5, 0.5, 0.5)
 
     def __post_init__(self):
+        _finite(self)
         _positive(self, "image_size", "patch_size", "width", "num_layers", "num_heads")
         _check(self.image_size % self.patch_size == 0, "SiglipConfig.image_size",
                f"{self.image_size} not divisible by patch_size {self.patch_size}")
@@ -93,6 +109,9 @@ class SiglipConfig:
                f"{self.select_layer} selects no valid layer of {self.num_layers}")
         _check(len(self.pixel_mean) == 3 and len(self.pixel_std) == 3, "SiglipConfig.pixel_mean/std",
                "need 3 values each")
+        _check(all(s > 0 for s in self.pixel_std), "SiglipConfig.pixel_std", f"must be > 0, got {self.pixel_std}")
+        _check(self.mlp_ratio > 0, "SiglipConfig.mlp_ratio", f"must be > 0, got {self.mlp_ratio}")
+        _check(self.layer_norm_eps > 0, "SiglipConfig.layer_norm_eps", "must be > 0")
 
     @property
     def depth(self) -> int:
@@ -125,8 +144,10 @@ class GenCodecConfig:
     use_bias: bool = True
 
     def __post_init__(self):
+        _finite(self)
         _positive(self, "channels", "kernel_size", "stride", "num_blocks", "res_ffn_factor",
                   "decoder_patch", "decoder_upsamples")
+        _check(self.norm_eps > 0, "GenCodecConfig.norm_eps", "must be > 0")
 
     @property
     def in_padding(self) -> int:
@@ -150,8 +171,10 @@ class VAEConfig:
     mid_block_add_attention: bool = True
 
     def __post_init__(self):
+        _finite(self)
         _check(self.kind in ("kl", "pixel"), "VAEConfig.kind", f"must be 'kl' or 'pixel', got {self.kind!r}")
         _positive(self, "in_channels", "latent_channels", "layers_per_block", "norm_num_groups")
+        _check(self.scaling_factor > 0, "VAEConfig.scaling_factor", f"must be > 0, got {self.scaling_factor}")
         for c in self.block_out_channels:
             _check(c % self.norm_num_groups == 0, "VAEConfig.block_out_channels",
                    f"{c} not divisible by norm_num_groups={self.norm_num_groups}")
@@ -189,6 +212,7 @@ class ModelConfig:
     attention_impl: str = "xla"             # passed to jax.nn.dot_product_attention
 
     def __post_init__(self):
+        _finite(self)
         _check(self.und_encoder in UND_ENCODERS, "ModelConfig.und_encoder",
                f"must be one of {UND_ENCODERS}, got {self.und_encoder!r}")
         _check(self.und_encoder != "none" or self.gen_enabled, "ModelConfig.und_encoder",
@@ -245,6 +269,7 @@ class MeshConfig:
     tensor: int = 1
 
     def __post_init__(self):
+        _finite(self)
         sizes = (self.data, self.fsdp, self.tensor)
         for name, s in zip(("data", "fsdp", "tensor"), sizes):
             _check(isinstance(s, int) and (s >= 1 or s == -1), f"MeshConfig.{name}",
@@ -269,8 +294,14 @@ class OptimConfig:
     accum_steps: int = 1                    # gradient accumulation micro-batches per step
 
     def __post_init__(self):
+        _finite(self)
         _check(self.lr > 0, "OptimConfig.lr", f"must be > 0, got {self.lr}")
-        _check(self.warmup_steps >= 0, "OptimConfig.warmup_steps", "must be >= 0")
+        _check(isinstance(self.warmup_steps, int) and self.warmup_steps >= 0, "OptimConfig.warmup_steps",
+               f"must be an int >= 0, got {self.warmup_steps!r}")
+        _check(isinstance(self.decay_steps, int) and self.decay_steps >= 0, "OptimConfig.decay_steps",
+               f"must be an int >= 0, got {self.decay_steps!r}")
+        _check(0 <= self.min_lr_ratio <= 1, "OptimConfig.min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
+        _check(self.eps > 0, "OptimConfig.eps", f"must be > 0, got {self.eps}")
         _check(self.schedule in ("constant", "cosine"), "OptimConfig.schedule", f"got {self.schedule!r}")
         _check(self.schedule != "cosine" or self.decay_steps > 0, "OptimConfig.decay_steps",
                "cosine needs decay_steps > 0")
@@ -291,6 +322,7 @@ class LossConfig:
     cfg_drop_prob: float = 0.1
 
     def __post_init__(self):
+        _finite(self)
         _check(self.t_sampling in ("logit_normal", "uniform"), "LossConfig.t_sampling", f"got {self.t_sampling!r}")
         _check(self.t_std > 0, "LossConfig.t_std", "must be > 0")
         _check(0 <= self.cfg_drop_prob <= 1, "LossConfig.cfg_drop_prob", "must be in [0, 1]")
@@ -315,6 +347,7 @@ class TrainConfig:
     init_from: str = ""                     # model checkpoint (native or HF dir) or a previous stage's workdir
 
     def __post_init__(self):
+        _finite(self)
         _positive(self, "log_every", "ckpt_every", "keep_checkpoints")
         _check(self.stage in (1, 2, 3), "TrainConfig.stage", f"must be 1, 2 or 3, got {self.stage!r}")
         _positive(self, "steps")
@@ -344,11 +377,20 @@ class RecipeConfig:
     eval_untrained: bool = True             # also score the untrained model (the "random" baseline)
 
     def __post_init__(self):
+        _finite(self)
         _positive(self, "batch", "siglip_steps", "text_steps", "eval_prompts_per_tag", "eval_images", "sample_steps")
         _check(self.siglip_batch >= 0, "RecipeConfig.siglip_batch", f"must be >= 0 (0 = batch), got {self.siglip_batch}")
         _check(len(self.stage_steps) == 3 and len(self.stage_lrs) == 3, "RecipeConfig.stage_steps/stage_lrs",
                "need 3 values each")
         _check(len(self.stage_ratios) == 9, "RecipeConfig.stage_ratios", "need 9 values (und, gen, text per stage)")
+        for n, v in (("siglip_lr", self.siglip_lr), ("text_lr", self.text_lr),
+                     *((f"stage_lrs[{i}]", x) for i, x in enumerate(self.stage_lrs))):
+            _check(v > 0, f"RecipeConfig.{n}", f"must be > 0, got {v}")
+        _check(all(int(x) == x and x >= 0 for x in self.stage_steps), "RecipeConfig.stage_steps",
+               f"must be ints >= 0, got {self.stage_steps}")
+        _check(all(x >= 0 for x in self.stage_ratios), "RecipeConfig.stage_ratios",
+               f"must be >= 0, got {self.stage_ratios}")
+        _check(self.cfg_weight >= 0, "RecipeConfig.cfg_weight", f"must be >= 0, got {self.cfg_weight}")
 
 
 @dataclass(frozen=True)
@@ -363,6 +405,7 @@ class ExperimentConfig:
     recipe: RecipeConfig = field(default_factory=RecipeConfig)
 
     def __post_init__(self):
+        _finite(self)
         _positive(self, "seq_len")
         _check(self.seq_len <= self.model.llm.max_position_embeddings, "ExperimentConfig.seq_len",
                f"{self.seq_len} exceeds the model context {self.model.llm.max_position_embeddings}")

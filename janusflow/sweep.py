@@ -98,7 +98,15 @@ def is_done(member_dir: str) -> bool:
 
 
 def run(path, members, workdir, overrides, log=print) -> dict:
+    """Train the members one after another; a second sweep on the same workdir is refused
+    (each member's own workdir is held by its ``janusflow train``)."""
+    from janusflow.train.workdir import WorkdirLock
     os.makedirs(workdir, exist_ok=True)
+    with WorkdirLock(workdir, log):
+        return _run(path, members, workdir, overrides, log)
+
+
+def _run(path, members, workdir, overrides, log) -> dict:
     status = {}
     for i, m in enumerate(members, 1):
         mdir = _join(workdir, m["name"])

@@ -40,6 +40,29 @@ def test_field_validation_names_field():
         load_config("experiments/nope.py")
 
 
+@pytest.mark.parametrize("override, field", [
+    ("train.optim.lr=inf", "OptimConfig.lr: must be a finite number, got inf"),
+    ("train.optim.lr=nan", "OptimConfig.lr: must be a finite number, got nan"),
+    ("train.loss.t_mean=-inf", "LossConfig.t_mean: must be a finite number"),
+    ("model.llm.rope_theta=inf", "LLMConfig.rope_theta: must be a finite number"),
+    ("model.vae.scaling_factor=0", "VAEConfig.scaling_factor: must be > 0"),
+    ("train.optim.min_lr_ratio=2", "OptimConfig.min_lr_ratio: must be in"),
+    ("train.optim.eps=0", "OptimConfig.eps: must be > 0"),
+    ("recipe.cfg_weight=-1", "RecipeConfig.cfg_weight: must be >= 0"),
+])
+def test_numeric_fields_must_be_finite_and_in_range(override, field):
+    with pytest.raises(ConfigError, match=field.replace("[", r"\[")):
+        apply_overrides(load_config("tiny"), [override])
+
+
+def test_cli_train_refuses_an_infinite_lr_before_any_work(tmp_path, capsys):
+    work = tmp_path / "w"
+    assert cli.main(["train", "--config", "tiny", "--workdir", str(work), "--set", "train.optim.lr=inf"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "OptimConfig.lr: must be a finite number, got inf" in err
+    assert not work.exists()
+
+
 def test_cli_info_tiny(capsys):
     assert cli.main(["info", "--config", "tiny"]) == 0
     out = capsys.readouterr().out

@@ -180,3 +180,16 @@ def test_failing_member_does_not_stop_the_sweep(tmp_path):
     assert status["ok"] == "done" and status["bad"].startswith("failed (exit 2")
     assert "broken on purpose" in (work / "bad.log").read_text()
     assert any("ok: done already, skipped" in line for line in logs)
+
+
+def test_a_second_sweep_on_the_same_workdir_is_refused(tmp_path):
+    from janusflow.train.workdir import WorkdirInUseError, WorkdirLock
+    exp = tmp_path / "exp.py"
+    exp.write_text("def sweep(arg=None):\n    return [{'name': 'a', 'arg': 'a'}]\n"
+                   "def get_config(arg=None):\n    raise RuntimeError('never trained here')\n")
+    path, members = sweep.load_members(str(exp))
+    work = tmp_path / "w"
+    with WorkdirLock(str(work)):   # the first sweep, still running
+        with pytest.raises(WorkdirInUseError, match=f"workdir {work} is in use by another run \\(pid {os.getpid()}"):
+            sweep.run(path, members, str(work), [], log=lambda *_: None)
+        assert sorted(os.listdir(work)) == ["janusflow.lock"]   # no member started, no log file

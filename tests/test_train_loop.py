@@ -149,3 +149,121 @@ def test_unwritable_workdir_is_a_clear_error(tmp_path):
     blocker.write_text("x")
     with pytest.raises(OSError, match="not writable"):
         train(_cfg(steps=1), str(blocker / "sub"), log=lambda *_: None)
+
+
+# ------------------------------------------------------------------ workdir ownership
+@pytest.mark.slow   # two training processes
+def test_second_run_on_a_workdir_is_refused_in_one_line_and_the_first_is_unharmed(tmp_path):
+    first = _cli(tmp_path, 10_000, 1000)
+    second = None
+    try:
+        t0 = time.time()
+        while not os.path.exists(tmp_path / "metrics.jsonl") or os.path.getsize(tmp_path / "metrics.jsonl") == 0:
+            assert first.poll() is None and time.time() - t0 < 300, first.stdout.read() if first.poll() is not None else "timeout"
+            time.sleep(0.2)
+        second = _cli(tmp_path, 10_000, 1000)
+        out = second.communicate(timeout=120)[0]
+        assert second.returncode == 1, out
+        lines = [line for line in out.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("janusflow train: error: workdir "), out
+        assert f"{tmp_path} is in use by another run (pid {first.pid} on host " in lines[0], out
+        first.send_signal(signal.SIGTERM)
+        out1 = first.communicate(timeout=120)[0]
+    finally:
+        for p in (first, second):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+    assert first.returncode == 0 and "saved step" in out1, out1
+    steps = [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl")]
+    assert steps == list(range(1, len(steps) + 1))  # one run's record, not two interleaved
+    assert [p for p in os.listdir(tmp_path / "checkpoints") if not p.isdigit()] == []  # no temporary dirs
+    assert not os.path.exists(tmp_path / "janusflow.lock")  # released at the end
+
+
+def test_a_held_workdir_is_refused_and_a_dead_holders_lock_taken_over(tmp_path):
+    from janusflow.train.workdir import WorkdirInUseError, WorkdirLock
+    with WorkdirLock(str(tmp_path)):   # another holder (its own flock, as another process has)
+        with pytest.raises(WorkdirInUseError, match=f"pid {os.getpid()} on host "):
+            train(_cfg(steps=2), str(tmp_path), log=lambda *_: None)
+    assert not os.path.exists(tmp_path / "checkpoints")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / "janusflow.lock").write_text(json.dumps({"pid": dead.pid, "host": "h", "started": "then"}))
+    logs = []
+    train(_cfg(steps=2), str(tmp_path), log=logs.append)   # a SIGKILLed run leaves such a file
+    assert any(f"(pid {dead.pid} on host h, started then) is gone" in line for line in logs)
+    assert os.path.isdir(tmp_path / "model") and not os.path.exists(tmp_path / "janusflow.lock")
+
+
+def test_user_files_in_the_final_model_folders_survive(tmp_path):
+    from janusflow.train.workdir import WorkdirOwnershipError
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "notes.txt").write_text("mine")
+    with pytest.raises(WorkdirOwnershipError, match=r"model holds files this run did not write \(notes.txt\)"):
+        train(_cfg(steps=2), str(tmp_path), log=lambda *_: None)
+    assert not os.path.exists(tmp_path / "checkpoints")   # refused before any training
+    os.rename(tmp_path / "model", tmp_path / "mine")
+    train(_cfg(steps=2), str(tmp_path), log=lambda *_: None)
+    # a file put into the run's own final model folder afterwards
+    (tmp_path / "model_ema" / "notes.txt").write_text("mine")
+    with pytest.raises(WorkdirOwnershipError, match=r"model_ema holds files this run did not write \(notes.txt\)"):
+        train(_cfg(steps=4), str(tmp_path), log=lambda *_: None)
+    assert (tmp_path / "model_ema" / "notes.txt").read_text() == "mine"
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
+    os.remove(tmp_path / "model_ema" / "notes.txt")
+    logs = []
+    train(_cfg(steps=4), str(tmp_path), log=logs.append)   # the run's own folders are replaced
+    assert "resumed from step 2 in " + str(tmp_path) in logs and f"saved {tmp_path}/model_ema" in logs
+    assert sorted(os.listdir(tmp_path / "model")) == ["janusflow_config.json", "params"]
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "mine"
+
+
+def _corrupt(step_dir):
+    files = [p for p in glob.glob(str(step_dir / "state" / "**" / "*"), recursive=True) if os.path.isfile(p)]
+    assert files
+    for p in files:
+        with open(p, "wb") as f:
+            f.write(b"\x00garbage")
+
+
+def test_no_restorable_checkpoint_is_refused_unless_starting_over(tmp_path):
+    from janusflow.checkpoint.manager import UnrestorableCheckpointsError
+    cfg = _cfg(steps=4, ckpt_every=2)
+    train(cfg, str(tmp_path), log=lambda *_: None)
+    before = _params(tmp_path / "model")
+    for step in ("2", "4"):
+        _corrupt(tmp_path / "checkpoints" / step)
+    with pytest.raises(UnrestorableCheckpointsError,
+                       match=f"no checkpoint in {tmp_path}/checkpoints restores \\(step 4: .*; step 2: .*--start-over"):
+        train(cfg, str(tmp_path), log=lambda *_: None)
+    jax.tree.map(np.testing.assert_array_equal, before, _params(tmp_path / "model"))  # untouched
+    logs = []
+    train(cfg, str(tmp_path), log=logs.append, start_over=True)
+    assert any("starting over" in line for line in logs)
+    aside = glob.glob(str(tmp_path / "checkpoints.unrestorable-*"))
+    assert len(aside) == 1 and sorted(os.listdir(aside[0])) == ["2", "4"]   # kept, not deleted
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
+
+
+def test_non_finite_step_right_after_an_async_save_stops_cleanly(tmp_path):
+    from janusflow.train.data import SyntheticIterator
+    from janusflow.train.step import NonFiniteLoss
+
+    class NaNAt3(SyntheticIterator):   # the batch of step 3, right after the save at step 2
+        def __next__(self):
+            batch = super().__next__()
+            if self.position == 3:
+                batch["gen"]["images"] = batch["gen"]["images"] * np.nan
+            return batch
+
+    cfg = _cfg(steps=6, ckpt_every=2)
+    logs = []
+    with pytest.raises(NonFiniteLoss, match="step 2"):
+        train(cfg, str(tmp_path), data_iter=NaNAt3(cfg), log=logs.append)
+    # the save in flight was finished, not left as a temporary directory
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
+    assert f"stopped; the newest checkpoint in {tmp_path} is step 2" in logs
+    logs = []
+    train(cfg, str(tmp_path), stop_at=3, log=logs.append)
+    assert f"resumed from step 2 in {tmp_path}" in logs

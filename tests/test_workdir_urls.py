@@ -213,3 +213,29 @@ def test_recipe_refuses_a_cloud_workdir_before_any_work():
     cfg = dataclasses.replace(_cfg(), recipe=dataclasses.replace(_cfg().recipe, enabled=True))
     with pytest.raises(ConfigError, match="local workdir"):
         recipe.run(cfg, "gs://bucket/recipe", log=lambda *_: None)
+
+
+def test_lock_on_a_bucket_refuses_a_live_holder_and_takes_over_a_dead_one(bucket):
+    import socket
+    import subprocess
+    import sys
+
+    from janusflow.train.workdir import WorkdirInUseError, WorkdirLock
+    lock = os.path.join(bucket, "bucket", "held", "janusflow.lock")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    logs = []
+    with WorkdirLock("gs://bucket/held", logs.append):
+        assert json.load(open(lock))["pid"] == os.getpid()
+        with pytest.raises(WorkdirInUseError, match=f"pid {os.getpid()} on host {socket.gethostname()}"):
+            WorkdirLock("gs://bucket/held").__enter__()   # a live holder on this host
+    assert not os.path.exists(lock) and logs == []
+    with open(lock, "w") as f:   # left by a killed run on this host
+        json.dump({"pid": dead.pid, "host": socket.gethostname(), "started": "then"}, f)
+    with WorkdirLock("gs://bucket/held", logs.append):
+        assert json.load(open(lock))["pid"] == os.getpid()
+    assert len(logs) == 1 and f"pid {dead.pid}" in logs[0] and "is gone" in logs[0]
+    with open(lock, "w") as f:   # another host: its liveness cannot be checked from here
+        json.dump({"pid": dead.pid, "host": "elsewhere", "started": "then"}, f)
+    with pytest.raises(WorkdirInUseError, match="on host elsewhere.*if that run has ended, delete gs://bucket/held/janusflow.lock"):
+        WorkdirLock("gs://bucket/held").__enter__()

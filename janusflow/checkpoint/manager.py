@@ -7,7 +7,9 @@
   so a workdir holding a different model is refused, never overwritten.
 
 A latest checkpoint that fails to restore (truncated write, corrupt file) is skipped with a
-warning and the previous one is used.
+warning and the previous one is used. When none restores, the run stops
+(``UnrestorableCheckpointsError``) rather than silently training from step 0 and replacing
+the earlier run's final model; starting over is the user's explicit choice.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ from janusflow import config_io, paths
 
 class CheckpointMismatchError(RuntimeError):
     """The workdir holds checkpoints of a different model/experiment."""
+
+
+class UnrestorableCheckpointsError(RuntimeError):
+    """The workdir holds checkpoints, and not one of them restores."""
 
 
 def shape_signature(abstract_state) -> dict:
@@ -85,18 +91,27 @@ class Checkpointer:
                 "overwritten.")
 
     def restore_latest(self, abstract_state_with_shardings, meta: dict) -> Optional[tuple[int, Any, dict]]:
-        """(step, state, data_state) of the newest checkpoint that restores, or None."""
+        """(step, state, data_state) of the newest checkpoint that restores; None when there is
+        no checkpoint; ``UnrestorableCheckpointsError`` when there are some and none restores."""
+        failed = []
         for step in reversed(self.steps()):
             try:
                 out = self.manager.restore(step, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(abstract_state_with_shardings),
                     data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
             except Exception as e:  # truncated/corrupt: fall back to the previous one
-                warnings.warn(f"checkpoint at step {step} in {self.directory} could not be restored "
-                              f"({type(e).__name__}: {str(e)[:200]}); trying the previous one")
+                failed.append((step, f"{type(e).__name__}: {' '.join(str(e).split())[:120]}"))
                 continue
+            for bad, why in failed:
+                warnings.warn(f"checkpoint at step {bad} in {self.directory} could not be restored ({why}); "
+                              f"resuming from step {step}")
             self._compare(out["meta"], meta, step)
             return step, out["state"], out["data"]
+        if failed:
+            raise UnrestorableCheckpointsError(
+                f"no checkpoint in {self.directory} restores ("
+                + "; ".join(f"step {bad}: {why}" for bad, why in failed) + "); nothing was changed. "
+                "To train from step 0 instead, pass --start-over (the checkpoints are kept, moved aside)")
         return None
 
     def close(self):

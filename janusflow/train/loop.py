@@ -3,7 +3,10 @@ start) -> jitted step -> loop with logging, checkpoints and signals -> final mod
 
 Resuming is automatic: the newest restorable checkpoint in the workdir is used (state, RNG and
 data-iterator position), so a killed run restarted with the same command reproduces an
-uninterrupted one exactly.
+uninterrupted one exactly. When checkpoints exist but none restores, the run stops unless
+``start_over`` (then they are moved aside, not deleted).
+
+One run at a time per workdir, and the run replaces only what it wrote (``train/workdir.py``).
 
 The workdir may be local or a ``gs://`` URL (``janusflow/paths.py``); on a multi-host run every
 process runs this same function: orbax coordinates the checkpoint writes, and only process 0
@@ -12,6 +15,7 @@ writes the JSON/metrics files.
 
 from __future__ import annotations
 
+import datetime
 import signal
 import time
 from typing import Callable, Optional
@@ -20,12 +24,14 @@ import jax
 import numpy as np
 
 from janusflow import flops, paths, perf
-from janusflow.checkpoint.manager import Checkpointer, check_workdir, meta_for
+from janusflow.checkpoint.manager import (Checkpointer, UnrestorableCheckpointsError, check_workdir,
+                                          meta_for)
 from janusflow.config import ExperimentConfig
 from janusflow.parallel.mesh import make_mesh, maybe_initialize_distributed
 from janusflow.parallel.rules import batch_sharding
 from janusflow.train import metrics as metrics_lib
 from janusflow.train.state import TrainState, make_init, merge_model, state_from_model, state_shardings
+from janusflow.train import workdir as workdir_lib
 from janusflow.train.step import check_finite, jit_train_step
 
 
@@ -86,26 +92,40 @@ def _warm_start(cfg: ExperimentConfig, mesh, log):
     return state_from_model(model, vae, cfg, mesh)
 
 
-def save_final_model(cfg: ExperimentConfig, parts, state: TrainState, workdir: str, log):
+def final_model_names(cfg: ExperimentConfig) -> tuple:
+    """The folders :func:`save_final_model` writes (and replaces)."""
+    return ("model",) + (("model_ema",) if cfg.train.optim.ema_decay > 0 else ())
+
+
+def save_final_model(cfg: ExperimentConfig, parts, state: TrainState, workdir: str, log,
+                     manifest: workdir_lib.Manifest | None):
     """``workdir/model`` (raw weights) and ``workdir/model_ema``: what the next stage, sampling
-    and evaluation load.
+    and evaluation load. An existing folder is replaced only when the manifest says the run
+    wrote everything in it.
 
     Called on every process: the arrays go to orbax as they are (sharded, possibly across
     hosts -- a ``device_get`` would fail on arrays that are not fully addressable); orbax
-    writes each process's shards, ``save_model`` writes the config on process 0 only."""
-    from janusflow.checkpoint.model_io import barrier, save_model
+    writes each process's shards, ``save_model`` writes the config on process 0 only
+    (``manifest``: process 0's, None on the others)."""
+    from janusflow.checkpoint.model_io import CONFIG_NAME, PARAMS_DIR, barrier, save_model
     primary = jax.process_index() == 0
     tok = run_tokenizer(cfg)
+    creates = (PARAMS_DIR, CONFIG_NAME, CONFIG_NAME + ".tmp", *(tok.files() if tok is not None else ()))
     for name, params in (("model", state.params), ("model_ema", state.ema)):
         if params is None:
             continue
         out = paths.join(workdir, name)
-        if primary and paths.as_path(out).exists():
-            # written by this run only: replaced by the newer final weights
-            paths.as_path(out).rmtree()
+        error = None
+        if primary:
+            try:
+                manifest.replace(name, creates)
+            except workdir_lib.WorkdirOwnershipError as e:
+                error = e
+        workdir_lib.on_every_process(error, f"{out} not replaced")
         barrier(f"janusflow_final_{name}_cleared")  # no process sees the old directory
         save_model(out, merge_model(parts, params, state.frozen), cfg.model, tok)
         if primary:
+            manifest.record(name)
             log(f"saved {out}")
 
 
@@ -132,26 +152,51 @@ def _compiled_step(cfg, parts, shardings, mesh, batch):
 
 
 def train(cfg: ExperimentConfig, workdir: str, *, data_iter=None, log: Callable = print,
-          stop_at: Optional[int] = None, devices=None) -> dict:
+          stop_at: Optional[int] = None, devices=None, start_over: bool = False) -> dict:
     """Run (or resume) training. ``data_iter``: an iterator of host batches with
     ``get_state()``/``set_state()``; default: built from ``cfg`` (see ``train/data.py``).
     ``stop_at``: stop after this global step; ``devices``: a subset of devices for the mesh
-    (tests); default all. Returns the last metrics."""
-    t = cfg.train
+    (tests); default all. ``start_over``: when no checkpoint of the workdir restores, move them
+    aside and train from step 0 (default: refuse). Returns the last metrics."""
     init_distributed()  # first: jax.distributed.initialize must precede any other jax call
     check_workdir(workdir)
+    with workdir_lib.hold(workdir, jax.process_index() == 0, replaces=final_model_names(cfg), log=log) as manifest:
+        return _train(cfg, workdir, manifest, data_iter=data_iter, log=log, stop_at=stop_at, devices=devices,
+                      start_over=start_over)
+
+
+def _restore_or_start_over(ckpt: Checkpointer, target, meta, workdir: str, keep: int, start_over: bool, log):
+    """(checkpointer, restored or None). All checkpoints unrestorable + ``start_over``: the
+    checkpoints folder is renamed (kept for inspection) and a fresh one is used."""
+    from janusflow.checkpoint.model_io import barrier
+    try:
+        return ckpt, ckpt.restore_latest(target, meta)
+    except UnrestorableCheckpointsError as e:
+        if not start_over:
+            raise
+        ckpt.close()
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+        aside = paths.join(workdir, f"checkpoints.unrestorable-{stamp}")
+        if jax.process_index() == 0:
+            paths.as_path(ckpt.directory).rename(paths.as_path(aside))
+        barrier("janusflow_checkpoints_moved_aside")
+        log(f"{e}\nstarting over (start_over): moved them to {aside}")
+        return Checkpointer(paths.join(workdir, "checkpoints"), keep=keep), None
+
+
+def _train(cfg: ExperimentConfig, workdir: str, manifest, *, data_iter, log, stop_at, devices, start_over):
+    t = cfg.train
     mesh = make_mesh(t.mesh, devices=devices)
     parts, abstract, shardings = state_shardings(cfg, mesh)
     meta = meta_for(cfg, abstract)
     ckpt = Checkpointer(paths.join(workdir, "checkpoints"), keep=t.keep_checkpoints)
     ckpt.check_compatible(meta)
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          abstract, shardings)
+    ckpt, restored = _restore_or_start_over(ckpt, target, meta, workdir, t.keep_checkpoints, start_over, log)
     if data_iter is None:
         from janusflow.train.data import make_data_iterator
         data_iter = make_data_iterator(cfg)
-
-    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          abstract, shardings)
-    restored = ckpt.restore_latest(target, meta)
     if restored is not None:
         start, state, data_state = restored
         data_iter.set_state(data_state)
@@ -179,33 +224,52 @@ def train(cfg: ExperimentConfig, workdir: str, *, data_iter=None, log: Callable 
     end = t.steps if stop_at is None else min(stop_at, t.steps)
     progress = metrics_lib.Progress(start, end, log)
     batch, last = first, {}
-    with _Signals() as sig:
-        for step in range(start, end):
-            t0 = time.perf_counter()
-            state, m = step_fn(state, batch)
-            m = jax.device_get(m)
-            check_finite(step, m)  # raises before any checkpoint of a bad state can be written
-            dt = time.perf_counter() - t0
-            done = step + 1
-            if done % t.log_every == 0 or done == end:
-                last = metrics_lib.step_metrics(m, dt, first, cfg, step_flops, peak * jax.device_count())
-                if hasattr(data_iter, "metrics"):  # skipped / fixed bad examples, counted
-                    last.update({f"data/{k}": v for k, v in data_iter.metrics().items()})
-                writer.write(done, last)
-                progress.update(done, last)
-            stop = sig.received is not None
-            if done % t.ckpt_every == 0 or done == end or stop:
-                # the data position saved is that of the *next* batch to train on
-                ckpt.save(done, state, data_iter.get_state(), meta, force=stop)
-            if stop:
-                ckpt.wait()
-                log(f"received signal {sig.received}: saved step {done} and stopping")
-                break
-            if done < end:
-                batch = to_global(next(data_iter), mesh)
-    ckpt.wait()
-    if int(jax.device_get(state.step)) >= t.steps:
-        save_final_model(cfg, parts, state, workdir, log)
+    try:
+        with _Signals() as sig:
+            for step in range(start, end):
+                t0 = time.perf_counter()
+                state, m = step_fn(state, batch)
+                m = jax.device_get(m)
+                check_finite(step, m)  # raises before any checkpoint of a bad state can be written
+                dt = time.perf_counter() - t0
+                done = step + 1
+                if done % t.log_every == 0 or done == end:
+                    last = metrics_lib.step_metrics(m, dt, first, cfg, step_flops, peak * jax.device_count())
+                    if hasattr(data_iter, "metrics"):  # skipped / fixed bad examples, counted
+                        last.update({f"data/{k}": v for k, v in data_iter.metrics().items()})
+                    writer.write(done, last)
+                    progress.update(done, last)
+                stop = sig.received is not None
+                if done % t.ckpt_every == 0 or done == end or stop:
+                    # the data position saved is that of the *next* batch to train on
+                    ckpt.save(done, state, data_iter.get_state(), meta, force=stop)
+                if stop:
+                    ckpt.wait()
+                    log(f"received signal {sig.received}: saved step {done} and stopping")
+                    break
+                if done < end:
+                    batch = to_global(next(data_iter), mesh)
+        ckpt.wait()
+        if int(jax.device_get(state.step)) >= t.steps:
+            save_final_model(cfg, parts, state, workdir, log, manifest)
+    except BaseException:
+        _stop(ckpt, writer, workdir, log)
+        raise
     ckpt.close()
     writer.close()
     return last
+
+
+def _stop(ckpt: Checkpointer, writer, workdir: str, log):
+    """The run failed (e.g. a non-finite step right after an asynchronous save): the save in
+    flight is finished -- not left as a temporary directory, nor torn down with the
+    interpreter in a cascade of event-loop tracebacks -- and files are closed before the
+    error goes up. A failure in here must not hide the error that stopped the run."""
+    try:
+        ckpt.wait()  # the save in flight
+        saved = ckpt.steps()
+        ckpt.close()
+        log(f"stopped; the newest checkpoint in {workdir} is " + (f"step {saved[-1]}" if saved else "none"))
+    except Exception as e:  # noqa: BLE001
+        log(f"stopped; finishing the checkpoint being saved failed too ({type(e).__name__}: {e})")
+    writer.close()

@@ -27,6 +27,7 @@ from janusflow import paths
 from janusflow.config import ConfigError, ExperimentConfig, OptimConfig
 from janusflow.data.mixing import with_task_ratios
 from janusflow.train import loop
+from janusflow.train import workdir as workdir_lib
 
 PHASES = ("llm", "stage1", "stage2", "stage3")
 
@@ -148,10 +149,9 @@ def evaluate(cfg: ExperimentConfig, model_dir: str, outdir: str, log, denoise_pn
     return out
 
 
-def run(cfg: ExperimentConfig, workdir: str, *, log: Callable = print) -> dict:
-    from janusflow.data.pipeline import make_pipeline
-    from janusflow.train.siglip_pretrain import pretrain_siglip
-    r = cfg.recipe
+def run(cfg: ExperimentConfig, workdir: str, *, log: Callable = print, start_over: bool = False) -> dict:
+    """The whole recipe in ``workdir`` (held by this run: a second one is refused); each phase
+    is a ``loop.train`` in its own sub-directory (``start_over`` is passed to them)."""
     if not paths.is_local(workdir):
         # the phases themselves could train into a bucket (loop.train), but the evaluation
         # writes image grids and the learning curves with local file APIs
@@ -159,6 +159,14 @@ def run(cfg: ExperimentConfig, workdir: str, *, log: Callable = print) -> dict:
                           "cloud workdirs are for single-phase runs (recipe.enabled=false)")
     # before SigLIP pre-training touches jax; loop.train's own call is then a no-op
     loop.init_distributed()
+    with workdir_lib.hold(workdir, jax.process_index() == 0, log=log):
+        return _run(cfg, workdir, log, start_over)
+
+
+def _run(cfg: ExperimentConfig, workdir: str, log: Callable, start_over: bool) -> dict:
+    from janusflow.data.pipeline import make_pipeline
+    from janusflow.train.siglip_pretrain import pretrain_siglip
+    r = cfg.recipe
     t_start = time.perf_counter()
     os.makedirs(workdir, exist_ok=True)
     init_dir = os.path.join(workdir, "init")
@@ -182,7 +190,7 @@ def run(cfg: ExperimentConfig, workdir: str, *, log: Callable = print) -> dict:
             b = pcfg.train
             log(f"== phase {phase}: stage {b.stage}, {b.steps} steps, batch und/gen/text "
                 f"{b.und_batch}/{b.gen_batch}/{b.text_batch}, lr {b.optim.lr}")
-            loop.train(pcfg, pdir, log=log)
+            loop.train(pcfg, pdir, log=log, start_over=start_over)
         prev = pdir
     results = {"train_minutes": (time.perf_counter() - t_start) / 60}
     log("== eval: shapes benchmark and understanding accuracy of the final EMA model"
