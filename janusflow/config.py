@@ -305,6 +305,10 @@ class TrainConfig:
     und_batch: int = 8                      # global examples per step, per task
     gen_batch: int = 8
     text_batch: int = 0
+    # ((end_step, und, gen, text), ...): steps before end_step use these per-task batches
+    # instead (paper stage 2: 30:50:20 for the first 10k steps). One compiled step per
+    # distinct size; optimizer, warm-up and EMA continue across (data/mixing.py).
+    task_batch_schedule: tuple[tuple[int, int, int, int], ...] = ()
     seed: int = 0
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -321,6 +325,15 @@ class TrainConfig:
         for n in ("und_batch", "gen_batch", "text_batch"):
             _check(isinstance(getattr(self, n), int) and getattr(self, n) >= 0, f"TrainConfig.{n}", "must be an int >= 0")
         _check(self.und_batch + self.gen_batch + self.text_batch > 0, "TrainConfig.*_batch", "all zero")
+        last = 0
+        for i, e in enumerate(self.task_batch_schedule):
+            name = f"TrainConfig.task_batch_schedule[{i}]"
+            _check(isinstance(e, tuple) and len(e) == 4, name, f"must be (end_step, und, gen, text), got {e!r}")
+            _check(all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in e), name,
+                   f"must hold ints >= 0, got {e!r}")
+            _check(e[0] > last, name, f"end_step {e[0]} must be > the previous entry's ({last})")
+            _check(sum(e[1:]) > 0, name, "all task batches zero")
+            last = e[0]
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from janusflow.data import preprocess as pp
 from janusflow.data.latents import FEATURE as LATENTS_FEATURE
 from janusflow.data.latents import check_source as check_latents_source
 from janusflow.data.latents import latent_shape
-from janusflow.data.mixing import TASKS, MixedIterator
+from janusflow.data.mixing import TASKS, MixedIterator, batch_phases, task_batches_at
 from janusflow.data.sources import (SourceConfig, as_text, as_text_list, get_field, open_source,
                                     task_dataset)
 from janusflow.data.tokenizer import Tokenizer, conversation_example, generation_prompt_ids
@@ -265,13 +265,16 @@ def processors(cfg, data: DataConfig, tok: Tokenizer) -> dict:
             "text": TextProcessor(tok, data.text, data.text_len)}
 
 
-def per_process_batch_sizes(cfg, process_count: int) -> dict:
-    m, t = cfg.model, cfg.train
-    sizes = {"und": t.und_batch if m.und_encoder != "none" else 0,
-             "gen": t.gen_batch if m.gen_enabled else 0, "text": t.text_batch}
+def per_process_batch_sizes(cfg, process_count: int, step: int = 0) -> dict:
+    """This process's rows per task at ``step`` (``train.task_batch_schedule`` applies)."""
+    m = cfg.model
+    g = task_batches_at(cfg.train, step)
+    sizes = {"und": g["und"] if m.und_encoder != "none" else 0,
+             "gen": g["gen"] if m.gen_enabled else 0, "text": g["text"]}
     for k, v in sizes.items():
         if v % process_count:
-            raise ValueError(f"train.{k}_batch={v} is not divisible by the {process_count} processes")
+            raise ValueError(f"train.{k}_batch={v} (step {step}) is not divisible by the "
+                             f"{process_count} processes")
     return {k: v // process_count for k, v in sizes.items()}
 
 
@@ -298,10 +301,13 @@ def make_pipeline(cfg, data: DataConfig = DataConfig(), tokenizer: Tokenizer | N
     if tok.vocab_size > cfg.model.llm.vocab_size:
         raise ValueError(f"tokenizer has {tok.vocab_size} tokens > model vocab_size {cfg.model.llm.vocab_size}")
     sizes = per_process_batch_sizes(cfg, process_count)
+    # a stream is opened when any phase of the ratio schedule reads it
+    needed = {t for start, _, _ in batch_phases(cfg.train)
+              for t, n in per_process_batch_sizes(cfg, process_count, start).items() if n}
     procs = processors(cfg, data, tok)
     iters = {}
     for k, task in enumerate(TASKS):
-        if not sizes[task]:
+        if task not in needed:
             continue
         src_cfg = getattr(data, task)
         if not src_cfg.enabled:

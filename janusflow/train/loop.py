@@ -22,8 +22,11 @@ import numpy as np
 from janusflow import flops, paths, perf
 from janusflow.checkpoint.manager import Checkpointer, check_workdir, meta_for
 from janusflow.config import ExperimentConfig
+from janusflow.data.mixing import batch_phases, task_batches_at
+from janusflow.data.pipeline import per_process_batch_sizes
 from janusflow.parallel.mesh import make_mesh, maybe_initialize_distributed
 from janusflow.parallel.rules import batch_sharding
+from janusflow.platform import fit_batches_to_mesh
 from janusflow.train import metrics as metrics_lib
 from janusflow.train.state import TrainState, make_init, merge_model, state_from_model, state_shardings
 from janusflow.train.step import check_finite, jit_train_step
@@ -118,6 +121,11 @@ def run_tokenizer(cfg: ExperimentConfig):
     return load_tokenizer(cfg.data, cfg.model)
 
 
+def batch_rows(batch) -> dict:
+    """Rows per task sub-batch (what tells one compiled step variant from another)."""
+    return {task: next(iter(b.values())).shape[0] for task, b in batch.items()}
+
+
 _COMPILED: dict = {}
 
 
@@ -141,6 +149,9 @@ def train(cfg: ExperimentConfig, workdir: str, *, data_iter=None, log: Callable 
     init_distributed()  # first: jax.distributed.initialize must precede any other jax call
     check_workdir(workdir)
     mesh = make_mesh(t.mesh, devices=devices)
+    # task batches that do not divide over the mesh: re-rounded as --platform does, said once
+    cfg = fit_batches_to_mesh(cfg, mesh.shape["data"] * mesh.shape["fsdp"], log=log)
+    t = cfg.train
     parts, abstract, shardings = state_shardings(cfg, mesh)
     meta = meta_for(cfg, abstract)
     ckpt = Checkpointer(paths.join(workdir, "checkpoints"), keep=t.keep_checkpoints)
@@ -168,6 +179,14 @@ def train(cfg: ExperimentConfig, workdir: str, *, data_iter=None, log: Callable 
         start = 0
         log(f"initialised a new {cfg.name} model (stage {t.stage})")
 
+    # The ratio schedule's phases (train.task_batch_schedule): one compiled step per phase,
+    # all on the same state, so AdamW moments, the warm-up position and the EMA run on.
+    set_sizes = getattr(data_iter, "set_batch_sizes", None)
+    phase_sizes = lambda s: per_process_batch_sizes(cfg, jax.process_count(), s)  # noqa: E731
+    if set_sizes is not None:
+        set_sizes(phase_sizes(start))
+    elif len(batch_phases(t)) > 1:
+        raise ValueError("train.task_batch_schedule needs a data iterator with set_batch_sizes()")
     first = to_global(next(data_iter), mesh)
     step_fn = _compiled_step(cfg, parts, shardings, mesh, first)
     peak, peak_src = perf.peak_flops_per_device()
@@ -202,7 +221,15 @@ def train(cfg: ExperimentConfig, workdir: str, *, data_iter=None, log: Callable 
                 log(f"received signal {sig.received}: saved step {done} and stopping")
                 break
             if done < end:
+                if set_sizes is not None and phase_sizes(done) != phase_sizes(step):
+                    set_sizes(phase_sizes(done))
+                    log(f"step {done}: task batches und:gen:text now "
+                        + ":".join(str(n) for n in task_batches_at(t, done).values()))
                 batch = to_global(next(data_iter), mesh)
+                if batch_rows(batch) != batch_rows(first):  # a new phase: its own compiled step
+                    first = batch
+                    step_fn = _compiled_step(cfg, parts, shardings, mesh, first)
+                    step_flops = flops.train_step_flops(cfg, first)["total"]
     ckpt.wait()
     if int(jax.device_get(state.step)) >= t.steps:
         save_final_model(cfg, parts, state, workdir, log)
