@@ -60,6 +60,7 @@ def test_bad_schedule_entry_is_named(entry):
         _cfg(task_batch_schedule=(entry,))
 
 
+@pytest.mark.slow
 def test_one_run_switches_batches_without_restarting_optimizer(tmp_path):
     logs = []
     cfg = _cfg()
@@ -86,6 +87,7 @@ def test_one_run_switches_batches_without_restarting_optimizer(tmp_path):
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), got, want)
 
 
+@pytest.mark.slow
 def test_resume_across_the_switch_equals_uninterrupted(tmp_path):
     cfg = _cfg()
     loop.train(cfg, str(tmp_path / "full"), devices=jax.devices()[:1], log=lambda m: None)
@@ -114,6 +116,7 @@ def test_plain_run_rerounds_batches_that_do_not_divide_the_mesh():
         fit_batches_to_mesh(with_task_ratios(cfg, (14, 80, 6), 100), 8)
 
 
+@pytest.mark.slow
 def test_plain_run_on_8_devices_rerounds_and_trains(tmp_path):
     cfg = _cfg(steps=1, gen_batch=4, text_batch=0, task_batch_schedule=(), mesh=MeshConfig(data=-1))
     cfg = with_task_ratios(cfg, (0, 9, 7), 16)        # gen 9 + text 7: neither divides 8 devices
