@@ -4,3 +4,8 @@ import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+def pytest_configure(config):
+    # slow tests still run by default; `-m "not slow"` leaves them out
+    config.addinivalue_line("markers", "slow: a test that takes more than ~30 s on CPU")
