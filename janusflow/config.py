@@ -180,6 +180,12 @@ class ModelConfig:
     # the VAE+ConvNeXt encoder for understanding, exp. C), "none" (generation only, exp. E).
     und_encoder: str = "siglip"
     gen_enabled: bool = True                # False: understanding only (exp. D)
+    # The vector in the <begin_of_image> slot before the understanding image embeddings.
+    # "official": initialised to zeros and given no gradient, as the released module does
+    # (nn.Parameter(torch.zeros(1, 2048)), used as beg_of_und_embed[0].detach()), so it keeps
+    # the value it starts from: zeros, or an imported checkpoint's. "learned": N(0, 0.02)
+    # init and trained from stage 1 on (the tiny runs').
+    beg_of_und_embed: str = "official"
     repa: bool = True                       # build the REPA projector (and keep SigLIP as target)
     repa_layer: int = 6                     # LLM hidden states after this many blocks
     repa_hidden: int = 2048
@@ -193,6 +199,8 @@ class ModelConfig:
                f"must be one of {UND_ENCODERS}, got {self.und_encoder!r}")
         _check(self.und_encoder != "none" or self.gen_enabled, "ModelConfig.und_encoder",
                "und_encoder='none' with gen_enabled=False leaves no task")
+        _check(self.beg_of_und_embed in ("official", "learned"), "ModelConfig.beg_of_und_embed",
+               f"must be 'official' or 'learned', got {self.beg_of_und_embed!r}")
         _check(self.dtype in ("float32", "bfloat16"), "ModelConfig.dtype", f"got {self.dtype!r}")
         _check(self.param_dtype in ("float32", "bfloat16"), "ModelConfig.param_dtype", f"got {self.param_dtype!r}")
         _check(self.remat in ("none", "block", "dots"), "ModelConfig.remat", f"got {self.remat!r}")
@@ -289,11 +297,17 @@ class LossConfig:
     t_mean: float = 0.0
     t_std: float = 1.0
     cfg_drop_prob: float = 0.1
+    # How the three task means add up (the paper does not say): "task" = mean AR + mean RF +
+    # mean REPA, each counted once whatever its rows; "example" = each mean weighted by its
+    # task's share of the batch's examples, so every example weighs the same (train/step.py).
+    task_weighting: str = "task"
 
     def __post_init__(self):
         _check(self.t_sampling in ("logit_normal", "uniform"), "LossConfig.t_sampling", f"got {self.t_sampling!r}")
         _check(self.t_std > 0, "LossConfig.t_std", "must be > 0")
         _check(0 <= self.cfg_drop_prob <= 1, "LossConfig.cfg_drop_prob", "must be in [0, 1]")
+        _check(self.task_weighting in ("task", "example"), "LossConfig.task_weighting",
+               f"must be 'task' or 'example', got {self.task_weighting!r}")
         for n in ("ar_weight", "rf_weight", "repa_weight"):
             _check(getattr(self, n) >= 0, f"LossConfig.{n}", "must be >= 0")
 
