@@ -67,7 +67,11 @@ def measure(cfg, n: int = 1000, split: str | None = None, tokenizer=None) -> dic
         src_cfg = getattr(d, task)
         if split:
             src_cfg = dataclasses.replace(src_cfg, split=split)
-        source = open_source(src_cfg, src_cfg.image if task != "text" else None)
+        try:
+            source = open_source(src_cfg, src_cfg.image if task != "text" else None)
+        except Exception as e:  # noqa: BLE001 - TFDS raises many kinds, some over many lines
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"data.{task}.name={src_cfg.name!r}: {first}") from None
         lens, empty = [], 0
         for i in range(min(n, len(source))):
             rec = source[i]

@@ -30,7 +30,7 @@ def row_tokens(cfg) -> dict:
     return {"und": und_row_len(cfg), "gen": d.prompt_len + 1 + m.num_gen_tokens, "text": d.text_len}
 
 
-def paper_rows(cfg, ratios, paper_batch: int, multiple_of: int = 64) -> int:
+def paper_rows(cfg, ratios, paper_batch: int, multiple_of: int = 256) -> int:
     """Global rows per step whose padded tokens match ``paper_batch`` packed sequences of 4096
     (rounded down to a multiple of ``multiple_of``, so they split over common meshes)."""
     r = [float(x) for x in ratios]
