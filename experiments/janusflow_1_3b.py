@@ -66,7 +66,5 @@ def get_config(arg=None):
     cfg = ExperimentConfig(name=f"janusflow_1_3b_stage{stage}", model=janusflow_1_3b(), seq_len=4096,
                            train=train, data=data)
     cfg = with_task_ratios(cfg, ratios, paper_rows(cfg, ratios, batch))
-    early = EARLY_RATIOS.get(stage, ())
-    for end, r in early:
-        cfg = with_ratio_schedule(cfg, ((end, r),) + cfg.train.task_batch_schedule, paper_rows(cfg, r, batch))
-    return cfg
+    early = tuple((end, r, paper_rows(cfg, r, batch)) for end, r in EARLY_RATIOS.get(stage, ()))
+    return with_ratio_schedule(cfg, early)

@@ -216,6 +216,8 @@ def test_plan_cli_tiny_on_8_simulated_devices(tmp_path):
     t = res["time"]
     assert t["step_s"] == pytest.approx(res["model_flops_per_step"] / (8 * 459e12 * 0.5))
     assert "per-device memory" in r.stdout and "estimate of TPU/GPU memory" in r.stdout
+    # examples and tokens per step beside the paper's
+    assert "24 examples/step (und 8 x" in r.stdout and "x the paper's 512 x 4096" in r.stdout
 
 
 def test_plan_refuses_a_wrong_device_count():

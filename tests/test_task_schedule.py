@@ -49,7 +49,7 @@ def test_schedule_lookup_and_phases():
     assert task_batches_at(t, 2) == {"und": 0, "gen": 4, "text": 0}
     assert [(a, b) for a, b, _ in batch_phases(t)] == [(0, 2), (2, 4)]
     base = with_task_ratios(ExperimentConfig(train=TrainConfig(steps=390_000)), (14, 80, 6), 512)
-    cfg = with_ratio_schedule(base, ((10_000, (30, 50, 20)),), 512)
+    cfg = with_ratio_schedule(base, ((10_000, (30, 50, 20), 512),))
     assert cfg.train.task_batch_schedule == ((10_000, 154, 256, 102),)
     assert task_batches_at(cfg.train, 9_999)["und"] == 154 and task_batches_at(cfg.train, 10_000)["und"] == 72
 
@@ -99,7 +99,7 @@ def test_resume_across_the_switch_equals_uninterrupted(tmp_path):
 
 def test_plain_run_rerounds_batches_that_do_not_divide_the_mesh():
     cfg = with_task_ratios(ExperimentConfig(train=TrainConfig(steps=10)), (14, 80, 6), 512)
-    cfg = with_ratio_schedule(cfg, ((5, (30, 50, 20)),), 512)
+    cfg = with_ratio_schedule(cfg, ((5, (30, 50, 20), 512),))
     assert (cfg.train.und_batch, cfg.train.gen_batch, cfg.train.text_batch) == (72, 409, 31)
     logs = []
     out = fit_batches_to_mesh(cfg, 8, log=logs.append)

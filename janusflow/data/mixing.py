@@ -84,13 +84,13 @@ def batch_phases(train) -> list:
     return out
 
 
-def with_ratio_schedule(cfg, schedule, global_batch: int, multiple_of: int = 1):
-    """``cfg`` whose first steps use other task ratios: ``schedule`` is ``((end_step, ratios),
-    ...)`` (e.g. paper stage 2: ``((10_000, (30, 50, 20)),)``), each turned into per-task sizes
-    of ``global_batch`` rows as :func:`with_task_ratios` does. The step is compiled once per
+def with_ratio_schedule(cfg, schedule, multiple_of: int = 1):
+    """``cfg`` whose first steps use other task ratios: ``schedule`` is ``((end_step, ratios,
+    global_batch), ...)`` (e.g. paper stage 2: ``((10_000, (30, 50, 20), 512),)``), each turned
+    into per-task sizes as :func:`with_task_ratios` does. The step is compiled once per
     distinct size (no recompiling inside a phase); optimizer, warm-up and EMA run on across."""
-    entries = tuple((int(end),) + tuple(task_batch_sizes(r, global_batch, multiple_of)[t] for t in TASKS)
-                    for end, r in schedule)
+    entries = tuple((int(end),) + tuple(task_batch_sizes(r, rows, multiple_of)[t] for t in TASKS)
+                    for end, r, rows in schedule)
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, task_batch_schedule=entries))
 
 
