@@ -13,21 +13,38 @@ clipping 1.0, EMA 0.99, constant lr after warm-up, sequences of 4096.
 
 Data sources (``data.und/gen/text``) must be set to the user's TFDS datasets; the default
 names the built-in shapes dataset only so the file loads anywhere.
+
+Batch: the paper's 512 (stage 3: 256) packed 4096-token sequences per step become padded rows
+of the same tokens per step (``data/step_budget.py``; ``janusflow plan`` prints both), at the
+paper's steps, so each stage sees the paper's tokens. Stage 2 runs 30:50:20 for its first 10k
+steps and 14:80:6 after, in one run (``train.task_batch_schedule``).
+
+Lengths, within the paper's 4096-token sequences: understanding rows 2 + 576 image slots +
+1024 text tokens (system prompt, every turn of the conversation; turns past the limit are
+dropped whole), generation prompts of 256 tokens (long re-captions; longer ones are cut at a
+word-piece boundary, not dropped), text documents of 2048 (longer ones truncated; 4096 would
+leave a fifth of stage 2's first 10k steps to text rows and cost ~15% of the examples per
+step). ``janusflow data lengths`` reports what each cut drops on a dataset.
 """
 
 import dataclasses
 
 from janusflow.config import ConfigError, ExperimentConfig, OptimConfig, TrainConfig
-from janusflow.data.mixing import with_task_ratios
+from janusflow.data.mixing import with_ratio_schedule, with_task_ratios
 from janusflow.data.pipeline import DataConfig, SourceConfig
+from janusflow.data.step_budget import paper_rows
 from janusflow.presets import janusflow_1_3b
 
-# stage -> (lr, warm-up, steps, global batch, und:gen:text ratios)  (paper Table 1)
+# stage -> (lr, warm-up, steps, paper batch (4096-token sequences), und:gen:text ratios)  (paper Table 1)
 STAGES = {
     1: (1e-4, 2000, 10_000, 512, (50, 50, 0)),
-    2: (1e-4, 2000, 390_000, 512, (14, 80, 6)),   # the paper uses 30:50:20 for the first 10k steps
+    2: (1e-4, 2000, 390_000, 512, (14, 80, 6)),
     3: (2e-5, 1000, 26_000, 256, (21, 70, 9)),
 }
+# stage -> ((end step, ratios), ...) run before the stage's ratios (paper Table 1)
+EARLY_RATIOS = {2: ((10_000, (30, 50, 20)),)}
+# tokens of text per understanding row, generation prompt, text document (module doc)
+UND_TEXT_LEN, PROMPT_LEN, TEXT_LEN = 1024, 256, 2048
 
 
 def get_config(arg=None):
@@ -42,9 +59,12 @@ def get_config(arg=None):
     train = TrainConfig(stage=stage, steps=steps, log_every=10, ckpt_every=1000, keep_checkpoints=3,
                         optim=OptimConfig(lr=lr, warmup_steps=warmup, b1=0.9, b2=0.95, weight_decay=0.0,
                                           grad_clip=1.0, ema_decay=0.99))
+    # the official system prompt and whole conversations are DataConfig's defaults
+    data = DataConfig(und=SourceConfig(name="janusflow_shapes/384px"), gen=SourceConfig(name="janusflow_shapes/384px"),
+                      text=SourceConfig(name="janusflow_shapes/384px", text="description"),
+                      und_text_len=UND_TEXT_LEN, prompt_len=PROMPT_LEN, text_len=TEXT_LEN)
     cfg = ExperimentConfig(name=f"janusflow_1_3b_stage{stage}", model=janusflow_1_3b(), seq_len=4096,
-                           train=train, data=DataConfig(und=SourceConfig(name="janusflow_shapes/384px"),
-                                                        gen=SourceConfig(name="janusflow_shapes/384px"),
-                                                        text=SourceConfig(name="janusflow_shapes/384px",
-                                                                          text="description")))
-    return with_task_ratios(cfg, ratios, batch)
+                           train=train, data=data)
+    cfg = with_task_ratios(cfg, ratios, paper_rows(cfg, ratios, batch))
+    early = tuple((end, r, paper_rows(cfg, r, batch)) for end, r in EARLY_RATIOS.get(stage, ()))
+    return with_ratio_schedule(cfg, early)

@@ -48,5 +48,8 @@ def get_config(arg=None):
     # doubles the conditioning gap measured on GenEval prompts only (README "The default run").
     gen = SourceConfig(name=SHAPES_32, caption="caption|description")
     return ExperimentConfig(name="shapes_tiny", model=model, seq_len=256, train=train,
-                            data=DataConfig(gen=gen, prompt_len=32, und_text_len=24, text_len=64),
+                            # one QA turn without a system prompt (short rows; its evaluation
+                            # prompts the same way, train/recipe.py)
+                            data=DataConfig(gen=gen, prompt_len=32, und_text_len=24, text_len=64,
+                                            max_turns=1, system_prompt=""),
                             recipe=recipe)

@@ -236,6 +236,24 @@ def cmd_data(args) -> int:
     return 0
 
 
+def cmd_data_lengths(args) -> int:
+    import json
+
+    from janusflow.data import lengths
+    cfg = _load(args)
+    try:
+        rep = lengths.report(cfg, lengths.measure(cfg, n=args.n, split=args.split))
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        print(f"janusflow data lengths: error: {e}", file=sys.stderr)
+        return 1
+    print(lengths.format_report(rep))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rep, f, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def cmd_data_latents(args) -> int:
     from janusflow.data.latents import build_latents
     try:
@@ -391,6 +409,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--train", type=int, default=None, help="custom number of train examples")
     q.add_argument("--validation", type=int, default=None, help="custom number of validation examples")
     q.set_defaults(func=cmd_data)
+    q = dsub.add_parser("lengths", help="token lengths of the experiment's und/gen/text sources and how "
+                        "many examples each length cut keeps whole, cuts or drops (data/lengths.py)")
+    _add_config_args(q)
+    q.add_argument("--n", type=int, default=1000, help="examples per source (the first N)")
+    q.add_argument("--split", default=None, help="split to read (default: each source's)")
+    q.add_argument("--json", default=None, metavar="OUT.json")
+    q.set_defaults(func=cmd_data_lengths)
     q = dsub.add_parser("latents", help="encode the experiment's gen source with the frozen VAE once "
                         "(train with --set data.gen.name=DIR --set data.gen.latents=true)")
     _add_config_args(q)

@@ -203,6 +203,12 @@ class ModelConfig:
     # the VAE+ConvNeXt encoder for understanding, exp. C), "none" (generation only, exp. E).
     und_encoder: str = "siglip"
     gen_enabled: bool = True                # False: understanding only (exp. D)
+    # The vector in the <begin_of_image> slot before the understanding image embeddings.
+    # "official": initialised to zeros and given no gradient, as the released module does
+    # (nn.Parameter(torch.zeros(1, 2048)), used as beg_of_und_embed[0].detach()), so it keeps
+    # the value it starts from: zeros, or an imported checkpoint's. "learned": N(0, 0.02)
+    # init and trained from stage 1 on (the tiny runs').
+    beg_of_und_embed: str = "official"
     repa: bool = True                       # build the REPA projector (and keep SigLIP as target)
     repa_layer: int = 6                     # LLM hidden states after this many blocks
     repa_hidden: int = 2048
@@ -217,6 +223,8 @@ class ModelConfig:
                f"must be one of {UND_ENCODERS}, got {self.und_encoder!r}")
         _check(self.und_encoder != "none" or self.gen_enabled, "ModelConfig.und_encoder",
                "und_encoder='none' with gen_enabled=False leaves no task")
+        _check(self.beg_of_und_embed in ("official", "learned"), "ModelConfig.beg_of_und_embed",
+               f"must be 'official' or 'learned', got {self.beg_of_und_embed!r}")
         _check(self.dtype in ("float32", "bfloat16"), "ModelConfig.dtype", f"got {self.dtype!r}")
         _check(self.param_dtype in ("float32", "bfloat16"), "ModelConfig.param_dtype", f"got {self.param_dtype!r}")
         _check(self.remat in ("none", "block", "dots"), "ModelConfig.remat", f"got {self.remat!r}")
@@ -320,12 +328,18 @@ class LossConfig:
     t_mean: float = 0.0
     t_std: float = 1.0
     cfg_drop_prob: float = 0.1
+    # How the three task means add up (the paper does not say): "task" = mean AR + mean RF +
+    # mean REPA, each counted once whatever its rows; "example" = each mean weighted by its
+    # task's share of the batch's examples, so every example weighs the same (train/step.py).
+    task_weighting: str = "task"
 
     def __post_init__(self):
         _finite(self)
         _check(self.t_sampling in ("logit_normal", "uniform"), "LossConfig.t_sampling", f"got {self.t_sampling!r}")
         _check(self.t_std > 0, "LossConfig.t_std", "must be > 0")
         _check(0 <= self.cfg_drop_prob <= 1, "LossConfig.cfg_drop_prob", "must be in [0, 1]")
+        _check(self.task_weighting in ("task", "example"), "LossConfig.task_weighting",
+               f"must be 'task' or 'example', got {self.task_weighting!r}")
         for n in ("ar_weight", "rf_weight", "repa_weight"):
             _check(getattr(self, n) >= 0, f"LossConfig.{n}", "must be >= 0")
 
@@ -337,6 +351,10 @@ class TrainConfig:
     und_batch: int = 8                      # global examples per step, per task
     gen_batch: int = 8
     text_batch: int = 0
+    # ((end_step, und, gen, text), ...): steps before end_step use these per-task batches
+    # instead (paper stage 2: 30:50:20 for the first 10k steps). One compiled step per
+    # distinct size; optimizer, warm-up and EMA continue across (data/mixing.py).
+    task_batch_schedule: tuple[tuple[int, int, int, int], ...] = ()
     seed: int = 0
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -354,6 +372,15 @@ class TrainConfig:
         for n in ("und_batch", "gen_batch", "text_batch"):
             _check(isinstance(getattr(self, n), int) and getattr(self, n) >= 0, f"TrainConfig.{n}", "must be an int >= 0")
         _check(self.und_batch + self.gen_batch + self.text_batch > 0, "TrainConfig.*_batch", "all zero")
+        last = 0
+        for i, e in enumerate(self.task_batch_schedule):
+            name = f"TrainConfig.task_batch_schedule[{i}]"
+            _check(isinstance(e, tuple) and len(e) == 4, name, f"must be (end_step, und, gen, text), got {e!r}")
+            _check(all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in e), name,
+                   f"must hold ints >= 0, got {e!r}")
+            _check(e[0] > last, name, f"end_step {e[0]} must be > the previous entry's ({last})")
+            _check(sum(e[1:]) > 0, name, "all task batches zero")
+            last = e[0]
 
 
 @dataclass(frozen=True)

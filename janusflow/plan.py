@@ -24,8 +24,9 @@ from typing import Callable, Optional
 
 from janusflow.config import ConfigError, ExperimentConfig
 
+from janusflow.data.step_budget import PAPER_STEPS, format_budget
+
 # Paper Table 1 (shared/spec/JANUSFLOW.md section 4): 10k + 390k + 26k steps.
-PAPER_STEPS = {1: 10_000, 2: 390_000, 3: 26_000}
 PAPER_TOTAL_STEPS = sum(PAPER_STEPS.values())          # 426,000
 
 CPU_CAVEAT = ("XLA:CPU memory analysis is an estimate of TPU/GPU memory: fusion, layouts, "
@@ -47,7 +48,7 @@ def abstract_batch(cfg: ExperimentConfig) -> dict:
 
     import jax
 
-    from janusflow.data.pipeline import _outputs
+    from janusflow.data.pipeline import _outputs, und_row_len
     from janusflow.train.synthetic import synthetic_batch
 
     m, t, d = cfg.model, cfg.train, cfg.data
@@ -59,8 +60,7 @@ def abstract_batch(cfg: ExperimentConfig) -> dict:
             "gen": set() if outputs["repa"] else {"repa_pixels"}}
     if not outputs["und_vae"]:
         drop["und"] |= {"vae_images"}
-    und_len = min(cfg.seq_len, 2 + m.num_und_tokens + d.und_text_len)
-    seq = {"und": und_len, "gen": d.prompt_len, "text": d.text_len}
+    seq = {"und": und_row_len(cfg), "gen": d.prompt_len, "text": d.text_len}
     rows = {"und": t.und_batch, "gen": t.gen_batch, "text": t.text_batch}
     out = {}
     for task, arrays in example.items():
@@ -171,6 +171,7 @@ def compile_plan(cfg: ExperimentConfig, log: Callable[[str], None] = print,
                            "once by XLA)" if accum > 1 else "")),
         "model_flops_per_step": analytic["total"], "model_flops_breakdown": analytic,
         "vae_encode_flops_per_step": vae_flops,
+        "budget": format_budget(cfg),
     }
 
 
@@ -207,6 +208,8 @@ def format_report(r: dict) -> str:
         f"micro-batch {r['micro_batch_per_shard']} per batch shard x "
         f"{r['mesh']['data'] * r['mesh']['fsdp']} shards x accum {r['accum_steps']}; "
         f"remat {r['remat']}, compute {r['dtype']}",
+        "  examples and tokens per step (rows padded, not packed; paper: packed 4096-token sequences)",
+        *r.get("budget", []),
         f"  lower {r['lower_s']:.0f}s, compile {r['compile_s']:.0f}s",
         "",
         "  per-device memory (XLA buffer assignment)",

@@ -193,10 +193,10 @@ def apply_platform(cfg: ExperimentConfig, platform: Platform,
     ``i*accum + a`` into micro-batch ``a``), i.e. be a multiple of ``batch shards x accum``. The
     experiment's split is re-rounded to such multiples with the same ratios (largest remainder,
     ``data/mixing.py``); the realised split is logged. Raises ConfigError naming the numbers
-    when the global batch is not a multiple of ``micro_batch x batch shards``.
+    when the global batch is not a multiple of ``micro_batch x batch shards``. The ratio
+    schedule's phases (``train.task_batch_schedule``) are re-rounded the same way and keep the
+    accumulation steps (their totals must be multiples of ``batch shards x accum`` too).
     """
-    from janusflow.data.mixing import task_batch_sizes
-
     t = cfg.train
     sizes = {"und": t.und_batch, "gen": t.gen_batch, "text": t.text_batch}
     total = sum(sizes.values())
@@ -210,22 +210,18 @@ def apply_platform(cfg: ExperimentConfig, platform: Platform,
             f"{per_micro} or another micro_batch (e.g. --platform FILE:micro_batch=N)")
     accum = total // per_micro
     unit = shards * accum
-    try:
-        new = task_batch_sizes((sizes["und"], sizes["gen"], sizes["text"]), total, multiple_of=unit)
-    except ValueError as e:
-        raise ConfigError(f"platform {platform.name}: cannot split the global batch {total} "
-                          f"(und:gen:text {sizes['und']}:{sizes['gen']}:{sizes['text']}) into "
-                          f"multiples of {shards} batch shards x {accum} accumulation steps = {unit}: "
-                          f"{e}") from None
-    bad = {k: n for k, n in new.items() if n % platform.hosts}
+    train = rounded_task_batches(t, unit, f"platform {platform.name}",
+                                 f"{shards} batch shards x {accum} accumulation steps")
+    new = {"und": train.und_batch, "gen": train.gen_batch, "text": train.text_batch}
+    bad = {k: n for e in ((0,) + tuple(new.values()),) + train.task_batch_schedule
+           for k, n in zip(("und", "gen", "text"), e[1:]) if n % platform.hosts}
     if bad:  # each host feeds its own rows (data/pipeline.py::per_process_batch_sizes)
         raise ConfigError(f"platform {platform.name}: task batches {bad} do not split over "
                           f"{platform.hosts} hosts")
     d, f, tp = platform.mesh_shape()
     model = dataclasses.replace(cfg.model, remat=platform.remat, dtype=platform.dtype)
-    train = dataclasses.replace(
-        t, mesh=MeshConfig(data=d, fsdp=f, tensor=tp), und_batch=new["und"], gen_batch=new["gen"],
-        text_batch=new["text"], optim=dataclasses.replace(t.optim, accum_steps=accum))
+    train = dataclasses.replace(train, mesh=MeshConfig(data=d, fsdp=f, tensor=tp),
+                                optim=dataclasses.replace(t.optim, accum_steps=accum))
     out = dataclasses.replace(cfg, model=model, train=train)
     if log is not None:
         changed = "" if new == sizes else (
@@ -235,6 +231,54 @@ def apply_platform(cfg: ExperimentConfig, platform: Platform,
             f"{shards} batch shards x accum {accum}; und:gen:text {new['und']}:{new['gen']}:"
             f"{new['text']}{changed}; remat {platform.remat}, compute {platform.dtype}")
     return out
+
+
+def rounded_task_batches(t, unit: int, who: str, why: str):
+    """``t`` (TrainConfig) with every per-task batch -- the main one and each entry of
+    ``task_batch_schedule`` -- a multiple of ``unit`` rows, same totals and ratios (largest
+    remainder, ``data/mixing.py``). Raises ConfigError naming the numbers when a total is not
+    a multiple of ``unit``."""
+    from janusflow.data.mixing import task_batch_sizes
+
+    def fit(sizes, where):
+        total = sum(sizes)
+        if all(n % unit == 0 for n in sizes):
+            return tuple(sizes)
+        try:
+            got = task_batch_sizes(sizes, total, multiple_of=unit)
+        except ValueError as e:
+            raise ConfigError(f"{who}: cannot split the global batch {total}{where} (und:gen:text "
+                              f"{sizes[0]}:{sizes[1]}:{sizes[2]}) into multiples of {why} = {unit}: "
+                              f"{e}") from None
+        return tuple(got[k] for k in ("und", "gen", "text"))
+
+    main = fit((t.und_batch, t.gen_batch, t.text_batch), "")
+    schedule = tuple((e[0],) + fit(e[1:], f" of the steps before {e[0]}") for e in t.task_batch_schedule)
+    return dataclasses.replace(t, und_batch=main[0], gen_batch=main[1], text_batch=main[2],
+                               task_batch_schedule=schedule)
+
+
+def fit_batches_to_mesh(cfg: ExperimentConfig, batch_shards: int,
+                        log: Optional[Callable[[str], None]] = None) -> ExperimentConfig:
+    """A plain run (no ``--platform``) on a mesh of ``batch_shards`` data x fsdp shards: task
+    batches that do not divide are re-rounded as :func:`apply_platform` does (multiples of
+    ``batch_shards x accum_steps``, same totals and ratios), with one line saying so."""
+    t = cfg.train
+    unit = batch_shards * t.optim.accum_steps
+    new = rounded_task_batches(t, unit, "train", f"{batch_shards} batch shards x "
+                               f"{t.optim.accum_steps} accumulation steps")
+    if new == t:
+        return cfg
+    if log is not None:
+        def show(e):
+            return ":".join(str(n) for n in e)
+        old = [(0, t.und_batch, t.gen_batch, t.text_batch)] + list(t.task_batch_schedule)
+        got = [(0, new.und_batch, new.gen_batch, new.text_batch)] + list(new.task_batch_schedule)
+        changes = "; ".join(f"{show(a[1:])} -> {show(b[1:])}" + (f" (steps < {a[0]})" if a[0] else "")
+                            for a, b in zip(old[1:] + old[:1], got[1:] + got[:1]) if a != b)
+        log(f"train: und:gen:text batches re-rounded to multiples of {unit} ({batch_shards} batch "
+            f"shards x accum {t.optim.accum_steps}), as --platform does: {changes}")
+    return dataclasses.replace(cfg, train=new)
 
 
 def export_env(platform: Platform, environ=None, log: Optional[Callable[[str], None]] = None) -> dict:

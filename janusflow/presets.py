@@ -40,7 +40,8 @@ def tiny(**overrides) -> ModelConfig:
         # SD's VAE scaling factor does for its latents, gives std ~1.3, about the noise's; decoding
         # divides it back out. (Scale 1.5 with t ~ LN(0, 1) scored the same as 4 with LN(-0.5, 1).)
         vae=VAEConfig(kind="pixel", scaling_factor=4.0),
-        image_size=32, repa_layer=2, repa_hidden=64, overrides=overrides)
+        # trained, as the tiny runs were measured with (ModelConfig.beg_of_und_embed)
+        beg_of_und_embed="learned", image_size=32, repa_layer=2, repa_hidden=64, overrides=overrides)
 
 
 def tiny_kl(**overrides) -> ModelConfig:

@@ -79,8 +79,10 @@ def test_1_3b_stage_variants_follow_paper_table_1():
     assert (s1.train.stage, s1.train.steps, s1.train.optim.lr) == (1, 10_000, 1e-4)
     assert (s2.train.steps, s2.train.optim.warmup_steps) == (390_000, 2000)
     assert (s3.train.steps, s3.train.optim.lr, s3.train.optim.warmup_steps) == (26_000, 2e-5, 1000)
-    assert s1.train.und_batch + s1.train.gen_batch + s1.train.text_batch == 512
-    assert s3.train.und_batch + s3.train.gen_batch + s3.train.text_batch == 256
+    # rows whose padded tokens match the paper's 512 (stage 3: 256) sequences of 4096
+    from janusflow.data.step_budget import paper_rows
+    assert s1.train.und_batch + s1.train.gen_batch + s1.train.text_batch == paper_rows(s1, (50, 50, 0), 512)
+    assert s3.train.und_batch + s3.train.gen_batch + s3.train.text_batch == paper_rows(s3, (21, 70, 9), 256)
     assert s1.train.text_batch == 0 and s2.train.gen_batch > s2.train.und_batch > s2.train.text_batch
     assert s1.train.optim.ema_decay == 0.99 and s1.train.optim.b2 == 0.95
     with pytest.raises(ConfigError, match="stage must be 1, 2 or 3"):

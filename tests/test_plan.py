@@ -13,6 +13,7 @@ import pytest
 
 from janusflow.config import ConfigError, MeshConfig
 from janusflow.config_loader import apply_overrides, load_config
+from janusflow.data.mixing import with_task_ratios
 from janusflow.platform import CHIPS, Platform, apply_platform, load_platform, parse_mesh
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,7 +55,8 @@ def test_apply_platform_rerounds_task_split_to_shard_multiples():
     # the 1.3B stage-2 split of 512 at 14:80:6 is 72:409:31; on 32 batch shards without
     # accumulation every task must be a multiple of 32: largest remainder over 16 units gives
     # 2:13:1 units (quotas 2.25, 12.78, 0.97) = 64:416:32
-    cfg = load_config("experiments/janusflow_1_3b.py:stage=2")
+    cfg = with_task_ratios(load_config("experiments/janusflow_1_3b.py:stage=2"), (14, 80, 6), 512)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, task_batch_schedule=()))
     assert (cfg.train.und_batch, cfg.train.gen_batch, cfg.train.text_batch) == (72, 409, 31)
     out = apply_platform(cfg, _platform(devices=32, mesh=MeshConfig(data=1, fsdp=32), micro_batch=16))
     assert out.train.optim.accum_steps == 1
@@ -86,21 +88,25 @@ def test_platform_files_load_and_fit_the_paper_batch(path):
     assert d * f * t == p.devices
     assert p.chip in CHIPS and p.devices % p.hosts == 0
     assert all(isinstance(v, str) and v.startswith("--") for v in p.env.values())
-    cfg = apply_platform(load_config("experiments/janusflow_1_3b.py:stage=2"), p)
-    tr = cfg.train
-    assert tr.und_batch + tr.gen_batch + tr.text_batch == 512
-    assert p.micro_batch * p.batch_shards * tr.optim.accum_steps == 512
+    base = load_config("experiments/janusflow_1_3b.py:stage=2")
+    cfg = apply_platform(base, p)
+    tr, total = cfg.train, base.train.und_batch + base.train.gen_batch + base.train.text_batch
+    assert tr.und_batch + tr.gen_batch + tr.text_batch == total
+    assert p.micro_batch * p.batch_shards * tr.optim.accum_steps == total
+    # the first 10k steps' 30:50:20 rows split over the same shards x accumulation
+    unit = p.batch_shards * tr.optim.accum_steps
+    assert all(n % unit == 0 for n in tr.task_batch_schedule[0][1:])
 
 
 def test_named_platforms_have_the_documented_device_counts():
     counts = {p.stem: load_platform(str(p)).devices for p in PLATFORM_FILES}
     assert counts == {"v4_8": 4, "v5e_16": 16, "v5p_64": 32, "gpu_8": 8}
     # v5p-64 counts TensorCores: 32 chips on 8 hosts; stage 3 (batch 256) needs micro-batch 8
-    with pytest.raises(ConfigError, match="global batch 256"):
+    with pytest.raises(ConfigError, match="global batch 768"):
         apply_platform(load_config("experiments/janusflow_1_3b.py:stage=3"), load_platform("v5p_64"))
     p = load_platform("v5p_64:micro_batch=8,data=2,fsdp=16")
     assert (p.micro_batch, p.mesh_shape()) == (8, (2, 16, 1))
-    assert apply_platform(load_config("experiments/janusflow_1_3b.py:stage=3"), p).train.optim.accum_steps == 1
+    assert apply_platform(load_config("experiments/janusflow_1_3b.py:stage=3"), p).train.optim.accum_steps == 3
     with pytest.raises(ConfigError, match="unknown key"):
         load_platform("v5p_64:microbatch=8")
 
@@ -162,11 +168,12 @@ def test_abstract_batch_follows_the_pipeline_shapes():
     b = abstract_batch(cfg)
     d, m = cfg.data, cfg.model
     und_len = 2 + m.num_und_tokens + d.und_text_len
-    assert b["und"]["ids"].shape == (72, und_len) and b["und"]["pixels"].shape == (72, 384, 384, 3)
+    nu, ng, nt = cfg.train.und_batch, cfg.train.gen_batch, cfg.train.text_batch
+    assert b["und"]["ids"].shape == (nu, und_len) and b["und"]["pixels"].shape == (nu, 384, 384, 3)
     assert "vae_images" not in b["und"]                          # only the gen-encoder ablations
-    assert b["gen"]["prompt_ids"].shape == (409, d.prompt_len)
-    assert b["gen"]["repa_pixels"].shape == (409, 384, 384, 3)
-    assert b["text"]["ids"].shape == (31, d.text_len)
+    assert b["gen"]["prompt_ids"].shape == (ng, d.prompt_len)
+    assert b["gen"]["repa_pixels"].shape == (ng, 384, 384, 3)
+    assert b["text"]["ids"].shape == (nt, d.text_len)
 
 
 def test_plan_fsdp_shards_the_arguments():
@@ -209,6 +216,8 @@ def test_plan_cli_tiny_on_8_simulated_devices(tmp_path):
     t = res["time"]
     assert t["step_s"] == pytest.approx(res["model_flops_per_step"] / (8 * 459e12 * 0.5))
     assert "per-device memory" in r.stdout and "estimate of TPU/GPU memory" in r.stdout
+    # examples and tokens per step beside the paper's
+    assert "24 examples/step (und 8 x" in r.stdout and "x the paper's 512 x 4096" in r.stdout
 
 
 def test_plan_refuses_a_wrong_device_count():

@@ -7,7 +7,7 @@ TensorCores form one megacore JAX device, so v5p-64 is 32 chips / 32 devices, to
 
 Plan: FSDP over all 32 chips; 95 GB leaves room to save the projections' outputs
 (remat "dots") instead of recomputing the whole block. Batch 512 = 16 x 32 x 1 (no
-accumulation). Stage 3 (batch 256) needs ``--platform tpu_configs/v5p_64.py:micro_batch=8``.
+accumulation). Stage 3 (768 rows) needs ``--platform tpu_configs/v5p_64.py:micro_batch=8``.
 """
 
 from janusflow.config import MeshConfig

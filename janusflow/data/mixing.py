@@ -61,6 +61,39 @@ def with_task_ratios(cfg, ratios, global_batch: int, multiple_of: int = 1):
     return dataclasses.replace(cfg, train=train)
 
 
+def task_batches_at(train, step: int) -> dict:
+    """Global per-task batch sizes of step ``step`` under ``train.task_batch_schedule``
+    (``((end_step, und, gen, text), ...)``: steps before ``end_step`` use that entry, the first
+    that applies; steps past every entry use ``train.{und,gen,text}_batch``)."""
+    for end, *sizes in getattr(train, "task_batch_schedule", ()):
+        if step < end:
+            return dict(zip(TASKS, sizes))
+    return {"und": train.und_batch, "gen": train.gen_batch, "text": train.text_batch}
+
+
+def batch_phases(train) -> list:
+    """``[(first_step, end_step, sizes)]`` of the run: the schedule's entries, then the main
+    sizes up to ``train.steps``. Each phase is one compiled step variant."""
+    out, start = [], 0
+    for end, *sizes in getattr(train, "task_batch_schedule", ()):
+        if end > start:
+            out.append((start, min(end, train.steps), dict(zip(TASKS, sizes))))
+            start = end
+    if start < train.steps:
+        out.append((start, train.steps, task_batches_at(train, train.steps)))
+    return out
+
+
+def with_ratio_schedule(cfg, schedule, multiple_of: int = 1):
+    """``cfg`` whose first steps use other task ratios: ``schedule`` is ``((end_step, ratios,
+    global_batch), ...)`` (e.g. paper stage 2: ``((10_000, (30, 50, 20), 512),)``), each turned
+    into per-task sizes as :func:`with_task_ratios` does. The step is compiled once per
+    distinct size (no recompiling inside a phase); optimizer, warm-up and EMA run on across."""
+    entries = tuple((int(end),) + tuple(task_batch_sizes(r, rows, multiple_of)[t] for t in TASKS)
+                    for end, r, rows in schedule)
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, task_batch_schedule=entries))
+
+
 class MixedIterator:
     """Pulls fixed-size task batches from per-task example iterators (grain iterators yielding
     processed examples or ``{"_skip": reason}`` markers) and stacks them into the step's dict.
@@ -116,6 +149,14 @@ class MixedIterator:
                 batch[task] = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
         self.steps += 1
         return batch
+
+    def set_batch_sizes(self, sizes: dict) -> None:
+        """Per-task rows of the next batches (a ratio schedule's phase change; the streams'
+        positions are unaffected, so a resumed run sees the same examples)."""
+        for t, n in sizes.items():
+            if n and t not in self._its:
+                raise ValueError(f"batch size {n} for {t!r} but no {t} source is open")
+        self.batch_sizes = {t: int(sizes.get(t, 0)) for t in TASKS}
 
     def close(self) -> None:
         """Stop worker processes / threads (``DataConfig.workers``); also on ``with`` exit."""

@@ -29,10 +29,10 @@ from janusflow.data import preprocess as pp
 from janusflow.data.latents import FEATURE as LATENTS_FEATURE
 from janusflow.data.latents import check_source as check_latents_source
 from janusflow.data.latents import latent_shape
-from janusflow.data.mixing import TASKS, MixedIterator
+from janusflow.data.mixing import TASKS, MixedIterator, batch_phases, task_batches_at
 from janusflow.data.sources import (SourceConfig, as_text, as_text_list, get_field, open_source,
                                     task_dataset)
-from janusflow.data.tokenizer import Tokenizer, conversation_example, generation_prompt_ids
+from janusflow.data.tokenizer import SYSTEM_PROMPT, Tokenizer, conversation_example, generation_prompt_ids
 
 SHAPES_32 = "janusflow_shapes/32px"
 
@@ -46,8 +46,12 @@ class DataConfig:
     und_text_len: int = 64          # und row length = 2 + num_und_tokens + und_text_len
     prompt_len: int = 64            # generation prompt ids (BOS ... "Assistant:")
     text_len: int = 128
-    max_turns: int = 1              # QA turns per understanding example (0: all)
-    system_prompt: str = ""         # tokenizer.SYSTEM_PROMPT reproduces the official und prompt
+    # QA turns per understanding example (0: the whole conversation; turns that do not fit
+    # und_text_len are dropped whole, so every kept answer is complete and in the loss)
+    max_turns: int = 0
+    # before every understanding conversation, as the official processor does and as chat and
+    # evaluation prompt by default: train with the prompt the model is evaluated with
+    system_prompt: str = SYSTEM_PROMPT
     seed: int = 0
     shuffle: bool = True
     num_threads: int = 2            # grain threads decoding + preprocessing per process
@@ -92,6 +96,15 @@ def _pad(a, length, value, left=False):
     return np.concatenate([pad, a] if left else [a, pad])
 
 
+def whole_turns_end(loss_mask, length: int) -> int:
+    """End (exclusive) of the last answer that ends within ``length`` tokens: cutting there
+    keeps whole turns only. 0 when not even the first answer fits."""
+    m = np.asarray(loss_mask, bool)
+    ends = np.flatnonzero(m & ~np.append(m[1:], False)) + 1     # one past each answer's <eos>
+    ends = ends[ends <= length]
+    return int(ends[-1]) if len(ends) else 0
+
+
 @dataclasses.dataclass
 class UndProcessor(_Processor):
     tok: Tokenizer
@@ -100,8 +113,8 @@ class UndProcessor(_Processor):
     num_image_tokens: int
     siglip: tuple            # (size, mean, std) or None
     vae_size: int | None
-    max_turns: int = 1
-    system_prompt: str = ""
+    max_turns: int = 0
+    system_prompt: str = SYSTEM_PROMPT
 
     def process(self, record, rng, flags):
         img = pp.decode_image(get_field(record, self.keys.image), flags)
@@ -115,6 +128,11 @@ class UndProcessor(_Processor):
             turns = [turns[i] for i in keep]
         ids, image_mask, loss_mask = conversation_example(self.tok, turns, self.num_image_tokens,
                                                           self.system_prompt)
+        if len(ids) > self.length:
+            keep = whole_turns_end(loss_mask, self.length)
+            if keep:                                      # the turns that fit, each whole
+                ids, image_mask, loss_mask = ids[:keep], image_mask[:keep], loss_mask[:keep]
+                flags.append("turns_dropped")
         if len(ids) > self.length:
             if int(np.argmax(loss_mask)) >= self.length:
                 raise pp.BadExample("too_long")           # not one answer token would fit
@@ -247,9 +265,16 @@ def _outputs(cfg, data: DataConfig):
             "und_vae": m.image_size if und_vae else None, "repa": sig if use_repa else None}
 
 
+def und_row_len(cfg, data: DataConfig | None = None) -> int:
+    """Tokens of an understanding row: BOS, the image block and ``und_text_len`` text tokens
+    (system prompt, questions, answers), at most ``seq_len``."""
+    data = cfg.data if data is None else data
+    return min(cfg.seq_len, 2 + cfg.model.num_und_tokens + data.und_text_len)
+
+
 def processors(cfg, data: DataConfig, tok: Tokenizer) -> dict:
     m, o = cfg.model, _outputs(cfg, data)
-    und_len = min(cfg.seq_len, 2 + m.num_und_tokens + data.und_text_len)
+    und_len = und_row_len(cfg, data)
     if und_len < m.num_und_tokens + 8:
         raise ValueError(f"understanding rows of {und_len} tokens (seq_len {cfg.seq_len}) cannot hold "
                          f"the {m.num_und_tokens + 2} image slots and a question/answer")
@@ -265,13 +290,16 @@ def processors(cfg, data: DataConfig, tok: Tokenizer) -> dict:
             "text": TextProcessor(tok, data.text, data.text_len)}
 
 
-def per_process_batch_sizes(cfg, process_count: int) -> dict:
-    m, t = cfg.model, cfg.train
-    sizes = {"und": t.und_batch if m.und_encoder != "none" else 0,
-             "gen": t.gen_batch if m.gen_enabled else 0, "text": t.text_batch}
+def per_process_batch_sizes(cfg, process_count: int, step: int = 0) -> dict:
+    """This process's rows per task at ``step`` (``train.task_batch_schedule`` applies)."""
+    m = cfg.model
+    g = task_batches_at(cfg.train, step)
+    sizes = {"und": g["und"] if m.und_encoder != "none" else 0,
+             "gen": g["gen"] if m.gen_enabled else 0, "text": g["text"]}
     for k, v in sizes.items():
         if v % process_count:
-            raise ValueError(f"train.{k}_batch={v} is not divisible by the {process_count} processes")
+            raise ValueError(f"train.{k}_batch={v} (step {step}) is not divisible by the "
+                             f"{process_count} processes")
     return {k: v // process_count for k, v in sizes.items()}
 
 
@@ -298,10 +326,13 @@ def make_pipeline(cfg, data: DataConfig = DataConfig(), tokenizer: Tokenizer | N
     if tok.vocab_size > cfg.model.llm.vocab_size:
         raise ValueError(f"tokenizer has {tok.vocab_size} tokens > model vocab_size {cfg.model.llm.vocab_size}")
     sizes = per_process_batch_sizes(cfg, process_count)
+    # a stream is opened when any phase of the ratio schedule reads it
+    needed = {t for start, _, _ in batch_phases(cfg.train)
+              for t, n in per_process_batch_sizes(cfg, process_count, start).items() if n}
     procs = processors(cfg, data, tok)
     iters = {}
     for k, task in enumerate(TASKS):
-        if not sizes[task]:
+        if task not in needed:
             continue
         src_cfg = getattr(data, task)
         if not src_cfg.enabled:

@@ -23,7 +23,7 @@ from flax import nnx
 
 from janusflow.config import ModelConfig
 from janusflow.models.gen_codec import GenDecoder, GenEncoder
-from janusflow.models.layers import Linear, RMSNorm, normal, param
+from janusflow.models.layers import Linear, RMSNorm, normal, param, zeros
 from janusflow.models.llm import LLM, KVCache
 from janusflow.models.repa_projector import RepaProjector
 from janusflow.models.siglip import SiglipVisionTower
@@ -64,8 +64,10 @@ class JanusFlow(nnx.Module):
         self.und_aligner = opt(cfg.und_encoder in ("siglip", "separate_gen"), lambda: Linear(
             und_in, d, axes=("vit_embed" if cfg.und_encoder == "siglip" else "conv_out", "embed"),
             rngs=rngs, dtype=dt))
-        self.beg_of_und_embed = opt(cfg.und_encoder != "none",
-                                    lambda: param(rngs, normal(0.02), (d,), ("embed",)))
+        # "official": zeros and no gradient, as the released module initialises and detaches it
+        # (config.py, ModelConfig.beg_of_und_embed); "learned": a trained vector.
+        self.beg_of_und_embed = opt(cfg.und_encoder != "none", lambda: param(
+            rngs, zeros if cfg.beg_of_und_embed == "official" else normal(0.02), (d,), ("embed",)))
         needs_gen_encoder = cfg.gen_enabled or cfg.und_encoder == "shared_gen"
         self.gen_encoder = opt(needs_gen_encoder, lambda: GenEncoder(
             gc, latent_channels=lat, hidden_size=d, rngs=rngs, dtype=dt))
@@ -104,7 +106,10 @@ class JanusFlow(nnx.Module):
             else:
                 x, _ = self.und_gen_encoder(und_latents, t)
                 emb = self.und_aligner(x.reshape(x.shape[0], -1, x.shape[-1]))
-        beg = jnp.broadcast_to(self.beg_of_und_embed[...].astype(emb.dtype), (emb.shape[0], 1, emb.shape[-1]))
+        beg = self.beg_of_und_embed[...]
+        if cfg.beg_of_und_embed == "official":
+            beg = jax.lax.stop_gradient(beg)
+        beg = jnp.broadcast_to(beg.astype(emb.dtype), (emb.shape[0], 1, emb.shape[-1]))
         return jnp.concatenate([beg, emb], axis=1)
 
     def understanding_embeds(self, ids, image_mask, und_pixels=None, und_latents=None):

@@ -3,6 +3,8 @@ restorable position (``get_state``/``set_state``) so resumed runs continue exact
 
 from __future__ import annotations
 
+import dataclasses
+
 from janusflow.config import ExperimentConfig
 from janusflow.train.synthetic import synthetic_batch
 
@@ -20,6 +22,11 @@ class SyntheticIterator:
         batch = synthetic_batch(self.cfg, seed=self.cfg.train.seed * 1_000_003 + self.position)
         self.position += 1
         return batch
+
+    def set_batch_sizes(self, sizes: dict) -> None:
+        t = dataclasses.replace(self.cfg.train, und_batch=sizes["und"], gen_batch=sizes["gen"],
+                                text_batch=sizes["text"], task_batch_schedule=())
+        self.cfg = dataclasses.replace(self.cfg, train=t)
 
     def get_state(self) -> dict:
         return {"position": self.position}

@@ -27,8 +27,11 @@ from janusflow import flops, paths, perf
 from janusflow.checkpoint.manager import (Checkpointer, UnrestorableCheckpointsError, check_workdir,
                                           meta_for)
 from janusflow.config import ExperimentConfig
+from janusflow.data.mixing import batch_phases, task_batches_at
+from janusflow.data.pipeline import per_process_batch_sizes
 from janusflow.parallel.mesh import make_mesh, maybe_initialize_distributed
 from janusflow.parallel.rules import batch_sharding
+from janusflow.platform import fit_batches_to_mesh
 from janusflow.train import metrics as metrics_lib
 from janusflow.train.state import TrainState, make_init, merge_model, state_from_model, state_shardings
 from janusflow.train import workdir as workdir_lib
@@ -138,6 +141,11 @@ def run_tokenizer(cfg: ExperimentConfig):
     return load_tokenizer(cfg.data, cfg.model)
 
 
+def batch_rows(batch) -> dict:
+    """Rows per task sub-batch (what tells one compiled step variant from another)."""
+    return {task: next(iter(b.values())).shape[0] for task, b in batch.items()}
+
+
 _COMPILED: dict = {}
 
 
@@ -187,6 +195,9 @@ def _restore_or_start_over(ckpt: Checkpointer, target, meta, workdir: str, keep:
 def _train(cfg: ExperimentConfig, workdir: str, manifest, *, data_iter, log, stop_at, devices, start_over):
     t = cfg.train
     mesh = make_mesh(t.mesh, devices=devices)
+    # task batches that do not divide over the mesh: re-rounded as --platform does, said once
+    cfg = fit_batches_to_mesh(cfg, mesh.shape["data"] * mesh.shape["fsdp"], log=log)
+    t = cfg.train
     parts, abstract, shardings = state_shardings(cfg, mesh)
     meta = meta_for(cfg, abstract)
     ckpt = Checkpointer(paths.join(workdir, "checkpoints"), keep=t.keep_checkpoints)
@@ -213,6 +224,14 @@ def _train(cfg: ExperimentConfig, workdir: str, manifest, *, data_iter, log, sto
         start = 0
         log(f"initialised a new {cfg.name} model (stage {t.stage})")
 
+    # The ratio schedule's phases (train.task_batch_schedule): one compiled step per phase,
+    # all on the same state, so AdamW moments, the warm-up position and the EMA run on.
+    set_sizes = getattr(data_iter, "set_batch_sizes", None)
+    phase_sizes = lambda s: per_process_batch_sizes(cfg, jax.process_count(), s)  # noqa: E731
+    if set_sizes is not None:
+        set_sizes(phase_sizes(start))
+    elif len(batch_phases(t)) > 1:
+        raise ValueError("train.task_batch_schedule needs a data iterator with set_batch_sizes()")
     first = to_global(next(data_iter), mesh)
     step_fn = _compiled_step(cfg, parts, shardings, mesh, first)
     peak, peak_src = perf.peak_flops_per_device()
@@ -248,7 +267,15 @@ def _train(cfg: ExperimentConfig, workdir: str, manifest, *, data_iter, log, sto
                     log(f"received signal {sig.received}: saved step {done} and stopping")
                     break
                 if done < end:
+                    if set_sizes is not None and phase_sizes(done) != phase_sizes(step):
+                        set_sizes(phase_sizes(done))
+                        log(f"step {done}: task batches und:gen:text now "
+                            + ":".join(str(n) for n in task_batches_at(t, done).values()))
                     batch = to_global(next(data_iter), mesh)
+                    if batch_rows(batch) != batch_rows(first):  # a new phase: its own compiled step
+                        first = batch
+                        step_fn = _compiled_step(cfg, parts, shardings, mesh, first)
+                        step_flops = flops.train_step_flops(cfg, first)["total"]
         ckpt.wait()
         if int(jax.device_get(state.step)) >= t.steps:
             save_final_model(cfg, parts, state, workdir, log, manifest)

@@ -142,7 +142,9 @@ def evaluate(cfg: ExperimentConfig, model_dir: str, outdir: str, log, denoise_pn
         try:
             from janusflow.eval.understanding import model_answer_fn, understanding_accuracy
             # The gen-encoder ablations (B, C) see images through the VAE.
-            fn = model_answer_fn(model, mcfg, tok, vae=vae if mcfg.und_encoder != "siglip" else None)
+            # asked with the system prompt the model was trained with
+            fn = model_answer_fn(model, mcfg, tok, vae=vae if mcfg.und_encoder != "siglip" else None,
+                                 system_prompt=cfg.data.system_prompt)
             out["understanding"] = understanding_accuracy(fn, r.eval_questions, seed=0)
         except Exception as e:  # reported, not fatal: one broken evaluation must not lose the other
             out["understanding_error"] = f"{type(e).__name__}: {e}"

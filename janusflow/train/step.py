@@ -17,7 +17,9 @@ latents``) give the same loss as encoding in the step, without the encoder's FLO
 TFLOP per 384 px image for the SDXL-VAE, more than the rest of a 2-layer model's step).
 ``loss_mask`` marks tokens to be predicted (answer tokens). Losses: L_AR (mean over all
 predicted tokens of und + text), L_RF and L_REPA (means over generation examples); the total
-is their weighted sum. Every term is reported separately.
+is their weighted sum, each task's mean counted once (``loss.task_weighting="task"``, the
+default), or each weighted by its share of the batch's examples (``"example"``: every example
+weighs the same whatever its task; the paper states neither). Every term is reported separately.
 """
 
 from __future__ import annotations
@@ -65,7 +67,8 @@ def _global_counts(batch, loss_cfg):
             _, m = ar.shift_targets(batch[task]["ids"], batch[task]["loss_mask"])
             ar_count += jnp.sum(m, dtype=jnp.float32)
     n_gen = jnp.asarray(gen_batch_size(batch["gen"]) if "gen" in batch else 0, jnp.float32)
-    return {"ar": ar_count, "rf": n_gen, "repa": n_gen}
+    n_ar = jnp.asarray(sum(batch[t]["ids"].shape[0] for t in ("und", "text") if t in batch), jnp.float32)
+    return {"ar": ar_count, "rf": n_gen, "repa": n_gen, "ar_rows": n_ar}
 
 
 def sample_noise(key, batch, cfg: ExperimentConfig):
@@ -120,8 +123,20 @@ def loss_sums(model, vae, batch, noise, cfg: ExperimentConfig):
     return sums
 
 
-def _weighted_total(sums, counts, lc):
+def task_weights(counts, lc) -> dict:
+    """Multiplier of each term's mean in the total (``LossConfig.task_weighting``): 1 each for
+    "task"; for "example", the share of the batch's examples the term's task holds (AR: und +
+    text rows; RF and REPA: generation rows)."""
     w = {"ar": lc.ar_weight, "rf": lc.rf_weight, "repa": lc.repa_weight}
+    if lc.task_weighting == "task":
+        return w
+    rows = jnp.maximum(counts["ar_rows"] + counts["rf"], 1.0)
+    share = {"ar": counts["ar_rows"] / rows, "rf": counts["rf"] / rows, "repa": counts["rf"] / rows}
+    return {k: w[k] * share[k] for k in TERMS}
+
+
+def _weighted_total(sums, counts, lc):
+    w = task_weights(counts, lc)
     return sum(w[k] * ar.safe_mean(sums[k], counts[k]) for k in TERMS)
 
 
