@@ -138,7 +138,7 @@ def test_train_cli_applies_platform(tmp_path, monkeypatch):
         "                    env={'JANUSFLOW_TEST_PLATFORM_FLAG': '--x=1'})\n")
     seen = {}
     import janusflow.train.loop as loop
-    monkeypatch.setattr(loop, "train", lambda cfg, workdir: seen.update(cfg=cfg, workdir=workdir))
+    monkeypatch.setattr(loop, "train", lambda cfg, workdir, **kw: seen.update(cfg=cfg, workdir=workdir))
     monkeypatch.delenv("JANUSFLOW_TEST_PLATFORM_FLAG", raising=False)
     from janusflow import cli
     rc = cli.main(["train", "--config", "tiny", "--set", "train.und_batch=16", "--set", "train.gen_batch=16",
