@@ -11,8 +11,10 @@ clipping 1.0, EMA 0.99, constant lr after warm-up, sequences of 4096.
   janusflow train --config experiments/janusflow_1_3b.py:stage=3 --workdir .../s3 \
       --set train.init_from=.../s2
 
-Data sources (``data.und/gen/text``) must be set to the user's TFDS datasets; the default
-names the built-in shapes dataset only so the file loads anywhere.
+Data sources (``data.und/gen/text``) must be named (``--set data.gen.name=...``, the user's
+TFDS datasets): they are left empty, so a run that names none stops with an error instead of
+training the 1.3B model on the toy shapes. So must the VAE: ``--vae DIR`` (the SDXL-VAE) or
+``data.gen.latents=true`` (``janusflow data latents``).
 """
 
 import dataclasses
@@ -43,8 +45,6 @@ def get_config(arg=None):
                         optim=OptimConfig(lr=lr, warmup_steps=warmup, b1=0.9, b2=0.95, weight_decay=0.0,
                                           grad_clip=1.0, ema_decay=0.99))
     cfg = ExperimentConfig(name=f"janusflow_1_3b_stage{stage}", model=janusflow_1_3b(), seq_len=4096,
-                           train=train, data=DataConfig(und=SourceConfig(name="janusflow_shapes/384px"),
-                                                        gen=SourceConfig(name="janusflow_shapes/384px"),
-                                                        text=SourceConfig(name="janusflow_shapes/384px",
-                                                                          text="description")))
+                           train=train, data=DataConfig(und=SourceConfig(), gen=SourceConfig(),
+                                                        text=SourceConfig()))   # named by the user
     return with_task_ratios(cfg, ratios, batch)

@@ -187,6 +187,9 @@ class ModelConfig:
     param_dtype: str = "float32"
     remat: str = "none"                     # activation checkpointing: "none" | "block" | "dots"
     attention_impl: str = "xla"             # passed to jax.nn.dot_product_attention
+    # Training refuses to pass images through a randomly initialised KL VAE (train.vae_from
+    # names the pretrained one) unless this says a random VAE is intended (tiny test models).
+    vae_random_ok: bool = False
 
     def __post_init__(self):
         _check(self.und_encoder in UND_ENCODERS, "ModelConfig.und_encoder",
@@ -313,6 +316,8 @@ class TrainConfig:
     ckpt_every: int = 500
     keep_checkpoints: int = 3
     init_from: str = ""                     # model checkpoint (native or HF dir) or a previous stage's workdir
+    vae_from: str = ""                      # diffusers AutoencoderKL dir (the SDXL-VAE) loaded into the state
+    vae_dtype: str = "float32"              # compute dtype of the frozen VAE: "float32" | "bfloat16"
 
     def __post_init__(self):
         _positive(self, "log_every", "ckpt_every", "keep_checkpoints")
@@ -321,6 +326,7 @@ class TrainConfig:
         for n in ("und_batch", "gen_batch", "text_batch"):
             _check(isinstance(getattr(self, n), int) and getattr(self, n) >= 0, f"TrainConfig.{n}", "must be an int >= 0")
         _check(self.und_batch + self.gen_batch + self.text_batch > 0, "TrainConfig.*_batch", "all zero")
+        _check(self.vae_dtype in ("float32", "bfloat16"), "TrainConfig.vae_dtype", f"got {self.vae_dtype!r}")
 
 
 @dataclass(frozen=True)

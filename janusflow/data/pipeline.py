@@ -305,7 +305,9 @@ def make_pipeline(cfg, data: DataConfig = DataConfig(), tokenizer: Tokenizer | N
             continue
         src_cfg = getattr(data, task)
         if not src_cfg.enabled:
-            raise ValueError(f"train.{task}_batch > 0 but DataConfig.{task} names no dataset")
+            from janusflow.config import ConfigError   # not at the top: config.py imports this module
+            raise ConfigError(f"data.{task}.name is empty but train.{task}_batch={getattr(cfg.train, task + '_batch')}: "
+                              f"name the dataset (--set data.{task}.name=NAME_OR_DIR)")
         if src_cfg.latents:
             check_latents_source(src_cfg, cfg.model)   # VAE config + latent shape == the model's
         source = open_source(src_cfg, src_cfg.image if task != "text" else None)
