@@ -12,6 +12,7 @@ writes the JSON/metrics files.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 from typing import Callable, Optional
@@ -29,7 +30,7 @@ from janusflow.train.prefetch import DevicePrefetcher
 from janusflow.train.state import (TrainState, make_init, merge_model, place_vae, random_vae_params,
                                    state_from_model, state_shardings)
 from janusflow.train.step import check_finite_steps, jit_train_step
-from janusflow.train.vae_source import config_diff, initial_vae
+from janusflow.train.vae_source import check_vae_source, config_diff, initial_vae
 
 
 class _Signals:
@@ -53,6 +54,18 @@ class _Signals:
     def __exit__(self, *exc):
         for sig, old in self._old.items():
             signal.signal(sig, old)
+
+
+@contextlib.contextmanager
+def _closed_on_error(*closables):
+    """Close (for the checkpointer: finish the saves already started, so the newest good
+    checkpoint lands) before an error, e.g. a non-finite step, leaves the loop."""
+    try:
+        yield
+    except BaseException:
+        for c in closables:
+            c.close()
+        raise
 
 
 def to_global(batch, mesh):
@@ -138,7 +151,12 @@ def train(cfg: ExperimentConfig, workdir: str, *, data_iter=None, log: Callable 
     ``stop_at``: stop after this global step; ``devices``: a subset of devices for the mesh
     (tests); default all. Returns the last metrics."""
     t = cfg.train
-    init_distributed()  # first: jax.distributed.initialize must precede any other jax call
+    # refusals that need no jax and touch no workdir first
+    check_vae_source(cfg)
+    if data_iter is None and not cfg.synthetic_data:
+        from janusflow.data.pipeline import check_sources_named
+        check_sources_named(cfg)
+    init_distributed()  # before any other jax call: jax.distributed.initialize must come first
     check_workdir(workdir)
     mesh = make_mesh(t.mesh, devices=devices)
     parts, abstract, shardings = state_shardings(cfg, mesh)
@@ -187,7 +205,7 @@ def train(cfg: ExperimentConfig, workdir: str, *, data_iter=None, log: Callable 
     # the device; every pending step's flag is checked before anything is logged or saved.
     pending: list = []
     t_mark = time.perf_counter()
-    with _Signals() as sig:
+    with _Signals() as sig, _closed_on_error(ckpt, writer):
         for step in range(start, end):
             batch, data_after = next(batches)
             state, m = step_fn(state, batch)
