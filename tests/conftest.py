@@ -4,3 +4,8 @@ import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+def pytest_configure(config):
+    # registered, not deselected: slow tests run by default (`-m "not slow"` skips them)
+    config.addinivalue_line("markers", "slow: takes more than ~30 s (e.g. several training processes)")
