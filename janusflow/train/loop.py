@@ -5,6 +5,12 @@ Resuming is automatic: the newest restorable checkpoint in the workdir is used (
 data-iterator position), so a killed run restarted with the same command reproduces an
 uninterrupted one exactly.
 
+The loop does not wait for the devices each step: the next batches are placed on the devices
+while a step runs (``train/prefetch.py``), and metrics -- with the step's finiteness flag,
+decided on the device, where a non-finite step skips its update -- are fetched every
+``log_every`` steps and before every checkpoint, so a non-finite step is still named exactly
+and never checkpointed past.
+
 The workdir may be local or a ``gs://`` URL (``janusflow/paths.py``); on a multi-host run every
 process runs this same function: orbax coordinates the checkpoint writes, and only process 0
 writes the JSON/metrics files.
