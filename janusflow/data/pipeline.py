@@ -281,8 +281,8 @@ def check_sources_named(cfg, data: DataConfig | None = None) -> None:
     for task, n in per_process_batch_sizes(cfg, 1).items():
         if n and not getattr(data, task).enabled:
             from janusflow.config import ConfigError   # not at the top: config.py imports this module
-            raise ConfigError(f"data.{task}.name is empty but train.{task}_batch={n}: name the dataset "
-                              f"(--set data.{task}.name=NAME_OR_DIR)")
+            raise ConfigError(f"data.{task}.name is empty: train.{task}_batch={n} but data.{task} names no "
+                              f"dataset (--set data.{task}.name=NAME_OR_DIR)")
 
 
 def _check_fields(task, source, keys: SourceConfig):
