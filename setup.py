@@ -5,6 +5,9 @@ setup(
     version="0.1.0",
     description="JanusFlow (arXiv 2411.07975) in JAX/Flax NNX: training, sampling, evaluation",
     packages=find_packages(include=["janusflow", "janusflow.*"]),
+    # the official GenEval prompt list (MIT, with its LICENSE): the default completeness check
+    package_data={"janusflow.eval": ["geneval_data/*.jsonl", "geneval_data/*.txt",
+                                     "geneval_data/LICENSE", "geneval_data/README.md"]},
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.10",

@@ -118,17 +118,21 @@ def cmd_convert(args) -> int:
         if args.to_hf and os.path.isdir(args.out) and os.listdir(args.out):
             raise FileExistsError(f"--out {args.out} is not empty; choose a new directory")
         if args.from_hf:
+            if not os.path.isdir(args.from_hf):
+                raise FileNotFoundError(f"--from-hf {args.from_hf}: no such directory")
+            tok = _dir_tokenizer(args.from_hf)     # a bad tokenizer.json fails before the long read
             say(f"reading {args.from_hf} ({args.dtype or 'float32'})")
             model, cfg = hf.load_janusflow_hf(args.from_hf, args.dtype or "float32",
                                               progress=progress, log=say)
             say(f"writing {args.out}")
-            path = model_io.save_model(args.out, model, cfg, _dir_tokenizer(args.from_hf))
+            path = model_io.save_model(args.out, model, cfg, tok)
         else:
-            say(f"reading {args.to_hf}")
-            model, cfg = model_io.load_model(args.to_hf, args.dtype, progress=progress, log=say)
+            src = model_io.resolve_checkpoint(args.to_hf, say)
+            tok = _dir_tokenizer(src)
+            say(f"reading {src}")
+            model, cfg = model_io.load_model(src, args.dtype, progress=progress, log=say)
             say(f"writing {args.out}")
             hf.export_janusflow_hf(model, cfg, args.out, progress=progress)
-            tok = _dir_tokenizer(args.to_hf)
             for name, body in (tok.files().items() if tok is not None else ()):
                 with open(os.path.join(args.out, name), "w", encoding="utf-8") as f:
                     f.write(body)
@@ -153,6 +157,7 @@ def cmd_sample(args) -> int:
             raise ValueError("give text prompts (--prompt/--prompts-file) or --prompt-ids, not both")
         if not texts and not args.prompt_ids:
             raise ValueError("no prompt: give --prompt, --prompts-file or --prompt-ids")
+        args.checkpoint = model_io.resolve_checkpoint(args.checkpoint, lambda m: print(m, file=sys.stderr))
         tok = run.load_tokenizer(args.checkpoint, args.tokenizer) if texts else None
         model, cfg = model_io.load_model(args.checkpoint, args.dtype)
         if args.compute_dtype:
@@ -168,7 +173,8 @@ def cmd_sample(args) -> int:
             cfg_weight=args.cfg, steps=args.steps, seed=args.seed, solver=args.solver,
             save_latents=args.save_latents, batch_size=args.batch_size, mesh=run.default_mesh(),
             pad_id=tok.pad_id if tok is not None else 0, grid_max=args.grid_max,
-            progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
+            progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr),
+            model_id=run.model_identity(args.checkpoint, dtype=args.dtype, compute_dtype=args.compute_dtype))
     except (CheckpointMismatch, FileNotFoundError, ValueError) as e:
         print(f"janusflow sample: error: {e}", file=sys.stderr)
         return 1
@@ -186,6 +192,7 @@ def cmd_chat(args) -> int:
         if not args.question.strip():
             raise ValueError("--question is empty")
         image = load_image(args.image)
+        args.checkpoint = model_io.resolve_checkpoint(args.checkpoint, lambda m: print(m, file=sys.stderr))
         tok = run.load_tokenizer(args.checkpoint, args.tokenizer)
         model, cfg = model_io.load_model(args.checkpoint, args.dtype)
         vae = (run.load_vae_for(cfg, args.checkpoint, args.vae, args.dtype)
@@ -209,22 +216,28 @@ def cmd_bench_sample(args) -> int:
 
 def cmd_data(args) -> int:
     from janusflow.data import build, shapes_tfds
+    from janusflow.data.preprocess import MAX_PIXELS
     try:
         if args.data_command == "shapes":
+            if args.train is None and args.validation is not None:
+                raise ValueError("--validation needs --train (a custom size of both splits)")
+            if args.train is not None and not (args.config.endswith("px") and args.config[:-2].isdigit()):
+                raise ValueError(f"--config {args.config!r}: with --train, give the image size as <N>px")
             cfg = args.config if args.train is None else shapes_tfds.shapes_config(
-                int(args.config.rstrip("px")), args.train, args.validation or 1200)
+                int(args.config[:-2]), args.train, 1200 if args.validation is None else args.validation)
             print(shapes_tfds.build_shapes(args.out, cfg))
-        elif args.texts:
+        elif args.texts and not (args.images or args.captions):
             build.build_text(args.texts, args.out, args.name)
-        elif args.images and args.captions:
+        elif args.images and args.captions and not args.texts:
             build.build_image_text(args.images, args.captions, args.out, args.name,
                                    val_fraction=args.val_fraction, short_side=args.short_side,
-                                   threads=args.threads)
+                                   threads=args.threads,
+                                   max_pixels=MAX_PIXELS if args.max_pixels is None else args.max_pixels)
         else:
-            print("janusflow data build: error: give --images and --captions, or --texts",
+            print("janusflow data build: error: give --images and --captions, or --texts (not both)",
                   file=sys.stderr)
             return 2
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
+    except (OSError, ValueError) as e:                  # OSError: FileNotFound, FileExists, ...
         print(f"janusflow data: error: {e}", file=sys.stderr)
         return 1
     return 0
@@ -259,6 +272,9 @@ def cmd_eval(args) -> int:
     from janusflow.eval.geneval_layout import ProtocolMismatch
     from janusflow.eval.geneval_score import IncompleteResultsError, format_summary, summarize
     try:
+        if getattr(args, "checkpoint", None):
+            from janusflow.checkpoint.model_io import resolve_checkpoint
+            args.checkpoint = resolve_checkpoint(args.checkpoint, lambda m: print(m, file=sys.stderr))
         if args.eval_command == "conditioning":
             from janusflow.eval import conditioning
             ts = tuple(float(x) for x in (args.t or ",".join(map(str, conditioning.SHAPE_GAP_TS if args.shape_swap
@@ -318,7 +334,7 @@ def cmd_eval(args) -> int:
                                        vae_path=args.vae, dtype=args.dtype)
         elif args.geneval_command == "summarize":
             from janusflow.eval.geneval_layout import load_prompts
-            expected = load_prompts(args.metadata)[0] if args.metadata else None
+            expected = load_prompts(args.metadata)[0]      # default: the shipped official list
             out = summarize(args.results, expected, args.n, strict=not args.allow_incomplete)
         else:
             out = geneval.run_score(args.outdir, detections=args.detections, detector=args.detector,
@@ -370,6 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--val-fraction", type=float, default=0.0, help="held-out share (by image path hash)")
     q.add_argument("--short-side", type=int, default=0, help="downscale images whose short side exceeds this")
     q.add_argument("--threads", type=int, default=4, help="image decoding threads")
+    q.add_argument("--max-pixels", type=int, default=None,
+                   help="skip images with more pixels than this, read from the header before decoding "
+                   "(default 2^26, 67 MPixel)")
     q.set_defaults(func=cmd_data)
     q = dsub.add_parser("shapes", help="generate the built-in janusflow_shapes dataset")
     q.add_argument("--out", required=True, metavar="DATA_DIR")
@@ -411,7 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--dtype", choices=("float32", "bfloat16"), default=None)
     q = gsub.add_parser("generate", help="write <outdir>/<00000>/{metadata.jsonl,samples/0000.png}; resumable")
     q.add_argument("--checkpoint", required=True)
-    q.add_argument("--metadata", required=True, metavar="evaluation_metadata.jsonl")
+    q.add_argument("--metadata", default=None, metavar="evaluation_metadata.jsonl",
+                   help="prompt file (default: the official GenEval list shipped with janusflow)")
     q.add_argument("--outdir", required=True)
     q.add_argument("--n", type=int, default=4, help="images per prompt")
     q.add_argument("--batch-size", type=int, default=8)
@@ -419,7 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_eval)
     q = gsub.add_parser("summarize", help="per-tag and overall score of a results.jsonl (official schema)")
     q.add_argument("results", metavar="RESULTS.jsonl")
-    q.add_argument("--metadata", default=None, help="prompt file to check completeness against")
+    q.add_argument("--metadata", default=None, help="prompt file to check completeness against "
+                   "(default: the official GenEval list shipped with janusflow)")
     q.add_argument("--n", type=int, default=None, help="images per prompt expected (default: the most seen)")
     q.add_argument("--allow-incomplete", action="store_true", help="report per-tag scores, no overall")
     q.set_defaults(func=cmd_eval)
@@ -430,7 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--colors", choices=("precomputed", "shapes", "clip"), default="precomputed",
                    help="colour classifier (clip: open_clip ViT-L/14 OpenAI weights)")
     q.add_argument("--out", default=None, help="results jsonl (default OUTDIR/results.jsonl)")
-    q.add_argument("--metadata", default=None, help="prompt file to check completeness against")
+    q.add_argument("--metadata", default=None, help="prompt file to check completeness against "
+                   "(default: the layout's own prompts, else the shipped official list)")
     q.add_argument("--n", type=int, default=None, help="images per prompt (default: protocol.json's)")
     q.add_argument("--mask2former", default=None, metavar="CKPT", help="Mask2Former .pth (mmdet 2.x)")
     q.add_argument("--object-names", default=None, metavar="object_names.txt")

@@ -49,3 +49,46 @@ def join(path: PathLike, *parts: str) -> str:
     if is_local(path):
         return os.path.join(os.fspath(path), *parts)
     return os.fspath(epath.Path(os.fspath(path)).joinpath(*parts))
+
+
+class OutsideRoot(ValueError):
+    """A path read from a user's file leads out of the folder it must stay in."""
+
+
+def confined(root: str, rel: str, *, follow_symlinks: bool = True) -> str:
+    """``root/rel`` when that stays inside the local folder ``root``, else OutsideRoot.
+
+    A path read from a user's file (a captions line's image, a member name) must not reach
+    other files the user can read: absolute paths and ``..`` that climbs out are refused, and
+    with ``follow_symlinks`` so is a symlink anywhere on the way that resolves outside ``root``
+    (the resolved path is returned, so what is checked is what is opened). Without it the
+    check is lexical, for layouts whose symlinks point outside by design (the Hugging Face
+    cache links ``snapshots/*/x`` to ``blobs/``).
+    """
+    if not isinstance(rel, str) or not rel or "\0" in rel:
+        raise OutsideRoot(f"{rel!r} is not a relative path")
+    if os.path.isabs(rel) or "://" in rel:
+        raise OutsideRoot(f"{rel!r} is an absolute path; paths must be relative to {root}")
+    base = os.path.abspath(root)
+    path = os.path.normpath(os.path.join(base, rel))
+    if not _within(path, base):
+        raise OutsideRoot(f"{rel!r} leads outside {root}")
+    if follow_symlinks:
+        real, real_base = os.path.realpath(path), os.path.realpath(base)
+        if not _within(real, real_base):
+            raise OutsideRoot(f"{rel!r} is a symlink (or passes through one) leading outside {root}")
+        return real
+    return path
+
+
+def plain_name(name: str, what: str = "name") -> str:
+    """``name`` when it is one path component (no separator, not ``.``/``..``), else
+    OutsideRoot: names from users' files that become file or folder names."""
+    if (not isinstance(name, str) or name in ("", ".", "..") or "/" in name or os.sep in name
+            or "\0" in name):
+        raise OutsideRoot(f"{what} {name!r} must be a plain file name (no '/', not '.' or '..')")
+    return name
+
+
+def _within(path: str, base: str) -> bool:
+    return path == base or path.startswith(base.rstrip(os.sep) + os.sep)

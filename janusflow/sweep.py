@@ -17,8 +17,10 @@ import subprocess
 import sys
 import time
 
+from janusflow import paths
 from janusflow.config import ConfigError
 from janusflow.config_loader import load_python_file
+from janusflow.records import RecordError, iter_jsonl
 
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 PHASES = ("llm", "stage1", "stage2", "stage3")   # train/recipe.py's phase directories, in order
@@ -40,6 +42,10 @@ def load_members(spec: str) -> tuple[str, list[dict]]:
     for i, m in enumerate(members):
         if not isinstance(m, dict) or not isinstance(m.get("name"), str) or not isinstance(m.get("arg"), str):
             raise ConfigError(f"{path}: sweep()[{i}] must be a dict with str 'name' and 'arg', got {m!r}")
+        try:   # a member name becomes <workdir>/<name>: '..' would train into the parent folder
+            paths.plain_name(m["name"], f"{path}: sweep()[{i}] name")
+        except paths.OutsideRoot as e:
+            raise ConfigError(str(e)) from None
         if not _NAME.match(m["name"]) or m["name"] in seen:
             raise ConfigError(f"{path}: sweep()[{i}] name {m['name']!r} is not a unique, path-safe name")
         seen.add(m["name"])
@@ -130,14 +136,8 @@ def _metrics_files(member_dir):
 
 
 def _read_jsonl(path):
-    rows = []
-    with open(path) as f:
-        for line in f:
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:   # a line cut by a kill: the rest of the file still counts
-                continue
-    return rows
+    # A line cut by a kill (or otherwise not a JSON object) is dropped: the rest still counts.
+    return [rec.data for _, rec in iter_jsonl(path) if not isinstance(rec, RecordError)]
 
 
 def collect(members, workdir, status=None) -> list[dict]:
@@ -149,10 +149,10 @@ def collect(members, workdir, status=None) -> list[dict]:
                "curves": {k: ([], []) for k in LOSSES}, "final_losses": {}}
         offset = 0
         for path in _metrics_files(mdir):
-            rows = [r for r in _read_jsonl(path) if isinstance(r.get("step"), int)]
+            rows = [r for r in _read_jsonl(path) if type(r.get("step")) is int]
             for r in rows:
                 for k in LOSSES:
-                    if isinstance(r.get(k), (int, float)) and r[k] != 0.0:
+                    if type(r.get(k)) in (int, float) and r[k] != 0.0:   # not bool
                         row["curves"][k][0].append(offset + r["step"])
                         row["curves"][k][1].append(r[k])
             if rows:
@@ -162,7 +162,8 @@ def collect(members, workdir, status=None) -> list[dict]:
         if os.path.isfile(res_path):
             with open(res_path) as f:
                 res = json.load(f)
-            final = res.get("final", {}) if isinstance(res, dict) else {}
+            final = res.get("final") if isinstance(res, dict) else None
+            final = final if isinstance(final, dict) else {}
             row["shapes_bench"] = final.get("shapes_bench")
             row["understanding"] = final.get("understanding")
             row["conditioning"] = final.get("conditioning")

@@ -13,7 +13,7 @@ from janusflow.eval import geneval, geneval_layout as L
 from janusflow.eval.geneval_score import (Det, IncompleteResultsError, ScoreParams, evaluate,
                                           filter_detections, score_image, summarize)
 
-DATA = Path(__file__).resolve().parents[2] / "shared/data/geneval"
+DATA = Path(L.OFFICIAL_METADATA).parent        # shipped with the package
 IMG = np.zeros((100, 100, 3), np.uint8)
 
 
@@ -149,7 +149,7 @@ def _records(correct_by_tag, n=2):
             meta = {"tag": tag, "include": [], "prompt": f"p{idx}"}
             for k, c in enumerate(flags):
                 out.append({"filename": f"o/{idx:05d}/samples/{k:04d}.png", "tag": tag, "prompt": f"p{idx}",
-                            "correct": c, "reason": "", "metadata": json.dumps(meta), "details": "{}"})
+                            "correct": bool(c), "reason": "", "metadata": json.dumps(meta), "details": "{}"})
             idx += 1
     return out
 
@@ -192,10 +192,7 @@ def test_incomplete_results_refuse_an_overall():
 
 @pytest.fixture(scope="module")
 def official():
-    path = DATA / "evaluation_metadata.jsonl"
-    if not path.exists():
-        pytest.skip(f"GenEval prompt file not found at {path} (shared data missing)")
-    return L.load_prompts(str(path))
+    return L.load_prompts()          # the default: the official list shipped with the package
 
 
 def test_official_prompt_file(official):
@@ -496,3 +493,98 @@ def test_clip_colour_classifier_plumbing(monkeypatch):
     assert seen == [(40, 20)]
     assert clf.classify(img, [Det(np.array([20, 0, 40, 20, 0.9]))], "car") == ["blue"]
     assert clf.classify(img, [], "car") == []
+
+
+# ------------------------------------------------------------ strict results records
+def _write(path, lines):
+    path.write_text("".join((l if isinstance(l, str) else json.dumps(l)) + "\n" for l in lines))
+    return str(path)
+
+
+def test_shipped_prompt_list_and_license():
+    assert (DATA / "LICENSE").read_text().startswith("MIT License")
+    assert L.load_prompts()[1] == "9a0ed515640279a48ed3380d90aec0ed"
+    assert len((DATA / "object_names.txt").read_text().split()) >= 80 and (DATA / "README.md").is_file()
+
+
+@pytest.mark.parametrize("change,field", [
+    (lambda r: r.update(correct="false"), "correct: expected true or false, got 'false'"),
+    (lambda r: r.update(correct=1), "correct: expected true or false, got 1"),
+    (lambda r: r.pop("tag"), "tag: missing"),
+    (lambda r: r.pop("correct"), "correct: missing"),
+    (lambda r: r.update(metadata="{oops"), "metadata: not a JSON string of the prompt object"),
+    (lambda r: r.update(metadata="[1]"), "metadata: expected the prompt object, got list"),
+    (lambda r: r.update(filename=7), "filename: expected a string, got 7"),
+])
+def test_bad_record_is_named_skipped_and_counted(tmp_path, change, field):
+    recs = _records(TAGS6)
+    bad = dict(recs[4])                         # two_object, prompt 2, image 0: correct
+    assert bad["tag"] == "two_object" and bad["correct"] is True
+    change(bad)
+    lines = recs[:4] + [bad] + recs[5:]
+    path = _write(tmp_path / "r.jsonl", lines)
+    expected = [json.loads(r["metadata"]) for r in recs[::2]]
+    with pytest.raises(IncompleteResultsError, match=rf"{path}:5: {field}"):
+        summarize(path, expected, 2)
+    s = summarize(path, expected, 2, strict=False)
+    assert s["bad_records"] == 1 and s["n_images"] == 23 and not s["complete"] and s["overall"] is None
+    assert s["counts"]["two_object"] == (0, 3)      # the bad record is not counted as correct
+
+
+def test_non_object_and_non_json_lines(tmp_path):
+    recs = _records(TAGS6)
+    path = _write(tmp_path / "r.jsonl", recs[:5] + [[1, 2], "{not json", "3"] + recs[5:])
+    s = summarize(path, strict=False)
+    assert s["bad_records"] == 3 and s["n_images"] == 24
+    assert s["problems"][:3] == [f"{path}:6: expected a JSON object, got list",
+                                 f"{path}:7: invalid JSON (Expecting property name enclosed in double quotes, column 2)",
+                                 f"{path}:8: expected a JSON object, got int"]
+
+
+def test_duplicated_line_detected_not_counted(tmp_path):
+    recs = _records(TAGS6)
+    expected = [json.loads(r["metadata"]) for r in recs[::2]]
+    path = _write(tmp_path / "r.jsonl", recs[:4] + [recs[3]] + recs[4:])
+    s = summarize(path, expected, strict=False)
+    assert s["duplicate_records"] == 1 and s["n_images"] == 24
+    assert s["problems"] == [f"{path}:5: filename: 'o/00001/samples/0001.png' repeats {path}:4; skipped"]
+    assert s["per_tag"]["single_object"] == 1.0 and s["counts"]["single_object"] == (4, 4)
+    flipped = dict(recs[3], correct=not recs[3]["correct"])
+    path = _write(tmp_path / "r2.jsonl", recs + [flipped])
+    assert "contradicts" in summarize(path, expected, strict=False)["problems"][0]
+
+
+def _official_results(tmp_path, drop=()):
+    prompts = L.load_prompts()[0]
+    recs = [{"filename": f"o/{i:05d}/samples/0000.png", "tag": p["tag"], "prompt": p["prompt"],
+             "correct": True, "reason": "", "metadata": json.dumps(p), "details": "{}"}
+            for i, p in enumerate(prompts) if i not in drop]
+    return _write(tmp_path / "results.jsonl", recs)
+
+
+def test_cli_summarize_checks_against_the_shipped_list_by_default(tmp_path, capsys):
+    from janusflow.cli import main
+    path = _official_results(tmp_path)
+    assert main(["eval", "geneval", "summarize", path]) == 0
+    assert "overall (mean over tags): 1.00000" in capsys.readouterr().out
+    path = _official_results(tmp_path, drop=(17, 400))
+    assert main(["eval", "geneval", "summarize", path]) == 1
+    err = capsys.readouterr().err
+    assert "2 of 553 prompts of the prompt file have no results" in err and "Traceback" not in err
+    assert main(["eval", "geneval", "summarize", path, "--allow-incomplete"]) == 0
+    out = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert out["complete"] is False and out["overall"] is None and out["n_prompts"] == 551
+    mfile = _write(tmp_path / "mine.jsonl", [p for i, p in enumerate(L.load_prompts()[0]) if i < 17])
+    small = _write(tmp_path / "r17.jsonl", [json.loads(l) for l in open(path).read().splitlines()[:17]])
+    assert main(["eval", "geneval", "summarize", small, "--metadata", mfile]) == 0       # override
+
+
+def test_cli_summarize_bad_record_is_one_line(tmp_path, capsys):
+    from janusflow.cli import main
+    recs = _records(TAGS6)
+    del recs[3]["tag"]
+    path = _write(tmp_path / "r.jsonl", recs)
+    meta = _write(tmp_path / "m.jsonl", [json.loads(r["metadata"]) for r in _records(TAGS6)[::2]])
+    assert main(["eval", "geneval", "summarize", path, "--metadata", meta]) == 1
+    err = capsys.readouterr().err
+    assert f"{path}:4: tag: missing" in err and "Traceback" not in err and "'tag'" not in err.split(":4:")[0]

@@ -243,3 +243,49 @@ def test_cli_sample_text_prompts(model, vae, checkpoint, tmp_path, capsys):
         assert fh.read().splitlines()[1] == '{"index": 1, "prompt": "a blue square"}'
     assert cli_main(["sample", "--checkpoint", ckpt, "--out", out, "--prompt", "  "]) == 1
     assert "prompt 0 is empty" in capsys.readouterr().err
+
+
+def test_cli_sample_refuses_an_out_dir_made_by_another_model(model, checkpoint, tmp_path, capsys):
+    import json
+    import shutil
+
+    from janusflow.checkpoint import model_io
+    ckpt, _ = checkpoint
+    out = str(tmp_path / "out")
+    args = ["sample", "--out", out, "--n", "1", "--steps", str(STEPS), "--prompt-ids", "1,17,23",
+            "--no-progress"]
+    assert cli_main(args + ["--checkpoint", ckpt]) == 0
+    rec = json.load(open(os.path.join(out, "sample_config.json")))["model"]
+    assert rec["checkpoint"] == os.path.abspath(ckpt) and len(rec["fingerprint"]) == 64
+    before = open(os.path.join(out, "00000_00.png"), "rb").read()
+    capsys.readouterr()
+    other = model_io.save_model(str(tmp_path / "other"), random_model(CFG, seed=1, std=0.05), CFG)
+    assert cli_main(args + ["--checkpoint", other]) == 1
+    err = capsys.readouterr().err
+    assert "made with another model" in err and "sample_config.json" in err
+    assert open(os.path.join(out, "00000_00.png"), "rb").read() == before      # nothing touched
+    copy = shutil.copytree(ckpt, str(tmp_path / "copy"))       # same weights elsewhere: same model
+    assert cli_main(args + ["--checkpoint", copy]) == 0
+    assert "0 images written, 1 already there" in capsys.readouterr().out
+
+
+def test_cli_sample_garbage_output_image_is_made_again_and_kept(checkpoint, tmp_path, capsys):
+    ckpt, _ = checkpoint
+    out = tmp_path / "out"
+    args = ["sample", "--checkpoint", ckpt, "--out", str(out), "--n", "2", "--steps", str(STEPS),
+            "--prompt-ids", "1,17,23", "--no-progress"]
+    assert cli_main(args) == 0
+    good = (out / "00000_00.png").read_bytes()
+    (out / "00000_00.png").write_bytes(b"not a png at all")
+    from PIL import Image
+    Image.new("RGB", (5, 7)).save(out / "00000_01.png")           # an image, but not a sample
+    capsys.readouterr()
+    assert cli_main(args) == 0
+    cap = capsys.readouterr()
+    assert "2 images written, 0 already there" in cap.out
+    lines = [ln for ln in cap.err.splitlines() if "not a readable sample" in ln]
+    assert len(lines) == 2 and "Traceback" not in cap.err
+    assert (out / "00000_00.png").read_bytes() == good                    # same noise, same image
+    assert (out / "00000_00.png.unreadable").read_bytes() == b"not a png at all"   # kept, not deleted
+    assert Image.open(out / "00000_01.png.unreadable").size == (5, 7)
+    assert (out / "grid.png").is_file()

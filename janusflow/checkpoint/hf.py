@@ -35,7 +35,8 @@ import numpy as np
 from flax import nnx
 from numpy.lib.stride_tricks import as_strided
 
-from janusflow import config_io
+from janusflow import config_io, paths
+from janusflow.checkpoint.precheck import all_finite, check_config_against_headers, weight_files_name
 from janusflow.checkpoint.torch_layout import (CheckpointMismatch, _flat_params, load_state_dict,
                                                to_ours, to_torch)
 from janusflow.config import ConfigError, GenCodecConfig, LLMConfig, ModelConfig, SiglipConfig, VAEConfig
@@ -118,10 +119,21 @@ def _torch_load(path: str) -> dict:
 
 
 def _inside(root: str, name: str) -> str:
-    if not isinstance(name, str) or os.path.basename(name) != name or name in ("", ".", ".."):
+    try:   # a plain name, not resolved: the HF cache's shards are symlinks to its blobs/ folder
+        return os.path.join(root, paths.plain_name(name))
+    except paths.OutsideRoot:
         raise CheckpointMismatch(f"shard index names {name!r}: shards must be plain file names "
-                                 f"inside {root}")
-    return os.path.join(root, name)
+                                 f"inside {root}") from None
+
+
+def safe_open_checked(f: str):
+    """``safe_open`` of a safetensors file; an unreadable header is one
+    :class:`CheckpointMismatch` naming the file (SafetensorError is not a ValueError)."""
+    from safetensors import safe_open
+    try:
+        return safe_open(f, framework="numpy")
+    except Exception as e:
+        raise CheckpointMismatch(f"{f}: not a readable safetensors file ({e})") from None
 
 
 class TensorSource:
@@ -159,18 +171,30 @@ class TensorSource:
                                          f"unlisted: {wrong}")
 
     def _from_index(self, index_path: str) -> list:
-        with open(index_path) as fh:
-            wm = json.load(fh).get("weight_map")
+        try:
+            with open(index_path, encoding="utf-8") as fh:
+                d = json.load(fh)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CheckpointMismatch(f"{index_path}: not a shard index (invalid JSON: {e})") from None
+        if not isinstance(d, dict):
+            raise CheckpointMismatch(f"{index_path}: expected a JSON object with a 'weight_map', "
+                                     f"got a {type(d).__name__}")
+        wm = d.get("weight_map")
         if not isinstance(wm, dict):
-            raise CheckpointMismatch(f"{index_path}: no 'weight_map' object")
+            raise CheckpointMismatch(f"{index_path}: weight_map: expected an object "
+                                     "{tensor name: shard file}")
+        bad = next((k for k, v in wm.items() if not isinstance(v, str)), None)
+        if bad is not None:
+            raise CheckpointMismatch(f"{index_path}: weight_map.{bad}: expected a shard file name, "
+                                     f"got {wm[bad]!r}")
         self._weight_map = wm
         root = os.path.dirname(index_path)
         return [_inside(root, n) for n in dict.fromkeys(wm.values())]
 
     def _scan(self, f):
         if self.kind == "safetensors":
-            from safetensors import safe_open
-            with safe_open(f, framework="numpy") as h:
+            # a truncated or malformed file fails here, on its header, before any data is read
+            with safe_open_checked(f) as h:
                 for k in h.keys():
                     s = h.get_slice(k)
                     yield k, tuple(s.get_shape()), s.get_dtype()
@@ -186,7 +210,7 @@ class TensorSource:
                 continue
             if self.kind == "safetensors":
                 from safetensors import safe_open
-                with safe_open(f, framework="numpy") as h:
+                with safe_open_checked(f) as h:
                     for k in names:
                         try:
                             a = h.get_tensor(k)
@@ -194,6 +218,8 @@ class TensorSource:
                             # safetensors releases whose numpy backend predates ml_dtypes bf16
                             with safe_open(f, framework="flax") as hj:
                                 a = np.asarray(hj.get_tensor(k))
+                        except Exception as e:      # SafetensorError: data unreadable
+                            raise CheckpointMismatch(f"{f}: tensor {k}: cannot be read ({e})") from None
                         yield k, a
             else:
                 sd = _torch_load(f)
@@ -282,6 +308,9 @@ def stream_load(module, source, key_map: Mapping, *, dtype=None, ignore=None, re
     total = sum(source.index[k].nbytes for k in wanted)
     done = nbytes = 0
     for k, arr in source.iter(wanted):
+        if source.index[k].dtype in _FLOAT and not all_finite(arr):
+            raise CheckpointMismatch(f"{source.index[k].file}: tensor {k} holds NaN or inf values; "
+                                     "refusing to load a corrupt checkpoint")
         nk, arr = rename(k, arr)
         path, tr = key_map[nk]
         var = params[path]
@@ -364,7 +393,7 @@ class _J:
 
     def require(self, k, value, default):
         v = self.d.get(k, default)
-        if v != value:
+        if type(v) is not type(value) or v != value:      # 0 is not False
             raise self.err(k, f"{v!r} is not supported (only {value!r})")
 
 
@@ -511,10 +540,12 @@ def model_config_from_hf(config_json: dict, base: Optional[ModelConfig] = None, 
 
     LLM, SigLIP and gen-codec fields come from ``config_json`` (absent fields take the official
     constructors' defaults). Everything else (VAE, REPA, image size, dtypes) comes from ``base``,
-    else from the ``janusflow_jax`` block our exporter adds, else from ``ModelConfig()``. The
+    else from the ``janusflow_jax`` block our exporter adds, else from ``ModelConfig()`` with
+    ``repa_layer`` clamped to the LLM's depth (the REPA projector is not in the release). The
     VAE's latent channel count follows the gen codec's ``input_channels``.
     """
     root = _J(config_json, "")
+    default_base = base is None and EXTRA_KEY not in config_json
     if base is None and EXTRA_KEY in config_json:
         extra = root.sub(EXTRA_KEY)
         base = config_io.from_dict(ModelConfig, extra.d.get("model", {}), f"config.json: {EXTRA_KEY}.model")
@@ -529,8 +560,12 @@ def model_config_from_hf(config_json: dict, base: Optional[ModelConfig] = None, 
             raise ConfigError(f"config.json: vision_gen_enc_config.params.input_channels: {latent} "
                               f"latent channels, but the base config's pixel VAE has {vae.channels}")
         vae = dataclasses.replace(vae, latent_channels=latent)
+    # The REPA projector is training-only and absent from the release, so its layer is no
+    # property of the checkpoint: with no config of ours, the default (block 6) is clamped to
+    # the LLM's depth so a shallow model imports (and trains, at its last block).
+    repa_layer = min(base.repa_layer, llm.num_layers) if default_base else base.repa_layer
     return dataclasses.replace(base, llm=llm, siglip=siglip, gen_codec=codec, vae=vae,
-                               und_encoder="siglip", gen_enabled=True)
+                               und_encoder="siglip", gen_enabled=True, repa_layer=repa_layer)
 
 
 def _official_check(cfg: ModelConfig):
@@ -606,9 +641,9 @@ def janusflow_key_map(cfg: ModelConfig) -> dict:
 # ------------------------------------------------------------------------ whole-model I/O
 def _read_json(path: str) -> dict:
     try:
-        with open(path) as fh:
+        with open(path, encoding="utf-8") as fh:
             return json.load(fh)
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: invalid JSON ({e})") from None
 
 
@@ -668,8 +703,14 @@ def load_janusflow_hf(path: str, dtype: str = "float32", *, base: Optional[Model
     jdt = _jnp_dtype(dtype)
     cfg = dataclasses.replace(read_model_config(path, base), param_dtype=dtype)
     source = TensorSource(path)
+    key_map = janusflow_key_map(cfg)
+    # Layer counts and sizes from the headers first: building the model costs time in
+    # proportion to what config.json claims.
+    check_config_against_headers(cfg, key_map, {k: i.shape for k, i in source.index.items()
+                                                if not _derived_buffer(k)},
+                                 os.path.join(path, "config.json"), weight_files_name(source.files))
     model = abstract_model(cfg)
-    stream_load(model, source, janusflow_key_map(cfg), dtype=jdt, training_only=TRAINING_ONLY,
+    stream_load(model, source, key_map, dtype=jdt, training_only=TRAINING_ONLY,
                 ignore=_derived_buffer, progress=progress)
     skipped = [k for k in source.index if _derived_buffer(k)]
     if skipped and log:

@@ -18,10 +18,13 @@ writes the config.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import os
 from typing import Callable, Optional
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from janusflow import config_io, paths
@@ -156,9 +159,75 @@ def load_model(path: str, dtype: Optional[str] = None, *,
         return jax.ShapeDtypeStruct(v.shape, jdt or saved[_key(p)].dtype, sharding=device)
     restored = ckpt.restore(params_path, jax.tree_util.tree_map_with_path(target, pure))
     ckpt.close()
+    bad = _non_finite(restored)
+    if bad:
+        raise CheckpointMismatch(f"{params_path}: parameter {bad[0]} holds NaN or inf values"
+                                 + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "")
+                                 + "; refusing to load a corrupt checkpoint")
     nnx.replace_by_pure_dict(state, restored)
     nnx.update(model, state)
     left = hf._abstract_leftovers(model)
     if left:
         raise CheckpointMismatch(f"{params_path}: parameters not restored: {', '.join(left)}")
     return model, cfg
+
+
+def _non_finite(tree) -> list[str]:
+    """Names of the float leaves of ``tree`` holding NaN/inf (one fused pass on device)."""
+    def ok(x):
+        return jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.floating) else jnp.bool_(True)
+    flags = jax.jit(lambda t: jax.tree.map(ok, t))(tree)
+    return [_key(p) for p, f in jax.tree_util.tree_flatten_with_path(flags)[0] if not bool(f)]
+
+
+FINAL_MODEL = "model_ema"        # what `janusflow train` leaves in its workdir for sampling
+
+
+def resolve_checkpoint(path: str, log: Callable[[str], None] | None = None) -> str:
+    """``--checkpoint`` as given -> the model directory to load. A model directory is itself;
+    a training workdir (``WORKDIR/model_ema``) or a default-recipe workdir (its last phase's
+    ``model_ema``) resolves to its final EMA model, said in one ``log`` line."""
+    p = paths.as_path(path)
+    if not p.is_dir():
+        raise FileNotFoundError(f"--checkpoint {path}: no such directory")
+    if is_model_dir(path) or (paths.is_local(path) and hf.is_hf_dir(path)):
+        return path
+    from janusflow.train.recipe import PHASES
+    for sub, what in ((FINAL_MODEL, "training workdir"),
+                      (paths.join(PHASES[-1], FINAL_MODEL), "recipe workdir")):
+        cand = paths.join(path, sub)
+        if is_model_dir(cand):
+            if log:
+                log(f"{path} is a {what}: using its final EMA model {cand}")
+            return cand
+    if (p / "checkpoints").is_dir() or (p / PHASES[0]).is_dir():
+        raise FileNotFoundError(f"--checkpoint {path}: a training workdir without a final model "
+                                f"({FINAL_MODEL}/ is written when the run ends)")
+    raise FileNotFoundError(_not_a_checkpoint(path))
+
+
+def fingerprint(path: str) -> str:
+    """A cheap identity of a local model directory: sha256 over every file's relative name,
+    size and first and last 64 KiB (not a full hash: reads at most 128 KiB a file). Two saves
+    of different weights differ here: the tensors and orbax's metadata (which holds the save
+    time) are both covered."""
+    h = hashlib.sha256()
+    if not paths.is_local(path):     # a bucket: its config and orbax's save metadata only
+        for name in (CONFIG_NAME, f"{PARAMS_DIR}/_CHECKPOINT_METADATA"):
+            f = paths.as_path(path) / name
+            h.update(f.read_bytes() if f.exists() else b"-")
+        return h.hexdigest()
+    root = os.path.abspath(path)
+    for d, _, files in sorted(os.walk(root)):
+        for n in sorted(files):
+            f = os.path.join(d, n)
+            size = os.path.getsize(f)
+            h.update(f"{os.path.relpath(f, root)}\0{size}\0".encode())
+            with open(f, "rb") as fh:
+                h.update(fh.read(1 << 16))
+                if size > 1 << 17:
+                    fh.seek(size - (1 << 16))
+                    h.update(fh.read(1 << 16))
+                elif size > 1 << 16:
+                    h.update(fh.read())
+    return h.hexdigest()

@@ -10,17 +10,28 @@
 Bad images never raise out of :func:`decode_image` except as :class:`BadExample`, which the
 pipeline counts and skips; fixable ones (alpha, one channel, palette, CMYK, 16-bit) are
 converted to RGB and reported through the returned flags.
+
+Every image we decode from a user's file goes through :func:`open_image`, which checks the
+size in the header against :data:`MAX_PIXELS` *before* decoding: a 13000 x 13000 PNG is
+490 KB on disk and 1.7 GB once decoded, under Pillow's own bomb limit (179 MPixel).
 """
 
 from __future__ import annotations
 
 import io
+import math
+import os
+import warnings
 
 import numpy as np
 from PIL import Image
 
-# PIL's decompression-bomb check (it raises above ~179 MPixel) is kept: such a file is
-# counted as a bad image instead of exhausting the host's memory.
+# Decoded pixels allowed per image (8192 x 8192: 200 MB as RGB). Pillow's own bomb check
+# raises only above ~179 MPixel, which is 0.5-2 GB per image and per decoding thread.
+MAX_PIXELS = 2**26
+# Our cap is the stricter check, so Pillow's warning (from 89 MPixel) only repeats it.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+_BYTES_PER_PIXEL = 8                             # uncompressed 16-bit RGBA: the most any format needs
 _RESAMPLE = Image.Resampling.BICUBIC
 MIN_SIDE = 14                                    # official processor's min_size
 
@@ -30,7 +41,7 @@ class BadExample(Exception):
 
     def __init__(self, reason: str, detail: str = ""):
         super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
+        self.reason, self.detail = reason, detail or reason
 
 
 def _to_rgb(img: Image.Image, flags: list) -> Image.Image:
@@ -53,21 +64,88 @@ def _to_rgb(img: Image.Image, flags: list) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode_image(data, flags: list | None = None) -> np.ndarray:
+def _check_pixels(size, max_pixels: int, what: str = "image"):
+    w, h = size
+    if w * h > max_pixels:
+        raise BadExample("too_large", f"{what} is {w} x {h} = {w * h / 1e6:.0f} MPixel, over the cap "
+                         f"of {max_pixels / 1e6:.0f} MPixel")
+
+
+def _plan_decode(img: Image.Image, flags: list, max_pixels: int, short_side: int):
+    """Before any pixel is decoded: a JPEG whose short side exceeds ``short_side`` is set to
+    decode at 1/2, 1/4 or 1/8 scale that still covers it (Pillow's ``draft``), then the size
+    to decode is checked against the cap."""
+    w, h = img.size
+    if short_side and img.format == "JPEG" and min(w, h) > short_side:
+        s = short_side / min(w, h)
+        img.draft(None, (max(1, math.ceil(w * s)), max(1, math.ceil(h * s))))
+        if img.size != (w, h):
+            flags.append("reduced")
+    _check_pixels(img.size, max_pixels)
+
+
+def _opened(source, flags, max_pixels, short_side) -> Image.Image:
+    try:
+        img = Image.open(source)
+        _plan_decode(img, flags, max_pixels, short_side)
+        return img
+    except BadExample:
+        raise
+    except Image.DecompressionBombError as e:
+        raise BadExample("too_large", str(e)) from None
+    except Exception as e:  # PIL raises many types for corrupt or truncated files
+        raise BadExample("bad_image", f"{type(e).__name__}: {e}") from None
+
+
+def open_image(data, flags: list | None = None, *, max_pixels: int = MAX_PIXELS,
+               short_side: int = 0) -> Image.Image:
+    """Encoded image bytes -> a decoded PIL image, its header size checked against
+    ``max_pixels`` before any pixel is decoded.
+
+    ``short_side``: the caller keeps only a short side this long, so a larger JPEG is decoded
+    at a reduced scale (less memory and time; 'reduced' is appended to ``flags``) and the cap
+    applies to that scale. Raises :class:`BadExample` 'too_large' over the cap, 'bad_image'
+    for anything unreadable.
+    """
+    flags = [] if flags is None else flags
+    if len(data) == 0:
+        raise BadExample("bad_image", "empty image bytes")
+    img = _opened(io.BytesIO(bytes(data)), flags, max_pixels, short_side)
+    try:
+        img.load()
+    except Exception as e:
+        raise BadExample("bad_image", f"{type(e).__name__}: {e}") from None
+    return img
+
+
+def read_image_file(path: str, *, max_pixels: int = MAX_PIXELS, short_side: int = 0) -> bytes:
+    """The bytes of an image file, after its header passed the pixel cap (as
+    :func:`open_image` would decode it) and its size the byte bound an image under the cap can
+    have (so a huge file is never read whole). OSError (missing, unreadable) passes through."""
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size > max_pixels * _BYTES_PER_PIXEL + 2**20:
+            raise BadExample("too_large", f"file is {size / 1e6:.0f} MB, more than an image under "
+                             f"the cap of {max_pixels / 1e6:.0f} MPixel can take")
+        _opened(fh, [], max_pixels, short_side)
+        fh.seek(0)
+        return fh.read()
+
+
+def decode_image(data, flags: list | None = None, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Encoded bytes, a PIL image or an array (H, W), (H, W, 1|3|4) -> uint8 (H, W, 3).
 
-    Raises :class:`BadExample` ('bad_image') for anything unreadable or empty; appends
+    Raises :class:`BadExample` ('bad_image') for anything unreadable or empty, 'too_large'
+    for bytes or an image over ``max_pixels`` (checked before decoding); appends
     'fixed_alpha' / 'fixed_gray' / 'fixed_mode' to ``flags`` for converted images.
     """
     flags = [] if flags is None else flags
     try:
         if isinstance(data, (bytes, bytearray, memoryview)):
-            if len(data) == 0:
-                raise BadExample("bad_image", "empty image bytes")
-            img = Image.open(io.BytesIO(bytes(data)))
-            img.load()
+            img = open_image(data, flags, max_pixels=max_pixels)
         elif isinstance(data, Image.Image):
             img = data
+            _check_pixels(img.size, max_pixels)
         else:
             a = np.asarray(data)
             if a.ndim == 3 and a.shape[-1] == 1:

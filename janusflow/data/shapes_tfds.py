@@ -42,6 +42,10 @@ class ShapesConfig(tfds.core.BuilderConfig):
 def shapes_config(size: int, train_examples: int, validation_examples: int, seed: int = 0,
                   noise: bool = True) -> ShapesConfig:
     """A config outside the registered ones (tests, custom sizes); its name encodes every field."""
+    for flag, v in (("--config", size), ("--train", train_examples), ("--validation", validation_examples)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:   # TFDS refuses an empty split only at its end
+            raise ValueError(f"{flag} {v}: must be a positive integer"
+                             + (" (the image size, e.g. 32px)" if flag == "--config" else ""))
     name = f"{size}px_{train_examples}_{validation_examples}_s{seed}{'' if noise else '_clean'}"
     return ShapesConfig(name=name, size=size, train_examples=train_examples,
                         validation_examples=validation_examples, seed=seed, noise=noise,

@@ -85,12 +85,21 @@ class Tokenizer:
         for side in ("special_tokens_map.json", "tokenizer_config.json"):
             f = os.path.join(folder, side)
             if os.path.isfile(f):
-                with open(f, encoding="utf-8") as fh:
-                    conf = json.load(fh)
+                try:
+                    with open(f, encoding="utf-8") as fh:
+                        conf = json.load(fh)
+                except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                    raise ValueError(f"{f}: invalid JSON ({e})") from None
+                if not isinstance(conf, dict):
+                    raise ValueError(f"{f}: expected a JSON object, got {type(conf).__name__}")
                 for k in ("bos_token", "eos_token", "pad_token"):
                     if _token_name(conf.get(k)):
                         names[k] = _token_name(conf[k])
-        return cls(HFTokenizer.from_file(path), **names)
+        try:
+            hf = HFTokenizer.from_file(path)
+        except Exception as e:         # the Rust binding raises a bare Exception
+            raise ValueError(f"{path}: not a readable tokenizer.json ({e})") from None
+        return cls(hf, **names)
 
     @classmethod
     def from_checkpoint_dir(cls, directory: str) -> "Tokenizer":

@@ -139,6 +139,16 @@ def _key(path: str, root: Optional[str]) -> str:
     return rel.replace(os.sep, "/")
 
 
+def _boxes(v, where: str) -> np.ndarray:
+    """[[x0, y0, x1, y1, score], ...] of finite numbers (not strings or booleans) as (N, 5)."""
+    ok = isinstance(v, list) and all(
+        isinstance(b, list) and len(b) == 5 and all(type(x) in (int, float) for x in b) for b in v)
+    a = np.asarray(v, np.float64).reshape(-1, 5) if ok else None
+    if a is None or not np.isfinite(a).all():
+        raise ValueError(f"{where}: expected a list of [x0, y0, x1, y1, score] numbers")
+    return a
+
+
 class PrecomputedDetections:
     """Detections read from a JSON or NPZ file (schema in the module docstring)."""
 
@@ -159,13 +169,20 @@ class PrecomputedDetections:
                 data = json.load(fh)
             if not isinstance(data, dict) or not isinstance(data.get("images"), dict):
                 raise ValueError(f"{path}: expected a JSON object with an 'images' mapping")
-            colors = data.get("colors", {})
+            colors = data.get("colors") or {}
+            if not isinstance(colors, dict) or not all(isinstance(c, dict) for c in colors.values()):
+                raise ValueError(f"{path}: field 'colors': expected {{image: {{class: [colour, ...]}}}}")
             for key, per_cls in data["images"].items():
+                if not isinstance(per_cls, dict):
+                    raise ValueError(f"{path}: field 'images.{key}': expected {{class: [[x0, y0, x1, y1, score], ...]}}")
                 entry = self.images.setdefault(key, {})
                 for cls, boxes in per_cls.items():
-                    entry[cls] = {"boxes": np.asarray(boxes, np.float64).reshape(-1, 5)}
-                    if cls in colors.get(key, {}):
-                        entry[cls]["colors"] = np.asarray(colors[key][cls])
+                    entry[cls] = {"boxes": _boxes(boxes, f"{path}: field 'images.{key}.{cls}'")}
+                    col = colors.get(key, {}).get(cls)
+                    if col is not None:
+                        if not (isinstance(col, list) and all(isinstance(c, str) for c in col)):
+                            raise ValueError(f"{path}: field 'colors.{key}.{cls}': expected a list of colour names")
+                        entry[cls]["colors"] = np.asarray(col)
         for key, entry in self.images.items():
             for cls, f in entry.items():
                 n = len(f.get("boxes", ()))
@@ -280,11 +297,12 @@ def make_protocol(checkpoint: str, metadata_md5: str, *, cfg_weight: float, step
             "resolution": int(resolution), "solver": solver, "n": int(n)}
 
 
-def run_generate(checkpoint: str, metadata: str, outdir: str, *, n: int = 4, cfg_weight: float = 2.0,
+def run_generate(checkpoint: str, metadata: Optional[str], outdir: str, *, n: int = 4, cfg_weight: float = 2.0,
                  steps: int = 30, seed: int = 0, batch_size: int = 8, solver: str = "euler",
                  vae_path: Optional[str] = None, dtype: Optional[str] = None,
                  progress: bool = True, generator=None, generate: Optional[Callable] = None) -> dict:
-    """``janusflow eval geneval generate``: fill ``outdir`` for every prompt of ``metadata``.
+    """``janusflow eval geneval generate``: fill ``outdir`` for every prompt of ``metadata`` (None:
+    the official list shipped with the package).
     ``generator`` = ``(model, vae, cfg, tokenizer)`` skips :func:`load_generator`."""
     prompts, md5 = layout.load_prompts(metadata)
 
@@ -321,6 +339,8 @@ def run_score(outdir: str, *, detections: Optional[str] = None, detector: str = 
     results = score_layout(outdir, det, clf, out_jsonl=out_jsonl or os.path.join(outdir, "results.jsonl"),
                            progress=True)
     expected = layout.load_prompts(metadata)[0] if metadata else _expected_from_protocol(outdir)
+    if expected is None:             # no prompt file and no protocol: the official list
+        expected = layout.load_prompts()[0]
     if n is None and os.path.exists(os.path.join(outdir, layout.PROTOCOL_NAME)):
         with open(os.path.join(outdir, layout.PROTOCOL_NAME)) as fh:
             n = json.load(fh).get("n")
@@ -344,8 +364,11 @@ def _expected_from_protocol(outdir: str):
         if not os.path.exists(mpath):
             missing.append(f"prompt folder {i:05d} is missing")
             continue
-        with open(mpath) as fh:
-            out.append(json.load(fh))
+        try:
+            with open(mpath, encoding="utf-8") as fh:
+                out.append(layout.check_prompt(json.load(fh), mpath))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{mpath}: invalid JSON ({e})") from None
     if missing:
         raise IncompleteResultsError(missing)
     return out

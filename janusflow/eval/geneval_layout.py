@@ -25,6 +25,12 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from janusflow.records import REQUIRED, Record, RecordError, iter_jsonl
+
+# The official prompt list (553 prompts, MIT), shipped as package data: the default for
+# completeness checks.
+OFFICIAL_METADATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "geneval_data",
+                                 "evaluation_metadata.jsonl")
 PROTOCOL_NAME = "protocol.json"
 METADATA_NAME = "metadata.jsonl"
 SEED_RULE = "numpy SeedSequence([seed, prompt_index, image_index]).generate_state(1)[0]"
@@ -34,21 +40,38 @@ class ProtocolMismatch(RuntimeError):
     pass
 
 
-def load_prompts(path: str):
-    """``(list of prompt dicts, md5 of the file)``: one JSON object a line."""
+def check_prompt(m, where: str) -> dict:
+    """``m`` if it is a GenEval prompt object as the scorer reads it: ``tag`` and ``prompt``
+    strings, ``include`` (and optional ``exclude``) lists of ``{"class": str, "count": int >= 0,
+    "color"?: str, "position"?: [str, int]}``; else a RecordError (a ValueError) naming
+    ``where`` and the field."""
+    rec = Record(m, where)
+    rec.get_str("tag", nonempty=True)
+    rec.get_str("prompt", nonempty=True)
+    for key in ("include", "exclude"):
+        for req in rec.get_objs(key, [] if key == "exclude" else REQUIRED):
+            req.get_str("class", nonempty=True)
+            req.get_int("count", minimum=0)
+            req.get_str("color", None)
+            pos = req.data.get("position")
+            if pos is not None and not (isinstance(pos, list) and len(pos) == 2 and isinstance(pos[0], str)
+                                        and type(pos[1]) is int):
+                raise req.error("position", "[relation, object index]", pos)
+    return m
+
+
+def load_prompts(path: Optional[str] = None):
+    """``(list of prompt dicts, md5 of the file)``: one JSON object a line (:func:`check_prompt`).
+    ``path`` None: the official list shipped with the package. A bad line is a ValueError naming
+    file, line and field (nothing is skipped: prompt indices are folder names)."""
+    path = path or OFFICIAL_METADATA
     with open(path, "rb") as fh:
         raw = fh.read()
     prompts = []
-    for n, line in enumerate(raw.decode().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            m = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{n}: invalid JSON ({e})") from None
-        if not isinstance(m, dict) or not {"tag", "prompt", "include"} <= m.keys():
-            raise ValueError(f"{path}:{n}: expected an object with tag, prompt, include")
-        prompts.append(m)
+    for _, rec in iter_jsonl(path):
+        if isinstance(rec, RecordError):
+            raise rec
+        prompts.append(check_prompt(rec.data, rec.where))
     return prompts, hashlib.md5(raw).hexdigest()
 
 
@@ -188,7 +211,13 @@ def read_layout(outdir: str) -> list:
 
 
 def load_image(path: str) -> np.ndarray:
-    """RGB uint8, EXIF orientation applied as the official evaluator does."""
-    from PIL import Image, ImageOps
-    with Image.open(path) as im:
-        return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+    """RGB uint8, EXIF orientation applied as the official evaluator does. An unreadable file
+    or one over the pixel cap (checked before decoding) is a ValueError naming it."""
+    from PIL import ImageOps
+
+    from janusflow.data.preprocess import BadExample, open_image, read_image_file
+    try:
+        im = open_image(read_image_file(path))
+    except BadExample as e:
+        raise ValueError(f"{path}: {e.detail}") from None
+    return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))

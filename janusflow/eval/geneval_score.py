@@ -26,6 +26,7 @@ from typing import Optional
 import numpy as np
 
 from janusflow.data.shapes import relative_position
+from janusflow.eval.geneval_results import parse_records, read_results
 
 GENEVAL_COLORS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black",
                   "white")
@@ -163,11 +164,6 @@ class IncompleteResultsError(ValueError):
                          f"({len(self.problems)} problem(s)):\n  {shown}{more}")
 
 
-def read_results(path) -> list:
-    with open(path) as fh:
-        return [json.loads(line) for line in fh if line.strip()]
-
-
 def _meta(rec):
     m = rec["metadata"]
     return json.loads(m) if isinstance(m, str) else m
@@ -201,6 +197,10 @@ def completeness_problems(results: list, expected: Optional[list] = None,
         by_prompt.setdefault(key, []).append(rec)
     n = n_images or max(len(v) for v in by_prompt.values())
     if expected is not None:
+        absent = (sum(i not in by_prompt for i in range(len(expected))) if use_index else
+                  len({_canon(m) for m in expected} - set(by_prompt)))
+        if absent:      # the count first: a list of 500 absent prompts hides it
+            problems.append(f"{absent} of {len(expected)} prompts of the prompt file have no results")
         if use_index:
             for i, meta in enumerate(expected):
                 recs = by_prompt.get(i, [])
@@ -238,12 +238,15 @@ def summarize(results, expected: Optional[list] = None, n_images: Optional[int] 
     """The official summary of ``results`` (records or a results-jsonl path).
 
     Per tag: fraction of correct images (tags in order of first appearance); overall: the
-    unweighted mean of the tag scores. Incomplete results raise
-    :class:`IncompleteResultsError`; with ``strict=False`` the overall is None instead.
+    unweighted mean of the tag scores. Every record is type-checked
+    (:mod:`janusflow.eval.geneval_results`); bad and duplicated records are skipped, counted
+    and make the results incomplete. Incomplete results raise :class:`IncompleteResultsError`;
+    with ``strict=False`` the overall is None instead.
     """
-    if not isinstance(results, list):
-        results = read_results(results)
-    problems = completeness_problems(results, expected, n_images, tags)
+    parsed = (parse_records((f"record {i}", r) for i, r in enumerate(results))
+              if isinstance(results, list) else read_results(results))
+    results = parsed.records
+    problems = parsed.problems + completeness_problems(results, expected, n_images, tags)
     if problems and strict:
         raise IncompleteResultsError(problems)
     per_tag, counts = OrderedDict(), OrderedDict()
@@ -264,6 +267,7 @@ def summarize(results, expected: Optional[list] = None, n_images: Optional[int] 
         "correct_images": float(np.mean([bool(r["correct"]) for r in results])) if results else 0.0,
         "correct_prompts": float(np.mean(list(prompts.values()))) if prompts else 0.0,
         "complete": not problems, "problems": problems,
+        "bad_records": parsed.bad, "duplicate_records": parsed.duplicates,
     }
 
 

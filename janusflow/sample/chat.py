@@ -101,16 +101,15 @@ def siglip_pixels(images, cfg: ModelConfig) -> np.ndarray:
 
 
 def load_image(path: str) -> np.ndarray:
-    """An image file -> (H, W, 3) uint8 RGB; unreadable files raise ValueError naming the path."""
+    """An image file -> (H, W, 3) uint8 RGB; unreadable files and images over
+    :data:`~janusflow.data.preprocess.MAX_PIXELS` (checked before decoding) raise ValueError
+    naming the path."""
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
+        return preprocess.decode_image(preprocess.read_image_file(path))
     except OSError as e:
         raise ValueError(f"cannot read image {path!r}: {e.strerror or e}") from None
-    try:
-        return preprocess.decode_image(data)
     except preprocess.BadExample as e:
-        raise ValueError(f"cannot read image {path!r}: {e}") from None
+        raise ValueError(f"cannot read image {path!r}: {e.detail}") from None
 
 
 # ----------------------------------------------------------------------------- decoding

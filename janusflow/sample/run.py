@@ -7,8 +7,11 @@ when given, else ``<checkpoint>/vae`` when that is a diffusers ``AutoencoderKL``
 
 Output layout of :func:`sample_to_dir`: ``{prompt:05d}_{sample:02d}.png`` (+ ``.npy`` latents),
 ``grid.png`` (one row per prompt, the first ``grid_max`` images), ``prompts.jsonl`` and
-``sample_config.json`` (the settings; a rerun with other settings is refused, a rerun with the
-same ones samples only the images still missing, each with the noise it would have had).
+``sample_config.json`` (the settings and the model's identity: a rerun with other settings or
+another checkpoint is refused, a rerun with the same ones samples only the images still
+missing, each with the noise it would have had). An output name holding a file that is not a
+readable image counts as missing; it is kept beside as ``<name>.png.unreadable``, never
+deleted.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from janusflow.config import ModelConfig
+from janusflow.records import RecordError, iter_jsonl, iter_text_lines
 from janusflow.sample import grid as grid_mod
 from janusflow.sample.generate import check_options, check_prompts, iter_generate
 
@@ -76,19 +80,18 @@ def read_prompts(prompts: Sequence[str] = (), prompts_file: Optional[str] = None
     if prompts_file:
         if not os.path.isfile(prompts_file):
             raise FileNotFoundError(f"--prompts-file {prompts_file}: no such file")
-        with open(prompts_file, encoding="utf-8") as fh:
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                if prompts_file.endswith(".jsonl"):
-                    try:
-                        item = json.loads(line)
-                        out.append(item["prompt"])
-                    except (json.JSONDecodeError, KeyError, TypeError):
-                        raise ValueError(f"{prompts_file}:{n}: expected a JSON object with a "
-                                         f"'prompt' field") from None
-                else:
-                    out.append(line.rstrip("\n"))
+        # A bad line stops here (named): skipping it would shift every later prompt's index.
+        if prompts_file.endswith(".jsonl"):
+            for _, item in iter_jsonl(prompts_file):
+                if isinstance(item, RecordError):
+                    raise item
+                out.append(item.get_str("prompt", nonempty=True))
+        else:
+            for _, line in iter_text_lines(prompts_file):
+                if isinstance(line, RecordError):
+                    raise line
+                if line.strip():
+                    out.append(line)
     for i, p in enumerate(out):
         if not isinstance(p, str) or not p.strip():
             raise ValueError(f"prompt {i} is empty")
@@ -110,15 +113,30 @@ def _names(n_prompts: int, n: int) -> list[str]:
     return [f"{p:05d}_{s:02d}" for p in range(n_prompts) for s in range(n)]
 
 
+def _comparable(settings: dict) -> dict:
+    # the same weights reached by another path (a copied or moved checkpoint) are the same model
+    model = settings.get("model")
+    if isinstance(model, dict):
+        model = {k: v for k, v in model.items() if k != "checkpoint"}
+    return {**settings, "model": model}
+
+
 def _check_settings(out_dir: str, settings: dict):
     path = os.path.join(out_dir, SETTINGS_NAME)
     if os.path.isfile(path):
-        with open(path) as fh:
-            old = json.load(fh)
-        diff = [k for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
+        try:
+            with open(path, encoding="utf-8") as fh:
+                old = json.load(fh)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: invalid JSON ({e}); use a new --out directory") from None
+        if not isinstance(old, dict):
+            raise ValueError(f"{path}: expected a JSON object; use a new --out directory")
+        old, new = _comparable(old), _comparable(settings)
+        diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
         if diff:
-            raise ValueError(f"{out_dir} holds samples made with other settings ({', '.join(diff)} "
-                             f"differ); use a new --out directory")
+            what = ("another model" if diff == ["model"] else f"other settings ({', '.join(diff)} differ)")
+            raise ValueError(f"{out_dir} holds samples made with {what} (see {path}); "
+                             f"use a new --out directory")
         return
     tmp = path + ".tmp"
     with open(tmp, "w") as fh:
@@ -130,15 +148,16 @@ def sample_to_dir(model, vae, cfg: ModelConfig, prompt_ids: Sequence[Sequence[in
                   prompts_text: Optional[Sequence[str]] = None, n: int = 4, cfg_weight: float = 2.0,
                   steps: int = 30, seed: int = 0, solver: str = "euler", save_latents: bool = False,
                   batch_size: Optional[int] = 8, mesh=None, pad_id: int = 0, grid_max: int = 64,
-                  progress: bool = True, log=print) -> dict:
+                  progress: bool = True, log=print, model_id: Optional[dict] = None) -> dict:
     """Sample ``n`` images per prompt into ``out_dir``, writing each batch as it finishes and
-    skipping images already there. Returns counts and the grid path."""
+    skipping images already there. ``model_id`` (e.g. :func:`model_identity`) is recorded and
+    must match on a rerun. Returns counts and the grid path."""
     prompts = check_prompts(cfg, prompt_ids)
     check_options(steps, cfg_weight, solver, n)
     os.makedirs(out_dir, exist_ok=True)
     _check_settings(out_dir, {"prompt_ids": [list(p) for p in prompts], "n": n,
                               "cfg_weight": float(cfg_weight), "steps": steps, "seed": seed,
-                              "solver": solver, "image_size": cfg.image_size})
+                              "solver": solver, "image_size": cfg.image_size, "model": model_id})
     if prompts_text is not None:
         with open(os.path.join(out_dir, "prompts.jsonl"), "w", encoding="utf-8") as fh:
             for i, t in enumerate(prompts_text):
@@ -146,7 +165,8 @@ def sample_to_dir(model, vae, cfg: ModelConfig, prompt_ids: Sequence[Sequence[in
     names = _names(len(prompts), n)
 
     def done(name):
-        return (os.path.isfile(os.path.join(out_dir, name + ".png"))
+        png = os.path.join(out_dir, name + ".png")
+        return (os.path.isfile(png) and _readable_or_set_aside(png, cfg.image_size, log)
                 and (not save_latents or os.path.isfile(os.path.join(out_dir, name + ".npy"))))
 
     missing = [i for i, name in enumerate(names) if not done(name)]
@@ -166,15 +186,49 @@ def sample_to_dir(model, vae, cfg: ModelConfig, prompt_ids: Sequence[Sequence[in
     shown = names[:max(0, grid_max)]
     grid_path = None
     if shown:
-        from PIL import Image
+        from janusflow.data.preprocess import BadExample, decode_image, read_image_file
         imgs = []
         for name in shown:
-            with Image.open(os.path.join(out_dir, name + ".png")) as im:
-                imgs.append(np.asarray(im.convert("RGB")))
+            path = os.path.join(out_dir, name + ".png")
+            try:
+                imgs.append(decode_image(read_image_file(path)))
+            except BadExample as e:
+                raise ValueError(f"{path}: unreadable sample ({e.detail})") from None
         grid_path = os.path.join(out_dir, "grid.png")
         grid_mod.save_png(grid_path, grid_mod.make_grid(np.stack(imgs), ncols=n))
     return {"generated": len(missing), "skipped": len(names) - len(missing), "total": len(names),
             "out_dir": out_dir, "grid": grid_path}
+
+
+def _readable_or_set_aside(png: str, size: int, log) -> bool:
+    """True if ``png`` decodes as a ``size`` x ``size`` image; otherwise rename it to
+    ``.unreadable`` (we may not have written it: never delete it) so the sample is made again,
+    and say so in one line. The size is checked from the header, before decoding."""
+    from PIL import Image
+    try:
+        with Image.open(png) as im:
+            if im.size != (size, size):
+                raise ValueError(f"{im.size[0]}x{im.size[1]}, samples are {size}x{size}")
+            im.load()
+        return True
+    except Exception as e:             # PIL raises several unrelated types for garbage
+        aside = png + ".unreadable"
+        n = 1
+        while os.path.exists(aside):
+            aside, n = f"{png}.unreadable{n}", n + 1
+        os.replace(png, aside)
+        log(f"{png}: not a readable sample ({type(e).__name__}: {e}); moved to {aside}, "
+            "sampling it again")
+        return False
+
+
+def model_identity(checkpoint: str, **extra) -> dict:
+    """What ``sample_config.json`` records of the model: its path and a cheap fingerprint of
+    its files (:func:`janusflow.checkpoint.model_io.fingerprint`), plus ``extra`` (dtypes)."""
+    from janusflow import paths
+    from janusflow.checkpoint.model_io import fingerprint
+    where = os.path.abspath(checkpoint) if paths.is_local(checkpoint) else checkpoint
+    return {"checkpoint": where, "fingerprint": fingerprint(checkpoint), **extra}
 
 
 def default_mesh():
