@@ -11,8 +11,10 @@ clipping 1.0, EMA 0.99, constant lr after warm-up, sequences of 4096.
   janusflow train --config experiments/janusflow_1_3b.py:stage=3 --workdir .../s3 \
       --set train.init_from=.../s2
 
-Data sources (``data.und/gen/text``) must be set to the user's TFDS datasets; the default
-names the built-in shapes dataset only so the file loads anywhere.
+Data sources (``data.und/gen/text``) must be named (``--set data.gen.name=...``, the user's
+TFDS datasets): they are left empty, so a run that names none stops with an error instead of
+training the 1.3B model on the toy shapes. So must the VAE: ``--vae DIR`` (the SDXL-VAE) or
+``data.gen.latents=true`` (``janusflow data latents``).
 
 Batch: the paper's 512 (stage 3: 256) packed 4096-token sequences per step become padded rows
 of the same tokens per step (``data/step_budget.py``; ``janusflow plan`` prints both), at the
@@ -26,8 +28,6 @@ word-piece boundary, not dropped), text documents of 2048 (longer ones truncated
 leave a fifth of stage 2's first 10k steps to text rows and cost ~15% of the examples per
 step). ``janusflow data lengths`` reports what each cut drops on a dataset.
 """
-
-import dataclasses
 
 from janusflow.config import ConfigError, ExperimentConfig, OptimConfig, TrainConfig
 from janusflow.data.mixing import with_ratio_schedule, with_task_ratios
@@ -60,8 +60,8 @@ def get_config(arg=None):
                         optim=OptimConfig(lr=lr, warmup_steps=warmup, b1=0.9, b2=0.95, weight_decay=0.0,
                                           grad_clip=1.0, ema_decay=0.99))
     # the official system prompt and whole conversations are DataConfig's defaults
-    data = DataConfig(und=SourceConfig(name="janusflow_shapes/384px"), gen=SourceConfig(name="janusflow_shapes/384px"),
-                      text=SourceConfig(name="janusflow_shapes/384px", text="description"),
+    # no datasets named: the user names them (module doc); a run without them is refused
+    data = DataConfig(und=SourceConfig(), gen=SourceConfig(), text=SourceConfig(),
                       und_text_len=UND_TEXT_LEN, prompt_len=PROMPT_LEN, text_len=TEXT_LEN)
     cfg = ExperimentConfig(name=f"janusflow_1_3b_stage{stage}", model=janusflow_1_3b(), seq_len=4096,
                            train=train, data=data)

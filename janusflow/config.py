@@ -216,6 +216,9 @@ class ModelConfig:
     param_dtype: str = "float32"
     remat: str = "none"                     # activation checkpointing: "none" | "block" | "dots"
     attention_impl: str = "xla"             # passed to jax.nn.dot_product_attention
+    # Training refuses to pass images through a randomly initialised KL VAE (train.vae_from
+    # names the pretrained one) unless this says a random VAE is intended (tiny test models).
+    vae_random_ok: bool = False
 
     def __post_init__(self):
         _finite(self)
@@ -363,6 +366,8 @@ class TrainConfig:
     ckpt_every: int = 500
     keep_checkpoints: int = 3
     init_from: str = ""                     # model checkpoint (native or HF dir) or a previous stage's workdir
+    vae_from: str = ""                      # diffusers AutoencoderKL dir (the SDXL-VAE) loaded into the state
+    vae_dtype: str = "float32"              # compute dtype of the frozen VAE: "float32" | "bfloat16"
 
     def __post_init__(self):
         _finite(self)
@@ -381,6 +386,7 @@ class TrainConfig:
             _check(e[0] > last, name, f"end_step {e[0]} must be > the previous entry's ({last})")
             _check(sum(e[1:]) > 0, name, "all task batches zero")
             last = e[0]
+        _check(self.vae_dtype in ("float32", "bfloat16"), "TrainConfig.vae_dtype", f"got {self.vae_dtype!r}")
 
 
 @dataclass(frozen=True)

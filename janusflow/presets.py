@@ -49,7 +49,7 @@ def tiny_kl(**overrides) -> ModelConfig:
     return tiny(vae=VAEConfig(kind="kl", block_out_channels=(16, 32), layers_per_block=1,
                               norm_num_groups=8, scaling_factor=1.0),
                 gen_codec=GenCodecConfig(channels=32, kernel_size=2, stride=2, num_blocks=2),
-                **overrides)
+                **{"vae_random_ok": True, **overrides})   # no pretrained VAE of this size exists
 
 
 PRESETS = {"tiny": tiny, "tiny_kl": tiny_kl, "janusflow_1_3b": janusflow_1_3b}

@@ -112,27 +112,27 @@ def fingerprint(params) -> str:
 
 
 def load_vae_params(cfg, vae_dir: str | None = None):
-    """(graphdef, params pure dict, description) of the VAE that encodes the latents."""
-    import jax
+    """(graphdef, params pure dict, description) of the VAE that encodes the latents: ``vae_dir``
+    (``--vae``), else the experiment's ``train.vae_from``, else -- only where
+    ``model.vae_random_ok`` allows it -- the random VAE a fresh run of the experiment builds."""
     from flax import nnx
-    vcfg = cfg.model.vae
+    from janusflow.config import ConfigError
+    from janusflow.models.vae import make_vae
+    from janusflow.train.state import random_vae_params, vae_params
+    from janusflow.train.vae_source import load_vae_module
+    vae_dir = vae_dir or cfg.train.vae_from
     if vae_dir:
-        from janusflow.checkpoint.hf import load_vae
-        vae, got = load_vae(vae_dir)
-        if got != vcfg:
-            diff = [f.name for f in dataclasses.fields(vcfg) if getattr(vcfg, f.name) != getattr(got, f.name)]
-            raise ValueError(f"--vae {vae_dir}: its config differs from the experiment's model.vae in "
-                             f"{', '.join(diff)}")
-        gd, state = nnx.split(vae, nnx.Param)
-        return gd, nnx.to_pure_dict(state), f"diffusers AutoencoderKL {os.path.abspath(vae_dir)}"
-    # The VAE a fresh run builds: train/state.py initialises model then VAE from one
-    # nnx.Rngs(train.seed). Jitting only the VAE's parameters out of that lets XLA drop the
-    # model's initialisers, so a 1.3B experiment costs no model memory here.
-    from janusflow.train.state import _build
-    abstract = nnx.eval_shape(lambda: _build(cfg, 0)[1])
-    gd, _ = nnx.split(abstract, nnx.Param)
-    params = jax.jit(lambda: nnx.to_pure_dict(nnx.split(_build(cfg, cfg.train.seed)[1], nnx.Param)[1]))()
-    return gd, params, f"initialised by a fresh run of {cfg.name!r} (train.seed={cfg.train.seed})"
+        vae = load_vae_module(vae_dir, cfg.model.vae, where="--vae" if vae_dir != cfg.train.vae_from
+                              else "train.vae_from")
+        gd, _ = nnx.split(vae, nnx.Param)
+        return gd, vae_params(vae), f"diffusers AutoencoderKL {os.path.abspath(vae_dir)}"
+    if not cfg.model.vae_random_ok:
+        raise ConfigError("no VAE named: these latents would come from a randomly initialised VAE; pass "
+                          "--vae DIR (a diffusers AutoencoderKL directory such as stabilityai/sdxl-vae) or "
+                          "set train.vae_from, or model.vae_random_ok=true if a random VAE is intended")
+    # The VAE a fresh run builds (its own RNG stream, train/state.py), without the model.
+    gd, _ = nnx.split(nnx.eval_shape(lambda: make_vae(cfg.model.vae, rngs=nnx.Rngs(0))), nnx.Param)
+    return gd, random_vae_params(cfg), f"initialised by a fresh run of {cfg.name!r} (train.seed={cfg.train.seed})"
 
 
 def _default_name(builder) -> str:

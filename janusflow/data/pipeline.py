@@ -303,6 +303,16 @@ def per_process_batch_sizes(cfg, process_count: int, step: int = 0) -> dict:
     return {k: v // process_count for k, v in sizes.items()}
 
 
+def check_sources_named(cfg, data: DataConfig | None = None) -> None:
+    """Every task stream the batch draws from names its dataset (one line naming the field)."""
+    data = cfg.data if data is None else data
+    for task, n in per_process_batch_sizes(cfg, 1).items():
+        if n and not getattr(data, task).enabled:
+            from janusflow.config import ConfigError   # not at the top: config.py imports this module
+            raise ConfigError(f"data.{task}.name is empty: train.{task}_batch={n} but data.{task} names no "
+                              f"dataset (--set data.{task}.name=NAME_OR_DIR)")
+
+
 def _check_fields(task, source, keys: SourceConfig):
     need = {"und": (keys.image, keys.question, keys.answer), "gen": (keys.image, *keys.caption.split("|")),
             "text": (keys.text,)}[task] + ((LATENTS_FEATURE,) if keys.latents else ())
@@ -325,6 +335,7 @@ def make_pipeline(cfg, data: DataConfig = DataConfig(), tokenizer: Tokenizer | N
     tok = tokenizer or load_tokenizer(data, cfg.model)
     if tok.vocab_size > cfg.model.llm.vocab_size:
         raise ValueError(f"tokenizer has {tok.vocab_size} tokens > model vocab_size {cfg.model.llm.vocab_size}")
+    check_sources_named(cfg, data)
     sizes = per_process_batch_sizes(cfg, process_count)
     # a stream is opened when any phase of the ratio schedule reads it
     needed = {t for start, _, _ in batch_phases(cfg.train)
@@ -335,8 +346,6 @@ def make_pipeline(cfg, data: DataConfig = DataConfig(), tokenizer: Tokenizer | N
         if task not in needed:
             continue
         src_cfg = getattr(data, task)
-        if not src_cfg.enabled:
-            raise ValueError(f"train.{task}_batch > 0 but DataConfig.{task} names no dataset")
         if src_cfg.latents:
             check_latents_source(src_cfg, cfg.model)   # VAE config + latent shape == the model's
         source = open_source(src_cfg, src_cfg.image if task != "text" else None)

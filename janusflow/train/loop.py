@@ -8,6 +8,12 @@ uninterrupted one exactly. When checkpoints exist but none restores, the run sto
 
 One run at a time per workdir, and the run replaces only what it wrote (``train/workdir.py``).
 
+The loop does not wait for the devices each step: the next batches are placed on the devices
+while a step runs (``train/prefetch.py``), and metrics -- with the step's finiteness flag,
+decided on the device, where a non-finite step skips its update -- are fetched every
+``log_every`` steps and before every checkpoint, so a non-finite step is still named exactly
+and never checkpointed past.
+
 The workdir may be local or a ``gs://`` URL (``janusflow/paths.py``); on a multi-host run every
 process runs this same function: orbax coordinates the checkpoint writes, and only process 0
 writes the JSON/metrics files.
@@ -33,9 +39,12 @@ from janusflow.parallel.mesh import make_mesh, maybe_initialize_distributed
 from janusflow.parallel.rules import batch_sharding
 from janusflow.platform import fit_batches_to_mesh
 from janusflow.train import metrics as metrics_lib
-from janusflow.train.state import TrainState, make_init, merge_model, state_from_model, state_shardings
 from janusflow.train import workdir as workdir_lib
-from janusflow.train.step import check_finite, jit_train_step
+from janusflow.train.prefetch import DevicePrefetcher
+from janusflow.train.state import (TrainState, make_init, merge_model, place_vae, random_vae_params,
+                                   state_from_model, state_shardings)
+from janusflow.train.step import check_finite_steps, jit_train_step
+from janusflow.train.vae_source import check_vae_source, config_diff, initial_vae
 
 
 class _Signals:
@@ -67,32 +76,29 @@ def to_global(batch, mesh):
         batch_sharding(mesh, np.ndim(x)), np.asarray(x)), batch)
 
 
-def init_distributed() -> bool:
-    """``maybe_initialize_distributed()`` once per process: ``jax.distributed.initialize``
-    raises when called twice, and one process may run several trainings (recipe phases)."""
+def init_distributed(**launch) -> bool:
+    """``maybe_initialize_distributed(**launch)`` once per process: ``jax.distributed.initialize``
+    raises when called twice, and one process may run several trainings (recipe phases).
+    ``launch``: coordinator / num_processes / process_id from the command line."""
     if jax.distributed.is_initialized():  # reads a flag only: does not start the backend
         return True
-    return maybe_initialize_distributed()
+    return maybe_initialize_distributed(**launch)
 
 
-def _warm_start(cfg: ExperimentConfig, mesh, log):
+def _warm_start(cfg: ExperimentConfig, mesh, vae, log):
     """Initial state from ``train.init_from``: a previous stage's workdir (its final model) or a
-    model checkpoint (native or official HF directory); local or a ``gs://`` URL."""
+    model checkpoint (native or official HF directory); local or a ``gs://`` URL. ``vae``:
+    pretrained VAE parameters, or None for the random VAE a fresh start would build."""
     from janusflow.checkpoint.model_io import load_model
-    from janusflow.models.vae import make_vae
-    from flax import nnx
     path = cfg.train.init_from
     if paths.as_path(paths.join(path, "model")).is_dir():
         path = paths.join(path, "model")
     model, model_cfg = load_model(path, log=log)
     if model_cfg != cfg.model:
-        diff = [f.name for f in __import__("dataclasses").fields(model_cfg)
-                if getattr(model_cfg, f.name) != getattr(cfg.model, f.name)]
         raise ValueError(f"train.init_from={cfg.train.init_from!r} holds a model whose config differs "
-                         f"from the experiment's in: {', '.join(diff)}")
-    vae = make_vae(cfg.model.vae, rngs=nnx.Rngs(cfg.train.seed))
+                         f"from the experiment's in: {', '.join(config_diff(model_cfg, cfg.model))}")
     log(f"warm start from {path}")
-    return state_from_model(model, vae, cfg, mesh)
+    return state_from_model(model, random_vae_params(cfg) if vae is None else vae, cfg, mesh)
 
 
 def final_model_names(cfg: ExperimentConfig) -> tuple:
@@ -166,7 +172,12 @@ def train(cfg: ExperimentConfig, workdir: str, *, data_iter=None, log: Callable 
     ``stop_at``: stop after this global step; ``devices``: a subset of devices for the mesh
     (tests); default all. ``start_over``: when no checkpoint of the workdir restores, move them
     aside and train from step 0 (default: refuse). Returns the last metrics."""
-    init_distributed()  # first: jax.distributed.initialize must precede any other jax call
+    # refusals that need no jax and touch no workdir first
+    check_vae_source(cfg)
+    if data_iter is None and not cfg.synthetic_data:
+        from janusflow.data.pipeline import check_sources_named
+        check_sources_named(cfg)
+    init_distributed()  # before any other jax call: jax.distributed.initialize must come first
     check_workdir(workdir)
     with workdir_lib.hold(workdir, jax.process_index() == 0, replaces=final_model_names(cfg), log=log) as manifest:
         return _train(cfg, workdir, manifest, data_iter=data_iter, log=log, stop_at=stop_at, devices=devices,
@@ -211,28 +222,40 @@ def _train(cfg: ExperimentConfig, workdir: str, manifest, *, data_iter, log, sto
     if restored is not None:
         start, state, data_state = restored
         data_iter.set_state(data_state)
-        log(f"resumed from step {start} in {workdir}")
+        log(f"resumed from step {start} in {workdir}")  # the VAE too comes from the checkpoint
     elif t.init_from:
-        parts, state, shardings = _warm_start(cfg, mesh, log)
+        parts, state, shardings = _warm_start(cfg, mesh, initial_vae(cfg, log), log)
         start = 0
     else:
+        vae = initial_vae(cfg, log)
         key = ("init", cfg, mesh.axis_names, tuple(d.id for d in mesh.devices.flat))
         if key not in _COMPILED:
             _COMPILED[key] = make_init(cfg, parts, shardings)
         with jax.set_mesh(mesh):
-            state = _COMPILED[key]()
+            state = _COMPILED[key](place_vae(vae, shardings))
         start = 0
         log(f"initialised a new {cfg.name} model (stage {t.stage})")
 
+    end = t.steps if stop_at is None else min(stop_at, t.steps)
     # The ratio schedule's phases (train.task_batch_schedule): one compiled step per phase,
-    # all on the same state, so AdamW moments, the warm-up position and the EMA run on.
+    # all on the same state, so AdamW moments, the warm-up position and the EMA run on. The
+    # pipeline's rows switch before it reads the first batch of a new phase (batches are read
+    # ahead of the step that trains on them).
     set_sizes = getattr(data_iter, "set_batch_sizes", None)
     phase_sizes = lambda s: per_process_batch_sizes(cfg, jax.process_count(), s)  # noqa: E731
-    if set_sizes is not None:
-        set_sizes(phase_sizes(start))
-    elif len(batch_phases(t)) > 1:
+    if set_sizes is None and len(batch_phases(t)) > 1:
         raise ValueError("train.task_batch_schedule needs a data iterator with set_batch_sizes()")
-    first = to_global(next(data_iter), mesh)
+    current = {}
+
+    def before_read(i):  # i-th batch read from here on trains step start + i
+        if set_sizes is not None and phase_sizes(start + i) != current.get("sizes"):
+            current["sizes"] = phase_sizes(start + i)
+            set_sizes(current["sizes"])
+
+    # the next batches go to the devices while a step runs; read no batch past the last step
+    batches = DevicePrefetcher(data_iter, lambda b: to_global(b, mesh), depth=2, limit=max(end - start, 1),
+                               before_read=before_read)
+    first = batches.peek()
     step_fn = _compiled_step(cfg, parts, shardings, mesh, first)
     peak, peak_src = perf.peak_flops_per_device()
     step_flops = flops.train_step_flops(cfg, first)["total"]
@@ -240,42 +263,50 @@ def _train(cfg: ExperimentConfig, workdir: str, manifest, *, data_iter, log, sto
     writer.write_json("run_info.json", {"peak_flops_per_device": peak, "peak_source": peak_src,
                                         "devices": jax.device_count(), "model_flops_per_step": step_flops,
                                         "mesh": dict(mesh.shape)})
-    end = t.steps if stop_at is None else min(stop_at, t.steps)
     progress = metrics_lib.Progress(start, end, log)
-    batch, last = first, {}
+    last = {}
+    # Metrics stay on the devices until a log or checkpoint step: fetching them is the only
+    # host sync, so steps are dispatched back to back. A non-finite step skips its update on
+    # the device; every pending step's flag is checked before anything is logged or saved.
+    pending: list = []
+    t_mark = time.perf_counter()
     try:
         with _Signals() as sig:
             for step in range(start, end):
-                t0 = time.perf_counter()
+                batch, data_after = next(batches)
+                if batch_rows(batch) != batch_rows(first):  # a new phase: its own compiled step
+                    first = batch
+                    step_fn = _compiled_step(cfg, parts, shardings, mesh, first)
+                    step_flops = flops.train_step_flops(cfg, first)["total"]
+                    log(f"step {step}: task batches und:gen:text now "
+                        + ":".join(str(n) for n in task_batches_at(t, step).values()))
                 state, m = step_fn(state, batch)
-                m = jax.device_get(m)
-                check_finite(step, m)  # raises before any checkpoint of a bad state can be written
-                dt = time.perf_counter() - t0
+                pending.append((step, m))
                 done = step + 1
-                if done % t.log_every == 0 or done == end:
-                    last = metrics_lib.step_metrics(m, dt, first, cfg, step_flops, peak * jax.device_count())
+                stop = sig.received is not None
+                log_now = done % t.log_every == 0 or done == end
+                save_now = done % t.ckpt_every == 0 or done == end or stop
+                if not (log_now or save_now):
+                    continue
+                fetched = jax.device_get([mm for _, mm in pending])
+                check_finite_steps([s for s, _ in pending], fetched)  # raises before a bad state is saved
+                dt = (time.perf_counter() - t_mark) / len(pending)
+                pending = []
+                if log_now:
+                    last = metrics_lib.step_metrics(fetched[-1], dt, first, cfg, step_flops,
+                                                    peak * jax.device_count())
                     if hasattr(data_iter, "metrics"):  # skipped / fixed bad examples, counted
                         last.update({f"data/{k}": v for k, v in data_iter.metrics().items()})
                     writer.write(done, last)
                     progress.update(done, last)
-                stop = sig.received is not None
-                if done % t.ckpt_every == 0 or done == end or stop:
+                if save_now:
                     # the data position saved is that of the *next* batch to train on
-                    ckpt.save(done, state, data_iter.get_state(), meta, force=stop)
+                    ckpt.save(done, state, data_after, meta, force=stop)
                 if stop:
                     ckpt.wait()
                     log(f"received signal {sig.received}: saved step {done} and stopping")
                     break
-                if done < end:
-                    if set_sizes is not None and phase_sizes(done) != phase_sizes(step):
-                        set_sizes(phase_sizes(done))
-                        log(f"step {done}: task batches und:gen:text now "
-                            + ":".join(str(n) for n in task_batches_at(t, done).values()))
-                    batch = to_global(next(data_iter), mesh)
-                    if batch_rows(batch) != batch_rows(first):  # a new phase: its own compiled step
-                        first = batch
-                        step_fn = _compiled_step(cfg, parts, shardings, mesh, first)
-                        step_flops = flops.train_step_flops(cfg, first)["total"]
+                t_mark = time.perf_counter()
         ckpt.wait()
         if int(jax.device_get(state.step)) >= t.steps:
             save_final_model(cfg, parts, state, workdir, log, manifest)

@@ -68,11 +68,36 @@ def make_optimizer(o: OptimConfig):
     return optax.chain(*chain), schedule
 
 
+# The VAE's random init draws from its own stream (train.seed folded with this), so it does not
+# depend on the model's structure, and a fresh start and a warm start build the same one.
+VAE_STREAM = 0x5DA1
+
+
+def build_model(cfg: ExperimentConfig, seed: int) -> JanusFlow:
+    return JanusFlow(cfg.model, rngs=nnx.Rngs(seed))
+
+
+def build_vae(cfg: ExperimentConfig, seed: int):
+    """The frozen VAE module, randomly initialised (its weights are replaced when
+    ``train.vae_from`` names the pretrained one), computing in ``train.vae_dtype``."""
+    key = jax.random.fold_in(jax.random.key(seed), VAE_STREAM)
+    dtype = jnp.bfloat16 if cfg.train.vae_dtype == "bfloat16" else None
+    return make_vae(cfg.model.vae, rngs=nnx.Rngs(key), dtype=dtype)
+
+
 def _build(cfg: ExperimentConfig, seed: int):
-    rngs = nnx.Rngs(seed)
-    model = JanusFlow(cfg.model, rngs=rngs)
-    vae = make_vae(cfg.model.vae, rngs=rngs)
-    return model, vae
+    return build_model(cfg, seed), build_vae(cfg, seed)
+
+
+def vae_params(vae) -> dict:
+    """The VAE module's parameters as the pure dict the train state holds."""
+    return _pure(nnx.split(vae, nnx.Param)[1])
+
+
+def random_vae_params(cfg: ExperimentConfig) -> dict:
+    """The random VAE a fresh run of ``cfg`` builds (jitted: threefry per parameter shape is
+    slow eagerly), without building the model."""
+    return jax.jit(lambda: vae_params(build_vae(cfg, cfg.train.seed)))()
 
 
 def split_model(model, vae, stage: int):
@@ -85,13 +110,14 @@ def _pure(state) -> dict:
     return nnx.to_pure_dict(state)
 
 
-def _state_from_model(model, vae, cfg: ExperimentConfig, parts_opt) -> TrainState:
+def _state_from_model(model, vae: dict, cfg: ExperimentConfig, parts_opt) -> TrainState:
+    """``vae``: the VAE's parameters (pure dict)."""
     t = cfg.train
-    _, trainable, frozen, _, vae_params = split_model(model, vae, t.stage)
+    _, trainable, frozen = nnx.split(model, trainable_filter(t.stage), nnx.Param)
     params = _pure(trainable)
     return TrainState(
         step=jnp.zeros((), jnp.int32), rng=jax.random.key_data(jax.random.key(t.seed)),
-        params=params, frozen=_pure(frozen), vae=_pure(vae_params),
+        params=params, frozen=_pure(frozen), vae=vae,
         opt_state=parts_opt.init(params),
         ema=jax.tree.map(jnp.copy, params) if t.optim.ema_decay > 0 else None)
 
@@ -104,11 +130,12 @@ def abstract_parts(cfg: ExperimentConfig):
 def state_shardings(cfg: ExperimentConfig, mesh: Mesh):
     """(Parts, abstract TrainState, TrainState of NamedSharding)."""
     model, vae = abstract_parts(cfg)
-    graphdef, trainable, frozen, vae_graphdef, vae_params = split_model(model, vae, cfg.train.stage)
+    graphdef, trainable, frozen, vae_graphdef, vae_state = split_model(model, vae, cfg.train.stage)
     optimizer, schedule = make_optimizer(cfg.train.optim)
     parts = Parts(graphdef, vae_graphdef, optimizer, schedule)
     p_sh = param_shardings(trainable, mesh)
-    abstract = jax.eval_shape(lambda: _state_from_model(*_build(cfg, 0), cfg, optimizer))
+    abstract = jax.eval_shape(lambda: _state_from_model(build_model(cfg, 0), vae_params(build_vae(cfg, 0)),
+                                                        cfg, optimizer))
     rep = replicated(mesh)
     opt_sh = optax.tree_map_params(
         optimizer, lambda _, s: s, abstract.opt_state, p_sh,
@@ -116,29 +143,40 @@ def state_shardings(cfg: ExperimentConfig, mesh: Mesh):
         is_leaf=lambda x: isinstance(x, jax.sharding.NamedSharding))
     shardings = TrainState(
         step=rep, rng=rep, params=p_sh, frozen=param_shardings(frozen, mesh),
-        vae=param_shardings(vae_params, mesh), opt_state=opt_sh,
+        vae=param_shardings(vae_state, mesh), opt_state=opt_sh,
         ema=p_sh if abstract.ema is not None else None)
     return parts, abstract, shardings
 
 
-def init_state(cfg: ExperimentConfig, mesh: Mesh):
+def init_state(cfg: ExperimentConfig, mesh: Mesh, vae: Optional[dict] = None):
     """Initialise the train state directly into its shardings (one jitted program, so the
-    full model is never materialised on one device). Returns (parts, state, shardings)."""
+    full model is never materialised on one device). ``vae``: pretrained VAE parameters
+    (``load_vae_params``); default a random VAE. Returns (parts, state, shardings)."""
     parts, _, shardings = state_shardings(cfg, mesh)
     init = make_init(cfg, parts, shardings)
     with jax.set_mesh(mesh):
-        state = init()
+        state = init(place_vae(vae, shardings))
     return parts, state, shardings
 
 
 def make_init(cfg: ExperimentConfig, parts: Parts, shardings: TrainState):
-    """The jitted, sharded initialiser (call it under ``jax.set_mesh(mesh)``)."""
-    return jax.jit(lambda: _state_from_model(*_build(cfg, cfg.train.seed), cfg, parts.optimizer),
-                   out_shardings=shardings)
+    """The jitted, sharded initialiser (call it under ``jax.set_mesh(mesh)``): ``init()`` with
+    a random VAE, ``init(vae)`` with these VAE parameters (placed by ``place_vae``), whose
+    random init is then never computed."""
+    def init(vae=None):
+        if vae is None:
+            vae = vae_params(build_vae(cfg, cfg.train.seed))
+        return _state_from_model(build_model(cfg, cfg.train.seed), vae, cfg, parts.optimizer)
+    return jax.jit(init, out_shardings=shardings)
 
 
-def state_from_model(model, vae, cfg: ExperimentConfig, mesh: Mesh):
-    """Train state from an existing (e.g. imported) model, placed into its shardings."""
+def place_vae(vae: Optional[dict], shardings: TrainState) -> Optional[dict]:
+    return None if vae is None else jax.device_put(vae, shardings.vae)
+
+
+def state_from_model(model, vae: dict, cfg: ExperimentConfig, mesh: Mesh):
+    """Train state from an existing (e.g. imported) model and the VAE's parameters, placed
+    into their shardings."""
     parts, _, shardings = state_shardings(cfg, mesh)
     state = _state_from_model(model, vae, cfg, parts.optimizer)
     return parts, jax.device_put(state, shardings), shardings

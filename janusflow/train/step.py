@@ -52,7 +52,7 @@ def _vae_input(vae, vae_cfg, b, images_key: str, latents_key: str):
     if latents_key in b:
         x = b[latents_key].astype(jnp.float32)
     elif images_key in b:
-        x = encode_latents(vae, vae_cfg, b[images_key])
+        x = encode_latents(vae, vae_cfg, b[images_key]).astype(jnp.float32)  # train.vae_dtype may be bf16
     else:
         raise ValueError(f"batch needs {images_key!r} or precomputed {latents_key!r}; it has {sorted(b)}")
     return jax.lax.stop_gradient(x)
@@ -218,11 +218,24 @@ class NonFiniteLoss(FloatingPointError):
     pass
 
 
+def _terms(metrics) -> str:
+    return ", ".join(f"{k}={float(metrics[k]):.6g}" for k in sorted(metrics)
+                     if k.startswith("loss") or k == "grad_norm")
+
+
 def check_finite(step: int, metrics) -> None:
     """Host-side: raise naming the step and every loss term when the step was non-finite."""
     if bool(metrics["finite"]):
         return
-    terms = ", ".join(f"{k}={float(metrics[k]):.6g}" for k in sorted(metrics)
-                      if k.startswith("loss") or k == "grad_norm")
-    raise NonFiniteLoss(f"non-finite loss or gradient at step {step}: {terms}; the state was "
+    raise NonFiniteLoss(f"non-finite loss or gradient at step {step}: {_terms(metrics)}; the state was "
                         "kept at the last finite step and no checkpoint is written from it")
+
+
+def check_finite_steps(steps, metrics) -> None:
+    """Host-side check of the steps run since the last one (their fetched metrics): raise
+    naming the first non-finite step and its terms. That step's update was skipped on the
+    device; nothing after it is checkpointed, as the loop checks before every save."""
+    for step, m in zip(steps, metrics):
+        if not bool(m["finite"]):
+            raise NonFiniteLoss(f"non-finite loss or gradient at step {step}: {_terms(m)}; its update was "
+                                f"skipped and no checkpoint is written after step {step}")
