@@ -23,6 +23,7 @@ from flax import nnx
 
 from janusflow.config import GenCodecConfig
 from janusflow.models.layers import Conv2d, Linear, RMSNorm, param, pixel_shuffle, zeros
+from janusflow.parallel.rules import IMAGE_FEATURES as FEATURES, constrain
 
 # Fixed by the official block (not in config.json): 7x7 depthwise conv, GRN epsilon.
 DW_KERNEL = 7
@@ -127,13 +128,13 @@ class ConvNextBlock(nnx.Module):
         return y.astype(x.dtype)
 
     def __call__(self, x, t_emb):
-        h = depthwise_conv(self.depthwise, x)
+        h = depthwise_conv(self.depthwise, constrain(x, FEATURES))
         h = self.norm(h)
-        h = jax.nn.gelu(self.linear_1(h), approximate=False)
+        h = constrain(jax.nn.gelu(self.linear_1(h), approximate=False), FEATURES)
         h = self.linear_2(self.grn(h))
         y = x + h.astype(x.dtype)
         scale, shift = jnp.split(self.cond_embeds_mapper(jax.nn.silu(t_emb)), 2, axis=-1)
-        return y * (1 + scale[:, None, None, :]) + shift[:, None, None, :]
+        return constrain(y * (1 + scale[:, None, None, :]) + shift[:, None, None, :], FEATURES)
 
 
 class Unpatchify(nnx.Module):
@@ -147,7 +148,7 @@ class Unpatchify(nnx.Module):
                                    use_bias=cfg.use_bias, rngs=rngs, dtype=dtype)
 
     def __call__(self, x):
-        return pixel_shuffle(self.unpatch_conv(self.norm(x)), self.patch)
+        return constrain(pixel_shuffle(self.unpatch_conv(self.norm(x)), self.patch), FEATURES)
 
 
 def _check_t_emb(t_emb, batch: int, hidden: int, who: str):
@@ -195,7 +196,7 @@ class GenEncoder(nnx.Module):
             raise ValueError(f"GenEncoder: t must have shape (B,), got {t.shape}")
         dtype = dtype or self.dtype or jnp.float32
         emb = timestep_embedding(t, self.cfg.channels).astype(dtype)
-        return self.time_linear_2(jax.nn.silu(self.time_linear_1(emb)))
+        return constrain(self.time_linear_2(jax.nn.silu(self.time_linear_1(emb))), ("batch", "embed"))
 
     def __call__(self, z, t):
         if z.ndim != 4:
@@ -212,7 +213,7 @@ class GenEncoder(nnx.Module):
         self.grid_size(z.shape[2])
         dtype = self.dtype or z.dtype
         t_emb = self.time_embedding(t, dtype)
-        x = self.in_conv(z.astype(dtype))
+        x = constrain(self.in_conv(z.astype(dtype)), FEATURES)
         for block in self.blocks:
             x = block(x, t_emb)
         return x, t_emb
@@ -248,7 +249,8 @@ class GenDecoder(nnx.Module):
                              f"got {skip.shape}")
         _check_t_emb(t_emb, x.shape[0], self.hidden_size, "GenDecoder")
         dtype = self.dtype or x.dtype
-        h = jnp.concatenate([self.input_norm(x.astype(dtype)), skip.astype(dtype)], axis=-1)
+        h = constrain(jnp.concatenate([self.input_norm(x.astype(dtype)), skip.astype(dtype)], axis=-1),
+                      FEATURES)
         t_emb = t_emb.astype(dtype)
         for block in self.blocks:
             h = block(h, t_emb)
