@@ -128,12 +128,15 @@ class ConvNextBlock(nnx.Module):
         return y.astype(x.dtype)
 
     def __call__(self, x, t_emb):
-        h = depthwise_conv(self.depthwise, constrain(x, FEATURES))
-        h = self.norm(h)
+        # every intermediate pinned: the conv weights' channel axis is FSDP-sharded, and an
+        # unpinned intermediate follows it (full batch, split channels) and is gathered back
+        h = constrain(depthwise_conv(self.depthwise, constrain(x, FEATURES)), FEATURES)
+        h = constrain(self.norm(h), FEATURES)
         h = constrain(jax.nn.gelu(self.linear_1(h), approximate=False), FEATURES)
-        h = self.linear_2(self.grn(h))
+        h = constrain(self.linear_2(constrain(self.grn(h), FEATURES)), FEATURES)
         y = x + h.astype(x.dtype)
-        scale, shift = jnp.split(self.cond_embeds_mapper(jax.nn.silu(t_emb)), 2, axis=-1)
+        cond = constrain(self.cond_embeds_mapper(jax.nn.silu(t_emb)), ("batch", "channels"))
+        scale, shift = jnp.split(cond, 2, axis=-1)
         return constrain(y * (1 + scale[:, None, None, :]) + shift[:, None, None, :], FEATURES)
 
 
@@ -195,8 +198,9 @@ class GenEncoder(nnx.Module):
         if t.ndim != 1:
             raise ValueError(f"GenEncoder: t must have shape (B,), got {t.shape}")
         dtype = dtype or self.dtype or jnp.float32
-        emb = timestep_embedding(t, self.cfg.channels).astype(dtype)
-        return constrain(self.time_linear_2(jax.nn.silu(self.time_linear_1(emb))), ("batch", "embed"))
+        emb = constrain(timestep_embedding(t, self.cfg.channels).astype(dtype), ("batch", "channels"))
+        h = constrain(jax.nn.silu(self.time_linear_1(emb)), ("batch", "embed"))
+        return constrain(self.time_linear_2(h), ("batch", "embed"))
 
     def __call__(self, z, t):
         if z.ndim != 4:

@@ -148,6 +148,8 @@ class LLM(nnx.Module):
             raise ValueError(f"token ids must be (batch, length), got shape {ids.shape}")
         table = self.embed_tokens[...]
         x = jnp.take(table, ids, axis=0)
+        # The table stays FSDP-sharded: the lookup gathers the token ids (4 bytes a token)
+        # rather than the table (the vocab x hidden weight on every device).
         return constrain(x.astype(self.dtype or table.dtype), RESIDUAL)
 
     def logits(self, hidden):
