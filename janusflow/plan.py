@@ -371,6 +371,10 @@ def run_cli(args, log=print) -> int:
             env = child_env(1)
             from janusflow.platform import export_env
             export_env(platform, env)          # LIBTPU_INIT_ARGS shape what the compiler does
+            # libtpu takes /tmp/libtpu_lockfile, one process per machine, as it would own the
+            # chips; a compile-only plan owns none, so plans may run beside each other (and
+            # beside a training run on a TPU VM)
+            env.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
         else:
             log(f"starting a child process with {devices} simulated CPU devices ...")
             env = child_env(devices)
