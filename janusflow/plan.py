@@ -359,6 +359,9 @@ def run_cli(args, log=print) -> int:
     in_child = os.environ.get(CHILD_ENV) == "1"
     args.compiler = choose_compiler(getattr(args, "compiler", None), platform,
                                     log=log if not in_child else None)
+    if args.compiler == "tpu" and devices != platform.devices:
+        raise ConfigError(f"--devices {devices}: the TPU compiler plans the platform's topology "
+                          f"{platform.topology} ({platform.devices} devices); use --compiler cpu")
     cfg = apply_overrides(load_config(args.config), args.set)
     cfg = prepare_config(cfg, platform=platform, mesh=mesh, batch=args.batch,
                          log=log if not in_child else (lambda _m: None))
