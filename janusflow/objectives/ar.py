@@ -15,6 +15,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from janusflow.parallel.rules import constrain
+
 
 def shift_targets(ids, loss_mask):
     """Standard next-token shift: (ids (B, T), loss_mask (B, T)) -> (targets, mask), both (B, T).
@@ -89,9 +91,12 @@ def ar_loss_at_answers(logits_fn, hidden, targets, loss_mask, max_positions: int
     if max_positions < 1:
         raise ValueError(f"max_positions must be >= 1, got {max_positions}")
     idx, valid, overflow = answer_positions(loss_mask, max_positions)
-    h = jnp.take_along_axis(hidden, idx[..., None], axis=1)
+    # pinned to the batch sharding: the per-row gather's output and the logits (and so their
+    # gradients) would otherwise be gathered over the whole batch for the lm_head's gradient
+    h = constrain(jnp.take_along_axis(hidden, idx[..., None], axis=1), ("batch", "length", "embed"))
     tgt = jnp.take_along_axis(targets, idx, axis=1)
-    loss_sum, count = ar_loss(logits_fn(h), tgt, valid)
+    logits = constrain(logits_fn(h).astype(jnp.float32), ("batch", "length", "vocab"))
+    loss_sum, count = ar_loss(logits, tgt, valid)
     bad = jnp.any(overflow)
     return jnp.where(bad, jnp.nan, loss_sum), jnp.sum(loss_mask, dtype=jnp.float32)
 
