@@ -42,7 +42,14 @@ setup(
             "torch==2.13.0",
             "transformers>=4.46",
             "diffusers>=0.30",
+            # the TPU compiler, so the TPU-compiled plan tests run (213 MB wheel, 684 MB
+            # installed, 5 s from a local index); same pin as the "tpu" extra
+            "libtpu==0.0.42.1",
         ],
+        # `janusflow plan` with the TPU compiler (compile-only TPU devices, no TPU needed) and
+        # training on Cloud TPU: the libtpu that jax[tpu]==0.10.2 pins; bump it with jax
+        # (pip install "jax[tpu]==<installed jax>" shows the matching version)
+        "tpu": ["libtpu==0.0.42.1"],
         # gs:// workdirs: etils.epath reaches GCS through fsspec/gcsfs, orbax lists and deletes
         # checkpoint steps with google-cloud-storage (tpu_configs/launch_tpu.sh installs these)
         "gcs": ["gcsfs", "google-cloud-storage"],

@@ -563,6 +563,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mfu", type=float, default=None, help="model FLOPs utilisation for the estimate (0.5)")
     p.add_argument("--steps", type=int, default=None, help="steps to time (default: 426,000, paper stages 1-3)")
     p.add_argument("--json", default=None, metavar="OUT.json", help="write the numbers as JSON")
+    p.add_argument("--compiler", default="auto", choices=("auto", "tpu", "cpu"),
+                   help="tpu: the TPU compiler for the platform's topology (needs libtpu: pip install "
+                   "'janusflow[tpu]'); cpu: the XLA:CPU estimate; auto: tpu when possible")
     p.set_defaults(func=cmd_plan)
     p = sub.add_parser("sweep", help="run (or --print) the members of an experiment file's sweep(); results.md")
     p.add_argument("--config", required=True, help="experiments/<file>.py[:arg] defining sweep(arg)")

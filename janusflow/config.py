@@ -368,10 +368,19 @@ class TrainConfig:
     init_from: str = ""                     # model checkpoint (native or HF dir) or a previous stage's workdir
     vae_from: str = ""                      # diffusers AutoencoderKL dir (the SDXL-VAE) loaded into the state
     vae_dtype: str = "float32"              # compute dtype of the frozen VAE: "float32" | "bfloat16"
+    # Overrides of the sharding rules (parallel/rules.py): ((logical axis, mesh axis), ...), the
+    # mesh axis a name, a tuple of names or None (replicated); e.g. (("length", "tensor"),).
+    param_rules: tuple = ()
+    activation_rules: tuple = ()
 
     def __post_init__(self):
         _finite(self)
         _positive(self, "log_every", "ckpt_every", "keep_checkpoints")
+        if self.param_rules or self.activation_rules:
+            # lazily: the rules module imports jax, which most configs never need to load
+            from janusflow.parallel import rules
+            rules.check_overrides(self.param_rules, rules.RULES, "TrainConfig.param_rules")
+            rules.check_overrides(self.activation_rules, rules.ACTIVATION_RULES, "TrainConfig.activation_rules")
         _check(self.stage in (1, 2, 3), "TrainConfig.stage", f"must be 1, 2 or 3, got {self.stage!r}")
         _positive(self, "steps")
         for n in ("und_batch", "gen_batch", "text_batch"):

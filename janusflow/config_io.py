@@ -112,6 +112,8 @@ def _convert(tp, v, path: str):
                 out.append(_convert(item, x, f"{path}[{i}]"))
             elif isinstance(x, (bool, int, float, str)) or x is None:
                 out.append(x)
+            elif isinstance(x, (list, tuple)):     # e.g. sharding rules: (("batch", ("data", "fsdp")),)
+                out.append(_convert(tuple, x, f"{path}[{i}]"))
             else:
                 raise ConfigError(f"{path}[{i}]: expected a scalar, got {x!r}")
         return tuple(out)

@@ -9,8 +9,12 @@ The devices are simulated CPU devices (``--xla_force_host_platform_device_count`
 must be set before jax starts: :func:`run_cli` re-executes ``janusflow plan`` in a child
 process with that flag and checks that the child really got N devices.
 
-Caveat printed with every plan: XLA:CPU's memory plan only estimates TPU/GPU memory (other
-fusion decisions, layouts and padding, no TPU/GPU-specific passes).
+With a platform file that names a TPU topology and libtpu installed (``pip install
+"janusflow[tpu]"``), the step is compiled by the TPU compiler itself for compile-only TPU
+devices (``tpu_topology.py``): its memory plan is what the chip would hold. Otherwise the
+plan says in one line that it falls back to the XLA:CPU estimate, and every such report
+carries the caveat: XLA:CPU's memory plan only estimates TPU/GPU memory (other fusion
+decisions, layouts and padding, no TPU/GPU-specific passes).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ PAPER_TOTAL_STEPS = sum(PAPER_STEPS.values())          # 426,000
 
 CPU_CAVEAT = ("XLA:CPU memory analysis is an estimate of TPU/GPU memory: fusion, layouts, "
               "padding and the backend's own passes differ on the real chip")
+TPU_NOTE = "memory plan of the TPU compiler (libtpu), compiled for compile-only TPU devices"
 CHILD_ENV = "JANUSFLOW_PLAN_CHILD"
 GiB = 2**30
 
@@ -100,32 +105,45 @@ PLAN_COMPILER_OPTIONS = {"xla_disable_hlo_passes": "cse_barrier_expander",
                          "xla_backend_optimization_level": 0}
 
 
-def compile_plan(cfg: ExperimentConfig, log: Callable[[str], None] = print,
-                 compiler_options: Optional[dict] = None) -> dict:
-    """Lower and compile ``cfg``'s train step on all current jax devices (mesh from
-    ``cfg.train.mesh``) from abstract inputs; per-device memory and FLOPs. The executable is
-    never run. ``compiler_options``: default PLAN_COMPILER_OPTIONS."""
+def lower_train_step(cfg: ExperimentConfig, devices=None):
+    """(lowered step, abstract state, abstract batch, mesh): ``cfg``'s train step lowered from
+    abstract inputs for ``devices`` (default: all jax devices; mesh from ``cfg.train.mesh``)."""
     import jax
 
-    from janusflow import flops
     from janusflow.parallel.mesh import make_mesh
     from janusflow.train.state import state_shardings
     from janusflow.train.step import batch_shardings, jit_train_step
 
-    mesh = make_mesh(cfg.train.mesh)
-    n_dev = mesh.devices.size
-    t0 = time.perf_counter()
+    mesh = make_mesh(cfg.train.mesh, devices)
     parts, abstract, shardings = state_shardings(cfg, mesh)
     state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
     batch = abstract_batch(cfg)
     batch = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                          batch, batch_shardings(mesh, batch))
     step = jit_train_step(cfg, parts, shardings, mesh, batch)
-    lowered = step.lower(state, batch)
+    return step.lower(state, batch), state, batch, mesh
+
+
+def compile_plan(cfg: ExperimentConfig, log: Callable[[str], None] = print,
+                 compiler_options: Optional[dict] = None, devices=None) -> dict:
+    """Lower and compile ``cfg``'s train step on ``devices`` (default: all current jax
+    devices; compile-only TPU devices from ``tpu_topology`` work too) from abstract inputs;
+    per-device memory and FLOPs. The executable is never run. ``compiler_options``: default
+    PLAN_COMPILER_OPTIONS on CPU, none on TPU."""
+    import jax
+
+    from janusflow import flops
+
+    t0 = time.perf_counter()
+    lowered, state, batch, mesh = lower_train_step(cfg, devices)
+    n_dev = mesh.devices.size
+    device = mesh.devices.flat[0]
     t_lower = time.perf_counter() - t0
-    log(f"lowered in {t_lower:.0f}s; compiling for {n_dev} devices ...")
+    log(f"lowered in {t_lower:.0f}s; compiling for {n_dev} {device.device_kind} devices ...")
     t1 = time.perf_counter()
-    opts = PLAN_COMPILER_OPTIONS if compiler_options is None else compiler_options
+    if compiler_options is None:
+        compiler_options = PLAN_COMPILER_OPTIONS if device.platform == "cpu" else {}
+    opts = compiler_options
     compiled = lowered.compile(compiler_options=opts) if opts else lowered.compile()
     t_compile = time.perf_counter() - t1
     log(f"compiled in {t_compile:.0f}s")
@@ -153,7 +171,7 @@ def compile_plan(cfg: ExperimentConfig, log: Callable[[str], None] = print,
     n_examples = sum(next(iter(b.values())).shape[0] for b in batch.values())
     return {
         "experiment": cfg.name, "stage": cfg.train.stage, "devices": n_dev,
-        "device_kind": jax.devices()[0].device_kind,
+        "device_kind": device.device_kind, "compiler": "tpu" if device.platform == "tpu" else "cpu",
         "mesh": {k: int(v) for k, v in mesh.shape.items()},
         "global_batch": n_examples,
         "task_batch": {k: next(iter(b.values())).shape[0] for k, b in batch.items()},
@@ -202,8 +220,9 @@ def format_report(r: dict) -> str:
     mesh = " ".join(f"{k}={v}" for k, v in r["mesh"].items())
     tb = r["task_batch"]
     lines = [
-        f"plan: {r['experiment']} (stage {r['stage']}) on {r['devices']} simulated {r['device_kind']} "
-        f"devices, mesh {mesh}",
+        f"plan: {r['experiment']} (stage {r['stage']}) on {r['devices']} "
+        f"{'compile-only' if r.get('compiler') == 'tpu' else 'simulated'} {r['device_kind']} "
+        f"devices{' (' + r['topology'] + ')' if r.get('topology') else ''}, mesh {mesh}",
         f"  global batch {r['global_batch']} ({', '.join(f'{k} {v}' for k, v in tb.items())}) = "
         f"micro-batch {r['micro_batch_per_shard']} per batch shard x "
         f"{r['mesh']['data'] * r['mesh']['fsdp']} shards x accum {r['accum_steps']}; "
@@ -212,7 +231,7 @@ def format_report(r: dict) -> str:
         *r.get("budget", []),
         f"  lower {r['lower_s']:.0f}s, compile {r['compile_s']:.0f}s",
         "",
-        "  per-device memory (XLA buffer assignment)",
+        f"  per-device memory ({'TPU compiler' if r.get('compiler') == 'tpu' else 'XLA:CPU'} buffer assignment)",
         f"    arguments        {_gib(m['argument']):>12}   (state {_gib(m['state'])}: "
         + ", ".join(f"{k} {_gib(v)}" for k, v in m["state_breakdown"].items() if v >= 1024)
         + f"; batch {_gib(m['batch'])})",
@@ -250,7 +269,7 @@ def format_report(r: dict) -> str:
                   f"{t['steps']:,} steps: {t['days']:.3g} days"]
         if t.get("stage_steps"):
             lines.append(f"    this stage's {t['stage_steps']:,} steps: {t['stage_days']:.3g} days")
-    lines += ["", f"  note: {CPU_CAVEAT}"]
+    lines += ["", f"  note: {TPU_NOTE if r.get('compiler') == 'tpu' else CPU_CAVEAT}"]
     return "\n".join(lines)
 
 
@@ -283,7 +302,7 @@ def child_command(args) -> list:
         cmd += ["--set", s]
     for flag, v in (("--mesh", args.mesh), ("--platform", args.platform), ("--batch", args.batch),
                     ("--json", args.json), ("--mfu", args.mfu), ("--steps", args.steps),
-                    ("--chip", args.chip)):
+                    ("--chip", args.chip), ("--compiler", getattr(args, "compiler", None))):
         if v is not None:
             cmd += [flag, str(v)]
     return cmd
@@ -301,6 +320,31 @@ def child_env(devices: int, environ=None) -> dict:
     return env
 
 
+def choose_compiler(wanted: Optional[str], platform, log=None) -> str:
+    """"tpu" or "cpu" for ``--compiler auto|tpu|cpu`` (None = auto): the TPU compiler when the
+    platform names a TPU topology and libtpu is installed. ``log`` gets the one-line notice
+    when auto falls back to the XLA:CPU estimate."""
+    from janusflow.tpu_topology import libtpu_version
+    wanted = wanted or "auto"
+    if wanted not in ("auto", "tpu", "cpu"):
+        raise ConfigError(f"--compiler {wanted!r}: expected auto, tpu or cpu")
+    if wanted == "cpu":
+        return "cpu"
+    why = None
+    if platform is None or not platform.topology:
+        why = (f"platform {platform.name} names no TPU topology" if platform is not None
+               else "no --platform with a TPU topology")
+    elif libtpu_version() is None:
+        why = "libtpu is not installed (pip install 'janusflow[tpu]')"
+    if why is None:
+        return "tpu"
+    if wanted == "tpu":
+        raise ConfigError(f"--compiler tpu: {why}")
+    if log is not None:
+        log(f"janusflow plan: {why}: falling back to the XLA:CPU estimate")
+    return "cpu"
+
+
 def run_cli(args, log=print) -> int:
     """``janusflow plan``: in the parent, validate and start the child with N simulated
     devices; in the child, compile and report."""
@@ -316,6 +360,11 @@ def run_cli(args, log=print) -> int:
         raise ConfigError(f"--devices must be >= 1, got {devices}")
     args.devices = devices
     in_child = os.environ.get(CHILD_ENV) == "1"
+    args.compiler = choose_compiler(getattr(args, "compiler", None), platform,
+                                    log=log if not in_child else None)
+    if args.compiler == "tpu" and devices != platform.devices:
+        raise ConfigError(f"--devices {devices}: the TPU compiler plans the platform's topology "
+                          f"{platform.topology} ({platform.devices} devices); use --compiler cpu")
     cfg = apply_overrides(load_config(args.config), args.set)
     cfg = prepare_config(cfg, platform=platform, mesh=mesh, batch=args.batch,
                          log=log if not in_child else (lambda _m: None))
@@ -323,18 +372,37 @@ def run_cli(args, log=print) -> int:
     resolve_shape(cfg.train.mesh, devices)    # a mesh that cannot fit fails here, not after minutes
 
     if not in_child:
-        log(f"starting a child process with {devices} simulated CPU devices ...")
-        proc = subprocess.run(child_command(args), env=child_env(devices))
+        if args.compiler == "tpu":
+            log(f"starting a child process to compile for {platform.topology} with the TPU compiler ...")
+            env = child_env(1)
+            from janusflow.platform import export_env
+            export_env(platform, env)          # LIBTPU_INIT_ARGS shape what the compiler does
+            # libtpu takes /tmp/libtpu_lockfile, one process per machine, as it would own the
+            # chips; a compile-only plan owns none, so plans may run beside each other (and
+            # beside a training run on a TPU VM)
+            env.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+        else:
+            log(f"starting a child process with {devices} simulated CPU devices ...")
+            env = child_env(devices)
+        proc = subprocess.run(child_command(args), env=env)
         return proc.returncode
 
     import jax
-    got, kind = jax.device_count(), jax.devices()[0].platform
-    if got != devices or kind != "cpu":
-        print(f"janusflow plan: error: needed {devices} simulated CPU devices but jax has {got} "
-              f"{kind} device(s) (XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}); jax may have "
-              "been initialised before the flag was set", file=sys.stderr)
-        return 1
-    result = compile_plan(cfg, log=log)
+    tpu_devices = None
+    if args.compiler == "tpu":
+        from janusflow.tpu_topology import topology_devices
+        tpu_devices = topology_devices(platform)
+    else:
+        got, kind = jax.device_count(), jax.devices()[0].platform
+        if got != devices or kind != "cpu":
+            print(f"janusflow plan: error: needed {devices} simulated CPU devices but jax has {got} "
+                  f"{kind} device(s) (XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}); jax may have "
+                  "been initialised before the flag was set", file=sys.stderr)
+            return 1
+    result = compile_plan(cfg, log=log, devices=tpu_devices)
+    if tpu_devices is not None:
+        from janusflow.tpu_topology import libtpu_version
+        result.update(topology=platform.topology, libtpu=libtpu_version())
     chip_key = args.chip or (platform.chip if platform else None)
     if platform:
         result["platform"] = {"name": platform.name, "chip": platform.spec.name,

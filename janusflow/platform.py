@@ -31,17 +31,18 @@ class Chip:
     peak_flops: float            # dense bf16 FLOP/s per device
     hbm_bytes: float             # memory per device
     source: str
+    megacore: bool = False       # two TensorCores driven as one device (TPU v4, v5p)
 
 
 # Datasheet numbers (per chip = per JAX device: v4 and v5p run their two TensorCores as one
 # megacore device; v5e has one TensorCore per chip).
 CHIPS = {
     "v4": Chip("TPU v4", 275e12, 32 * 2**30,
-               "https://cloud.google.com/tpu/docs/v4 (275 TFLOPS bf16, 32 GiB HBM2 per chip)"),
+               "https://cloud.google.com/tpu/docs/v4 (275 TFLOPS bf16, 32 GiB HBM2 per chip)", megacore=True),
     "v5e": Chip("TPU v5e", 197e12, 16e9,
                 "https://cloud.google.com/tpu/docs/v5e (197 TFLOPS bf16, 16 GB HBM2 per chip)"),
     "v5p": Chip("TPU v5p", 459e12, 95e9,
-                "https://cloud.google.com/tpu/docs/v5p (459 TFLOPS bf16, 95 GB HBM2e per chip)"),
+                "https://cloud.google.com/tpu/docs/v5p (459 TFLOPS bf16, 95 GB HBM2e per chip)", megacore=True),
     "h100": Chip("NVIDIA H100 SXM", 989e12, 80e9,
                  "NVIDIA H100 SXM5 datasheet: 989.4 TFLOPS dense BF16 tensor core (1979 with "
                  "sparsity), 80 GB HBM3"),
@@ -69,6 +70,9 @@ class Platform:
     dtype: str = "bfloat16"
     env: dict = field(default_factory=dict)   # exported before the TPU/GPU runtime starts
     notes: str = ""
+    # TPU topology as libtpu names it ("v4:2x2x1", "v5e:4x4"): `janusflow plan` compiles for
+    # it with the TPU compiler when libtpu is installed. Empty: no TPU (XLA:CPU estimate).
+    topology: str = ""
 
     def __post_init__(self):
         if self.chip not in CHIPS:
@@ -89,6 +93,21 @@ class Platform:
         for k, v in self.env.items():
             if not isinstance(k, str) or not isinstance(v, str):
                 raise ConfigError(f"Platform.env: names and values must be strings, got {k!r}={v!r}")
+        if self.topology:
+            kind, _, dims = self.topology.partition(":")
+            try:
+                sizes = [int(x) for x in dims.split("x")]
+            except ValueError:
+                sizes = []
+            if not kind or not sizes or math.prod(sizes) != self.devices:
+                raise ConfigError(f"Platform.topology: {self.topology!r} must be <tpu>:<AxBxC> with "
+                                  f"{self.devices} chips (the platform's devices)")
+
+    @property
+    def chips_per_host_bounds(self) -> tuple:
+        """The chips one host drives, as libtpu's (x, y, z) bounds (4 per VM: 2x2x1)."""
+        per_host = self.devices // self.hosts
+        return {1: (1, 1, 1), 2: (2, 1, 1), 4: (2, 2, 1), 8: (2, 4, 1)}.get(per_host, (per_host, 1, 1))
 
     @property
     def spec(self) -> Chip:

@@ -274,3 +274,53 @@ def test_launch_refuses_bad_arguments():
     assert r.returncode == 2 and "expected 6 arguments" in r.stderr
     r = _launch("--dry-run", "t", "z", "p", "tpu_configs/nope.py", "experiments/janusflow_1_3b.py", "gs://b/x")
     assert r.returncode == 2 and "no platform file" in r.stderr
+
+
+# ----------------------------------------------------------------------------- TPU compiler
+def test_choose_compiler_falls_back_in_one_line(monkeypatch):
+    import janusflow.tpu_topology as tt
+    from janusflow.plan import choose_compiler
+    v4 = load_platform("v4_8")
+    lines = []
+    monkeypatch.setattr(tt, "libtpu_version", lambda: None)
+    assert choose_compiler("auto", v4, log=lines.append) == "cpu"
+    assert lines == ["janusflow plan: libtpu is not installed (pip install 'janusflow[tpu]'): "
+                     "falling back to the XLA:CPU estimate"]
+    with pytest.raises(ConfigError, match="--compiler tpu: libtpu is not installed"):
+        choose_compiler("tpu", v4)
+    monkeypatch.setattr(tt, "libtpu_version", lambda: "0.0.0")
+    assert choose_compiler(None, v4) == "tpu" and choose_compiler("cpu", v4) == "cpu"
+    lines.clear()
+    assert choose_compiler("auto", load_platform("gpu_8"), log=lines.append) == "cpu"
+    assert len(lines) == 1 and "names no TPU topology" in lines[0]
+    with pytest.raises(ConfigError, match="--compiler"):
+        choose_compiler("gpu", v4)
+
+
+def test_platform_topology_must_match_the_devices():
+    assert load_platform("v5e_16").topology == "v5e:4x4"
+    assert load_platform("v5p_64").chips_per_host_bounds == (2, 2, 1)
+    with pytest.raises(ConfigError, match="Platform.topology"):
+        _platform(topology="v5p:2x2x1")                      # 4 chips, the platform has 8
+    with pytest.raises(ConfigError, match="Platform.topology"):
+        _platform(topology="v5p")
+
+
+@pytest.mark.slow
+def test_plan_cli_compiles_tiny_with_the_tpu_compiler_for_v4_8(tmp_path):
+    """The TPU compiler itself (libtpu, compile-only devices of the v4:2x2x1 topology) plans
+    the tiny step; 1-2 min of compile here."""
+    from janusflow.tpu_topology import libtpu_version
+    if libtpu_version() is None:
+        pytest.skip("libtpu is not installed (pip install -e '.[tpu]'): the TPU-compiled plan is untested here")
+    out = tmp_path / "plan.json"
+    r = _plan(["--config", "tiny", *sum((["--set", s] for s in SMALL), []),
+               "--set", "train.und_batch=8", "--set", "train.gen_batch=8", "--set", "train.text_batch=8",
+               "--platform", "v4_8:micro_batch=6", "--compiler", "tpu", "--json", str(out)])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "TPU compiler buffer assignment" in r.stdout and "falling back" not in r.stdout
+    res = json.loads(out.read_text())
+    assert (res["compiler"], res["device_kind"], res["devices"], res["topology"]) == ("tpu", "TPU v4", 4, "v4:2x2x1")
+    m = res["memory_per_device"]
+    # the TPU's tiled layouts pad the tiny model's small arrays: arguments >= the raw shards
+    assert m["temp"] > 0 and m["argument"] >= m["state"] + m["batch"]

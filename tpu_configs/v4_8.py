@@ -21,4 +21,4 @@ def get_platform():
     return Platform(name="v4-8", chip="v4", devices=4, hosts=1,
                     mesh=MeshConfig(data=1, fsdp=4, tensor=1), micro_batch=16,
                     remat="block", dtype="bfloat16",
-                    env={"LIBTPU_INIT_ARGS": LIBTPU_INIT_ARGS})
+                    env={"LIBTPU_INIT_ARGS": LIBTPU_INIT_ARGS}, topology="v4:2x2x1")

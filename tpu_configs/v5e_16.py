@@ -26,4 +26,4 @@ def get_platform():
     return Platform(name="v5litepod-16", chip="v5e", devices=16, hosts=2,
                     mesh=MeshConfig(data=1, fsdp=16, tensor=1), micro_batch=8,
                     remat="block", dtype="bfloat16",
-                    env={"LIBTPU_INIT_ARGS": LIBTPU_INIT_ARGS})
+                    env={"LIBTPU_INIT_ARGS": LIBTPU_INIT_ARGS}, topology="v5e:4x4")

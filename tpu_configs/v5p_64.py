@@ -33,4 +33,4 @@ def get_platform():
     return Platform(name="v5p-64", chip="v5p", devices=32, hosts=8,
                     mesh=MeshConfig(data=1, fsdp=32, tensor=1), micro_batch=16,
                     remat="dots", dtype="bfloat16",
-                    env={"LIBTPU_INIT_ARGS": LIBTPU_INIT_ARGS})
+                    env={"LIBTPU_INIT_ARGS": LIBTPU_INIT_ARGS}, topology="v5p:2x4x4")

@@ -23,6 +23,7 @@ from flax import nnx
 
 from janusflow.config import GenCodecConfig
 from janusflow.models.layers import Conv2d, Linear, RMSNorm, param, pixel_shuffle, zeros
+from janusflow.parallel.rules import IMAGE_FEATURES as FEATURES, constrain
 
 # Fixed by the official block (not in config.json): 7x7 depthwise conv, GRN epsilon.
 DW_KERNEL = 7
@@ -127,13 +128,16 @@ class ConvNextBlock(nnx.Module):
         return y.astype(x.dtype)
 
     def __call__(self, x, t_emb):
-        h = depthwise_conv(self.depthwise, x)
-        h = self.norm(h)
-        h = jax.nn.gelu(self.linear_1(h), approximate=False)
-        h = self.linear_2(self.grn(h))
+        # every intermediate pinned: the conv weights' channel axis is FSDP-sharded, and an
+        # unpinned intermediate follows it (full batch, split channels) and is gathered back
+        h = constrain(depthwise_conv(self.depthwise, constrain(x, FEATURES)), FEATURES)
+        h = constrain(self.norm(h), FEATURES)
+        h = constrain(jax.nn.gelu(self.linear_1(h), approximate=False), FEATURES)
+        h = constrain(self.linear_2(constrain(self.grn(h), FEATURES)), FEATURES)
         y = x + h.astype(x.dtype)
-        scale, shift = jnp.split(self.cond_embeds_mapper(jax.nn.silu(t_emb)), 2, axis=-1)
-        return y * (1 + scale[:, None, None, :]) + shift[:, None, None, :]
+        cond = constrain(self.cond_embeds_mapper(jax.nn.silu(t_emb)), ("batch", "channels"))
+        scale, shift = jnp.split(cond, 2, axis=-1)
+        return constrain(y * (1 + scale[:, None, None, :]) + shift[:, None, None, :], FEATURES)
 
 
 class Unpatchify(nnx.Module):
@@ -147,7 +151,7 @@ class Unpatchify(nnx.Module):
                                    use_bias=cfg.use_bias, rngs=rngs, dtype=dtype)
 
     def __call__(self, x):
-        return pixel_shuffle(self.unpatch_conv(self.norm(x)), self.patch)
+        return constrain(pixel_shuffle(self.unpatch_conv(self.norm(x)), self.patch), FEATURES)
 
 
 def _check_t_emb(t_emb, batch: int, hidden: int, who: str):
@@ -194,8 +198,9 @@ class GenEncoder(nnx.Module):
         if t.ndim != 1:
             raise ValueError(f"GenEncoder: t must have shape (B,), got {t.shape}")
         dtype = dtype or self.dtype or jnp.float32
-        emb = timestep_embedding(t, self.cfg.channels).astype(dtype)
-        return self.time_linear_2(jax.nn.silu(self.time_linear_1(emb)))
+        emb = constrain(timestep_embedding(t, self.cfg.channels).astype(dtype), ("batch", "channels"))
+        h = constrain(jax.nn.silu(self.time_linear_1(emb)), ("batch", "embed"))
+        return constrain(self.time_linear_2(h), ("batch", "embed"))
 
     def __call__(self, z, t):
         if z.ndim != 4:
@@ -212,7 +217,7 @@ class GenEncoder(nnx.Module):
         self.grid_size(z.shape[2])
         dtype = self.dtype or z.dtype
         t_emb = self.time_embedding(t, dtype)
-        x = self.in_conv(z.astype(dtype))
+        x = constrain(self.in_conv(z.astype(dtype)), FEATURES)
         for block in self.blocks:
             x = block(x, t_emb)
         return x, t_emb
@@ -248,7 +253,8 @@ class GenDecoder(nnx.Module):
                              f"got {skip.shape}")
         _check_t_emb(t_emb, x.shape[0], self.hidden_size, "GenDecoder")
         dtype = self.dtype or x.dtype
-        h = jnp.concatenate([self.input_norm(x.astype(dtype)), skip.astype(dtype)], axis=-1)
+        h = constrain(jnp.concatenate([self.input_norm(x.astype(dtype)), skip.astype(dtype)], axis=-1),
+                      FEATURES)
         t_emb = t_emb.astype(dtype)
         for block in self.blocks:
             h = block(h, t_emb)

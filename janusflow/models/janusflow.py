@@ -24,9 +24,10 @@ from flax import nnx
 from janusflow.config import ModelConfig
 from janusflow.models.gen_codec import GenDecoder, GenEncoder
 from janusflow.models.layers import Linear, RMSNorm, normal, param, zeros
-from janusflow.models.llm import LLM, KVCache
+from janusflow.models.llm import LLM, RESIDUAL, KVCache
 from janusflow.models.repa_projector import RepaProjector
 from janusflow.models.siglip import SiglipVisionTower
+from janusflow.parallel.rules import constrain
 
 TIME_SCALE = 1000.0
 
@@ -110,7 +111,7 @@ class JanusFlow(nnx.Module):
         if cfg.beg_of_und_embed == "official":
             beg = jax.lax.stop_gradient(beg)
         beg = jnp.broadcast_to(beg.astype(emb.dtype), (emb.shape[0], 1, emb.shape[-1]))
-        return jnp.concatenate([beg, emb], axis=1)
+        return constrain(jnp.concatenate([beg, emb], axis=1), RESIDUAL)
 
     def understanding_embeds(self, ids, image_mask, und_pixels=None, und_latents=None):
         """Token embeddings with the image block spliced in where ``image_mask`` (B, T) is True.
@@ -126,7 +127,7 @@ class JanusFlow(nnx.Module):
         n = img.shape[1]
         idx = jnp.clip(jnp.cumsum(image_mask, axis=1) - 1, 0, n - 1)
         spliced = jnp.take_along_axis(img, idx[..., None], axis=1)
-        return jnp.where(image_mask[..., None], spliced, text)
+        return constrain(jnp.where(image_mask[..., None], spliced, text), RESIDUAL)
 
     def understanding_logits(self, ids, attention_mask, image_mask, und_pixels=None, und_latents=None):
         embeds = self.understanding_embeds(ids, image_mask, und_pixels, und_latents)
@@ -139,7 +140,7 @@ class JanusFlow(nnx.Module):
         if t.ndim != 1 or t.shape[0] != z_t.shape[0]:
             raise ValueError(f"t must be (batch,) = ({z_t.shape[0]},), got {t.shape}")
         skip, t_emb = self.gen_encoder(z_t, t.astype(jnp.float32) * TIME_SCALE)
-        tokens = self.gen_aligner(skip.reshape(skip.shape[0], -1, skip.shape[-1]))
+        tokens = constrain(self.gen_aligner(skip.reshape(skip.shape[0], -1, skip.shape[-1])), RESIDUAL)
         return t_emb, tokens, skip
 
     def velocity_from_hidden(self, hidden_img, skip, t_emb):
@@ -159,12 +160,12 @@ class JanusFlow(nnx.Module):
         at ``start``).
         """
         t_emb, tokens, skip = self.gen_inputs(z_t, t)
-        new = jnp.concatenate([t_emb[:, None, :].astype(tokens.dtype), tokens], axis=1)
+        new = constrain(jnp.concatenate([t_emb[:, None, :].astype(tokens.dtype), tokens], axis=1), RESIDUAL)
         n = tokens.shape[1]
         if prompt_embeds is not None:
             if prompt_mask is None:
                 prompt_mask = jnp.ones(prompt_embeds.shape[:2], bool)
-            seq = jnp.concatenate([prompt_embeds.astype(new.dtype), new], axis=1)
+            seq = constrain(jnp.concatenate([prompt_embeds.astype(new.dtype), new], axis=1), RESIDUAL)
             mask = jnp.concatenate([prompt_mask.astype(bool), jnp.ones(new.shape[:2], bool)], axis=1)
         else:
             if cache is None:

@@ -19,6 +19,9 @@ from flax import nnx
 
 from janusflow.config import LLMConfig
 from janusflow.models.layers import Linear, RMSNorm, normal, param
+from janusflow.parallel.rules import constrain
+
+RESIDUAL = ("batch", "length", "embed")
 
 
 class KVCache(NamedTuple):
@@ -78,9 +81,11 @@ class Attention(nnx.Module):
     def __call__(self, x, positions, mask, cache_kv=None, start=None):
         b, t, _ = x.shape
         c = self.cfg
-        q = self.q_proj(x).reshape(b, t, c.num_heads, c.dim_per_head)
-        k = self.k_proj(x).reshape(b, t, c.num_kv_heads, c.dim_per_head)
-        v = self.v_proj(x).reshape(b, t, c.num_kv_heads, c.dim_per_head)
+        q = constrain(self.q_proj(x).reshape(b, t, c.num_heads, c.dim_per_head),
+                      ("batch", "length", "heads", "head_dim"))
+        kv_axes = ("batch", "length", "kv_heads", "head_dim")
+        k = constrain(self.k_proj(x).reshape(b, t, c.num_kv_heads, c.dim_per_head), kv_axes)
+        v = constrain(self.v_proj(x).reshape(b, t, c.num_kv_heads, c.dim_per_head), kv_axes)
         q, k = rope(q, positions, c.rope_theta), rope(k, positions, c.rope_theta)
         new_kv = None
         if cache_kv is not None:
@@ -89,8 +94,8 @@ class Attention(nnx.Module):
             cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, start, 0, 0))
             new_kv = (ck, cv)
             k, v = ck.astype(q.dtype), cv.astype(q.dtype)
-        out = attention(q, k, v, mask, self.impl).reshape(b, t, -1)
-        return self.o_proj(out), new_kv
+        out = constrain(attention(q, k, v, mask, self.impl), ("batch", "length", "heads", "head_dim"))
+        return constrain(self.o_proj(out.reshape(b, t, -1)), RESIDUAL), new_kv
 
 
 class MLP(nnx.Module):
@@ -101,7 +106,8 @@ class MLP(nnx.Module):
         self.down_proj = Linear(f, d, axes=("mlp", "embed"), use_bias=False, rngs=rngs, dtype=dtype)
 
     def __call__(self, x):
-        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        h = constrain(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x), ("batch", "length", "mlp"))
+        return constrain(self.down_proj(h), RESIDUAL)
 
 
 class Block(nnx.Module):
@@ -113,8 +119,8 @@ class Block(nnx.Module):
 
     def __call__(self, x, positions, mask, cache_kv=None, start=None):
         h, new_kv = self.self_attn(self.input_layernorm(x), positions, mask, cache_kv, start)
-        x = x + h
-        x = x + self.mlp(self.post_attention_layernorm(x))
+        x = constrain(x + h, RESIDUAL)
+        x = constrain(x + self.mlp(self.post_attention_layernorm(x)), RESIDUAL)
         return x, new_kv
 
 
@@ -142,12 +148,19 @@ class LLM(nnx.Module):
             raise ValueError(f"token ids must be (batch, length), got shape {ids.shape}")
         table = self.embed_tokens[...]
         x = jnp.take(table, ids, axis=0)
-        return x.astype(self.dtype or table.dtype)
+        # The table stays FSDP-sharded: the lookup gathers the token ids (4 bytes a token)
+        # rather than the table (the vocab x hidden weight on every device).
+        return constrain(x.astype(self.dtype or table.dtype), RESIDUAL)
 
     def logits(self, hidden):
+        """(..., D) -> (..., vocab)."""
         if self.lm_head is None:
-            return hidden @ self.embed_tokens[...].astype(hidden.dtype).T
-        return self.lm_head(hidden)
+            out = hidden @ self.embed_tokens[...].astype(hidden.dtype).T
+        else:
+            out = self.lm_head(hidden)
+        if out.ndim == 3:
+            out = constrain(out, ("batch", "length", "vocab"))
+        return out
 
     def __call__(self, embeds, *, attention_mask=None, start=0, cache: Optional[KVCache] = None,
                  collect: Sequence[int] = (), stop_after: Optional[int] = None) -> LLMOutput:
@@ -186,7 +199,7 @@ class LLM(nnx.Module):
         # A query whose every key is masked (a padded position) would give NaN; let it see itself.
         mask = (mask | (k_pos[None, :] == q_pos[:, None])[None])[:, None]
 
-        x = embeds.astype(self.dtype or embeds.dtype)
+        x = constrain(embeds.astype(self.dtype or embeds.dtype), RESIDUAL)
         layers = {0: x} if 0 in collect else {}
         new_k, new_v = [], []
         n_run = c.num_layers if stop_after is None else stop_after

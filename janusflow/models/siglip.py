@@ -27,6 +27,9 @@ from flax import nnx
 from janusflow.checkpoint.torch_layout import CheckpointMismatch, export_state_dict, load_state_dict
 from janusflow.config import SiglipConfig
 from janusflow.models.layers import Conv2d, LayerNorm, Linear, normal, param
+from janusflow.parallel.rules import constrain
+
+TOKENS = ("batch", "vit_length", "vit_embed")
 
 _REMAT_POLICIES = {
     "block": None,
@@ -55,7 +58,8 @@ class Mlp(nnx.Module):
                           param_dtype=param_dtype)
 
     def __call__(self, x):
-        return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
+        h = constrain(jax.nn.gelu(self.fc1(x), approximate=False), ("batch", "vit_length", "vit_mlp"))
+        return constrain(self.fc2(h), TOKENS)
 
 
 class Attention(nnx.Module):
@@ -73,9 +77,11 @@ class Attention(nnx.Module):
     def __call__(self, x):
         b, n, d = x.shape
         h = self.num_heads
-        qkv = self.qkv(x).reshape(b, n, 3, h, d // h)
+        qkv = constrain(self.qkv(x).reshape(b, n, 3, h, d // h),
+                        ("batch", "vit_length", None, "vit_heads", None))
         o = _attend(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], self.impl)
-        return self.proj(o.reshape(b, n, d))
+        o = constrain(o, ("batch", "vit_length", "vit_heads", None))
+        return constrain(self.proj(o.reshape(b, n, d)), TOKENS)
 
 
 class Block(nnx.Module):
@@ -88,8 +94,8 @@ class Block(nnx.Module):
         self.mlp = Mlp(cfg.width, cfg.mlp_dim, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
 
     def __call__(self, x):
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        x = constrain(x + self.attn(self.norm1(x)), TOKENS)
+        return constrain(x + self.mlp(self.norm2(x)), TOKENS)
 
 
 class AttentionPool(nnx.Module):
@@ -165,7 +171,7 @@ class SiglipVisionTower(nnx.Module):
         x = self.patch_embed(pixels.astype(dtype))
         b = x.shape[0]
         # row-major flatten of the (h, w) grid = torch's flatten(2) of NCHW
-        x = x.reshape(b, -1, self.cfg.width) + self.pos_embed[...].astype(dtype)
+        x = constrain(x.reshape(b, -1, self.cfg.width) + self.pos_embed[...].astype(dtype), TOKENS)
         for blk in self.blocks:
             if self.remat != "none":
                 x = nnx.remat(lambda m, y: m(y), policy=_REMAT_POLICIES[self.remat])(blk, x)

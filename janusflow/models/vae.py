@@ -26,6 +26,7 @@ from flax import nnx
 
 from janusflow.config import VAEConfig
 from janusflow.models.layers import Conv2d, GroupNorm, Linear
+from janusflow.parallel.rules import IMAGE_FEATURES, constrain
 
 _EPS = 1e-6          # every norm in the diffusers VAE uses 1e-6
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
@@ -47,7 +48,7 @@ class ResnetBlock(nnx.Module):
         h = self.conv2(nnx.silu(self.norm2(h)))
         if self.conv_shortcut is not None:
             x = self.conv_shortcut(x)
-        return x + h
+        return constrain(x + h, IMAGE_FEATURES)
 
 
 class Downsample(nnx.Module):
@@ -87,7 +88,7 @@ class SpatialAttention(nnx.Module):
         q, k, v = (p(y)[:, :, None, :] for p in (self.to_q, self.to_k, self.to_v))
         # the XLA path computes the softmax in fp32 (diffusers: upcast_softmax=True)
         o = jax.nn.dot_product_attention(q, k, v).reshape(b, h * w, c)
-        return x + self.to_out[0](o).reshape(b, h, w, c)
+        return constrain(x + self.to_out[0](o).reshape(b, h, w, c), IMAGE_FEATURES)
 
 
 class MidBlock(nnx.Module):
@@ -123,7 +124,7 @@ class _Stage(nnx.Module):
         for r in self.resnets:
             x = r(x)
         for s in (*self.downsamplers, *self.upsamplers):
-            x = s(x)
+            x = constrain(s(x), IMAGE_FEATURES)
         return x
 
 
@@ -139,7 +140,7 @@ class Encoder(nnx.Module):
         self.conv_out = Conv2d(ch[-1], 2 * cfg.latent_channels, 3, padding=1, rngs=rngs, dtype=dtype)
 
     def __call__(self, x):
-        x = self.conv_in(x)
+        x = constrain(self.conv_in(x), IMAGE_FEATURES)
         for blk in self.down_blocks:
             x = blk(x)
         x = self.mid_block(x)
@@ -159,7 +160,7 @@ class Decoder(nnx.Module):
         self.conv_out = Conv2d(ch[0], cfg.in_channels, 3, padding=1, rngs=rngs, dtype=dtype)
 
     def __call__(self, z):
-        x = self.mid_block(self.conv_in(z))
+        x = self.mid_block(constrain(self.conv_in(z), IMAGE_FEATURES))
         for blk in self.up_blocks:
             x = blk(x)
         return self.conv_out(nnx.silu(self.conv_norm_out(x)))

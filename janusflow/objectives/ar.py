@@ -15,6 +15,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from janusflow.parallel.rules import constrain
+
 
 def shift_targets(ids, loss_mask):
     """Standard next-token shift: (ids (B, T), loss_mask (B, T)) -> (targets, mask), both (B, T).
@@ -63,6 +65,40 @@ def ar_loss(logits, targets, loss_mask):
     # where, not multiply: a non-finite value at a masked position must not leak into the sum.
     loss_sum = jnp.sum(jnp.where(mask, nll, 0.0))
     return loss_sum, jnp.sum(mask, dtype=jnp.float32)
+
+
+def answer_positions(loss_mask, max_positions: int):
+    """The first ``max_positions`` positions of each row where ``loss_mask`` (B, T) is true:
+    (idx (B, K) int32, valid (B, K) bool, overflow (B,) bool: the row has more than K)."""
+    mask = loss_mask.astype(bool)
+    k = max_positions
+    idx = jax.vmap(lambda m: jnp.nonzero(m, size=k, fill_value=0)[0])(mask).astype(jnp.int32)
+    n = jnp.sum(mask, axis=1, dtype=jnp.int32)
+    return idx, jnp.arange(k)[None, :] < n[:, None], n > k
+
+
+def ar_loss_at_answers(logits_fn, hidden, targets, loss_mask, max_positions: int):
+    """``ar_loss`` without the (B, T, vocab) logits: the hidden states of the positions a loss
+    reads (at most ``max_positions`` per row, a static bound) are gathered first and only their
+    logits computed, (B, K, vocab). Sum and count equal ``ar_loss(logits_fn(hidden), ...)``.
+
+    A row with more than ``max_positions`` predicted tokens makes the sum NaN rather than
+    silently dropping tokens (the train step then refuses the update and names the loss).
+    ``max_positions >= T`` is the full computation."""
+    b, t, _ = hidden.shape
+    if max_positions >= t:
+        return ar_loss(logits_fn(hidden), targets, loss_mask)
+    if max_positions < 1:
+        raise ValueError(f"max_positions must be >= 1, got {max_positions}")
+    idx, valid, overflow = answer_positions(loss_mask, max_positions)
+    # pinned to the batch sharding: the per-row gather's output and the logits (and so their
+    # gradients) would otherwise be gathered over the whole batch for the lm_head's gradient
+    h = constrain(jnp.take_along_axis(hidden, idx[..., None], axis=1), ("batch", "length", "embed"))
+    tgt = jnp.take_along_axis(targets, idx, axis=1)
+    logits = constrain(logits_fn(h).astype(jnp.float32), ("batch", "length", "vocab"))
+    loss_sum, count = ar_loss(logits, tgt, valid)
+    bad = jnp.any(overflow)
+    return jnp.where(bad, jnp.nan, loss_sum), jnp.sum(loss_mask, dtype=jnp.float32)
 
 
 def safe_mean(loss_sum, count):

@@ -20,7 +20,7 @@ from jax.sharding import Mesh
 from janusflow.config import ExperimentConfig, OptimConfig
 from janusflow.models.janusflow import JanusFlow
 from janusflow.models.vae import make_vae
-from janusflow.parallel.rules import param_shardings, replicated
+from janusflow.parallel.rules import experiment_rules, param_shardings, replicated
 
 # Paper Table 1. Stage 1 trains what is newly initialised (aligners, gen codec, and the new
 # small pieces: beg_of_und_embed, REPA projector, the ablation-C encoder); stage 2 adds the LLM;
@@ -133,7 +133,8 @@ def state_shardings(cfg: ExperimentConfig, mesh: Mesh):
     graphdef, trainable, frozen, vae_graphdef, vae_state = split_model(model, vae, cfg.train.stage)
     optimizer, schedule = make_optimizer(cfg.train.optim)
     parts = Parts(graphdef, vae_graphdef, optimizer, schedule)
-    p_sh = param_shardings(trainable, mesh)
+    rules, _ = experiment_rules(cfg)
+    p_sh = param_shardings(trainable, mesh, rules)
     abstract = jax.eval_shape(lambda: _state_from_model(build_model(cfg, 0), vae_params(build_vae(cfg, 0)),
                                                         cfg, optimizer))
     rep = replicated(mesh)
@@ -142,8 +143,8 @@ def state_shardings(cfg: ExperimentConfig, mesh: Mesh):
         transform_non_params=lambda _: rep,
         is_leaf=lambda x: isinstance(x, jax.sharding.NamedSharding))
     shardings = TrainState(
-        step=rep, rng=rep, params=p_sh, frozen=param_shardings(frozen, mesh),
-        vae=param_shardings(vae_state, mesh), opt_state=opt_sh,
+        step=rep, rng=rep, params=p_sh, frozen=param_shardings(frozen, mesh, rules),
+        vae=param_shardings(vae_state, mesh, rules), opt_state=opt_sh,
         ema=p_sh if abstract.ema is not None else None)
     return parts, abstract, shardings
 

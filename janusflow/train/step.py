@@ -31,7 +31,8 @@ import optax
 from janusflow.config import ExperimentConfig
 from janusflow.models.vae import encode_latents
 from janusflow.objectives import ar, cfg_dropout, flow, repa
-from janusflow.parallel.rules import batch_sharding, replicated
+from janusflow.parallel.rules import (activation_sharding, batch_sharding, constrain_like,
+                                      experiment_rules, replicated)
 from janusflow.train.state import Parts, TrainState, merge_model, merge_vae
 
 TERMS = ("ar", "rf", "repa")
@@ -87,6 +88,15 @@ def sample_noise(key, batch, cfg: ExperimentConfig):
             "z0": jax.random.normal(k_noise, lat, jnp.float32), "prompt_mask": prompt_mask}
 
 
+def max_predicted(task: str, b, mc) -> int:
+    """Static bound on the predicted tokens of one row, so logits are computed only there: an
+    understanding row spends 1 + num_und_tokens slots on its image, which are never predicted
+    (the data pipeline always places the image); text rows may predict every position."""
+    t = b["ids"].shape[1]
+    k = t - (1 + mc.num_und_tokens)
+    return k if task == "und" and k > 0 else t
+
+
 def loss_sums(model, vae, batch, noise, cfg: ExperimentConfig):
     """Sums (not means) of each loss term over this (micro-)batch."""
     mc, lc = cfg.model, cfg.train.loss
@@ -104,7 +114,7 @@ def loss_sums(model, vae, batch, noise, cfg: ExperimentConfig):
             embeds = lm.embed(b["ids"])
         hidden = lm(embeds, attention_mask=b["attention_mask"]).hidden
         targets, mask = ar.shift_targets(b["ids"], b["loss_mask"])
-        s, _ = ar.ar_loss(lm.logits(hidden), targets, mask)
+        s, _ = ar.ar_loss_at_answers(lm.logits, hidden, targets, mask, max_predicted(task, b, mc))
         sums["ar"] += s
     if "gen" in batch:
         g = batch["gen"]
@@ -150,7 +160,10 @@ def _micro(batch, accum: int):
     return jax.tree.map(split, batch)
 
 
-def make_train_step(cfg: ExperimentConfig, parts: Parts):
+def make_train_step(cfg: ExperimentConfig, parts: Parts, param_shardings=None):
+    """``param_shardings``: the trainable parameters' NamedShardings; the gradients and the
+    accumulator are pinned to them (without, XLA may keep a gradient replicated or sharded
+    like the activations it came from)."""
     lc, oc = cfg.train.loss, cfg.train.optim
 
     def grads_and_sums(params, state: TrainState, batch, noise, counts):
@@ -159,7 +172,7 @@ def make_train_step(cfg: ExperimentConfig, parts: Parts):
             sums = loss_sums(model, merge_vae(parts, state.vae), batch, noise, cfg)
             return _weighted_total(sums, counts, lc), sums
         (_, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        return grads, sums
+        return constrain_like(grads, param_shardings), sums
 
     def step(state: TrainState, batch):
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
@@ -169,11 +182,13 @@ def make_train_step(cfg: ExperimentConfig, parts: Parts):
             grads, sums = grads_and_sums(state.params, state, batch, noise, counts)
         else:
             micro = _micro((batch, noise), oc.accum_steps)
-            zeros = (jax.tree.map(jnp.zeros_like, state.params), {k: jnp.zeros((), jnp.float32) for k in TERMS})
+            acc = constrain_like(jax.tree.map(jnp.zeros_like, state.params), param_shardings)
+            zeros = (acc, {k: jnp.zeros((), jnp.float32) for k in TERMS})
 
             def body(carry, mb):
                 g, s = grads_and_sums(state.params, state, mb[0], mb[1], counts)
-                return (jax.tree.map(jnp.add, carry[0], g), {k: carry[1][k] + s[k] for k in TERMS}), None
+                acc = constrain_like(jax.tree.map(jnp.add, carry[0], g), param_shardings)
+                return (acc, {k: carry[1][k] + s[k] for k in TERMS}), None
             (grads, sums), _ = jax.lax.scan(body, zeros, micro)
 
         terms = {k: ar.safe_mean(sums[k], counts[k]) for k in TERMS}
@@ -206,8 +221,14 @@ def batch_shardings(mesh, batch):
 
 
 def jit_train_step(cfg: ExperimentConfig, parts: Parts, shardings: TrainState, mesh, example_batch):
-    """The jitted step with explicit in/out shardings; the state buffers are donated."""
-    step = make_train_step(cfg, parts)
+    """The jitted step with explicit in/out shardings; the state buffers are donated. It is
+    traced under ``activation_sharding``, so the models' ``constrain`` calls take effect."""
+    inner = make_train_step(cfg, parts, shardings.params)
+    _, act_rules = experiment_rules(cfg)
+
+    def step(state, batch):
+        with activation_sharding(mesh, act_rules):
+            return inner(state, batch)
     b_sh = batch_shardings(mesh, example_batch)
     rep = replicated(mesh)
     return jax.jit(step, in_shardings=(shardings, b_sh), out_shardings=(shardings, rep),
