@@ -190,7 +190,9 @@ def test_train_resume_warm_start_and_final_model_in_a_bucket(bucket, tmp_path, m
     # the next stage starts from the bucket workdir's final model
     nxt = _cfg(init_from=URL)
     wlogs = []
-    parts, state, _ = loop._warm_start(nxt, make_mesh(nxt.train.mesh, devices=jax.devices()[:1]), wlogs.append)
+    from janusflow.train.vae_source import initial_vae
+    parts, state, _ = loop._warm_start(nxt, make_mesh(nxt.train.mesh, devices=jax.devices()[:1]),
+                                       initial_vae(nxt, wlogs.append), wlogs.append)
     assert wlogs == [f"warm start from {URL}/model"]
     started = loop.merge_model(parts, state.params, state.frozen)
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(nnx.to_pure_dict(nnx.state(started, nnx.Param))),

@@ -4,6 +4,7 @@ restorable position (``get_state``/``set_state``) so resumed runs continue exact
 from __future__ import annotations
 
 import dataclasses
+
 import jax
 import numpy as np
 
@@ -38,8 +39,11 @@ class SyntheticIterator:
         return jax.tree.map(self._rows, batch)
 
     def set_batch_sizes(self, sizes: dict) -> None:
-        t = dataclasses.replace(self.cfg.train, und_batch=sizes["und"], gen_batch=sizes["gen"],
-                                text_batch=sizes["text"], task_batch_schedule=())
+        """``sizes``: this process's rows per task (as the pipeline takes them); the synthetic
+        batch is made global and split in ``_rows``."""
+        n = self.process_count
+        t = dataclasses.replace(self.cfg.train, und_batch=sizes["und"] * n, gen_batch=sizes["gen"] * n,
+                                text_batch=sizes["text"] * n, task_batch_schedule=())
         self.cfg = dataclasses.replace(self.cfg, train=t)
 
     def get_state(self) -> dict:
