@@ -144,6 +144,20 @@ def parse_line(line: str, where: str) -> Record:
     return Record(data, where)
 
 
+def read_json_object(path: str, hint: str = "") -> dict:
+    """The JSON object in file ``path``; RecordError naming the file otherwise (not UTF-8, not
+    JSON, not an object). ``hint`` is appended to the message (what the user can do)."""
+    tail = f"; {hint}" if hint else ""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RecordError(f"{path}: invalid JSON ({e}){tail}") from None
+    if not isinstance(data, dict):
+        raise RecordError(f"{path}: expected a JSON object, got {kind(data)}{tail}")
+    return data
+
+
 def iter_jsonl(path: str, *, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[int, Any]]:
     """``(line number from 1, Record or RecordError)`` for every non-blank line of ``path``."""
     for lineno, line in iter_text_lines(path, max_line_bytes=max_line_bytes):

@@ -66,8 +66,8 @@ def test_unreadable_safetensors_is_one_line(tmp_path, sd, capsys, damage):
 
 
 @pytest.mark.parametrize("body,match", [
-    ("[1, 2, 3]", "expected a JSON object with a 'weight_map', got a list"),
-    ("{not json", "not a shard index (invalid JSON"),
+    ("[1, 2, 3]", "expected a JSON object, got a list; not a shard index"),
+    ("{not json", "invalid JSON (Expecting property name"),
     ('{"weight_map": [1]}', "weight_map: expected an object"),
     ('{"weight_map": {"a": 3}}', "weight_map.a: expected a shard file name"),
 ])

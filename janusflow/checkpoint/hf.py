@@ -40,6 +40,7 @@ from janusflow.checkpoint.precheck import all_finite, check_config_against_heade
 from janusflow.checkpoint.torch_layout import (CheckpointMismatch, _flat_params, load_state_dict,
                                                to_ours, to_torch)
 from janusflow.config import ConfigError, GenCodecConfig, LLMConfig, ModelConfig, SiglipConfig, VAEConfig
+from janusflow.records import RecordError, read_json_object
 from janusflow.models import gen_codec as gen_codec_mod
 from janusflow.models import llm as llm_mod
 from janusflow.models import siglip as siglip_mod
@@ -172,13 +173,9 @@ class TensorSource:
 
     def _from_index(self, index_path: str) -> list:
         try:
-            with open(index_path, encoding="utf-8") as fh:
-                d = json.load(fh)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CheckpointMismatch(f"{index_path}: not a shard index (invalid JSON: {e})") from None
-        if not isinstance(d, dict):
-            raise CheckpointMismatch(f"{index_path}: expected a JSON object with a 'weight_map', "
-                                     f"got a {type(d).__name__}")
+            d = read_json_object(index_path, hint="not a shard index (a JSON object with a 'weight_map')")
+        except RecordError as e:
+            raise CheckpointMismatch(str(e)) from None
         wm = d.get("weight_map")
         if not isinstance(wm, dict):
             raise CheckpointMismatch(f"{index_path}: weight_map: expected an object "

@@ -24,6 +24,8 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
+from janusflow.records import read_json_object
+
 BOS_TOKEN = "<｜begin▁of▁sentence｜>"
 EOS_TOKEN = "<｜end▁of▁sentence｜>"
 PAD_TOKEN = "<｜▁pad▁｜>"
@@ -85,13 +87,7 @@ class Tokenizer:
         for side in ("special_tokens_map.json", "tokenizer_config.json"):
             f = os.path.join(folder, side)
             if os.path.isfile(f):
-                try:
-                    with open(f, encoding="utf-8") as fh:
-                        conf = json.load(fh)
-                except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                    raise ValueError(f"{f}: invalid JSON ({e})") from None
-                if not isinstance(conf, dict):
-                    raise ValueError(f"{f}: expected a JSON object, got {type(conf).__name__}")
+                conf = read_json_object(f)
                 for k in ("bos_token", "eos_token", "pad_token"):
                     if _token_name(conf.get(k)):
                         names[k] = _token_name(conf[k])

@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from janusflow.config import ModelConfig
-from janusflow.records import RecordError, iter_jsonl, iter_text_lines
+from janusflow.records import RecordError, iter_jsonl, iter_text_lines, read_json_object
 from janusflow.sample import grid as grid_mod
 from janusflow.sample.generate import check_options, check_prompts, iter_generate
 
@@ -124,13 +124,7 @@ def _comparable(settings: dict) -> dict:
 def _check_settings(out_dir: str, settings: dict):
     path = os.path.join(out_dir, SETTINGS_NAME)
     if os.path.isfile(path):
-        try:
-            with open(path, encoding="utf-8") as fh:
-                old = json.load(fh)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path}: invalid JSON ({e}); use a new --out directory") from None
-        if not isinstance(old, dict):
-            raise ValueError(f"{path}: expected a JSON object; use a new --out directory")
+        old = read_json_object(path, hint="use a new --out directory")
         old, new = _comparable(old), _comparable(settings)
         diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
         if diff:
