@@ -398,6 +398,11 @@ class TrainConfig:
         _check(self.vae_dtype in ("float32", "bfloat16"), "TrainConfig.vae_dtype", f"got {self.vae_dtype!r}")
 
 
+# The default recipe's phase directories in WORKDIR, in order (train/recipe.py runs them; sweep
+# results and --checkpoint WORKDIR read them).
+RECIPE_PHASES = ("llm", "stage1", "stage2", "stage3")
+
+
 @dataclass(frozen=True)
 class RecipeConfig:
     """The default run's phases (``train/recipe.py``); off for single-stage experiments."""

@@ -18,12 +18,12 @@ import sys
 import time
 
 from janusflow import paths
+from janusflow.config import RECIPE_PHASES as PHASES
 from janusflow.config import ConfigError
 from janusflow.config_loader import load_python_file
 from janusflow.records import RecordError, iter_jsonl
 
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
-PHASES = ("llm", "stage1", "stage2", "stage3")   # train/recipe.py's phase directories, in order
 LOSSES = ("loss_ar", "loss_rf", "loss_repa")
 
 

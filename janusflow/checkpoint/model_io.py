@@ -30,7 +30,7 @@ from flax import nnx
 from janusflow import config_io, paths
 from janusflow.checkpoint import hf
 from janusflow.checkpoint.torch_layout import CheckpointMismatch
-from janusflow.config import ConfigError, ModelConfig
+from janusflow.config import RECIPE_PHASES, ConfigError, ModelConfig
 
 CONFIG_NAME = "janusflow_config.json"
 PARAMS_DIR = "params"
@@ -192,15 +192,14 @@ def resolve_checkpoint(path: str, log: Callable[[str], None] | None = None) -> s
         raise FileNotFoundError(f"--checkpoint {path}: no such directory")
     if is_model_dir(path) or (paths.is_local(path) and hf.is_hf_dir(path)):
         return path
-    from janusflow.train.recipe import PHASES
     for sub, what in ((FINAL_MODEL, "training workdir"),
-                      (paths.join(PHASES[-1], FINAL_MODEL), "recipe workdir")):
+                      (paths.join(RECIPE_PHASES[-1], FINAL_MODEL), "recipe workdir")):
         cand = paths.join(path, sub)
         if is_model_dir(cand):
             if log:
                 log(f"{path} is a {what}: using its final EMA model {cand}")
             return cand
-    if (p / "checkpoints").is_dir() or (p / PHASES[0]).is_dir():
+    if (p / "checkpoints").is_dir() or (p / RECIPE_PHASES[0]).is_dir():
         raise FileNotFoundError(f"--checkpoint {path}: a training workdir without a final model "
                                 f"({FINAL_MODEL}/ is written when the run ends)")
     raise FileNotFoundError(_not_a_checkpoint(path))

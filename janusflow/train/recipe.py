@@ -24,12 +24,12 @@ import numpy as np
 from flax import nnx
 
 from janusflow import paths
+from janusflow.config import RECIPE_PHASES as PHASES
 from janusflow.config import ConfigError, ExperimentConfig, OptimConfig
 from janusflow.data.mixing import with_task_ratios
 from janusflow.train import loop
 from janusflow.train import workdir as workdir_lib
 
-PHASES = ("llm", "stage1", "stage2", "stage3")
 
 
 def _phase_cfg(cfg: ExperimentConfig, phase: str, init_from: str) -> ExperimentConfig:
