@@ -167,3 +167,18 @@ def test_cli_chat(tmp_path, tokenizer, plain_model, capsys):
     bad.write_bytes(b"\x00\x01garbage")
     assert cli_main(args[:4] + [str(bad)] + args[5:]) == 1
     assert "cannot read image" in capsys.readouterr().err
+
+
+def test_stream_answer_yields_each_token_and_ends_with_answer(tokenizer, plain_model):
+    from janusflow.sample.chat import stream_answer
+    img = _images(1)[0]
+    for kw in (dict(), dict(temperature=1.0, top_p=0.9, seed=4)):
+        parts = list(stream_answer(plain_model, CFG, tokenizer, img, "what colour?", max_new_tokens=6, **kw))
+        full = answer(plain_model, CFG, tokenizer, [img], ["what colour?"], max_new_tokens=6, **kw)[0]
+        # near-uniform logits: no EOS this early, so one yield per token, the last the whole answer
+        assert len(parts) == 6 and parts[-1] == full
+        assert len(set(parts)) > 1
+    with pytest.raises(ValueError, match="question 0 is empty"):
+        next(stream_answer(plain_model, CFG, tokenizer, img, "  "))
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        next(stream_answer(plain_model, CFG, tokenizer, img, "what?", max_new_tokens=0))

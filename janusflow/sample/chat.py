@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from functools import partial
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -126,6 +126,22 @@ def _pick(logits, key, temperature, top_p, greedy: bool):
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
+def _prefill(model, ids, mask, image_mask, pixels, latents, temperature, top_p, key, cache_len, greedy):
+    """Run the prompt into a KV cache of ``cache_len`` positions; (first token, cache)."""
+    lm = model.language_model
+    embeds = model.understanding_embeds(ids, image_mask, und_pixels=pixels, und_latents=latents)
+    cache = KVCache.init(model.cfg.llm, ids.shape[0], cache_len, embeds.dtype)
+    out = lm(embeds, attention_mask=mask, cache=cache, start=0)
+    first = _pick(lm.logits(out.hidden[:, -1]), jax.random.fold_in(key, 0), temperature, top_p, greedy)
+    return first, out.cache
+
+
+def _next(lm, tok, cache, length, i, temperature, top_p, key, greedy):
+    """Feed token ``i - 1`` of the answer (at position length + i - 1); (token i, cache)."""
+    o = lm(lm.embed(tok[:, None]), cache=cache, start=length + i - 1)
+    return _pick(lm.logits(o.hidden[:, -1]), jax.random.fold_in(key, i), temperature, top_p, greedy), o.cache
+
+
 @partial(jax.jit, static_argnames=("graphdef", "max_new", "greedy"))
 def _decode(graphdef, state, ids, mask, image_mask, pixels, latents, eos, temperature, top_p,
             key, *, max_new: int, greedy: bool):
@@ -133,10 +149,8 @@ def _decode(graphdef, state, ids, mask, image_mask, pixels, latents, eos, temper
     model = nnx.merge(graphdef, state)
     lm = model.language_model
     b, length = ids.shape
-    embeds = model.understanding_embeds(ids, image_mask, und_pixels=pixels, und_latents=latents)
-    cache = KVCache.init(model.cfg.llm, b, length + max_new, embeds.dtype)
-    out = lm(embeds, attention_mask=mask, cache=cache, start=0)
-    first = _pick(lm.logits(out.hidden[:, -1]), jax.random.fold_in(key, 0), temperature, top_p, greedy)
+    first, cache = _prefill(model, ids, mask, image_mask, pixels, latents, temperature, top_p, key,
+                            length + max_new, greedy)
     tokens = jnp.full((b, max_new), -1, jnp.int32).at[:, 0].set(first)
 
     def cond(c):
@@ -145,14 +159,28 @@ def _decode(graphdef, state, ids, mask, image_mask, pixels, latents, eos, temper
 
     def body(c):
         i, tok, cache, tokens, done = c
-        o = lm(lm.embed(tok[:, None]), cache=cache, start=length + i - 1)
-        nxt = _pick(lm.logits(o.hidden[:, -1]), jax.random.fold_in(key, i), temperature, top_p, greedy)
+        nxt, cache = _next(lm, tok, cache, length, i, temperature, top_p, key, greedy)
         tokens = tokens.at[:, i].set(jnp.where(done, -1, nxt))
         # finished rows keep feeding EOS: a valid id whose output is discarded
-        return i + 1, jnp.where(done, eos, nxt), o.cache, tokens, done | (nxt == eos)
+        return i + 1, jnp.where(done, eos, nxt), cache, tokens, done | (nxt == eos)
 
-    init = (jnp.asarray(1, jnp.int32), first, out.cache, tokens, first == eos)
+    init = (jnp.asarray(1, jnp.int32), first, cache, tokens, first == eos)
     return jax.lax.while_loop(cond, body, init)[3]
+
+
+# The streamed path: the same two computations as _decode, compiled apart so that each token
+# reaches the caller (the web demo) as soon as it is picked.
+@partial(jax.jit, static_argnames=("graphdef", "cache_len", "greedy"))
+def _prefill_program(graphdef, state, ids, mask, image_mask, pixels, latents, temperature, top_p, key,
+                     *, cache_len: int, greedy: bool):
+    return _prefill(nnx.merge(graphdef, state), ids, mask, image_mask, pixels, latents, temperature,
+                    top_p, key, cache_len, greedy)
+
+
+@partial(jax.jit, static_argnames=("graphdef", "greedy"))
+def _next_program(graphdef, state, tok, cache, length, i, temperature, top_p, key, *, greedy: bool):
+    return _next(nnx.merge(graphdef, state).language_model, tok, cache, length, i, temperature, top_p,
+                 key, greedy)
 
 
 def _check_decoding(max_new_tokens, temperature, top_p):
@@ -198,22 +226,8 @@ def _prompts(cfg, tokenizer, questions, template, system_prompt):
     return built, template.eos
 
 
-def answer(model, cfg: ModelConfig, tokenizer, images, questions, *, max_new_tokens: int = 64,
-           temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
-           template: Optional[UnderstandingTemplate] = None, system_prompt: Optional[str] = None,
-           vae=None, pad_id: int = 0) -> list:
-    """Answer one question per image.
-
-    ``images``: (B, H, W, 3) uint8 or float in [0, 1], or a list of (H, W, 3) arrays of any
-    sizes (preprocessed as the official processor: long side to S, pad to square with the mean
-    colour, normalise). ``questions``: B strings with a ``tokenizer`` (returns strings), or B
-    token-id lists with ``template`` and ``tokenizer=None`` (returns token-id lists, EOS
-    excluded). Decoding stops per row at EOS or after ``max_new_tokens``; ``temperature`` 0 is
-    greedy, otherwise sampling restricted to the top-``top_p`` probability mass, seeded by
-    ``seed``. ``system_prompt``: None uses the official one (tokenizer path only). ``vae`` is
-    needed only by the gen-encoder understanding ablations (B, C).
-    """
-    _check_decoding(max_new_tokens, temperature, top_p)
+def _inputs(cfg, tokenizer, images, questions, max_new_tokens, template, system_prompt, vae, pad_id):
+    """The left-padded prompt batch and the encoder inputs of :func:`answer`'s arguments."""
     imgs = _as_image_list(images)
     built, eos = _prompts(cfg, tokenizer, questions, template, system_prompt)
     if len(imgs) != len(built):
@@ -242,10 +256,30 @@ def answer(model, cfg: ModelConfig, tokenizer, images, questions, *, max_new_tok
         latents = encode_latents(vae, cfg.vae, jnp.asarray(np.stack([preprocess.to_vae(x) for x in squares])))
     else:
         raise ValueError("this model has no understanding encoder (und_encoder='none')")
+    return (jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(image_mask), pixels, latents, eos)
+
+
+def answer(model, cfg: ModelConfig, tokenizer, images, questions, *, max_new_tokens: int = 64,
+           temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
+           template: Optional[UnderstandingTemplate] = None, system_prompt: Optional[str] = None,
+           vae=None, pad_id: int = 0) -> list:
+    """Answer one question per image.
+
+    ``images``: (B, H, W, 3) uint8 or float in [0, 1], or a list of (H, W, 3) arrays of any
+    sizes (preprocessed as the official processor: long side to S, pad to square with the mean
+    colour, normalise). ``questions``: B strings with a ``tokenizer`` (returns strings), or B
+    token-id lists with ``template`` and ``tokenizer=None`` (returns token-id lists, EOS
+    excluded). Decoding stops per row at EOS or after ``max_new_tokens``; ``temperature`` 0 is
+    greedy, otherwise sampling restricted to the top-``top_p`` probability mass, seeded by
+    ``seed``. ``system_prompt``: None uses the official one (tokenizer path only). ``vae`` is
+    needed only by the gen-encoder understanding ablations (B, C).
+    """
+    _check_decoding(max_new_tokens, temperature, top_p)
+    ids, mask, image_mask, pixels, latents, eos = _inputs(cfg, tokenizer, images, questions, max_new_tokens,
+                                                          template, system_prompt, vae, pad_id)
     graphdef, state = nnx.split(model)
     greedy = temperature == 0
-    out = np.asarray(_decode(graphdef, state, jnp.asarray(ids), jnp.asarray(mask),
-                             jnp.asarray(image_mask), pixels, latents, jnp.int32(eos),
+    out = np.asarray(_decode(graphdef, state, ids, mask, image_mask, pixels, latents, jnp.int32(eos),
                              jnp.float32(temperature if not greedy else 1.0), jnp.float32(top_p),
                              jax.random.key(seed), max_new=int(max_new_tokens), greedy=greedy))
     results = []
@@ -257,3 +291,32 @@ def answer(model, cfg: ModelConfig, tokenizer, images, questions, *, max_new_tok
     if tokenizer is not None:
         return [tokenizer.decode(t) for t in results]
     return results
+
+
+def stream_answer(model, cfg: ModelConfig, tokenizer, image, question: str, *, max_new_tokens: int = 64,
+                  temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
+                  system_prompt: Optional[str] = None, vae=None, pad_id: int = 0) -> Iterator[str]:
+    """:func:`answer` for one image and one question, token by token: yields the decoded answer
+    so far after every new token (the last yield is what :func:`answer` returns for the same
+    arguments). Needs a tokenizer."""
+    if tokenizer is None:
+        raise ValueError("stream_answer needs a tokenizer")
+    _check_decoding(max_new_tokens, temperature, top_p)
+    ids, mask, image_mask, pixels, latents, eos = _inputs(cfg, tokenizer, [image], [question], max_new_tokens,
+                                                          None, system_prompt, vae, pad_id)
+    graphdef, state = nnx.split(model)
+    greedy = temperature == 0
+    temp, top_p, key = jnp.float32(temperature if not greedy else 1.0), jnp.float32(top_p), jax.random.key(seed)
+    length = ids.shape[1]
+    tok, cache = _prefill_program(graphdef, state, ids, mask, image_mask, pixels, latents, temp, top_p, key,
+                                  cache_len=length + int(max_new_tokens), greedy=greedy)
+    tokens = []
+    for i in range(1, int(max_new_tokens) + 1):
+        t = int(tok[0])
+        if t == eos:
+            return
+        tokens.append(t)
+        yield tokenizer.decode(tokens)
+        if i < max_new_tokens:
+            tok, cache = _next_program(graphdef, state, tok, cache, jnp.int32(length), jnp.int32(i), temp,
+                                       top_p, key, greedy=greedy)
