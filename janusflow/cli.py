@@ -382,6 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true",
                         help="show the traceback of an error instead of its one-line message")
     sub = parser.add_subparsers(dest="command", required=True)
+    from janusflow.demo.command import add_parser as add_demo_parser
+    add_demo_parser(sub)
     p = sub.add_parser("info", help="parameter count per component and FLOPs per training token")
     _add_config_args(p)
     p.set_defaults(func=cmd_info)

@@ -130,10 +130,23 @@ def denoise_report(model, vae, cfg, *, n: int = 8, ts: Sequence[float] = DEFAULT
 def trajectory_report(model, vae, mcfg, tokenizer, prompts: Sequence[str], *, steps: int = 30,
                       cfg_weight: float = 2.0, seed: int = 0, show: Sequence[int] = (0, 1, 3, 6, 9, 15, 24),
                       out_png: str | None = None) -> list:
-    """:func:`trajectory_rows` for ``prompts`` (one sample each, noise from ``seed``; ``mcfg`` the
-    model's config); writes a grid like :func:`grid` (top row the final samples, then per shown
-    step z | x_hat). Returns the shown t values. A step-by-step Python loop, not the sampler's
-    fused program, so that intermediate states can be read; tests check both end equal."""
+    """:func:`trajectory_grid`, the grid written to ``out_png`` if given. Returns the shown t values."""
+    ts, image = trajectory_grid(model, vae, mcfg, tokenizer, prompts, steps=steps, cfg_weight=cfg_weight,
+                                seed=seed, show=show)
+    if out_png:
+        from PIL import Image
+        Image.fromarray(image).save(out_png)
+    return ts
+
+
+def trajectory_grid(model, vae, mcfg, tokenizer, prompts: Sequence[str], *, steps: int = 30,
+                    cfg_weight: float = 2.0, seed: int = 0, show: Sequence[int] = (0, 1, 3, 6, 9, 15, 24),
+                    noise=None) -> tuple[list, np.ndarray]:
+    """:func:`trajectory_rows` for ``prompts`` (one sample each; ``mcfg`` the model's config),
+    from ``noise`` (len(prompts), latent, latent, C) or else noise drawn from ``seed``.
+    Returns (the shown t values, a uint8 grid like :func:`grid`: top row the final samples,
+    then per shown step z | x_hat). A step-by-step Python loop, not the sampler's fused
+    program, so that intermediate states can be read; tests check both end equal."""
     if not prompts:
         raise ValueError("trajectory_report needs at least one prompt")
     import jax
@@ -157,14 +170,17 @@ def trajectory_report(model, vae, mcfg, tokenizer, prompts: Sequence[str], *, st
     def decode(vae, z):
         return decode_latents(vae, mcfg.vae, z)
 
-    z0 = jax.random.normal(jax.random.key(seed), (len(prompts),) + latent_shape(mcfg), jnp.float32)
+    shape = (len(prompts),) + latent_shape(mcfg)
+    if noise is None:
+        z0 = jax.random.normal(jax.random.key(seed), shape, jnp.float32)
+    elif np.shape(noise) != shape:
+        raise ValueError(f"noise must have shape {shape} (prompts, latent, latent, channels), got {np.shape(noise)}")
+    else:
+        z0 = jnp.asarray(noise, jnp.float32)
     rows = trajectory_rows(lambda z, t, cond: velocity(model, pmask if cond else umask, z, t), z0, steps,
                            cfg_weight, show)
     px = [(t, np.asarray(decode(vae, z), np.float32), np.asarray(decode(vae, xh), np.float32)) for t, z, xh in rows]
-    if out_png:
-        from PIL import Image
-        Image.fromarray(grid(px[-1][1], px[:-1])).save(out_png)
-    return [t for t, _, _ in px[:-1]]
+    return [t for t, _, _ in px[:-1]], grid(px[-1][1], px[:-1])
 
 
 def summary(report: dict) -> str:
