@@ -45,7 +45,13 @@ setup(
             # the TPU compiler, so the TPU-compiled plan tests run (213 MB wheel, 684 MB
             # installed, 5 s from a local index); same pin as the "tpu" extra
             "libtpu==0.0.42.1",
+            # the web demo's tests: the page itself, driven in the system Chromium (Debian's
+            # `chromium`; playwright's own browser download is not needed)
+            "gradio>=6,<7",
+            "playwright>=1.40",
         ],
+        # `janusflow demo`: the local web page (Understanding and Generation tabs)
+        "demo": ["gradio>=6,<7"],
         # `janusflow plan` with the TPU compiler (compile-only TPU devices, no TPU needed) and
         # training on Cloud TPU: the libtpu that jax[tpu]==0.10.2 pins; bump it with jax
         # (pip install "jax[tpu]==<installed jax>" shows the matching version)

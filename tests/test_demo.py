@@ -145,7 +145,7 @@ def test_page_handlers_answer_bad_input_with_a_message(session, files):
     assert status.startswith("**Error:** prompt 0 has") and "context" in status
     gallery, settings, grid, status = generate("a red circle", 1, 2, 2, "euler", 0, False,
                                                progress=lambda *a, **k: None)
-    assert status == "" and len(gallery) == 1 and grid is None and "--steps 2" in settings
+    assert status == "" and len(gallery) == 1 and grid is None and "2 euler steps, seed 0" in settings
 
 
 def test_cli_demo_refuses_before_loading(tmp_path, capsys):
@@ -219,7 +219,7 @@ def test_demo_in_headless_chromium(served, files, tmp_path):
         browser = pw.chromium.launch(executable_path=chromium, headless=True,
                                      args=["--no-sandbox"] if os.geteuid() == 0 else [])
         try:
-            page = browser.new_page(viewport={"width": 1000, "height": 640})
+            page = browser.new_page(viewport={"width": 1100, "height": 720})
             page.goto(served)
             expect(page.get_by_role("tab", name="Understanding")).to_be_visible(timeout=60_000)
             upload = page.locator("#und-upload input[type=file]")
@@ -234,6 +234,7 @@ def test_demo_in_headless_chromium(served, files, tmp_path):
             page.click("#und-ask")
             expect(page.locator("#und-answer textarea")).not_to_have_value("", timeout=180_000)
             expect(page.locator("#und-status")).to_have_text("", timeout=180_000)
+            page.evaluate("window.scrollTo(0, 0)")
             page.screenshot(path=os.path.join(shots, "demo_understanding.png"))
 
             page.get_by_role("tab", name="Generation").click()
@@ -249,6 +250,7 @@ def test_demo_in_headless_chromium(served, files, tmp_path):
             expect(page.locator("#gen-settings")).to_contain_text("4 euler steps", timeout=10_000)
             expect(page.locator("#gen-trajectory img")).to_be_visible(timeout=10_000)
             expect(page.locator("#gen-status")).to_have_text("", timeout=10_000)
-            page.screenshot(path=os.path.join(shots, "demo_generation.png"))
+            page.evaluate("window.scrollTo(0, 0)")
+            page.screenshot(path=os.path.join(shots, "demo_generation.png"), full_page=True)
         finally:
             browser.close()

@@ -70,8 +70,7 @@ def make_handlers(session: DemoSession):
 
             gallery, grid = session.generate(req, tick)
             settings = (f"{req.n} image(s) of *{req.prompt}*: CFG {req.cfg_weight:g}, {req.steps} {req.solver} "
-                        f"steps, seed {req.seed}. `janusflow sample` with `--n {req.n} --cfg {req.cfg_weight:g} "
-                        f"--steps {req.steps} --solver {req.solver} --seed {req.seed}` starts from the same noise.")
+                        f"steps, seed {req.seed} (janusflow sample with these settings starts from the same noise)")
             return gallery, settings, grid, ""
         except Exception as e:  # noqa: BLE001 -- shown in the page
             return [], "", None, error_line(e)
