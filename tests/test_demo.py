@@ -47,7 +47,8 @@ def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("uploads")
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 30, 3), dtype=np.uint8)).save(d / "ok.png")
     (d / "broken.png").write_bytes(b"this is not a PNG")
-    return str(d / "ok.png"), str(d / "broken.png")
+    (d / "notes.txt").write_text("not an image either")
+    return str(d / "ok.png"), str(d / "broken.png"), str(d / "notes.txt")
 
 
 def test_numbers_from_the_form():
@@ -82,7 +83,7 @@ def test_generation_and_understanding_requests_are_checked():
 
 
 def test_uploads(files):
-    ok, broken = files
+    ok, broken = files[:2]
     assert read_upload(ok).shape == (40, 30, 3)
     with pytest.raises(DemoInputError) as e:
         read_upload(broken)
@@ -128,7 +129,7 @@ def test_session_answer_streams(session, files):
 def test_page_handlers_answer_bad_input_with_a_message(session, files):
     from janusflow.demo.app import make_handlers, on_upload
     ask, generate = make_handlers(session)
-    ok, broken = files
+    ok, broken = files[:2]
     preview, status = on_upload(broken)
     assert preview is None and status.startswith("**Error:** Image: broken.png is not a readable image")
     assert on_upload(ok)[0].shape == (40, 30, 3)
@@ -149,6 +150,9 @@ def test_page_handlers_answer_bad_input_with_a_message(session, files):
 
 
 def test_cli_demo_refuses_before_loading(tmp_path, capsys):
+    from janusflow.cli import build_parser
+    args = build_parser().parse_args(["demo", "--checkpoint", "ck"])
+    assert (args.host, args.port) == ("127.0.0.1", 7860)        # this machine only unless told
     assert cli_main(["demo", "--checkpoint", str(tmp_path), "--port", "0"]) == 1
     assert "--port 0: must be from 1 to 65535" in capsys.readouterr().err
     assert cli_main(["demo", "--checkpoint", str(tmp_path / "nope")]) == 1
@@ -157,12 +161,14 @@ def test_cli_demo_refuses_before_loading(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------ browser
-def _chromium():
+@pytest.fixture
+def chromium():
+    """The system Chromium's path; skips (the reason printed with -rs) where there is none."""
     for name in (os.environ.get("JANUSFLOW_CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
         path = name and shutil.which(name)
         if path:
             return path
-    return None
+    pytest.skip("no Chromium found (apt-get install chromium, or set JANUSFLOW_CHROMIUM)")
 
 
 def _free_port() -> int:
@@ -206,14 +212,11 @@ def served(checkpoint, tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_in_headless_chromium(served, files, tmp_path):
+def test_demo_in_headless_chromium(chromium, served, files, tmp_path):
     """Page loads; a bad upload and an empty prompt get messages; a question gets text; a
     generation gets an image. JANUSFLOW_DEMO_SCREENSHOTS=DIR keeps a PNG of each tab there."""
-    chromium = _chromium()
-    if chromium is None:
-        pytest.skip("no Chromium found (apt-get install chromium, or set JANUSFLOW_CHROMIUM)")
     from playwright.sync_api import expect, sync_playwright
-    ok, broken = files
+    ok, broken, text_file = files
     shots = os.environ.get("JANUSFLOW_DEMO_SCREENSHOTS") or str(tmp_path)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium, headless=True,
@@ -227,6 +230,8 @@ def test_demo_in_headless_chromium(served, files, tmp_path):
             expect(page.locator("#und-status")).to_contain_text("broken.png is not a readable image",
                                                                 timeout=60_000)
             page.locator("#und-upload button[aria-label=Clear]").click()
+            upload.set_input_files(text_file)           # refused by Gradio's own type check
+            expect(page.get_by_text("Invalid file type: notes.txt")).to_be_visible(timeout=60_000)
             upload.set_input_files(ok)
             expect(page.locator("#und-preview img")).to_be_visible(timeout=60_000)
             expect(page.locator("#und-status")).to_have_text("", timeout=10_000)
