@@ -64,7 +64,10 @@ def summarize(records: list[dict], members: list[dict], reference: str = "F",
             continue
         diffs = {k: sweep_stats.paired_difference(v, ref[k]) for k, v in values[m["name"]].items() if k in ref}
         out["differences"][m["name"]] = {k: d for k, d in diffs.items() if d is not None}
+    names = {m["name"] for m in members}
     for c in claims or []:
+        if c["member"] not in names:   # not in this sweep (--only): nothing to judge
+            continue
         d = out["differences"].get(c["member"], {}).get(c["metric"])
         word, why = sweep_stats.verdict(d, c["direction"])
         out["verdicts"].append({**c, "verdict": word, "detail": why, "difference": d})

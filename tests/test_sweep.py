@@ -217,3 +217,36 @@ def test_a_real_sweep_of_two_members_and_two_seeds(tmp_path, monkeypatch, capsys
     assert main(argv) == 0   # resumed: everything is recorded, nothing trains again
     assert len(sweep_results.read_records(results)) == 4
     assert capsys.readouterr().out.count("already, skipped") == 4
+
+
+def test_claims_name_members_and_metrics_the_report_has():
+    from janusflow import sweep_report
+    _, members = sweep.load_members(ABL)
+    claims = sweep.load_claims(ABL)
+    assert {c["member"] for c in claims} <= {m["name"] for m in members} - {"F"}
+    assert {c["metric"] for c in claims} <= {k for k, _, _ in sweep_report.COLUMNS}
+    assert ("A", "one_object.colour_right", -1) in [(c["member"], c["metric"], c["direction"]) for c in claims]
+    assert ("B", "und.overall", -1) in [(c["member"], c["metric"], c["direction"]) for c in claims]
+    with pytest.raises(ConfigError, match=r"claims\(\)\[0\] must be"):
+        sweep_report.check_claim({"member": "A", "metric": "und.overall", "direction": True}, 0, "x.py")
+
+
+def test_report_only_reads_the_results_file(tmp_path, capsys):
+    from janusflow import sweep_results
+    path, members = sweep.load_members(ABL)
+    runs = sweep.plan_runs(path, [m for m in members if m["name"] in ("A", "F")], [], 2)
+    results = str(tmp_path / "r.jsonl")
+    colour = {("A", 0): 0.5, ("F", 0): 0.8, ("A", 1): 0.4, ("F", 1): 0.75}
+    for r in runs:
+        rec = sweep_results.run_record(str(tmp_path / "none"), spec=path, member=r.member, seed=r.seed, seeds=r.seeds,
+                                       overrides=list(r.overrides), sha=r.sha, minutes=1.0)
+        rec["metrics"]["one_object.colour_right"] = colour[(r.member["name"], r.seed)]
+        sweep_results.append_record(results, rec)
+    assert main(["sweep", "--config", ABL, "--only", "A,F", "--seeds", "2", "--workdir", str(tmp_path / "w"),
+                 "--results", results, "--report"]) == 0
+    out = capsys.readouterr().out
+    assert not (tmp_path / "w").exists()   # nothing trained
+    assert "- A vs F, one_object.colour_right (paper: A below F; REPA helps generation: A FID 19.84" in out
+    # -0.30 and -0.35: mean -0.325, half = 12.706 * 0.03536 / 1.4142 = 0.3177 -> [-0.6427, -0.0073]
+    assert "**reproduced** -- difference -0.3250, 95% interval [-0.6427, -0.0073] (width 0.6353, 2 paired seeds)" in out
+    assert "B vs F" not in out   # a claim about a member this sweep did not run is not judged
