@@ -184,6 +184,9 @@ def _run(path, runs, workdir, results_path, keep_runs, log) -> dict:
         log(f"{where}: done{'' if minutes is None else f' in {minutes:.1f} min'}, recorded in {results_path}")
         if not keep_runs:
             sweep_results.remove_run_dir(rdir, log)
+            parent = os.path.dirname(rdir)   # <workdir>/<member>, made for its seed directories
+            if os.path.isdir(parent) and not os.listdir(parent):
+                os.rmdir(parent)
     return status
 
 

@@ -22,6 +22,7 @@ GEN_COLUMNS = (("one_object.shape_right", "shape right", 3), ("one_object.colour
 UND_COLUMNS = (("und.overall", "und overall", 3), ("und.color", "colour", 3), ("und.count", "count", 3),
                ("und.shape", "shape", 3), ("und.position", "position", 3))
 COLUMNS = GEN_COLUMNS + UND_COLUMNS
+LOSS_COLUMNS = (("loss.ar", "AR", 3), ("loss.rf", "RF", 3), ("loss.repa", "REPA", 3))
 INTERVAL = ("95% Student-t interval over seeds: mean +- t(0.975, n-1) * sd / sqrt(n), sd with n-1; "
             "differences are paired by seed (member seed s - reference seed s)")
 
@@ -112,7 +113,8 @@ def markdown(summary: dict, title: str, command: str, left_out: int = 0,
              "fixed t. Understanding: exact-match accuracy per question type on held-out scenes.", ""]
     if left_out:
         lines += [f"{left_out} record(s) of another config (the experiment changed since) are left out.", ""]
-    for name, cols in (("Generation", GEN_COLUMNS), ("Understanding", UND_COLUMNS)):
+    for name, cols in (("Generation", GEN_COLUMNS), ("Understanding", UND_COLUMNS),
+                       ("Training losses (last logged value of the last phase)", LOSS_COLUMNS)):
         head = ["member", "ablates", "seeds"] + [c[1] for c in cols]
         rows = [[m, s["what"], str(len(s["seeds"]))] + [_cell(s["metrics"].get(k), nd) for k, _, nd in cols]
                 for m, s in members.items()]

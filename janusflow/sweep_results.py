@@ -124,10 +124,21 @@ def run_losses(run_dir: str) -> tuple[dict, dict]:
                 if v is not None and v != 0.0:   # 0.0: the term is off in this phase
                     curves[k][0].append(offset + r["step"])
                     curves[k][1].append(v)
-        if rows:
-            last = {k: _num(rows[-1].get(k)) for k in LOSSES}
+        if rows:   # 0.0: the term is off in this run (no REPA in A, no AR in a gen-only run)
+            last = {k: (v if v != 0.0 else None) for k in LOSSES for v in [_num(rows[-1].get(k))]}
             offset += rows[-1]["step"]
     return last, {k: [list(a) for a in _thin(*curves[k])] for k in LOSSES if curves[k][0]}
+
+
+def code_commit() -> Optional[str]:
+    """The git commit of the janusflow code that trained the run, when it is a git checkout."""
+    import subprocess
+    try:
+        out = subprocess.run(["git", "-C", os.path.dirname(os.path.abspath(__file__)), "rev-parse", "HEAD"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
 
 
 def run_record(run_dir: str, *, spec: str, member: dict, seed: int, seeds: dict, overrides: list,
@@ -144,7 +155,7 @@ def run_record(run_dir: str, *, spec: str, member: dict, seed: int, seeds: dict,
     return {"format": FORMAT, "version": VERSION, "spec": spec, "member": member["name"],
             "what": member.get("what", ""), "arg": member["arg"], "seed": seed, "seeds": seeds,
             "overrides": list(overrides), "config_sha": sha, "minutes": minutes,
-            "finished": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+            "commit": code_commit(), "finished": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
             "metrics": metrics, "curves": curves}
 
 

@@ -207,13 +207,17 @@ def test_a_real_sweep_of_two_members_and_two_seeds(tmp_path, monkeypatch, capsys
     assert main(argv) == 0
     recs = sweep_results.read_records(results)
     assert [(r["member"], r["seed"]) for r in recs] == [("A", 0), ("F", 0), ("A", 1), ("F", 1)]
-    assert sorted(os.listdir(tmp_path / "w")) == ["A.seed0.log", "A.seed1.log", "F.seed0.log", "F.seed1.log",
-                                                 "janusflow.lock"]   # run directories removed
+    # run directories (and the member folders holding them) removed; the logs stay
+    assert sorted(os.listdir(tmp_path / "w")) == ["A.seed0.log", "A.seed1.log", "F.seed0.log", "F.seed1.log"]
     rf = {(r["member"], r["seed"]): r["metrics"]["loss.rf"] for r in recs}
     assert rf[("A", 0)] != rf[("A", 1)]   # the seed reaches the init and the draws
+    assert recs[0]["metrics"]["loss.repa"] is None and recs[1]["metrics"]["loss.repa"] < 0   # A has no REPA
     assert all(len(r["curves"]["loss_rf"][0]) == 3 for r in recs)
     out = capsys.readouterr().out
     assert "| A | A | 2 |" in out and os.path.isfile(str(tmp_path / "study_members.png"))
+    summary = json.load(open(tmp_path / "study_summary.json"))
+    assert summary["members"]["F"]["metrics"]["loss.rf"]["n"] == 2
+    assert summary["differences"]["A"]["loss.rf"]["seeds"] == [0, 1]
     assert main(argv) == 0   # resumed: everything is recorded, nothing trains again
     assert len(sweep_results.read_records(results)) == 4
     assert capsys.readouterr().out.count("already, skipped") == 4
