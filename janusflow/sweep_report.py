@@ -39,18 +39,38 @@ def check_claim(c, i: int, path: str) -> dict:
     return c
 
 
+UNTRAINED = "untrained"
+
+
+def _untrained_runs(by: dict, reference: str) -> dict:
+    """Seed -> a pseudo-record of the untrained model's metrics (``untrained.*``, recorded when
+    the runs evaluated their initial model): the reference member's own, else any member's."""
+    out = {}
+    for name in [reference] + sorted(set(by) - {reference}):
+        for seed, r in by.get(name, {}).items():
+            m = {k[len(UNTRAINED) + 1:]: v for k, v in r["metrics"].items() if k.startswith(UNTRAINED + ".")}
+            if m and seed not in out:
+                out[seed] = {"metrics": m, "minutes": None}
+    return out
+
+
 def summarize(records: list[dict], members: list[dict], reference: str = "F",
               claims: Optional[list] = None) -> dict:
     """Statistics of ``records`` (already filtered to the current configs) for ``members`` in
-    their sweep order. A seed recorded twice counts once (its last record)."""
+    their sweep order. A seed recorded twice counts once (its last record). When the runs also
+    evaluated their initial model, an extra row ``untrained`` holds it (how far training got)."""
     by = {}
     for r in records:
         by.setdefault(r["member"], {})[r["seed"]] = r
+    untrained = _untrained_runs(by, reference)
+    if untrained and UNTRAINED not in by:
+        by[UNTRAINED] = untrained
+        members = list(members) + [{"name": UNTRAINED, "what": "the initial model of the same seed"}]
     out = {"interval": INTERVAL, "reference": reference, "members": {}, "differences": {}, "verdicts": []}
     values = {}
     for m in members:
         runs = by.get(m["name"], {})
-        keys = sorted({k for r in runs.values() for k in r["metrics"]})
+        keys = sorted({k for r in runs.values() for k in r["metrics"] if not k.startswith(UNTRAINED + ".")})
         values[m["name"]] = {k: {s: r["metrics"][k] for s, r in runs.items() if r["metrics"].get(k) is not None}
                              for k in keys}
         minutes = [r["minutes"] for r in runs.values() if r["minutes"] is not None]

@@ -151,6 +151,8 @@ def run_record(run_dir: str, *, spec: str, member: dict, seed: int, seeds: dict,
         from janusflow.records import read_json_object
         res = read_json_object(res_path)
         metrics.update(eval_metrics(res.get("final")))
+        # the run's own initial model, when it was evaluated too (recipe.eval_untrained)
+        metrics.update({f"untrained.{k}": v for k, v in eval_metrics(res.get("untrained")).items()})
         minutes = _num(res.get("total_minutes")) or minutes
     return {"format": FORMAT, "version": VERSION, "spec": spec, "member": member["name"],
             "what": member.get("what", ""), "arg": member["arg"], "seed": seed, "seeds": seeds,

@@ -140,3 +140,20 @@ def test_run_directory_removal_keeps_what_the_run_did_not_write(tmp_path):
     sweep_results.remove_run_dir(str(run), logs.append)
     assert sorted(os.listdir(run)) == ["janusflow_sweep_run.json", "notes.txt"]
     assert logs[-1] == f"{run}: kept notes.txt (not written by the run)"
+
+
+def test_the_untrained_model_is_a_row_when_the_runs_evaluated_it(tmp_path):
+    path = str(tmp_path / "u.jsonl")
+    for s, (f, u) in enumerate([(0.9, 0.1), (0.8, 0.2), (0.85, 0.0)]):
+        sweep_results.append_record(path, _record("F", s, {"one_object.colour_right": f,
+                                                           "untrained.one_object.colour_right": u}))
+        sweep_results.append_record(path, _record("A", s, {"one_object.colour_right": f - 0.1}))
+    s = sweep_report.write_report(sweep_results.read_records(path), [MEMBERS[0], MEMBERS[3]], path, title="t",
+                                  command="c")
+    assert list(s["members"]) == ["A", "F", "untrained"]
+    assert "untrained.one_object.colour_right" not in s["members"]["F"]["metrics"]
+    assert s["members"]["untrained"]["metrics"]["one_object.colour_right"]["values"] == [0.1, 0.2, 0.0]
+    d = s["differences"]["untrained"]["one_object.colour_right"]   # untrained - F, paired by seed
+    lo, hi = _t_interval([-0.8, -0.6, -0.85])
+    assert (d["lo"], d["hi"]) == (pytest.approx(lo), pytest.approx(hi))
+    assert "| untrained | the initial model of the same seed | 3 | - | 0.100 ±" in open(tmp_path / "u.md").read()
