@@ -162,10 +162,15 @@ def _run(path, runs, workdir, results_path, keep_runs, log) -> dict:
             continue
         rdir = _join(workdir, r.name)
         minutes = None
+        problem = sweep_results.claim_run_dir(rdir, {"spec": path, "member": r.member["name"], "seed": r.seed,
+                                                     "config_sha": r.sha})
+        if problem:   # another config's run, or not the sweep's: nothing there is touched
+            status[r.name] = f"refused ({problem})"
+            log(f"{where}: {status[r.name]}")
+            continue
         if is_done(rdir):
             log(f"{where}: finished in {rdir} but not recorded; recording it")
         else:
-            sweep_results.mark_run_dir(rdir, {"spec": path, "member": r.member["name"], "seed": r.seed})
             minutes, rc = _train(path, r, workdir, where, log)
             if rc != 0:
                 status[r.name] = f"failed (exit {rc}, see {_logfile(workdir, r)})"

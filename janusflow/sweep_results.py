@@ -24,7 +24,7 @@ import os
 from typing import Callable, Optional
 
 from janusflow.config import RECIPE_PHASES
-from janusflow.records import Record, RecordError, iter_jsonl
+from janusflow.records import Record, RecordError, iter_jsonl, read_json_object
 
 FORMAT = "janusflow-sweep-run"
 VERSION = 1
@@ -148,7 +148,6 @@ def run_record(run_dir: str, *, spec: str, member: dict, seed: int, seeds: dict,
     metrics = {f"loss.{k[5:]}": v for k, v in last.items()}
     res_path = os.path.join(run_dir, "results.json")
     if os.path.isfile(res_path):
-        from janusflow.records import read_json_object
         res = read_json_object(res_path)
         metrics.update(eval_metrics(res.get("final")))
         # the run's own initial model, when it was evaluated too (recipe.eval_untrained)
@@ -227,13 +226,27 @@ RUN_NAMES = frozenset(("init", "siglip_pretrain.json", "eval_final", "eval_untra
                        SWEEP_MARKER) + RECIPE_PHASES)
 
 
-def mark_run_dir(run_dir: str, info: dict) -> None:
-    """Create ``run_dir`` for a sweep run and mark it as the sweep's (only then is it removed)."""
-    os.makedirs(run_dir, exist_ok=True)
+def claim_run_dir(run_dir: str, info: dict) -> Optional[str]:
+    """Make ``run_dir`` for a sweep run and mark it as the sweep's (only then is it ever
+    removed), or find it made by the sweep for the same config (``info["config_sha"]``: a
+    half-finished run resumes, a finished one is recorded). Returns None, or why the directory
+    is not this run's (then nothing in it is touched)."""
     marker = os.path.join(run_dir, SWEEP_MARKER)
-    if not os.path.exists(marker):
-        with open(marker, "w") as fh:
-            json.dump(info, fh)
+    if os.path.isdir(run_dir):
+        if not os.path.isfile(marker):
+            return f"{run_dir} exists and was not made by janusflow sweep (no {SWEEP_MARKER}); move it away"
+        try:
+            sha = read_json_object(marker).get("config_sha")
+        except RecordError as e:
+            return str(e)
+        if sha != info["config_sha"]:
+            return (f"{run_dir} holds a run of another config (the experiment or --set changed); "
+                    "move it away to train this one")
+        return None
+    os.makedirs(run_dir)
+    with open(marker, "w") as fh:
+        json.dump(info, fh)
+    return None
 
 
 def remove_run_dir(run_dir: str, log: Callable = print) -> None:

@@ -160,15 +160,18 @@ def _tiny_exp(tmp_path, n):
 def test_failing_member_does_not_stop_the_sweep_and_finished_runs_are_not_rerun(tmp_path, monkeypatch):
     from janusflow import sweep_results
     monkeypatch.setenv("XLA_FLAGS", "")   # the runs are processes of their own, on one device
-    path, members = _tiny_exp(tmp_path, 3)
+    path, members = _tiny_exp(tmp_path, 4)
     runs = sweep.plan_runs(path, members, [], 1)
     work, results = tmp_path / "w", str(tmp_path / "res.jsonl")
     ok = runs[1]   # recorded by an earlier session: skipped, never trained
     sweep_results.append_record(results, sweep_results.run_record(str(tmp_path / "none"), spec=path, member=ok.member,
                                 seed=0, seeds=ok.seeds, overrides=[], sha=ok.sha, minutes=1.0))
     half = work / "half" / "seed0"   # trained to the end but killed before its record was written
-    sweep_results.mark_run_dir(str(half), {})
+    assert sweep_results.claim_run_dir(str(half), {"config_sha": runs[2].sha}) is None
     os.makedirs(half / "model")
+    foreign = work / "A" / "seed0"   # not made by the sweep: refused, nothing touched
+    os.makedirs(foreign / "model")
+    (foreign / "notes.txt").write_text("mine")
     (half / "metrics.jsonl").write_text(json.dumps({"step": 3, "loss_rf": 0.5, "loss_ar": 0.0}) + "\n")
     logs = []
     status = sweep.run(path, runs, str(work), results, log=logs.append)
@@ -182,6 +185,8 @@ def test_failing_member_does_not_stop_the_sweep_and_finished_runs_are_not_rerun(
     assert recs[1]["metrics"]["loss.rf"] == 0.5 and recs[1]["config_sha"] == runs[2].sha
     assert not half.exists()               # recorded, so its directory is gone
     assert (work / "bad" / "seed0").is_dir()   # a failed run keeps its directory (it resumes from there)
+    assert status["A/seed0"].startswith(f"refused ({foreign} exists and was not made by janusflow sweep")
+    assert sorted(os.listdir(foreign)) == ["model", "notes.txt"] and not (work / "A.seed0.log").exists()
 
 
 def test_a_second_sweep_on_the_same_workdir_is_refused(tmp_path):

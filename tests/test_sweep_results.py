@@ -133,7 +133,9 @@ def test_run_directory_removal_keeps_what_the_run_did_not_write(tmp_path):
     sweep_results.remove_run_dir(str(plain), logs.append)   # no sweep marker: not the sweep's
     assert (plain / "model").is_dir() and "not created by janusflow sweep" in logs[-1]
     run = tmp_path / "run"
-    sweep_results.mark_run_dir(str(run), {})
+    assert sweep_results.claim_run_dir(str(run), {"config_sha": "abc"}) is None
+    assert sweep_results.claim_run_dir(str(run), {"config_sha": "abc"}) is None   # the same run: resumes
+    assert "holds a run of another config" in sweep_results.claim_run_dir(str(run), {"config_sha": "xyz"})
     os.makedirs(run / "stage3" / "model")
     (run / "results.json").write_text("{}")
     (run / "notes.txt").write_text("mine")
