@@ -170,7 +170,7 @@ def plot_members(summary: dict, out_png: str):
             ax.scatter([i] * len(st["values"]), st["values"], s=10, color="0.6", zorder=1)
             err = None if st["half"] is None else [[st["half"]], [st["half"]]]
             ax.errorbar([i], [st["mean"]], yerr=err, fmt="o", color="C0", capsize=4, zorder=2)
-        ax.set_title(label, fontsize=9)
+        ax.set_title(label if not key.startswith("und.") or key == "und.overall" else f"und {label}", fontsize=9)
         ax.set_xticks(range(len(names)), names, fontsize=7, rotation=45)
     for ax in list(axes.flat)[len(COLUMNS):]:
         ax.axis("off")
