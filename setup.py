@@ -37,6 +37,8 @@ setup(
     extras_require={
         "test": [
             "pytest>=8",
+            # the sweep statistics' tests check their t-intervals against scipy.stats
+            "scipy>=1.10",
             # PyTorch references for parity tests. torch is pinned to the CPU build; a bare
             # "torch" requirement would pull a multi-GB CUDA build.
             "torch==2.13.0",

@@ -1,15 +1,23 @@
-"""``janusflow sweep``: run the members of an experiment file's ``sweep()`` one after another
-(or print their launch commands), then tabulate and plot them in ``<workdir>/results.md``.
+"""``janusflow sweep``: run the members of an experiment file's ``sweep()`` for ``--seeds N``
+seeds each (or print their launch commands), record each run in a results file and report
+means, intervals and the paper's claims (sweep_results.py, sweep_report.py).
 
-An experiment file with a sweep defines ``sweep(arg) -> [{"name", "arg", "what"}, ...]``; member
-``name`` trains with ``--config <file>:<arg>`` in ``<workdir>/<name>``. Each member runs in its
-own process, so one failing member is reported and the sweep goes on, and a re-run of the same
-command skips finished members and resumes the unfinished one from its checkpoints.
+An experiment file with a sweep defines ``sweep(arg) -> [{"name", "arg", "what"}, ...]`` and
+optionally ``claims(arg) -> [{"member", "metric", "direction", "claim"}, ...]`` (the paper's
+directions, judged against the reference member F). Seed s of member ``name`` trains with
+``--config <file>:<arg>`` in ``<workdir>/<name>/seed<s>``, with s added to the config's
+``train.seed`` (initialisation, t and noise draws, and the evaluation's sampling noise) and
+``data.seed`` (data order): seed 0 is the member's config as it stands, and seed s of every
+member shares its draws, so differences are paired by seed. Runs go seed by seed (every member's
+seed 0 first), each in its own process, so one failing run is reported and the sweep goes on.
+The moment a run ends its record is appended to the results file and its directory removed
+(``--keep-runs`` keeps it); a re-run of the same command skips the recorded runs and resumes
+an unfinished one from its checkpoints.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 import re
 import shlex
@@ -17,14 +25,12 @@ import subprocess
 import sys
 import time
 
-from janusflow import paths
-from janusflow.config import RECIPE_PHASES as PHASES
+from janusflow import paths, sweep_report, sweep_results
 from janusflow.config import ConfigError
-from janusflow.config_loader import load_python_file
-from janusflow.records import RecordError, iter_jsonl
+from janusflow.config_loader import apply_overrides, load_config, load_python_file
+from janusflow.records import RecordError
 
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
-LOSSES = ("loss_ar", "loss_rf", "loss_repa")
 
 
 def load_members(spec: str) -> tuple[str, list[dict]]:
@@ -64,200 +70,160 @@ def select(members: list[dict], only: str | None) -> list[dict]:
     return [by_name[w] for w in dict.fromkeys(wanted)]   # in the order asked for
 
 
-def train_argv(path: str, member: dict, workdir: str, overrides: list[str]) -> list[str]:
-    argv = ["janusflow", "train", "--config", f"{path}:{member['arg']}",
-            "--workdir", _join(workdir, member["name"])]
-    for o in overrides:
-        argv += ["--set", o]
-    return argv
+def load_claims(spec: str) -> list[dict]:
+    """The experiment file's ``claims(arg)`` (none if it defines none), each checked."""
+    path, _, arg = spec.partition(":")
+    module = load_python_file(path)
+    if not hasattr(module, "claims"):
+        return []
+    return [sweep_report.check_claim(c, i, path) for i, c in enumerate(module.claims(arg or None))]
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One member at one seed: what it trains with and where."""
+    member: dict
+    seed: int
+    overrides: tuple          # the user's --set, then this seed's train.seed / data.seed
+    seeds: dict               # {"train": ..., "data": ...} as trained
+    sha: str                  # sweep_results.config_sha of the resolved config
+
+    @property
+    def name(self) -> str:
+        return f"{self.member['name']}/seed{self.seed}"
+
+
+def plan_runs(path: str, members: list[dict], overrides: list[str], seeds: int) -> list[Run]:
+    """Every member at seeds 0..seeds-1, seed by seed. Loads each member's config (so a bad
+    member fails before hours of training start) to fold the seed into its own seeds."""
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {seeds}")
+    base = {m["name"]: apply_overrides(load_config(f"{path}:{m['arg']}"), overrides) for m in members}
+    runs = []
+    for s in range(seeds):
+        for m in members:
+            cfg = base[m["name"]]
+            extra = (f"train.seed={cfg.train.seed + s}", f"data.seed={cfg.data.seed + s}")
+            resolved = apply_overrides(cfg, list(extra))
+            runs.append(Run(m, s, tuple(overrides) + extra,
+                            {"train": resolved.train.seed, "data": resolved.data.seed},
+                            sweep_results.config_sha(resolved)))
+    return runs
 
 
 def _join(workdir, name):
     return workdir.rstrip("/") + "/" + name   # also right for gs:// workdirs
 
 
-def launch_commands(path, members, workdir, overrides, launcher: str | None = None) -> list[str]:
-    """One shell command per member: ``janusflow train ...`` or, with ``launcher`` (e.g.
+def train_argv(path: str, run: Run, workdir: str) -> list[str]:
+    argv = ["janusflow", "train", "--config", f"{path}:{run.member['arg']}", "--workdir", _join(workdir, run.name)]
+    for o in run.overrides:
+        argv += ["--set", o]
+    return argv
+
+
+def launch_commands(path, runs: list[Run], workdir, launcher: str | None = None) -> list[str]:
+    """One shell command per run: ``janusflow train ...`` or, with ``launcher`` (e.g.
     ``tpu_configs/launch_tpu.sh NAME ZONE PROJECT PLATFORM``), ``launcher SPEC WORKDIR [--set ...]``."""
     out = []
-    for m in members:
+    for r in runs:
         if launcher:
-            argv = shlex.split(launcher) + [f"{path}:{m['arg']}", _join(workdir, m["name"])]
-            for o in overrides:
+            argv = shlex.split(launcher) + [f"{path}:{r.member['arg']}", _join(workdir, r.name)]
+            for o in r.overrides:
                 argv += ["--set", o]
         else:
-            argv = train_argv(path, m, workdir, overrides)
+            argv = train_argv(path, r, workdir)
         out.append(shlex.join(argv))
     return out
 
 
-def is_done(member_dir: str) -> bool:
+def is_done(run_dir: str) -> bool:
     """Finished: a recipe run wrote results.json; a single-stage run wrote its final model."""
-    return os.path.isfile(os.path.join(member_dir, "results.json")) or os.path.isdir(
-        os.path.join(member_dir, "model"))
+    return os.path.isfile(os.path.join(run_dir, "results.json")) or os.path.isdir(os.path.join(run_dir, "model"))
 
 
-def run(path, members, workdir, overrides, log=print) -> dict:
-    """Train the members one after another; a second sweep on the same workdir is refused
-    (each member's own workdir is held by its ``janusflow train``)."""
+def run(path, runs: list[Run], workdir, results_path, *, keep_runs=False, log=print) -> dict:
+    """Train the runs one after another, recording each in ``results_path``; a second sweep on
+    the same workdir is refused (each run's own workdir is held by its ``janusflow train``)."""
     from janusflow.train.workdir import WorkdirLock
     os.makedirs(workdir, exist_ok=True)
     with WorkdirLock(workdir, log):
-        return _run(path, members, workdir, overrides, log)
+        return _run(path, runs, workdir, results_path, keep_runs, log)
 
 
-def _run(path, members, workdir, overrides, log) -> dict:
+def _run(path, runs, workdir, results_path, keep_runs, log) -> dict:
     status = {}
-    for i, m in enumerate(members, 1):
-        mdir = _join(workdir, m["name"])
-        if is_done(mdir):
-            log(f"[{i}/{len(members)}] {m['name']}: done already, skipped")
-            status[m["name"]] = "done"
+    recorded = sweep_results.read_records(results_path, log)
+    for i, r in enumerate(runs, 1):
+        where = f"[{i}/{len(runs)}] {r.name}"
+        if sweep_results.finished(recorded, r.member["name"], r.seed, r.sha):
+            log(f"{where}: recorded in {results_path} already, skipped")
+            status[r.name] = "done"
             continue
-        argv = train_argv(path, m, workdir, overrides)
-        cmd = [sys.executable, "-c", "import sys; from janusflow.cli import main; sys.exit(main())"] + argv[1:]
-        logfile = os.path.join(workdir, f"{m['name']}.log")
-        log(f"[{i}/{len(members)}] {m['name']} ({m.get('what', '')}): {shlex.join(argv)}  (log: {logfile})")
-        t0 = time.perf_counter()
-        with open(logfile, "a") as f:
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            for line in proc.stdout:   # keep the member's own progress lines visible
-                f.write(line)
-                f.flush()
-                if line.startswith(("step ", "== ", "shapes benchmark", "final EMA", "understanding")):
-                    log(f"  {m['name']} | {line.rstrip()}")
-            rc = proc.wait()
-        minutes = (time.perf_counter() - t0) / 60
-        status[m["name"]] = "done" if rc == 0 else f"failed (exit {rc}, see {logfile})"
-        log(f"[{i}/{len(members)}] {m['name']}: {status[m['name']]} in {minutes:.1f} min")
+        rdir = _join(workdir, r.name)
+        minutes = None
+        problem = sweep_results.claim_run_dir(rdir, {"spec": path, "member": r.member["name"], "seed": r.seed,
+                                                     "config_sha": r.sha})
+        if problem:   # another config's run, or not the sweep's: nothing there is touched
+            status[r.name] = f"refused ({problem})"
+            log(f"{where}: {status[r.name]}")
+            continue
+        if is_done(rdir):
+            log(f"{where}: finished in {rdir} but not recorded; recording it")
+        else:
+            minutes, rc = _train(path, r, workdir, where, log)
+            if rc != 0:
+                status[r.name] = f"failed (exit {rc}, see {_logfile(workdir, r)})"
+                log(f"{where}: {status[r.name]} in {minutes:.1f} min")
+                continue
+        try:
+            rec = sweep_results.run_record(rdir, spec=path, member=r.member, seed=r.seed, seeds=r.seeds,
+                                           overrides=list(r.overrides), sha=r.sha, minutes=minutes)
+        except RecordError as e:   # e.g. a results.json damaged by hand: this run only
+            status[r.name] = f"not recorded ({e})"
+            log(f"{where}: {status[r.name]}")
+            continue
+        sweep_results.append_record(results_path, rec)
+        recorded.append({"member": r.member["name"], "seed": r.seed, "config_sha": r.sha})
+        status[r.name] = "done"
+        log(f"{where}: done{'' if minutes is None else f' in {minutes:.1f} min'}, recorded in {results_path}")
+        if not keep_runs:
+            sweep_results.remove_run_dir(rdir, log)
+            parent = os.path.dirname(rdir)   # <workdir>/<member>, made for its seed directories
+            if os.path.isdir(parent) and not os.listdir(parent):
+                os.rmdir(parent)
     return status
 
 
-# ---------------------------------------------------------------------------------- results
-def _metrics_files(member_dir):
-    phased = [os.path.join(member_dir, p, "metrics.jsonl") for p in PHASES]
-    phased = [p for p in phased if os.path.isfile(p)]
-    if phased:
-        return phased
-    flat = os.path.join(member_dir, "metrics.jsonl")
-    return [flat] if os.path.isfile(flat) else []
+def _logfile(workdir, r: Run) -> str:
+    return os.path.join(workdir, f"{r.member['name']}.seed{r.seed}.log")
 
 
-def _read_jsonl(path):
-    # A line cut by a kill (or otherwise not a JSON object) is dropped: the rest still counts.
-    return [rec.data for _, rec in iter_jsonl(path) if not isinstance(rec, RecordError)]
+def _train(path, r: Run, workdir, where, log) -> tuple[float, int]:
+    argv = train_argv(path, r, workdir)
+    cmd = [sys.executable, "-c", "import sys; from janusflow.cli import main; sys.exit(main())"] + argv[1:]
+    logfile = _logfile(workdir, r)
+    log(f"{where} ({r.member.get('what', '')}): {shlex.join(argv)}  (log: {logfile})")
+    t0 = time.perf_counter()
+    with open(logfile, "a") as f:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in proc.stdout:   # keep the run's own progress lines visible
+            f.write(line)
+            f.flush()
+            if line.startswith(("step ", "== ", "shapes benchmark", "final EMA", "understanding")):
+                log(f"  {r.name} | {line.rstrip()}")
+        rc = proc.wait()
+    return (time.perf_counter() - t0) / 60, rc
 
 
-def collect(members, workdir, status=None) -> list[dict]:
-    """Per member: final losses (last logged values of the last phase), eval results, curves."""
-    out = []
-    for m in members:
-        mdir = _join(workdir, m["name"])
-        row = {"name": m["name"], "what": m.get("what", ""), "status": (status or {}).get(m["name"]),
-               "curves": {k: ([], []) for k in LOSSES}, "final_losses": {}}
-        offset = 0
-        for path in _metrics_files(mdir):
-            rows = [r for r in _read_jsonl(path) if type(r.get("step")) is int]
-            for r in rows:
-                for k in LOSSES:
-                    if type(r.get(k)) in (int, float) and r[k] != 0.0:   # not bool
-                        row["curves"][k][0].append(offset + r["step"])
-                        row["curves"][k][1].append(r[k])
-            if rows:
-                row["final_losses"] = {k: rows[-1].get(k) for k in LOSSES}
-                offset += rows[-1]["step"]
-        res_path = os.path.join(mdir, "results.json")
-        if os.path.isfile(res_path):
-            with open(res_path) as f:
-                res = json.load(f)
-            final = res.get("final") if isinstance(res, dict) else None
-            final = final if isinstance(final, dict) else {}
-            row["shapes_bench"] = final.get("shapes_bench")
-            row["understanding"] = final.get("understanding")
-            row["conditioning"] = final.get("conditioning")
-            row["minutes"] = res.get("total_minutes")
-        if row["status"] is None:
-            row["status"] = "done" if is_done(mdir) else ("partial" if row["final_losses"] else "not run")
-        out.append(row)
-    return out
-
-
-def _fmt(v, nd=3):
-    return "-" if v is None else f"{v:.{nd}f}"
-
-
-def _cond_cell(c) -> str:
-    """The conditioning gap at the smallest t, e.g. "+0.0007 (t=0.1)"."""
-    if not c or not c.get("gap"):
-        return "-"
-    i = min(range(len(c["t"])), key=lambda k: c["t"][k])
-    return f"{c['gap'][i]:+.4f} (t={c['t'][i]:g})"
-
-
-def results_markdown(rows, title: str, command: str) -> str:
-    tags = None
-    for r in rows:
-        if r.get("shapes_bench"):
-            tags = list(r["shapes_bench"]["per_tag"])
-            break
-    tags = tags or ["single_object", "two_object", "counting", "colors", "position", "color_attr"]
-    head = (["member", "ablates"] + tags + ["gen overall", "cond gap", "und acc"]
-            + ["final " + k[5:] for k in LOSSES] + ["min", "status"])
-    lines = [f"# {title}", "", f"Command: `{command}`", "",
-             "Generation: shapes benchmark (GenEval rules, analytic detector) of the final EMA model; "
-             "understanding: accuracy on held-out shapes questions; losses: last logged values of "
-             "the last training phase; cond gap: RF loss with shuffled minus correct prompts at "
-             "the smallest evaluated t (eval/conditioning.py; ~0 = the generator ignores its prompt). "
-             "'-' = not applicable or not run.", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        sb, und = r.get("shapes_bench"), r.get("understanding")
-        cells = [r["name"], r["what"]]
-        cells += [_fmt(sb["per_tag"].get(t), 2) if sb else "-" for t in tags]
-        cells += [_fmt(sb["overall"]) if sb else "-", _cond_cell(r.get("conditioning")),
-                  _fmt(und["overall"]) if und else "-"]
-        cells += [_fmt(r["final_losses"].get(k)) for k in LOSSES]
-        cells += [_fmt(r.get("minutes"), 1), r["status"]]
-        lines.append("| " + " | ".join(cells) + " |")
-    bases = sorted({round(r["understanding"]["baseline"]["overall"], 3) for r in rows
-                    if (r.get("understanding") or {}).get("baseline")})
-    if bases:   # the questions are the same for every member, so normally one value
-        lines += ["", "Understanding without looking at the image (the best constant answer per question "
-                  f"type, e.g. always \"1\" for counts): {', '.join(f'{b:.3f}' for b in bases)}; an und acc "
-                  "at or below it means the image is not used."]
-    lines += ["", "![learning curves](learning_curves.png)", ""]
-    return "\n".join(lines)
-
-
-def plot_curves(rows, out_png: str, smooth: int = 5):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    for ax, k, title in zip(axes, LOSSES, ("AR (next-token)", "rectified flow (velocity MSE)", "REPA (-cos)")):
-        for r in rows:
-            x, y = r["curves"][k]
-            if not x:
-                continue
-            y = np.asarray(y, float)
-            if len(y) >= smooth:   # moving average: members differ by less than the step-to-step noise
-                y = np.convolve(y, np.ones(smooth) / smooth, mode="valid")
-                x = x[smooth - 1:]
-            ax.plot(x, y, label=r["name"], lw=1.2)
-        ax.set_title(title)
-        ax.set_xlabel("step (phases concatenated)")
-        ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=80)
-    plt.close(fig)
-
-
-def write_results(path, members, workdir, status=None, command="") -> str:
-    rows = collect(members, workdir, status)
-    md = results_markdown(rows, f"Sweep {os.path.basename(path)} in {workdir}", command)
-    out = os.path.join(workdir, "results.md")
-    with open(out, "w") as f:
-        f.write(md)
-    plot_curves(rows, os.path.join(workdir, "learning_curves.png"))
-    return out
+def report(path: str, members: list[dict], runs: list[Run], results_path: str, *, command: str = "",
+           reference: str = "F", claims: list | None = None, log=print) -> dict:
+    """The report (sweep_report.py) of the records of ``results_path`` that belong to ``runs``
+    (same member, seed and config); records of other configs are counted and left out."""
+    wanted = {(r.member["name"], r.seed): r.sha for r in runs}
+    records = sweep_results.read_records(results_path, log)
+    keep = [x for x in records if wanted.get((x["member"], x["seed"])) == x["config_sha"]]
+    stale = sum(1 for x in records if (x["member"], x["seed"]) in wanted
+                and wanted[(x["member"], x["seed"])] != x["config_sha"])
+    return sweep_report.write_report(keep, members, results_path, title=f"Sweep {os.path.basename(path)}",
+                                     command=command, reference=reference, claims=claims, left_out=stale)

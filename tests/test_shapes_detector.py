@@ -115,3 +115,20 @@ def test_bench_writes_grids(tmp_path):
         im = np.asarray(Image.open(tmp_path / f"grid_{tag}.png"))
         assert im.shape[0] > 3 * 32 and im.shape[1] > 2 * 32
     assert (tmp_path / "results.jsonl").read_text().count("\n") == r["n_images"] == 36
+
+
+def test_sample_seed_changes_the_noise_not_the_prompts():
+    """A seeded sweep scores every seed on the same prompts with that seed's own sampling noise."""
+    seen = {}
+
+    def recorder(key):
+        def fn(items):
+            seen.setdefault(key, []).extend((it["prompt"], it["seed"]) for it in items)
+            return ground_truth_generate_fn(32)(items)
+        return fn
+    run_shapes_bench(recorder("default"), n_per_tag=2, n_images=2, seed=0)
+    run_shapes_bench(recorder("zero"), n_per_tag=2, n_images=2, seed=0, sample_seed=0)
+    run_shapes_bench(recorder("one"), n_per_tag=2, n_images=2, seed=0, sample_seed=1)
+    assert seen["zero"] == seen["default"]   # the default run's numbers do not move
+    assert [p for p, _ in seen["one"]] == [p for p, _ in seen["default"]]
+    assert not {s for _, s in seen["one"]} & {s for _, s in seen["default"]}

@@ -99,22 +99,36 @@ def test_bad_member_names_the_problem():
         load_config(f"{ABL}:foo=1")
 
 
-def test_print_emits_one_launch_command_per_member(capsys):
-    assert main(["sweep", "--config", ABL, "--workdir", "gs://bucket/abl", "--print",
+def test_print_emits_one_launch_command_per_member_seed(capsys):
+    assert main(["sweep", "--config", ABL, "--workdir", "gs://bucket/abl", "--print", "--seeds", "2",
                  "--set", "train.seed=3"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     _, members = sweep.load_members(ABL)
-    assert len(lines) == len(members)
-    for line, m in zip(lines, members):
+    assert len(lines) == 2 * len(members)
+    for i, line in enumerate(lines):   # seed by seed: every member's seed 0 first
+        s, m = divmod(i, len(members))
         argv = shlex.split(line)
-        assert argv[:4] == ["janusflow", "train", "--config", f"{ABL}:{m['arg']}"]
-        assert argv[argv.index("--workdir") + 1] == f"gs://bucket/abl/{m['name']}"
-        assert argv[-2:] == ["--set", "train.seed=3"]
+        assert argv[:4] == ["janusflow", "train", "--config", f"{ABL}:{members[m]['arg']}"]
+        assert argv[argv.index("--workdir") + 1] == f"gs://bucket/abl/{members[m]['name']}/seed{s}"
+        # the seed is added to the member's own seeds (the user's --set train.seed=3 included)
+        assert argv[-6:] == ["--set", "train.seed=3", "--set", f"train.seed={3 + s}", "--set", f"data.seed={s}"]
     assert main(["sweep", "--config", f"{ABL}:paper", "--workdir", "gs://b/x", "--print", "--only", "A,F",
                  "--launcher", "tpu_configs/launch_tpu.sh tpu1 us-east5-a proj tpu_configs/v5p_64.py"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert [shlex.split(x)[5:7] for x in lines] == [[f"{ABL}:A,paper", "gs://b/x/A"], [f"{ABL}:F,paper", "gs://b/x/F"]]
+    assert [shlex.split(x)[5:7] for x in lines] == [[f"{ABL}:A,paper", "gs://b/x/A/seed0"],
+                                                    [f"{ABL}:F,paper", "gs://b/x/F/seed0"]]
     assert all(x.startswith("tpu_configs/launch_tpu.sh tpu1 ") for x in lines)
+
+
+def test_seeds_change_the_config_and_its_fingerprint():
+    path, members = sweep.load_members(ABL)
+    runs = sweep.plan_runs(path, [m for m in members if m["name"] in ("A", "F")], [], 2)
+    assert [r.name for r in runs] == ["A/seed0", "F/seed0", "A/seed1", "F/seed1"]
+    assert runs[2].seeds == {"train": 1, "data": 1} and len({r.sha for r in runs}) == 4
+    again = sweep.plan_runs(path, [m for m in members if m["name"] == "A"], [], 1)
+    assert again[0].sha == runs[0].sha   # deterministic: a re-run finds its records
+    with pytest.raises(ConfigError, match="--seeds must be >= 1"):
+        sweep.plan_runs(path, members, [], 0)
 
 
 def test_only_rejects_unknown_members(capsys):
@@ -122,74 +136,126 @@ def test_only_rejects_unknown_members(capsys):
     assert "unknown member(s) ['Q']" in capsys.readouterr().err
 
 
-def _write_member(d, losses, shapes=None, und=None, cond=None):
-    os.makedirs(os.path.join(d, "stage2"))
-    os.makedirs(os.path.join(d, "stage3"))
-    with open(os.path.join(d, "stage2", "metrics.jsonl"), "w") as f:
-        for s in (10, 20):
-            f.write(json.dumps({"step": s, "loss_ar": 1.0, "loss_rf": 2.0, "loss_repa": -0.5}) + "\n")
-    with open(os.path.join(d, "stage3", "metrics.jsonl"), "w") as f:
-        f.write(json.dumps({"step": 5, **losses}) + "\n")
-        f.write('{"step": 6, "loss_ar"')   # a line cut by a kill
-    final = {}
-    if shapes is not None:
-        final["shapes_bench"] = {"per_tag": shapes, "overall": sum(shapes.values()) / len(shapes)}
-    if und is not None:
-        final["understanding"] = {"overall": und, "baseline": {"overall": 0.4}}
-    if cond is not None:
-        final["conditioning"] = cond
-    with open(os.path.join(d, "results.json"), "w") as f:
-        json.dump({"final": final, "total_minutes": 4.0}, f)
+# A tiny single-stage experiment (synthetic data, one device); member "bad" fails when it trains.
+TINY_EXP = """
+from janusflow import presets
+from janusflow.config import ExperimentConfig, MeshConfig, OptimConfig, TrainConfig
+def sweep(arg=None):
+    return [{"name": n, "arg": n, "what": n} for n in ("bad", "ok", "half", "A", "F")[:NMEMBERS]]
+def get_config(arg=None):
+    train = TrainConfig(stage=2, steps=3, und_batch=0, gen_batch=2, text_batch=0, log_every=1, ckpt_every=3,
+                        optim=OptimConfig(lr=1e-3, warmup_steps=1), mesh=MeshConfig(data=1),
+                        init_from="/nonexistent/model" if arg == "bad" else "")
+    return ExperimentConfig(name="t_" + arg, model=presets.tiny(repa=arg == "F"), seq_len=256, train=train,
+                            synthetic_data=True)
+"""
 
 
-def test_results_table_and_plot(tmp_path):
-    tags = {"single_object": 1.0, "two_object": 0.5, "counting": 0.25, "colors": 0.0, "position": 0.0,
-            "color_attr": 0.75}
-    _write_member(str(tmp_path / "A"), {"loss_ar": 0.7, "loss_rf": 0.9, "loss_repa": 0.0}, shapes=tags, und=0.61,
-                  cond={"t": [0.5, 0.1], "gap": [0.001, 0.0213], "correct": [1, 1], "shuffled": [1, 1]})
-    _write_member(str(tmp_path / "D"), {"loss_ar": 0.6, "loss_rf": 0.0, "loss_repa": 0.0}, und=0.7)
-    members = [{"name": "A", "arg": "A", "what": "no REPA"}, {"name": "D", "arg": "D", "what": "und only"},
-               {"name": "E", "arg": "E", "what": "gen only"}]
-    out = sweep.write_results(ABL, members, str(tmp_path), command="janusflow sweep ...")
-    md = open(out).read()
-    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[1:-1]]
-            for line in md.splitlines() if line.startswith("| ") and not line.startswith("| member")}
-    assert rows["A"][2:11] == ["1.00", "0.50", "0.25", "0.00", "0.00", "0.75", "0.417", "+0.0213 (t=0.1)", "0.610"]
-    assert rows["A"][11:14] == ["0.700", "0.900", "0.000"]
-    assert rows["D"][2:10] == ["-"] * 8 and rows["D"][10] == "0.700"
-    assert rows["E"][-1] == "not run" and rows["A"][-1] == "done"
-    assert "(the best constant answer per question type, e.g. always \"1\" for counts): 0.400;" in md
-    assert os.path.getsize(tmp_path / "learning_curves.png") > 1000
-    curves = sweep.collect(members[:1], str(tmp_path))[0]["curves"]
-    assert curves["loss_rf"][0] == [10, 20, 25]   # stage 3 continues after stage 2's last step
-
-
-def test_failing_member_does_not_stop_the_sweep(tmp_path):
+def _tiny_exp(tmp_path, n):
     exp = tmp_path / "exp.py"
-    exp.write_text("from janusflow.config import ConfigError\n"
-                   "def sweep(arg=None):\n"
-                   "    return [{'name': 'bad', 'arg': 'bad'}, {'name': 'ok', 'arg': 'ok'}]\n"
-                   "def get_config(arg=None):\n"
-                   "    raise ConfigError('member ' + str(arg) + ' is broken on purpose')\n")
-    work = tmp_path / "w"
-    os.makedirs(work / "ok")
-    (work / "ok" / "results.json").write_text("{}")   # finished earlier: must be skipped
-    path, members = sweep.load_members(str(exp))
+    exp.write_text(f"NMEMBERS = {n}\n" + TINY_EXP)
+    return sweep.load_members(str(exp))
+
+
+def test_failing_member_does_not_stop_the_sweep_and_finished_runs_are_not_rerun(tmp_path, monkeypatch):
+    from janusflow import sweep_results
+    monkeypatch.setenv("XLA_FLAGS", "")   # the runs are processes of their own, on one device
+    path, members = _tiny_exp(tmp_path, 4)
+    runs = sweep.plan_runs(path, members, [], 1)
+    work, results = tmp_path / "w", str(tmp_path / "res.jsonl")
+    ok = runs[1]   # recorded by an earlier session: skipped, never trained
+    sweep_results.append_record(results, sweep_results.run_record(str(tmp_path / "none"), spec=path, member=ok.member,
+                                seed=0, seeds=ok.seeds, overrides=[], sha=ok.sha, minutes=1.0))
+    half = work / "half" / "seed0"   # trained to the end but killed before its record was written
+    assert sweep_results.claim_run_dir(str(half), {"config_sha": runs[2].sha}) is None
+    os.makedirs(half / "model")
+    foreign = work / "A" / "seed0"   # not made by the sweep: refused, nothing touched
+    os.makedirs(foreign / "model")
+    (foreign / "notes.txt").write_text("mine")
+    (half / "metrics.jsonl").write_text(json.dumps({"step": 3, "loss_rf": 0.5, "loss_ar": 0.0}) + "\n")
     logs = []
-    status = sweep.run(path, members, str(work), [], log=logs.append)
-    assert status["ok"] == "done" and status["bad"].startswith("failed (exit 2")
-    assert "broken on purpose" in (work / "bad.log").read_text()
-    assert any("ok: done already, skipped" in line for line in logs)
+    status = sweep.run(path, runs, str(work), results, log=logs.append)
+    assert status["ok/seed0"] == "done" and status["half/seed0"] == "done"
+    assert status["bad/seed0"].startswith("failed (exit ")
+    assert "/nonexistent/model" in (work / "bad.seed0.log").read_text()
+    assert any("ok/seed0: recorded in" in line and "already, skipped" in line for line in logs)
+    assert not (work / "ok").exists()
+    recs = sweep_results.read_records(results)
+    assert [(r["member"], r["seed"]) for r in recs] == [("ok", 0), ("half", 0)]
+    assert recs[1]["metrics"]["loss.rf"] == 0.5 and recs[1]["config_sha"] == runs[2].sha
+    assert not half.exists()               # recorded, so its directory is gone
+    assert (work / "bad" / "seed0").is_dir()   # a failed run keeps its directory (it resumes from there)
+    assert status["A/seed0"].startswith(f"refused ({foreign} exists and was not made by janusflow sweep")
+    assert sorted(os.listdir(foreign)) == ["model", "notes.txt"] and not (work / "A.seed0.log").exists()
 
 
 def test_a_second_sweep_on_the_same_workdir_is_refused(tmp_path):
     from janusflow.train.workdir import WorkdirInUseError, WorkdirLock
-    exp = tmp_path / "exp.py"
-    exp.write_text("def sweep(arg=None):\n    return [{'name': 'a', 'arg': 'a'}]\n"
-                   "def get_config(arg=None):\n    raise RuntimeError('never trained here')\n")
-    path, members = sweep.load_members(str(exp))
+    path, members = _tiny_exp(tmp_path, 2)
+    runs = sweep.plan_runs(path, members, [], 1)
     work = tmp_path / "w"
     with WorkdirLock(str(work)):   # the first sweep, still running
         with pytest.raises(WorkdirInUseError, match=f"workdir {work} is in use by another run \\(pid {os.getpid()}"):
-            sweep.run(path, members, str(work), [], log=lambda *_: None)
+            sweep.run(path, runs, str(work), str(tmp_path / "r.jsonl"), log=lambda *_: None)
         assert sorted(os.listdir(work)) == ["janusflow.lock"]   # no member started, no log file
+
+
+@pytest.mark.slow
+def test_a_real_sweep_of_two_members_and_two_seeds(tmp_path, monkeypatch, capsys):
+    """2 members x 2 seeds x 3 steps through the CLI; then the same command again records nothing new."""
+    from janusflow import sweep_results
+    monkeypatch.setenv("XLA_FLAGS", "")
+    exp = tmp_path / "exp.py"
+    exp.write_text("NMEMBERS = 5\n" + TINY_EXP.replace('("bad", "ok", "half", "A", "F")', '("A", "F")'))
+    results = str(tmp_path / "study.jsonl")
+    argv = ["sweep", "--config", str(exp), "--workdir", str(tmp_path / "w"), "--seeds", "2", "--results", results]
+    assert main(argv) == 0
+    recs = sweep_results.read_records(results)
+    assert [(r["member"], r["seed"]) for r in recs] == [("A", 0), ("F", 0), ("A", 1), ("F", 1)]
+    # run directories (and the member folders holding them) removed; the logs stay
+    assert sorted(os.listdir(tmp_path / "w")) == ["A.seed0.log", "A.seed1.log", "F.seed0.log", "F.seed1.log"]
+    rf = {(r["member"], r["seed"]): r["metrics"]["loss.rf"] for r in recs}
+    assert rf[("A", 0)] != rf[("A", 1)]   # the seed reaches the init and the draws
+    assert recs[0]["metrics"]["loss.repa"] is None and recs[1]["metrics"]["loss.repa"] < 0   # A has no REPA
+    assert all(len(r["curves"]["loss_rf"][0]) == 3 for r in recs)
+    out = capsys.readouterr().out
+    assert "| A | A | 2 |" in out and os.path.isfile(str(tmp_path / "study_members.png"))
+    summary = json.load(open(tmp_path / "study_summary.json"))
+    assert summary["members"]["F"]["metrics"]["loss.rf"]["n"] == 2
+    assert summary["differences"]["A"]["loss.rf"]["seeds"] == [0, 1]
+    assert main(argv) == 0   # resumed: everything is recorded, nothing trains again
+    assert len(sweep_results.read_records(results)) == 4
+    assert capsys.readouterr().out.count("already, skipped") == 4
+
+
+def test_claims_name_members_and_metrics_the_report_has():
+    from janusflow import sweep_report
+    _, members = sweep.load_members(ABL)
+    claims = sweep.load_claims(ABL)
+    assert {c["member"] for c in claims} <= {m["name"] for m in members} - {"F"}
+    assert {c["metric"] for c in claims} <= {k for k, _, _ in sweep_report.COLUMNS}
+    assert ("A", "one_object.colour_right", -1) in [(c["member"], c["metric"], c["direction"]) for c in claims]
+    assert ("B", "und.overall", -1) in [(c["member"], c["metric"], c["direction"]) for c in claims]
+    with pytest.raises(ConfigError, match=r"claims\(\)\[0\] must be"):
+        sweep_report.check_claim({"member": "A", "metric": "und.overall", "direction": True}, 0, "x.py")
+
+
+def test_report_only_reads_the_results_file(tmp_path, capsys):
+    from janusflow import sweep_results
+    path, members = sweep.load_members(ABL)
+    runs = sweep.plan_runs(path, [m for m in members if m["name"] in ("A", "F")], [], 2)
+    results = str(tmp_path / "r.jsonl")
+    colour = {("A", 0): 0.5, ("F", 0): 0.8, ("A", 1): 0.4, ("F", 1): 0.75}
+    for r in runs:
+        rec = sweep_results.run_record(str(tmp_path / "none"), spec=path, member=r.member, seed=r.seed, seeds=r.seeds,
+                                       overrides=list(r.overrides), sha=r.sha, minutes=1.0)
+        rec["metrics"]["one_object.colour_right"] = colour[(r.member["name"], r.seed)]
+        sweep_results.append_record(results, rec)
+    assert main(["sweep", "--config", ABL, "--only", "A,F", "--seeds", "2", "--workdir", str(tmp_path / "w"),
+                 "--results", results, "--report"]) == 0
+    out = capsys.readouterr().out
+    assert not (tmp_path / "w").exists()   # nothing trained
+    assert "- A vs F, one_object.colour_right (paper: A below F; REPA helps generation: A FID 19.84" in out
+    # -0.30 and -0.35: mean -0.325, half = 12.706 * 0.03536 / 1.4142 = 0.3177 -> [-0.6427, -0.0073]
+    assert "**reproduced** -- difference -0.3250, 95% interval [-0.6427, -0.0073] (width 0.6353, 2 paired seeds)" in out
+    assert "B vs F" not in out   # a claim about a member this sweep did not run is not judged

@@ -106,16 +106,17 @@ def test_sweep_member_named_dotdot_is_refused(tmp_path):
 
 
 def test_sweep_results_ignore_wrongly_typed_metrics(tmp_path):
-    from janusflow import sweep
+    from janusflow import sweep_results
     d = tmp_path / "A"
     d.mkdir()
     rows = [{"step": 1, "loss_ar": 2.0}, [1, 2], {"step": True, "loss_ar": 9.0},
             {"step": 2, "loss_ar": True}, {"step": 3, "loss_ar": 1.0}]
     (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 4, "lo')
     (d / "results.json").write_text(json.dumps({"final": [1], "total_minutes": 2.0}))
-    row = sweep.collect([{"name": "A", "what": "x"}], str(tmp_path))[0]
-    assert row["curves"]["loss_ar"] == ([1, 3], [2.0, 1.0])
-    assert row["shapes_bench"] is None and row["minutes"] == 2.0
+    rec = sweep_results.run_record(str(d), spec="x.py", member={"name": "A", "arg": "A"}, seed=0, seeds={},
+                                   overrides=[], sha="s", minutes=None)
+    assert rec["curves"]["loss_ar"] == [[1, 3], [2.0, 1.0]]
+    assert "bench.overall" not in rec["metrics"] and rec["minutes"] == 2.0
 
 
 def test_sample_prompt_files_name_the_bad_line(tmp_path):

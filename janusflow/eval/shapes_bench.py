@@ -60,8 +60,10 @@ def _grid(images, ncols: int, pad: int = 2) -> np.ndarray:
 def run_shapes_bench(generate_fn: Callable, n_per_tag: int = 16, n_images: int = 2, seed: int = 0,
                      outdir: Optional[str] = None, *, split: str = "val", batch_size: int = 32,
                      detector=None, color_classifier=None, params: ScoreParams = ScoreParams(),
-                     grid_prompts: int = 8, progress: bool = False) -> dict:
+                     grid_prompts: int = 8, progress: bool = False, sample_seed: Optional[int] = None) -> dict:
     """Score ``generate_fn`` on ``n_per_tag`` prompts per tag x ``n_images`` images each.
+    ``seed`` picks the prompts and, unless ``sample_seed`` is given, the images' noise seeds
+    (``sample_seed``: other noise on the same prompts, e.g. per training seed of a sweep).
 
     Returns ``{"per_tag", "overall", "counts", "n_prompts", "n_images", "correct_images",
     "one_object"}`` (overall = unweighted mean of the 6 tag accuracies, as GenEval;
@@ -74,7 +76,8 @@ def run_shapes_bench(generate_fn: Callable, n_per_tag: int = 16, n_images: int =
     detector = detector or ShapesDetector()
     color_classifier = color_classifier or ShapesColorClassifier()
     prompts = shapes.prompt_set(split, n_per_tag, seed)
-    items = [{"index": i, "k": k, "prompt": m["prompt"], "metadata": m, "seed": image_seed(seed, i, k)}
+    noise = seed if sample_seed is None else sample_seed
+    items = [{"index": i, "k": k, "prompt": m["prompt"], "metadata": m, "seed": image_seed(noise, i, k)}
              for i, m in enumerate(prompts) for k in range(n_images)]
     bar = None
     if progress:

@@ -119,8 +119,11 @@ def evaluate(cfg: ExperimentConfig, model_dir: str, outdir: str, log, denoise_pn
         log("understanding encoder (SigLIP) probe: " + encoder_probe.summary(out["encoder_probe"]))
     if mcfg.gen_enabled:   # not for the understanding-only ablation (D)
         fn = model_generate_fn(model, vae, mcfg, tok, cfg_weight=r.cfg_weight, steps=r.sample_steps)
+        # the same prompts for every run; the sampling noise follows the run's seed (train.seed
+        # is 0 unless a seeded sweep sets it), so seeds of a sweep differ in their draws here too
         out["shapes_bench"] = shapes_bench.run_shapes_bench(fn, r.eval_prompts_per_tag, r.eval_images, seed=0,
-                                                            outdir=outdir, batch_size=64)
+                                                            outdir=outdir, batch_size=64,
+                                                            sample_seed=cfg.train.seed)
         log(shapes_bench.format_one_object(out["shapes_bench"]["one_object"]))
         # does the generator read its prompt at all? (smooth where the benchmark is coarse)
         from janusflow.eval import conditioning
