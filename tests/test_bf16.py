@@ -4,6 +4,7 @@ bf16 result to fp32); fp32 products are unchanged; bf16 results stay within bf16
 peaks and MFU per dtype."""
 
 import dataclasses
+import os
 
 import jax
 import jax.numpy as jnp
@@ -100,3 +101,41 @@ def test_peaks_and_mfu_per_dtype():
     peaks = {"float32": (100.0, "a"), "bfloat16": (250.0, "b")}
     assert perf.mfus(50.0, peaks) == {"mfu_float32": 0.5, "mfu_bfloat16": 0.2}
     assert perf.fast_bf16(peaks) and not perf.fast_bf16({"float32": (100.0, ""), "bfloat16": (110.0, "")})
+
+
+def test_training_metrics_report_mfu_per_dtype():
+    from janusflow.train.metrics import step_metrics
+    batch = {"text": {"ids": np.zeros((2, 8), np.int32)}}
+    m = step_metrics({"loss": 1.0}, 2.0, batch, None, 100.0, 100.0, {"float32": 50.0, "bfloat16": 200.0})
+    assert m["mfu"] == 0.5 and m["mfu_float32"] == 1.0 and m["mfu_bfloat16"] == 0.125
+
+
+# ------------------------------------------------------------------ official loop side by side
+def _tiny_official_cfg():
+    return presets.tiny(llm=dataclasses.replace(_T.llm, num_layers=1), repa_layer=1,
+                        gen_codec=dataclasses.replace(_T.gen_codec, num_blocks=1))
+
+
+def test_compare_official_without_the_reference_code_times_ours_only(tmp_path, capsys):
+    from janusflow import bench_official
+    out = bench_official.run(_tiny_official_cfg(), batches=(1,), dtypes=("bfloat16",), steps=1, repeats=1,
+                             prompt_len=4, official_src=str(tmp_path))
+    assert not out["official"] and "janus/janusflow/models/uvit.py" in out["why_not_official"]
+    (row,) = out["rows"]
+    assert row["ours_s_per_step"] > 0 and "official_s_per_step" not in row
+    assert "official loop unavailable" in capsys.readouterr().out
+
+
+def test_compare_official_same_weights_same_latents():
+    """With the reference code (a deepseek-ai/Janus checkout in JANUSFLOW_OFFICIAL_SRC, or an
+    installed janus package) both loops start from the same weights and noise: fp32 latents agree."""
+    from janusflow import bench_official
+    src = os.environ.get("JANUSFLOW_OFFICIAL_SRC")
+    if bench_official.load_official_uvit(src)[0] is None:
+        pytest.skip("reference code (deepseek-ai/Janus) or torch not available")
+    out = bench_official.run(_tiny_official_cfg(), batches=(2,), steps=2, repeats=1, prompt_len=5,
+                             official_src=src)
+    rows = {r["dtype"]: r for r in out["rows"]}
+    assert rows["float32"]["latent_rel_diff"] < 1e-4
+    assert rows["bfloat16"]["latent_rel_diff"] < 5e-2        # both in bf16, rounded differently
+    assert all(r["speedup"] > 0 for r in out["rows"])
