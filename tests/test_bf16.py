@@ -107,7 +107,7 @@ def test_training_metrics_report_mfu_per_dtype():
     from janusflow.train.metrics import step_metrics
     batch = {"text": {"ids": np.zeros((2, 8), np.int32)}}
     m = step_metrics({"loss": 1.0}, 2.0, batch, None, 100.0, 100.0, {"float32": 50.0, "bfloat16": 200.0})
-    assert m["mfu"] == 0.5 and m["mfu_float32"] == 1.0 and m["mfu_bfloat16"] == 0.125
+    assert m["mfu"] == 0.5 and m["mfu_float32"] == 1.0 and m["mfu_bfloat16"] == 0.25
 
 
 # ------------------------------------------------------------------ official loop side by side
