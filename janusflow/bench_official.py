@@ -129,6 +129,11 @@ class OfficialLoop:
             return z.float().permute(0, 2, 3, 1).numpy()
 
 
+def _rel(a, b) -> float:
+    """Relative L2 distance of a from b."""
+    return float(np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(b))
+
+
 def _bf16_params(model):
     graphdef, state = nnx.split(model)
     return nnx.merge(graphdef, jax.tree.map(lambda a: a.astype(jnp.bfloat16), state))
@@ -151,7 +156,7 @@ def run(cfg: ModelConfig, batches=(1, 8), dtypes=("float32", "bfloat16"), steps:
         key_map = {k: v for k, v in janusflow_key_map(cfg).items() if k.startswith(tuple(PARTS))}
         state_dict = export_state_dict(model32, key_map)
     table = np.asarray(model32.language_model.embed_tokens[...])
-    rng = np.random.default_rng(0)
+    first = {}                                  # (who, batch) -> latents of the first dtype
     out = {"rows": [], "official": uvit is not None, "why_not_official": why,
            "peaks": {d: p for d, (p, _) in peaks.items()}}
     for dtype in dtypes:
@@ -161,7 +166,8 @@ def run(cfg: ModelConfig, batches=(1, 8), dtypes=("float32", "bfloat16"), steps:
         graphdef, state = nnx.split(ours)
         official = OfficialLoop(uvit, cfg, state_dict, dtype) if uvit is not None else None
         for b in batches:
-            ids = rng.integers(0, cfg.llm.vocab_size, (b, prompt_len), dtype=np.int32)
+            # the same prompts and noise for every dtype: their latents are compared below
+            ids = np.random.default_rng(b).integers(0, cfg.llm.vocab_size, (b, prompt_len), dtype=np.int32)
             mask = jnp.ones((b, prompt_len), bool)
             z0 = initial_noise(cfg, 0, range(b))
             w = jnp.float32(cfg_weight)
@@ -172,7 +178,12 @@ def run(cfg: ModelConfig, batches=(1, 8), dtypes=("float32", "bfloat16"), steps:
             row = {"dtype": dtype, "batch": b}
             if official is not None:
                 z_off = official.generate(table[ids], np.asarray(z0), steps, cfg_weight)  # warm-up
-                row["latent_rel_diff"] = float(np.linalg.norm(z_ours - z_off) / np.linalg.norm(z_off))
+                row["latent_rel_diff"] = _rel(z_ours, z_off)
+                first.setdefault(("official", b), (dtype, z_off))
+            first.setdefault(("ours", b), (dtype, z_ours))
+            for who, z in (("ours", z_ours), ("official", z_off if official is not None else None)):
+                if z is not None and first[(who, b)][0] != dtype:
+                    row[f"{who}_rel_diff_vs_{first[(who, b)][0]}"] = _rel(z, first[(who, b)][1])
             for r in range(repeats):
                 order = ("ours", "official") if r % 2 == 0 else ("official", "ours")
                 for who in order:
@@ -194,6 +205,7 @@ def run(cfg: ModelConfig, batches=(1, 8), dtypes=("float32", "bfloat16"), steps:
                 msg += (f", official {row['official_s_per_step']:.3f} s/step -> ours {row['speedup']:.2f}x "
                         f"faster (medians of {repeats} alternating runs); latents differ by "
                         f"{100 * row['latent_rel_diff']:.2f}% (relative L2)")
+            msg += "".join(f"; {k.replace('_', ' ')} {100 * v:.2f}%" for k, v in row.items() if "_vs_" in k)
             log(msg)
             out["rows"].append(row)
     return out
