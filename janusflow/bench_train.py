@@ -5,7 +5,8 @@ MFU counts model FLOPs only (``flops.train_step_flops``). A step fed images also
 frozen VAE encoder (``--latents`` feeds precomputed latents instead, as ``janusflow data
 latents`` datasets do); its FLOPs are reported beside, with the utilisation of model + encoder
 FLOPs. ``--compare`` times both variants alternately in one process on one state, with the
-peak re-measured every round: on a shared machine that is the fair comparison."""
+peak re-measured every round: on a shared machine that is the fair comparison.
+``--compare-dtypes`` alternates the step computing in fp32 and in bf16 the same way."""
 
 from __future__ import annotations
 
@@ -162,4 +163,38 @@ def run_compare(cfg: ExperimentConfig, repeats: int = 3, log=print) -> dict:
     out["speedup"] = out["images"]["step_time_s"] / out["latents"]["step_time_s"]
     log(f"precomputed latents: {out['speedup']:.2f}x faster steps "
         f"(MFU {100 * out['images']['mfu']:.1f}% -> {100 * out['latents']['mfu']:.1f}%)")
+    return out
+
+
+def run_compare_dtypes(cfg: ExperimentConfig, repeats: int = 5, log=print) -> dict:
+    """The step computing in fp32 and in bf16 (fp32 master weights both; same init), timed
+    alternately (the order flips every round). Returns {"float32": ..., "bfloat16": ...,
+    "speedup": fp32 time / bf16 time}; each report has MFU against both dtypes' peaks."""
+    mesh = make_mesh(cfg.train.mesh)
+    log(f"mesh {dict(mesh.shape)} on {jax.device_count()} x {jax.devices()[0].device_kind}")
+    runs = {}
+    for d in perf.DTYPES:
+        c = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dtype=d))
+        batch = synthetic_batch(c)
+        parts, state, shardings = init_state(c, mesh)
+        built = _compile(c, parts, shardings, mesh, state, batch)
+        state, m = built[0](state, batch)                                        # warm-up
+        check_finite(0, jax.device_get(m))
+        runs[d] = {"cfg": c, "batch": batch, "built": built, "state": state, "times": []}
+    for r in range(repeats):
+        for d in (perf.DTYPES if r % 2 == 0 else perf.DTYPES[::-1]):
+            run = runs[d]
+            t0 = time.perf_counter()
+            run["state"], m = run["built"][0](run["state"], run["batch"])
+            jax.block_until_ready(m)
+            run["times"].append(time.perf_counter() - t0)
+    peaks = perf.peaks_per_device()
+    out = {}
+    for d, run in runs.items():
+        log(f"--- compute dtype {d}")
+        out[d] = _report(run["cfg"], run["batch"], statistics.median(run["times"]), run["times"], peaks,
+                         run["built"][1], run["built"][2], log)
+    out["speedup"] = out["float32"]["step_time_s"] / out["bfloat16"]["step_time_s"]
+    log(f"bf16 steps {out['speedup']:.2f}x faster than fp32 (ratio of medians of {repeats} alternating "
+        f"runs); bf16/fp32 peak ratio {peaks['bfloat16'][0] / peaks['float32'][0]:.2f}")
     return out

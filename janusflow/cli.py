@@ -88,6 +88,9 @@ def cmd_sweep(args) -> int:
 
 def cmd_bench_train(args) -> int:
     from janusflow import bench_train
+    if args.compare_dtypes:
+        bench_train.run_compare_dtypes(_load(args), repeats=args.repeats)
+        return 0
     if args.compare:
         bench_train.run_compare(_load(args), repeats=args.repeats)
     else:
@@ -609,6 +612,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="feed precomputed latents (data.gen.latents=true): no VAE encoder in the step")
     p.add_argument("--compare", action="store_true",
                    help="time the step fed images and fed latents alternately in one process")
+    p.add_argument("--compare-dtypes", action="store_true",
+                   help="time the step computing in float32 and in bfloat16 alternately in one process")
     p.set_defaults(func=cmd_bench_train)
     p = sub.add_parser("sample", help="text-to-image sampling (rectified flow, CFG, prompt KV cache)")
     p.add_argument("--checkpoint", required=True, help="janusflow checkpoint dir or official HF dir")

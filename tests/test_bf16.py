@@ -139,3 +139,17 @@ def test_compare_official_same_weights_same_latents():
     assert rows["float32"]["latent_rel_diff"] < 1e-4
     assert rows["bfloat16"]["latent_rel_diff"] < 5e-2        # both in bf16, rounded differently
     assert all(r["speedup"] > 0 for r in out["rows"])
+
+
+@pytest.mark.slow
+def test_bench_train_compare_dtypes_reports_both_mfus():
+    from janusflow import bench_train
+    from janusflow.config import ExperimentConfig, TrainConfig
+    cfg = ExperimentConfig(model=CFG, seq_len=64, train=TrainConfig(und_batch=0, gen_batch=8, text_batch=0))
+    lines = []
+    out = bench_train.run_compare_dtypes(cfg, repeats=2, log=lines.append)
+    for d in ("float32", "bfloat16"):
+        r = out[d]
+        assert r["mfu"] == r[f"mfu_{d}"] > 0 and r["mfu_float32"] > 0 and r["mfu_bfloat16"] > 0
+    assert out["speedup"] == out["float32"]["step_time_s"] / out["bfloat16"]["step_time_s"]
+    assert any("bf16 steps" in line for line in lines)
