@@ -84,8 +84,10 @@ def run(cfg: ModelConfig, batch: int = 1, steps: int = 30, repeats: int = 3, pro
     log(f"device {jax.devices()[0].device_kind} x {jax.device_count()}; compute dtype {cfg.dtype}, "
         f"params {cfg.param_dtype}; LLM {cfg.llm.num_layers} layers x {cfg.llm.hidden_size}, "
         f"{cfg.num_gen_tokens} image tokens, latent {latent_shape(cfg)}")
-    peak = perf.measure_matmul_peak()
-    log(f"peak {peak / 1e9:.1f} GFLOP/s (median fp32 2048^3 matmul, measured now)")
+    peaks = {d: perf.measure_matmul_peak(dtype=d) for d in perf.DTYPES}
+    peak = peaks[cfg.dtype]
+    log("peaks (median 2048^3 matmuls, measured now): "
+        + ", ".join(f"{d} {p / 1e9:.1f} GFLOP/s" for d, p in peaks.items()) + f"; MFU against {cfg.dtype}'s")
     t0 = time.perf_counter()
     model = random_model(cfg)
     log(f"random weights in {time.perf_counter() - t0:.1f} s")
@@ -96,7 +98,7 @@ def run(cfg: ModelConfig, batch: int = 1, steps: int = 30, repeats: int = 3, pro
     z0 = initial_noise(cfg, 0, range(batch))
     w = jnp.float32(2.0)
     out = {"batch": batch, "steps": steps, "prompt_len": prompt_len, "solver": solver,
-           "repeats": repeats, "peak_flops": peak}
+           "repeats": repeats, "peak_flops": peak, "peaks": peaks}
     variants = ("cached", "uncached") if uncached else ("cached",)
     programs, samples = {}, {name: [] for name in variants}
     for name in variants:
@@ -117,10 +119,13 @@ def run(cfg: ModelConfig, batch: int = 1, steps: int = 30, repeats: int = 3, pro
         log(f"{name:9s}: {med / steps:.3f} s/step median, {best / steps:.3f} best ({steps}-step runs "
             f"of {batch} image(s): {', '.join(f'{s:.2f}' for s in samples[name])} s); "
             f"compile {ct:.1f} s")
-    return _report(cfg, out, decode, peak, log)
+    census = perf.product_dtypes(programs["cached"][0].as_text())
+    out["product_dtypes"] = {f"{op} {'x'.join(i)}->{r}": n for (op, i, r), n in census.items()}
+    log(f"products in the compiled sampler: {perf.format_product_dtypes(census)}")
+    return _report(cfg, out, decode, peaks, log)
 
 
-def _report(cfg, out, decode, peak, log):
+def _report(cfg, out, decode, peaks, log):
     batch, steps, solver = out["batch"], out["steps"], out["solver"]
     vae_s = 0.0
     if decode:
@@ -137,10 +142,11 @@ def _report(cfg, out, decode, peak, log):
         f["vae_decode"] = 0.0
     # the machine is shared: measure the peak again after the workload and use the higher one,
     # so the fractions below are never flattered by a slow peak measurement
-    peak_after = perf.measure_matmul_peak()
-    log(f"peak again after the runs: {peak_after / 1e9:.1f} GFLOP/s")
-    peak = max(peak, peak_after)
-    out["peak_flops"] = peak
+    after = {d: perf.measure_matmul_peak(dtype=d) for d in peaks}
+    log("peaks again after the runs: " + ", ".join(f"{d} {p / 1e9:.1f} GFLOP/s" for d, p in after.items()))
+    peaks = {d: max(p, after[d]) for d, p in peaks.items()}
+    peak = peaks[cfg.dtype]
+    out["peak_flops"], out["peaks"] = peak, peaks
     step_s = out["cached"]["per_step_s"]
     per_image_s = (out["cached"]["total_s"] + vae_s) / batch
     ode_rate = batch * f["per_step"] / step_s
@@ -156,9 +162,12 @@ def _report(cfg, out, decode, peak, log):
         log(f"XLA cost analysis of the cached program (loop body counted once): {_g(xla)} GFLOP; "
             f"analytic prefill + one step: {_g(batch * (f['prefill'] + f['per_step']))}")
     best_rate = batch * f["per_step"] / out["cached"]["best_per_step_s"]
+    out["step_fraction_of_peaks"] = {d: ode_rate / p for d, p in peaks.items()}
     log(f"per ODE step (run time / steps, prefill included): {step_s:.3f} s for {batch} image(s) -> "
-        f"{ode_rate / 1e9:.1f} GFLOP/s = {100 * ode_rate / peak:.0f}% of peak (best run "
-        f"{100 * best_rate / peak:.0f}%); matmul floor at peak {batch * f['per_step'] / peak:.2f} s")
+        f"{ode_rate / 1e9:.1f} GFLOP/s = {100 * ode_rate / peak:.0f}% of the {cfg.dtype} peak (best run "
+        f"{100 * best_rate / peak:.0f}%; " + ", ".join(f"{100 * ode_rate / p:.0f}% of the {d} peak"
+                                                       for d, p in peaks.items() if d != cfg.dtype)
+        + f"); matmul floor at peak {batch * f['per_step'] / peak:.2f} s")
     log(f"per image: {per_image_s:.2f} s -> {image_rate / 1e9:.1f} GFLOP/s = "
         f"{100 * image_rate / peak:.0f}% of peak")
     if "uncached" in out:

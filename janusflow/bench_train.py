@@ -5,7 +5,8 @@ MFU counts model FLOPs only (``flops.train_step_flops``). A step fed images also
 frozen VAE encoder (``--latents`` feeds precomputed latents instead, as ``janusflow data
 latents`` datasets do); its FLOPs are reported beside, with the utilisation of model + encoder
 FLOPs. ``--compare`` times both variants alternately in one process on one state, with the
-peak re-measured every round: on a shared machine that is the fair comparison."""
+peak re-measured every round: on a shared machine that is the fair comparison.
+``--compare-dtypes`` alternates the step computing in fp32 and in bf16 the same way."""
 
 from __future__ import annotations
 
@@ -59,9 +60,11 @@ def _counts(cfg, batch) -> tuple[int, int]:
     return n_examples, n_tokens
 
 
-def _report(cfg, batch, med, samples, peak, xla_flops, mem, log) -> dict:
+def _report(cfg, batch, med, samples, peaks, xla_flops, mem, log) -> dict:
+    """``peaks``: {dtype: (FLOP/s per device, source)}; MFU is against the compute dtype's."""
     model = flops.train_step_flops(cfg, batch)
     n_examples, n_tokens = _counts(cfg, batch)
+    peak = peaks[cfg.model.dtype][0]
     total_peak = peak * jax.device_count()
     mfu = model["total"] / med / total_peak
     enc = flops.train_step_vae_encode_flops(cfg, batch)
@@ -70,7 +73,9 @@ def _report(cfg, batch, med, samples, peak, xla_flops, mem, log) -> dict:
            "tokens_per_s": n_tokens / med, "model_flops_per_step": model["total"],
            "model_flops_breakdown": model, "xla_flops_per_step": xla_flops,
            "vae_encode_flops_per_step": enc, "latents": "latents" in batch.get("gen", {}),
-           "peak_flops_per_device": peak, "mfu": mfu, "mfu_with_vae_encode": hfu, "memory": mem}
+           "peak_flops_per_device": peak, "mfu": mfu, "mfu_with_vae_encode": hfu, "memory": mem,
+           "peaks_per_device": {d: p for d, (p, _) in peaks.items()},
+           **perf.mfus(model["total"] / med / jax.device_count(), peaks)}
     log(f"step {med:.3f} s (median of {len(samples)}: {', '.join(f'{s:.3f}' for s in samples)})")
     log(f"{n_examples / med:.2f} examples/s, {n_tokens / med:.0f} tokens/s")
     parts_txt = ", ".join(f"{k} {v / 1e9:.1f}" for k, v in model.items() if k != "total")
@@ -83,7 +88,10 @@ def _report(cfg, batch, med, samples, peak, xla_flops, mem, log) -> dict:
     if mem:
         log(f"compiled memory: arguments {mem['argument_bytes'] / 2**30:.2f} GiB, temporaries "
             f"{mem['temp_bytes'] / 2**30:.2f} GiB")
-    log(f"MFU {100 * mfu:.1f}% of {total_peak / 1e9:.1f} GFLOP/s")
+    others = ", ".join(f"{100 * out[f'mfu_{d}']:.1f}% of the {d} peak {p * jax.device_count() / 1e9:.1f}"
+                       for d, (p, _) in peaks.items() if d != cfg.model.dtype)
+    log(f"MFU {100 * mfu:.1f}% of {total_peak / 1e9:.1f} GFLOP/s (the {cfg.model.dtype} peak: the compute "
+        f"dtype's)" + (f"; {others}" if others else ""))
     return out
 
 
@@ -93,8 +101,12 @@ def run(cfg: ExperimentConfig, repeats: int = 3, log=print, latents: bool | None
         cfg = with_latents(cfg, latents)
     mesh = make_mesh(cfg.train.mesh)
     log(f"mesh {dict(mesh.shape)} on {jax.device_count()} x {jax.devices()[0].device_kind}")
-    peak, peak_src = perf.peak_flops_per_device()
-    log(f"peak {peak / 1e9:.1f} GFLOP/s per device ({peak_src})")
+    peaks = perf.peaks_per_device()
+    for d, (p, src) in peaks.items():
+        log(f"{d} peak {p / 1e9:.1f} GFLOP/s per device ({src})")
+    if cfg.model.dtype == "float32" and perf.fast_bf16(peaks):
+        log("bf16 multiplies faster than fp32 here: --set model.dtype=bfloat16 computes in bf16 "
+            "(fp32 master weights)")
     batch = synthetic_batch(cfg)
     parts, state, shardings = init_state(cfg, mesh)
     compiled, xla_flops, mem = _compile(cfg, parts, shardings, mesh, state, batch)
@@ -107,7 +119,7 @@ def run(cfg: ExperimentConfig, repeats: int = 3, log=print, latents: bool | None
     m = one()  # warm-up
     check_finite(0, jax.device_get(m))
     med, samples = perf.timed(one, repeats=repeats, warmup=0)
-    return _report(cfg, batch, med, samples, peak, xla_flops, mem, log)
+    return _report(cfg, batch, med, samples, peaks, xla_flops, mem, log)
 
 
 def run_compare(cfg: ExperimentConfig, repeats: int = 3, log=print) -> dict:
@@ -133,20 +145,56 @@ def run_compare(cfg: ExperimentConfig, repeats: int = 3, log=print) -> dict:
         check_finite(0, jax.device_get(one(k)))
     times, peaks = {k: [] for k in cfgs}, []
     for r in range(repeats):
-        peaks.append(perf.peak_flops_per_device()[0])
+        peaks.append(perf.peaks_per_device())
         for k in (("images", "latents") if r % 2 == 0 else ("latents", "images")):
             t0 = time.perf_counter()
             jax.block_until_ready(one(k))
             times[k].append(time.perf_counter() - t0)
-        log(f"round {r + 1}/{repeats}: peak {peaks[-1] / 1e9:.1f} GFLOP/s, images "
+        log(f"round {r + 1}/{repeats}: {cfg.model.dtype} peak {peaks[-1][cfg.model.dtype][0] / 1e9:.1f} GFLOP/s, images "
             f"{times['images'][-1]:.2f} s, latents {times['latents'][-1]:.2f} s")
-    peak = statistics.median(peaks)
-    out = {"peak_samples": peaks}
+    peak = {d: (statistics.median(p[d][0] for p in peaks), f"median of {repeats} measurements")
+            for d in peaks[0]}
+    out = {"peak_samples": [{d: v for d, (v, _) in p.items()} for p in peaks]}
     for k in cfgs:
-        log(f"--- gen batch fed {k} (peak: median of {repeats} = {peak / 1e9:.1f} GFLOP/s)")
+        log(f"--- gen batch fed {k} (peaks: medians of {repeats}: "
+            + ", ".join(f"{d} {v / 1e9:.1f} GFLOP/s" for d, (v, _) in peak.items()) + ")")
         med = statistics.median(times[k])
         out[k] = _report(cfgs[k], batches[k], med, times[k], peak, built[k][1], built[k][2], log)
     out["speedup"] = out["images"]["step_time_s"] / out["latents"]["step_time_s"]
     log(f"precomputed latents: {out['speedup']:.2f}x faster steps "
         f"(MFU {100 * out['images']['mfu']:.1f}% -> {100 * out['latents']['mfu']:.1f}%)")
+    return out
+
+
+def run_compare_dtypes(cfg: ExperimentConfig, repeats: int = 5, log=print) -> dict:
+    """The step computing in fp32 and in bf16 (fp32 master weights both; same init), timed
+    alternately (the order flips every round). Returns {"float32": ..., "bfloat16": ...,
+    "speedup": fp32 time / bf16 time}; each report has MFU against both dtypes' peaks."""
+    mesh = make_mesh(cfg.train.mesh)
+    log(f"mesh {dict(mesh.shape)} on {jax.device_count()} x {jax.devices()[0].device_kind}")
+    runs = {}
+    for d in perf.DTYPES:
+        c = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dtype=d))
+        batch = synthetic_batch(c)
+        parts, state, shardings = init_state(c, mesh)
+        built = _compile(c, parts, shardings, mesh, state, batch)
+        state, m = built[0](state, batch)                                        # warm-up
+        check_finite(0, jax.device_get(m))
+        runs[d] = {"cfg": c, "batch": batch, "built": built, "state": state, "times": []}
+    for r in range(repeats):
+        for d in (perf.DTYPES if r % 2 == 0 else perf.DTYPES[::-1]):
+            run = runs[d]
+            t0 = time.perf_counter()
+            run["state"], m = run["built"][0](run["state"], run["batch"])
+            jax.block_until_ready(m)
+            run["times"].append(time.perf_counter() - t0)
+    peaks = perf.peaks_per_device()
+    out = {}
+    for d, run in runs.items():
+        log(f"--- compute dtype {d}")
+        out[d] = _report(run["cfg"], run["batch"], statistics.median(run["times"]), run["times"], peaks,
+                         run["built"][1], run["built"][2], log)
+    out["speedup"] = out["float32"]["step_time_s"] / out["bfloat16"]["step_time_s"]
+    log(f"bf16 steps {out['speedup']:.2f}x faster than fp32 (ratio of medians of {repeats} alternating "
+        f"runs); bf16/fp32 peak ratio {peaks['bfloat16'][0] / peaks['float32'][0]:.2f}")
     return out

@@ -17,6 +17,24 @@ def _add_config_args(p: argparse.ArgumentParser):
                    help="override a config field, e.g. --set model.llm.num_layers=2 (repeatable)")
 
 
+def _int_list(text: str) -> tuple:
+    try:
+        out = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not out or min(out) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return out
+
+
+def _dtype_list(text: str) -> tuple:
+    out = tuple(text.split(","))
+    bad = [d for d in out if d not in ("float32", "bfloat16")]
+    if bad:
+        raise argparse.ArgumentTypeError(f"dtypes must be float32 or bfloat16, got {bad}")
+    return out
+
+
 def _load(args):
     from janusflow.config_loader import apply_overrides, load_config
     return apply_overrides(load_config(args.config), args.set)
@@ -76,6 +94,9 @@ def cmd_sweep(args) -> int:
 
 def cmd_bench_train(args) -> int:
     from janusflow import bench_train
+    if args.compare_dtypes:
+        bench_train.run_compare_dtypes(_load(args), repeats=args.repeats)
+        return 0
     if args.compare:
         bench_train.run_compare(_load(args), repeats=args.repeats)
     else:
@@ -213,6 +234,12 @@ def cmd_chat(args) -> int:
 
 
 def cmd_bench_sample(args) -> int:
+    if args.compare_official:
+        from janusflow import bench_official
+        bench_official.run(_load(args).model, batches=args.batches, dtypes=args.dtypes, steps=args.steps,
+                           repeats=args.repeats, prompt_len=args.prompt_len,
+                           official_src=args.official_src)
+        return 0
     from janusflow import bench_sample
     bench_sample.run(_load(args).model, batch=args.batch, steps=args.steps, repeats=args.repeats,
                      prompt_len=args.prompt_len, solver=args.solver, decode=not args.no_decode,
@@ -603,6 +630,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="feed precomputed latents (data.gen.latents=true): no VAE encoder in the step")
     p.add_argument("--compare", action="store_true",
                    help="time the step fed images and fed latents alternately in one process")
+    p.add_argument("--compare-dtypes", action="store_true",
+                   help="time the step computing in float32 and in bfloat16 alternately in one process")
     p.set_defaults(func=cmd_bench_train)
     p = sub.add_parser("sample", help="text-to-image sampling (rectified flow, CFG, prompt KV cache)")
     p.add_argument("--checkpoint", required=True, help="janusflow checkpoint dir or official HF dir")
@@ -650,6 +679,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--solver", choices=("euler", "heun"), default="euler")
     p.add_argument("--no-decode", action="store_true", help="skip timing the VAE decode")
     p.add_argument("--no-uncached", action="store_true", help="skip the recompute-the-prompt baseline")
+    p.add_argument("--compare-official", action="store_true",
+                   help="time the official PyTorch sampling loop and ours alternately on the same weights")
+    p.add_argument("--official-src", metavar="DIR", default=None,
+                   help="with --compare-official: a deepseek-ai/Janus checkout (default: the installed janus)")
+    p.add_argument("--batches", type=_int_list, default=(1, 8), metavar="1,8",
+                   help="with --compare-official: batch sizes")
+    p.add_argument("--dtypes", type=_dtype_list, default=("float32", "bfloat16"), metavar="float32,bfloat16",
+                   help="with --compare-official: compute dtypes")
     p.set_defaults(func=cmd_bench_sample)
     return parser
 

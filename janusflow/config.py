@@ -215,7 +215,7 @@ class ModelConfig:
     dtype: str = "float32"                  # compute dtype: "float32" | "bfloat16"
     param_dtype: str = "float32"
     remat: str = "none"                     # activation checkpointing: "none" | "block" | "dots"
-    attention_impl: str = "xla"             # passed to jax.nn.dot_product_attention
+    attention_impl: str = "xla"             # "xla": layers.dot_product_attention; else jax.nn's
     # Training refuses to pass images through a randomly initialised KL VAE (train.vae_from
     # names the pretrained one) unless this says a random VAE is intended (tiny test models).
     vae_random_ok: bool = False

@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 
 from janusflow.config import GenCodecConfig
-from janusflow.models.layers import Conv2d, Linear, RMSNorm, param, pixel_shuffle, zeros
+from janusflow.models.layers import Conv2d, Linear, RMSNorm, einsum, param, pixel_shuffle, zeros
 from janusflow.parallel.rules import IMAGE_FEATURES as FEATURES, constrain
 
 # Fixed by the official block (not in config.json): 7x7 depthwise conv, GRN epsilon.
@@ -84,7 +84,7 @@ def depthwise_conv(conv: Conv2d, x):
     if h + 2 * p - k + 1 == h and w + 2 * p - k + 1 == w and (h * w) ** 2 * c <= _DENSE_DW_MAX:
         taps = jnp.concatenate([kernel.reshape(k * k, c), jnp.zeros((1, c), dtype)], axis=0)
         dense = taps[_dense_dw_index(h, w, k, p)]           # (h*w out, h*w in, C)
-        y = jnp.einsum("bqc,pqc->bpc", x.astype(dtype).reshape(b, h * w, c), dense).reshape(b, h, w, c)
+        y = einsum("bqc,pqc->bpc", x.astype(dtype).reshape(b, h * w, c), dense).reshape(b, h, w, c)
     else:
         xp = jnp.pad(x.astype(dtype), ((0, 0), (p, p), (p, p), (0, 0)))
         ho, wo = xp.shape[1] - k + 1, xp.shape[2] - k + 1

@@ -17,10 +17,14 @@ Logical axis vocabulary (keep it small; the rules table must know every name):
 
 Compute dtype: each layer takes ``dtype`` (None = keep the input's dtype). Parameters stay in
 their stored dtype (fp32 master weights) and are cast at use; norms always compute in fp32.
+Every matmul, einsum, convolution and attention of the models goes through :func:`matmul`,
+:func:`einsum`, ``Conv2d`` or :func:`dot_product_attention` here: they accumulate in fp32
+and return the compute dtype (see :data:`ACCUMULATE`).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import jax
@@ -54,6 +58,78 @@ def lecun():
     return jax.nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
 
 
+# Products accumulate (and are emitted) in fp32, then cast to the compute dtype. For fp32 this
+# changes nothing. For bf16 it is what makes bf16 fast on CPU: XLA:CPU runs a dot with a bf16
+# *result* (or an fp32 operand beside a bf16 one) by upcasting both operands to fp32 (slower
+# than plain fp32), but one with bf16 operands and an fp32 result on the native bf16 kernels
+# (AVX512-BF16 / AMX), ~2x the fp32 rate here (experiments/bf16_cpu.md). TPUs and GPUs
+# accumulate bf16 in fp32 anyway.
+ACCUMULATE = jnp.float32
+
+
+def _product(spec, a, b, out_dtype):
+    return jnp.einsum(spec, a, b, preferred_element_type=ACCUMULATE).astype(out_dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))
+def _low_precision_product(spec, a, b, out_dtype):
+    return _product(spec, a, b, out_dtype)
+
+
+def _low_precision_fwd(spec, a, b, out_dtype):
+    return _product(spec, a, b, out_dtype), (a, b)
+
+
+def _low_precision_bwd(spec, out_dtype, res, g):
+    # Autodiff would contract the fp32 cotangent of the fp32-accumulated product with a bf16
+    # operand: a mixed dot that XLA:CPU runs in fp32. The backward products get the forward's
+    # treatment instead: bf16 operands (the cotangent rounded, as autocast does), fp32 sums.
+    a, b = res
+    g = g.astype(jnp.result_type(a, b))
+    ins, out = spec.split("->")
+    sa, sb = ins.split(",")
+    return _product(f"{out},{sb}->{sa}", g, b, a.dtype), _product(f"{sa},{out}->{sb}", a, g, b.dtype)
+
+
+_low_precision_product.defvjp(_low_precision_fwd, _low_precision_bwd)
+
+
+def einsum(spec: str, a, b, out_dtype=None):
+    """Two-operand einsum (explicit ``->``, no ellipsis, every operand index also in the other
+    operand or the output) accumulated in fp32 and returned in ``out_dtype`` (default: the
+    inputs' common dtype). Below fp32 the gradient products accumulate in fp32 too."""
+    dtype = jnp.result_type(a, b)
+    out_dtype = dtype if out_dtype is None else out_dtype
+    if jnp.finfo(dtype).bits >= 32:
+        return _product(spec, a, b, out_dtype)
+    return _low_precision_product(spec, a, b, out_dtype)
+
+
+def matmul(x, w):
+    """``x @ w`` for x (..., in) and a matrix w (in, out), as :func:`einsum`."""
+    lead = "abcdefgh"[:x.ndim - 1]
+    return einsum(f"{lead}i,io->{lead}o", x, w)
+
+
+def dot_product_attention(q, k, v, mask=None):
+    """softmax(q k^T / sqrt(hd)) v over q (B,T,H,hd), k/v (B,S,K,hd) with H % K == 0 (grouped
+    queries share a key/value head), mask (B or 1, 1, T, S) bool (True = attend). The same math
+    as ``jax.nn.dot_product_attention``'s XLA path (fp32 logits and softmax), with the
+    probabilities @ values product also accumulated in fp32 (that path emits it in bf16)."""
+    b, t, h, hd = q.shape
+    kv = k.shape[2]
+    if h % kv:
+        raise ValueError(f"attention: {h} query heads not a multiple of {kv} key/value heads")
+    qg = q.reshape(b, t, kv, h // kv, hd)
+    logits = einsum("btkgd,bskd->bkgts", qg, k, out_dtype=jnp.float32)
+    logits = logits * jnp.float32(hd ** -0.5)
+    if mask is not None:
+        m = jnp.broadcast_to(mask, (mask.shape[0], 1, t, k.shape[1]))[:, :, None]   # (B,1,1,T,S)
+        logits = jnp.where(m, logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    return einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h, hd)
+
+
 def _cast(x, dtype):
     return x if dtype is None else x.astype(dtype)
 
@@ -72,7 +148,7 @@ class Linear(nnx.Module):
         if x.shape[-1] != self.in_features:
             raise ValueError(f"Linear expects last dim {self.in_features}, got shape {x.shape}")
         dtype = self.dtype or x.dtype
-        y = jnp.matmul(x.astype(dtype), self.kernel[...].astype(dtype))
+        y = matmul(x.astype(dtype), self.kernel[...].astype(dtype))
         if self.bias is not None:
             y = y + self.bias[...].astype(dtype)
         return y
@@ -154,7 +230,8 @@ class Conv2d(nnx.Module):
         y = jax.lax.conv_general_dilated(
             x.astype(dtype), self.kernel[...].astype(dtype),
             window_strides=(self.stride, self.stride), padding=((p, p), (p, p)),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=self.groups)
+            dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=self.groups,
+            preferred_element_type=ACCUMULATE).astype(dtype)
         if self.bias is not None:
             y = y + self.bias[...].astype(dtype)
         return y

@@ -5,8 +5,9 @@ input embeddings (so images can be spliced in), a start position and optionally 
 The cache is a plain pytree returned by the call, never mutated in place, so the sampler can
 prefill a prompt once and run every ODE step against the same cached prefix.
 
-Attention goes through :func:`attention` only, which calls ``jax.nn.dot_product_attention``
-(cuDNN flash attention on GPU with ``attention_impl="cudnn"``; XLA elsewhere).
+Attention goes through :func:`attention` only: ``layers.dot_product_attention`` for "xla" (fp32
+accumulation in both products, the fast bf16 path on CPU), ``jax.nn.dot_product_attention``
+otherwise (cuDNN flash attention on GPU with ``attention_impl="cudnn"``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from janusflow.config import LLMConfig
-from janusflow.models.layers import Linear, RMSNorm, normal, param
+from janusflow.models.layers import Linear, RMSNorm, dot_product_attention, matmul, normal, param
 from janusflow.parallel.rules import constrain
 
 RESIDUAL = ("batch", "length", "embed")
@@ -65,6 +66,8 @@ def rope(x, positions, theta: float):
 
 def attention(q, k, v, mask, impl: str = "xla"):
     """q (B,T,H,hd), k/v (B,S,K,hd) with H % K == 0, mask (B,1,T,S) bool (True = attend)."""
+    if impl == "xla":
+        return dot_product_attention(q, k, v, mask)
     return jax.nn.dot_product_attention(q, k, v, mask=mask,
                                         implementation=None if impl == "auto" else impl)
 
@@ -155,7 +158,7 @@ class LLM(nnx.Module):
     def logits(self, hidden):
         """(..., D) -> (..., vocab)."""
         if self.lm_head is None:
-            out = hidden @ self.embed_tokens[...].astype(hidden.dtype).T
+            out = matmul(hidden, self.embed_tokens[...].astype(hidden.dtype).T)
         else:
             out = self.lm_head(hidden)
         if out.ndim == 3:

@@ -26,7 +26,7 @@ from flax import nnx
 
 from janusflow.checkpoint.torch_layout import CheckpointMismatch, export_state_dict, load_state_dict
 from janusflow.config import SiglipConfig
-from janusflow.models.layers import Conv2d, LayerNorm, Linear, normal, param
+from janusflow.models.layers import Conv2d, LayerNorm, Linear, dot_product_attention, normal, param
 from janusflow.parallel.rules import constrain
 
 TOKENS = ("batch", "vit_length", "vit_embed")
@@ -47,6 +47,8 @@ def normalize(images01, cfg: SiglipConfig):
 
 
 def _attend(q, k, v, impl):
+    if impl == "xla":
+        return dot_product_attention(q, k, v)
     return jax.nn.dot_product_attention(q, k, v, implementation=None if impl == "auto" else impl)
 
 

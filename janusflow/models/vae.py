@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from janusflow.config import VAEConfig
-from janusflow.models.layers import Conv2d, GroupNorm, Linear
+from janusflow.models.layers import Conv2d, GroupNorm, Linear, dot_product_attention
 from janusflow.parallel.rules import IMAGE_FEATURES, constrain
 
 _EPS = 1e-6          # every norm in the diffusers VAE uses 1e-6
@@ -87,7 +87,7 @@ class SpatialAttention(nnx.Module):
         y = self.group_norm(x).reshape(b, h * w, c)
         q, k, v = (p(y)[:, :, None, :] for p in (self.to_q, self.to_k, self.to_v))
         # the XLA path computes the softmax in fp32 (diffusers: upcast_softmax=True)
-        o = jax.nn.dot_product_attention(q, k, v).reshape(b, h * w, c)
+        o = dot_product_attention(q, k, v).reshape(b, h * w, c)
         return constrain(x + self.to_out[0](o).reshape(b, h, w, c), IMAGE_FEATURES)
 
 

@@ -257,10 +257,15 @@ def _train(cfg: ExperimentConfig, workdir: str, manifest, *, data_iter, log, sto
                                before_read=before_read)
     first = batches.peek()
     step_fn = _compiled_step(cfg, parts, shardings, mesh, first)
-    peak, peak_src = perf.peak_flops_per_device()
+    # MFU against the compute dtype's peak, with every dtype's beside (bf16 is several times
+    # faster than fp32 on some CPUs, so one number would flatter or shame one of them)
+    peaks = perf.peaks_per_device()
+    peak, peak_src = peaks[cfg.model.dtype]
+    peaks_total = {d: p * jax.device_count() for d, (p, _) in peaks.items()}
     step_flops = flops.train_step_flops(cfg, first)["total"]
     writer = metrics_lib.MetricsWriter(workdir, enabled=jax.process_index() == 0, log=log)
     writer.write_json("run_info.json", {"peak_flops_per_device": peak, "peak_source": peak_src,
+                                        "peaks_per_device": {d: p for d, (p, _) in peaks.items()},
                                         "devices": jax.device_count(), "model_flops_per_step": step_flops,
                                         "mesh": dict(mesh.shape)})
     progress = metrics_lib.Progress(start, end, log)
@@ -294,7 +299,7 @@ def _train(cfg: ExperimentConfig, workdir: str, manifest, *, data_iter, log, sto
                 pending = []
                 if log_now:
                     last = metrics_lib.step_metrics(fetched[-1], dt, first, cfg, step_flops,
-                                                    peak * jax.device_count())
+                                                    peak * jax.device_count(), peaks_total)
                     if hasattr(data_iter, "metrics"):  # skipped / fixed bad examples, counted
                         last.update({f"data/{k}": v for k, v in data_iter.metrics().items()})
                     writer.write(done, last)

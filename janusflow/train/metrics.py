@@ -97,7 +97,10 @@ class MetricsWriter:
             self._stage = None
 
 
-def step_metrics(m: dict, step_time: float, batch, cfg, step_flops: float, peak_total: float) -> dict:
+def step_metrics(m: dict, step_time: float, batch, cfg, step_flops: float, peak_total: float,
+                 peaks_total: dict | None = None) -> dict:
+    """``mfu`` is against ``peak_total`` (the compute dtype's peak, all devices);
+    ``peaks_total`` ({dtype: FLOP/s}) adds ``mfu_<dtype>`` against each."""
     n_ex, n_tok = 0, 0
     for task, b in batch.items():
         if task == "gen":
@@ -110,6 +113,7 @@ def step_metrics(m: dict, step_time: float, batch, cfg, step_flops: float, peak_
     out = {k: float(v) for k, v in m.items() if k != "finite"}
     out.update(step_time=step_time, examples_per_s=n_ex / step_time, tokens_per_s=n_tok / step_time,
                mfu=step_flops / step_time / peak_total)
+    out.update({f"mfu_{d}": step_flops / step_time / p for d, p in (peaks_total or {}).items()})
     return out
 
 
