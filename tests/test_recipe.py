@@ -20,6 +20,7 @@ def _run(args, cwd):
                            *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
 
 
+@pytest.mark.slow   # the whole recipe in a subprocess: minutes
 def test_quick_sweep_runs_the_whole_recipe(tmp_path):
     work = tmp_path / "abl"
     p = _run(["sweep", "--config", "experiments/ablations.py:quick", "--workdir", str(work), "--only", "F"], ROOT)
