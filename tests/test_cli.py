@@ -1,11 +1,11 @@
-"""The CLI's net: every error that reaches ``janusflow.cli.main`` is one line on stderr naming
+"""The CLI's net: every error that reaches ``janusflow.cli.main.main`` is one line on stderr naming
 the command, with a non-zero exit; ``--debug`` shows the traceback instead."""
 
 import os
 
 import pytest
 
-from janusflow import cli
+from janusflow.cli import main as cli
 from janusflow.train.workdir import WorkdirLock
 
 

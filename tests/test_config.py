@@ -2,9 +2,9 @@
 
 import pytest
 
-from janusflow import cli
-from janusflow.config import ConfigError, LLMConfig
-from janusflow.config_loader import apply_overrides, load_config
+from janusflow.cli import main as cli
+from janusflow.configs.schema import ConfigError, LLMConfig
+from janusflow.configs.loader import apply_overrides, load_config
 
 
 def test_experiment_files_load():

@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from janusflow.checkpoint.torch_layout import export_state_dict, load_state_dict
-from janusflow.config import GenCodecConfig
+from janusflow.configs.schema import GenCodecConfig
 from janusflow.models.gen_codec import (GenDecoder, GenEncoder, timestep_embedding,
                                         torch_key_map_decoder, torch_key_map_encoder)
 from janusflow.models.layers import count_params, pixel_shuffle

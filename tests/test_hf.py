@@ -19,11 +19,11 @@ from flax import nnx
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from janusflow import config_io
+from janusflow.configs import io as config_io
 from janusflow.checkpoint import hf, model_io
 from janusflow.checkpoint.torch_layout import CheckpointMismatch, _flat_params, to_ours, to_torch
-from janusflow.config import ConfigError, ExperimentConfig, LLMConfig, ModelConfig
-from janusflow.presets import janusflow_1_3b, tiny
+from janusflow.configs.schema import ConfigError, ExperimentConfig, LLMConfig, ModelConfig
+from janusflow.configs.presets import janusflow_1_3b, tiny
 
 CFG = tiny()
 # a git checkout of the official deepseek-ai/Janus repository, when the machine has one (never a
@@ -468,7 +468,7 @@ def test_load_model_accepts_hf_dir_and_rejects_others(tmp_path, hf_dir, sd):
 
 
 def test_convert_cli_end_to_end(tmp_path, sd, capsys):
-    from janusflow.cli import main
+    from janusflow.cli.main import main
     from janusflow.data.pipeline import shapes_tokenizer
     from janusflow.data.tokenizer import Tokenizer, generation_prompt_ids
     src = write_hf_dir(str(tmp_path / "hf"), sd, config=hf.hf_config_from_model_config(CFG))

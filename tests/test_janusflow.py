@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from janusflow import presets
-from janusflow.config import ConfigError
-from janusflow.info import param_counts
+from janusflow.configs import presets
+from janusflow.configs.schema import ConfigError
+from janusflow.perf.info import param_counts
 from janusflow.models.janusflow import JanusFlow
 from janusflow.models.llm import KVCache
 from janusflow.models.siglip import normalize

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from janusflow.checkpoint.torch_layout import CheckpointMismatch, export_state_dict, load_state_dict
-from janusflow.config import SiglipConfig
+from janusflow.configs.schema import SiglipConfig
 from janusflow.models.siglip import (SiglipVisionTower, export_hf_siglip, hf_siglip_key_map,
                                      hf_siglip_to_timm_state_dict, load_hf_siglip, normalize,
                                      timm_to_hf_siglip_state_dict, torch_key_map)

@@ -7,10 +7,10 @@ import shlex
 
 import pytest
 
-from janusflow import sweep
-from janusflow.cli import main
-from janusflow.config import ConfigError
-from janusflow.config_loader import load_config
+from janusflow.train import sweep
+from janusflow.cli.main import main
+from janusflow.configs.schema import ConfigError
+from janusflow.configs.loader import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ABL = os.path.join(ROOT, "experiments", "ablations.py")
@@ -166,7 +166,7 @@ def test_results_table_and_plot(tmp_path):
 
 def test_failing_member_does_not_stop_the_sweep(tmp_path):
     exp = tmp_path / "exp.py"
-    exp.write_text("from janusflow.config import ConfigError\n"
+    exp.write_text("from janusflow.configs.schema import ConfigError\n"
                    "def sweep(arg=None):\n"
                    "    return [{'name': 'bad', 'arg': 'bad'}, {'name': 'ok', 'arg': 'ok'}]\n"
                    "def get_config(arg=None):\n"

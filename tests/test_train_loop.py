@@ -14,10 +14,10 @@ import jax
 import numpy as np
 import pytest
 
-from janusflow import presets
+from janusflow.configs import presets
 from janusflow.checkpoint.manager import CheckpointMismatchError
 from janusflow.checkpoint.model_io import load_model
-from janusflow.config import ExperimentConfig, MeshConfig, OptimConfig, TrainConfig
+from janusflow.configs.schema import ExperimentConfig, MeshConfig, OptimConfig, TrainConfig
 from janusflow.train import loop
 from flax import nnx
 

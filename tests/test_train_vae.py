@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from janusflow import cli, presets
+from janusflow.cli import main as cli
+from janusflow.configs import presets
 from janusflow.checkpoint.torch_layout import export_state_dict
-from janusflow.config import ConfigError, ExperimentConfig, MeshConfig, OptimConfig, TrainConfig
+from janusflow.configs.schema import ConfigError, ExperimentConfig, MeshConfig, OptimConfig, TrainConfig
 from janusflow.data.pipeline import DataConfig
 from janusflow.data.sources import SourceConfig
 from janusflow.models.vae import torch_key_map

@@ -16,7 +16,7 @@ from flax import nnx
 
 from janusflow.checkpoint.torch_layout import (CheckpointMismatch, export_state_dict,
                                                load_state_dict)
-from janusflow.config import VAEConfig
+from janusflow.configs.schema import VAEConfig
 from janusflow.models.layers import count_params
 from janusflow.models.vae import (AutoencoderKL, PixelVAE, decode_latents, encode_latents,
                                   make_vae, normalize_vae_keys, torch_key_map)

@@ -35,11 +35,12 @@ import numpy as np
 from flax import nnx
 from numpy.lib.stride_tricks import as_strided
 
-from janusflow import config_io, paths
+from janusflow import paths
+from janusflow.configs import io as config_io
 from janusflow.checkpoint.precheck import all_finite, check_config_against_headers, weight_files_name
 from janusflow.checkpoint.torch_layout import (CheckpointMismatch, _flat_params, load_state_dict,
                                                to_ours, to_torch)
-from janusflow.config import ConfigError, GenCodecConfig, LLMConfig, ModelConfig, SiglipConfig, VAEConfig
+from janusflow.configs.schema import ConfigError, GenCodecConfig, LLMConfig, ModelConfig, SiglipConfig, VAEConfig
 from janusflow.records import RecordError, read_json_object
 from janusflow.models import gen_codec as gen_codec_mod
 from janusflow.models import llm as llm_mod

@@ -116,7 +116,7 @@ def load_vae_params(cfg, vae_dir: str | None = None):
     (``--vae``), else the experiment's ``train.vae_from``, else -- only where
     ``model.vae_random_ok`` allows it -- the random VAE a fresh run of the experiment builds."""
     from flax import nnx
-    from janusflow.config import ConfigError
+    from janusflow.configs.schema import ConfigError
     from janusflow.models.vae import make_vae
     from janusflow.train.state import random_vae_params, vae_params
     from janusflow.train.vae_source import load_vae_module

@@ -229,8 +229,8 @@ class TextProcessor(_Processor):
 def shapes_tokenizer(vocab_size: int = 512) -> Tokenizer:
     """Byte-level BPE trained on the shapes world's vocabulary and the chat templates
     (deterministic, no download; cached per process)."""
-    from janusflow.data import shapes
-    from janusflow.data.shapes_tfds import describe
+    from janusflow.shapes import world as shapes
+    from janusflow.shapes.dataset import describe
     from janusflow.data.tokenizer import ASSISTANT, SEP, SYSTEM_PROMPT, USER, build_tiny_tokenizer
     texts = [f"{USER}: {m['prompt']}{SEP}{ASSISTANT}:" for tag in shapes.TAGS
              for m in shapes.prompts_for(tag, "all")]
@@ -308,7 +308,7 @@ def check_sources_named(cfg, data: DataConfig | None = None) -> None:
     data = cfg.data if data is None else data
     for task, n in per_process_batch_sizes(cfg, 1).items():
         if n and not getattr(data, task).enabled:
-            from janusflow.config import ConfigError   # not at the top: config.py imports this module
+            from janusflow.configs.schema import ConfigError   # not at the top: config.py imports this module
             raise ConfigError(f"data.{task}.name is empty: train.{task}_batch={n} but data.{task} names no "
                               f"dataset (--set data.{task}.name=NAME_OR_DIR)")
 

@@ -77,7 +77,7 @@ def _decoders(features, path: str):
 
 def open_builder(cfg: SourceConfig):
     import tensorflow_datasets as tfds
-    from janusflow.data import shapes_tfds
+    from janusflow.shapes import dataset as shapes_tfds
     if os.path.isfile(os.path.join(cfg.name, "dataset_info.json")):
         return tfds.builder_from_directory(cfg.name)
     try:

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from janusflow.config import GenCodecConfig
+from janusflow.configs.schema import GenCodecConfig
 from janusflow.models.layers import Conv2d, Linear, RMSNorm, param, pixel_shuffle, zeros
 from janusflow.parallel.rules import IMAGE_FEATURES as FEATURES, constrain
 

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from janusflow.config import LLMConfig
+from janusflow.configs.schema import LLMConfig
 from janusflow.models.layers import Linear, RMSNorm, normal, param
 from janusflow.parallel.rules import constrain
 

@@ -25,7 +25,7 @@ import numpy as np
 from flax import nnx
 
 from janusflow.checkpoint.torch_layout import CheckpointMismatch, export_state_dict, load_state_dict
-from janusflow.config import SiglipConfig
+from janusflow.configs.schema import SiglipConfig
 from janusflow.models.layers import Conv2d, LayerNorm, Linear, normal, param
 from janusflow.parallel.rules import constrain
 

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from janusflow.config import VAEConfig
+from janusflow.configs.schema import VAEConfig
 from janusflow.models.layers import Conv2d, GroupNorm, Linear
 from janusflow.parallel.rules import IMAGE_FEATURES, constrain
 

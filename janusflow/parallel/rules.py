@@ -73,7 +73,7 @@ IMAGE_FEATURES = ("batch", "height", "width", "channels")
 def check_overrides(overrides, table: dict, field: str) -> dict:
     """``table`` with ``overrides`` ((logical axis, mesh axis | tuple of mesh axes | None), ...)
     applied. Raises ConfigError naming an unknown logical or mesh axis."""
-    from janusflow.config import ConfigError
+    from janusflow.configs.schema import ConfigError
     out = dict(table)
     for item in overrides:
         if not (isinstance(item, (tuple, list)) and len(item) == 2):

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from janusflow.config import ModelConfig
+from janusflow.configs.schema import ModelConfig
 from janusflow.data import preprocess
 from janusflow.models.llm import KVCache
 from janusflow.models.vae import encode_latents

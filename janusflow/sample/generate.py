@@ -32,7 +32,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from janusflow.config import ModelConfig
+from janusflow.configs.schema import ModelConfig
 from janusflow.models.llm import KVCache
 from janusflow.models.vae import decode_latents
 from janusflow.objectives.cfg_dropout import uncond_prompt_mask

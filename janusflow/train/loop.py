@@ -29,15 +29,17 @@ from typing import Callable, Optional
 import jax
 import numpy as np
 
-from janusflow import flops, paths, perf
+from janusflow import paths
+from janusflow.perf import flops
+from janusflow.perf import peak as perf
 from janusflow.checkpoint.manager import (Checkpointer, UnrestorableCheckpointsError, check_workdir,
                                           meta_for)
-from janusflow.config import ExperimentConfig
+from janusflow.configs.schema import ExperimentConfig
 from janusflow.data.mixing import batch_phases, task_batches_at
 from janusflow.data.pipeline import per_process_batch_sizes
 from janusflow.parallel.mesh import make_mesh, maybe_initialize_distributed
 from janusflow.parallel.rules import batch_sharding
-from janusflow.platform import fit_batches_to_mesh
+from janusflow.perf.platforms import fit_batches_to_mesh
 from janusflow.train import metrics as metrics_lib
 from janusflow.train import workdir as workdir_lib
 from janusflow.train.prefetch import DevicePrefetcher

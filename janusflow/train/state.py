@@ -17,7 +17,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from janusflow.config import ExperimentConfig, OptimConfig
+from janusflow.configs.schema import ExperimentConfig, OptimConfig
 from janusflow.models.janusflow import JanusFlow
 from janusflow.models.vae import make_vae
 from janusflow.parallel.rules import experiment_rules, param_shardings, replicated

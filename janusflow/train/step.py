@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from janusflow.config import ExperimentConfig
+from janusflow.configs.schema import ExperimentConfig
 from janusflow.models.vae import encode_latents
 from janusflow.objectives import ar, cfg_dropout, flow, repa
 from janusflow.parallel.rules import (activation_sharding, batch_sharding, constrain_like,

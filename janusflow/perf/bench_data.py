@@ -60,12 +60,12 @@ def _random_photos(folder: str, n: int, seed: int = 0, size=(640, 480)):
 
 def run(cfg, repeats: int = 3, batches: int = 10, work_dir: str | None = None, threads: int = 2,
         n_photos: int = 256, log=print) -> dict:
-    from janusflow.config import ExperimentConfig, TrainConfig
+    from janusflow.configs.schema import ExperimentConfig, TrainConfig
     from janusflow.data.build import build_image_text
     from janusflow.data.pipeline import DataConfig, make_pipeline
-    from janusflow.data.shapes_tfds import build_shapes, shapes_config
+    from janusflow.shapes.dataset import build_shapes, shapes_config
     from janusflow.data.sources import SourceConfig
-    from janusflow.presets import janusflow_1_3b
+    from janusflow.configs.presets import janusflow_1_3b
 
     out = {}
     work = work_dir or tempfile.mkdtemp(prefix="janusflow_bench_data_")

@@ -26,7 +26,7 @@ import sys
 import time
 from typing import Callable, Optional
 
-from janusflow.config import ConfigError, ExperimentConfig
+from janusflow.configs.schema import ConfigError, ExperimentConfig
 
 from janusflow.data.step_budget import PAPER_STEPS, format_budget
 
@@ -132,7 +132,7 @@ def compile_plan(cfg: ExperimentConfig, log: Callable[[str], None] = print,
     PLAN_COMPILER_OPTIONS on CPU, none on TPU."""
     import jax
 
-    from janusflow import flops
+    from janusflow.perf import flops
 
     t0 = time.perf_counter()
     lowered, state, batch, mesh = lower_train_step(cfg, devices)
@@ -280,7 +280,7 @@ def prepare_config(cfg: ExperimentConfig, *, platform=None, mesh=None, batch: Op
     import dataclasses
 
     from janusflow.data.mixing import with_task_ratios
-    from janusflow.platform import apply_platform
+    from janusflow.perf.platforms import apply_platform
     t = cfg.train
     if batch is not None:
         try:
@@ -324,7 +324,7 @@ def choose_compiler(wanted: Optional[str], platform, log=None) -> str:
     """"tpu" or "cpu" for ``--compiler auto|tpu|cpu`` (None = auto): the TPU compiler when the
     platform names a TPU topology and libtpu is installed. ``log`` gets the one-line notice
     when auto falls back to the XLA:CPU estimate."""
-    from janusflow.tpu_topology import libtpu_version
+    from janusflow.perf.tpu_topology import libtpu_version
     wanted = wanted or "auto"
     if wanted not in ("auto", "tpu", "cpu"):
         raise ConfigError(f"--compiler {wanted!r}: expected auto, tpu or cpu")
@@ -348,8 +348,8 @@ def choose_compiler(wanted: Optional[str], platform, log=None) -> str:
 def run_cli(args, log=print) -> int:
     """``janusflow plan``: in the parent, validate and start the child with N simulated
     devices; in the child, compile and report."""
-    from janusflow.config_loader import apply_overrides, load_config
-    from janusflow.platform import CHIPS, load_platform, parse_mesh
+    from janusflow.configs.loader import apply_overrides, load_config
+    from janusflow.perf.platforms import CHIPS, load_platform, parse_mesh
 
     platform = load_platform(args.platform) if args.platform else None
     mesh = parse_mesh(args.mesh) if args.mesh else None
@@ -375,7 +375,7 @@ def run_cli(args, log=print) -> int:
         if args.compiler == "tpu":
             log(f"starting a child process to compile for {platform.topology} with the TPU compiler ...")
             env = child_env(1)
-            from janusflow.platform import export_env
+            from janusflow.perf.platforms import export_env
             export_env(platform, env)          # LIBTPU_INIT_ARGS shape what the compiler does
             # libtpu takes /tmp/libtpu_lockfile, one process per machine, as it would own the
             # chips; a compile-only plan owns none, so plans may run beside each other (and
@@ -390,7 +390,7 @@ def run_cli(args, log=print) -> int:
     import jax
     tpu_devices = None
     if args.compiler == "tpu":
-        from janusflow.tpu_topology import topology_devices
+        from janusflow.perf.tpu_topology import topology_devices
         tpu_devices = topology_devices(platform)
     else:
         got, kind = jax.device_count(), jax.devices()[0].platform
@@ -401,7 +401,7 @@ def run_cli(args, log=print) -> int:
             return 1
     result = compile_plan(cfg, log=log, devices=tpu_devices)
     if tpu_devices is not None:
-        from janusflow.tpu_topology import libtpu_version
+        from janusflow.perf.tpu_topology import libtpu_version
         result.update(topology=platform.topology, libtpu=libtpu_version())
     chip_key = args.chip or (platform.chip if platform else None)
     if platform:

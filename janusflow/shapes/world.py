@@ -1,7 +1,7 @@
 """The compositional shapes world: flat coloured shapes on a mid-gray background.
 
 A tiny stand-in for GenEval's world that a small model can learn and an analytic detector
-(:mod:`janusflow.eval.shapes_detector`) can score without learned weights. The six GenEval
+(:mod:`janusflow.shapes.detector`) can score without learned weights. The six GenEval
 categories are reproduced with shape names as the classes and GenEval's exact prompt phrasing
 and metadata layout, so the same scorer and aggregation run on both.
 

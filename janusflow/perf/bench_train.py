@@ -15,8 +15,9 @@ import time
 
 import jax
 
-from janusflow import flops, perf
-from janusflow.config import ExperimentConfig
+from janusflow.perf import flops
+from janusflow.perf import peak as perf
+from janusflow.configs.schema import ExperimentConfig
 from janusflow.parallel.mesh import make_mesh
 from janusflow.train.state import init_state
 from janusflow.train.step import check_finite, jit_train_step

@@ -2,7 +2,7 @@
 
 ``to_dict`` turns a (nested) frozen config dataclass into plain dicts, lists and scalars;
 ``from_dict`` rebuilds it and rejects anything it does not understand: an unknown key, or a
-value of the wrong type, raises :class:`~janusflow.config.ConfigError` naming the dotted path
+value of the wrong type, raises :class:`~janusflow.configs.schema.ConfigError` naming the dotted path
 (``model.llm.num_layers``). Fields absent from the dict take their defaults, so a checkpoint
 written before a field existed still loads. Value checks (positivity, divisibility...) are the
 dataclasses' own ``__post_init__``; this module checks types only.
@@ -15,7 +15,7 @@ import json
 import typing
 from typing import Any
 
-from janusflow.config import ConfigError
+from janusflow.configs.schema import ConfigError
 
 
 def to_dict(cfg) -> dict:

@@ -18,9 +18,9 @@ import sys
 import time
 
 from janusflow import paths
-from janusflow.config import RECIPE_PHASES as PHASES
-from janusflow.config import ConfigError
-from janusflow.config_loader import load_python_file
+from janusflow.configs.schema import RECIPE_PHASES as PHASES
+from janusflow.configs.schema import ConfigError
+from janusflow.configs.loader import load_python_file
 from janusflow.records import RecordError, iter_jsonl
 
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
@@ -115,7 +115,7 @@ def _run(path, members, workdir, overrides, log) -> dict:
             status[m["name"]] = "done"
             continue
         argv = train_argv(path, m, workdir, overrides)
-        cmd = [sys.executable, "-c", "import sys; from janusflow.cli import main; sys.exit(main())"] + argv[1:]
+        cmd = [sys.executable, "-c", "import sys; from janusflow.cli.main import main; sys.exit(main())"] + argv[1:]
         logfile = os.path.join(workdir, f"{m['name']}.log")
         log(f"[{i}/{len(members)}] {m['name']} ({m.get('what', '')}): {shlex.join(argv)}  (log: {logfile})")
         t0 = time.perf_counter()
@@ -207,7 +207,7 @@ def results_markdown(rows, title: str, command: str) -> str:
              "Generation: shapes benchmark (GenEval rules, analytic detector) of the final EMA model; "
              "understanding: accuracy on held-out shapes questions; losses: last logged values of "
              "the last training phase; cond gap: RF loss with shuffled minus correct prompts at "
-             "the smallest evaluated t (eval/conditioning.py; ~0 = the generator ignores its prompt). "
+             "the smallest evaluated t (shapes/conditioning.py; ~0 = the generator ignores its prompt). "
              "'-' = not applicable or not run.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:

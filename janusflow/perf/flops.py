@@ -7,7 +7,7 @@ in stages 1-2, the VAE). Norms, activations and softmax are left out (a few perc
 
 from __future__ import annotations
 
-from janusflow.config import GenCodecConfig, LLMConfig, ModelConfig, SiglipConfig
+from janusflow.configs.schema import GenCodecConfig, LLMConfig, ModelConfig, SiglipConfig
 
 
 def llm_forward_per_token(c: LLMConfig, context: int, with_lm_head: bool) -> float:

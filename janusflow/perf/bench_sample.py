@@ -17,8 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from janusflow import flops, perf, presets
-from janusflow.config import ModelConfig
+from janusflow.perf import flops
+from janusflow.perf import peak as perf
+from janusflow.configs import presets
+from janusflow.configs.schema import ModelConfig
 from janusflow.models.janusflow import JanusFlow
 from janusflow.models.vae import make_vae
 from janusflow.sample.generate import (check_options, decode_images, initial_noise, integrate,

@@ -97,7 +97,7 @@ def denoise_report(model, vae, cfg, *, n: int = 8, ts: Sequence[float] = DEFAULT
     import jax
     from flax import nnx
 
-    from janusflow.eval.conditioning import validation_batch
+    from janusflow.shapes.conditioning import validation_batch
     from janusflow.models.vae import decode_latents
     from janusflow.train.step import _vae_input
     mc = cfg.model

@@ -9,8 +9,8 @@ import importlib.util
 import os
 import typing
 
-from janusflow.config import ConfigError, ExperimentConfig
-from janusflow import presets
+from janusflow.configs.schema import ConfigError, ExperimentConfig
+from janusflow.configs import presets
 
 
 def load_python_file(path: str):

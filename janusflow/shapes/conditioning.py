@@ -116,7 +116,7 @@ def shape_swap_prompts(n: int, seed: int = 0):
     """``n`` one-object scenes of the shapes world, as ``(metadata, swapped_prompt)``: each
     scene's GenEval colors prompt ("a photo of a red circle") and the same prompt with the shape
     word replaced by another shape (same colour). Shapes cycle so every one appears n/6 times."""
-    from janusflow.data import shapes
+    from janusflow.shapes import world as shapes
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):
@@ -138,7 +138,7 @@ def shape_gap(model, vae, cfg, tokenizer, *, n: int = 192, ts: Sequence[float] =
 
     import jax.numpy as jnp
 
-    from janusflow.data import shapes
+    from janusflow.shapes import world as shapes
     from janusflow.data.tokenizer import generation_prompt_ids
     from janusflow.sample.generate import pad_prompts
     mc = cfg.model

@@ -23,8 +23,8 @@ PROBE_L2 = 10.0
 def probe_scenes(n: int, size: int, seed: int = 0):
     """``n`` one-object scenes, the shape gap's set (shapes cycle, colours at random): uint8
     images (n, size, size, 3), shape and colour indices."""
-    from janusflow.data import shapes
-    from janusflow.eval.conditioning import shape_swap_prompts
+    from janusflow.shapes import world as shapes
+    from janusflow.shapes.conditioning import shape_swap_prompts
     if n < 8:
         raise ValueError(f"encoder probe: need at least 8 scenes, got {n}")
     rng = np.random.default_rng([seed, 11])
@@ -76,7 +76,7 @@ def encoder_probe(tower, siglip_cfg, *, n: int = 1200, seed: int = 0) -> dict:
     """Shape and colour probe accuracies of ``tower`` and of a random tower of its config."""
     from flax import nnx
 
-    from janusflow.data import shapes
+    from janusflow.shapes import world as shapes
     from janusflow.models.siglip import SiglipVisionTower
     images, shape_ids, colour_ids = probe_scenes(n, siglip_cfg.image_size, seed)
     random_tower = SiglipVisionTower(siglip_cfg, rngs=nnx.Rngs(seed + 1))

@@ -1,8 +1,8 @@
 """GenEval-style generation benchmark over the shapes world.
 
 Same six categories, same scoring rules and aggregation as GenEval (:mod:`geneval_score`), on
-prompts of the shapes *validation* split (:func:`janusflow.data.shapes.prompt_set`), scored
-with the analytic :class:`~janusflow.eval.shapes_detector.ShapesDetector` and the pixel colour
+prompts of the shapes *validation* split (:func:`janusflow.shapes.world.prompt_set`), scored
+with the analytic :class:`~janusflow.shapes.detector.ShapesDetector` and the pixel colour
 classifier. ``generate_fn`` receives the same items as the GenEval layout writer
 (``{index, k, prompt, metadata, seed}``) and returns uint8 (B, H, W, 3), so a model
 (:func:`janusflow.eval.geneval.model_generate_fn`) and the ground-truth renderer
@@ -17,10 +17,10 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from janusflow.data import shapes
+from janusflow.shapes import world as shapes
 from janusflow.eval.geneval_layout import image_seed
 from janusflow.eval.geneval_score import ScoreParams, score_image, summarize
-from janusflow.eval.shapes_detector import ShapesColorClassifier, ShapesDetector, classify_mask
+from janusflow.shapes.detector import ShapesColorClassifier, ShapesDetector, classify_mask
 
 # Tags whose prompts ask for exactly one object: where the attribute diagnostic applies.
 ONE_OBJECT_TAGS = ("single_object", "colors")

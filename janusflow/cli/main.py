@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 
-from janusflow.config import ConfigError
+from janusflow.configs.schema import ConfigError
 
 
 def _add_config_args(p: argparse.ArgumentParser):
@@ -18,17 +18,17 @@ def _add_config_args(p: argparse.ArgumentParser):
 
 
 def _load(args):
-    from janusflow.config_loader import apply_overrides, load_config
+    from janusflow.configs.loader import apply_overrides, load_config
     return apply_overrides(load_config(args.config), args.set)
 
 
 def cmd_train(args) -> int:
     cfg = _load(args)
     if args.vae:  # the pretrained VAE, as --set train.vae_from=DIR
-        from janusflow.config import replace
+        from janusflow.configs.schema import replace
         cfg = replace(cfg, train=replace(cfg.train, vae_from=args.vae))
     if getattr(args, "platform", None):  # mesh, remat, dtype, accumulation, runtime flags
-        from janusflow.platform import apply_platform, export_env, load_platform
+        from janusflow.perf.platforms import apply_platform, export_env, load_platform
         platform = load_platform(args.platform)
         cfg = apply_platform(cfg, platform, log=print)
         export_env(platform, log=print)  # before jax starts its backend (train() is the first to use it)
@@ -46,19 +46,19 @@ def cmd_train(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from janusflow.plan import run_cli
+    from janusflow.perf.plan import run_cli
     return run_cli(args)
 
 
 def cmd_sweep(args) -> int:
-    from janusflow import sweep
+    from janusflow.train import sweep
     path, members = sweep.load_members(args.config)
     members = sweep.select(members, args.only)
     if args.print:
         for line in sweep.launch_commands(path, members, args.workdir, args.set, args.launcher):
             print(line)
         return 0
-    from janusflow.config_loader import apply_overrides, load_config
+    from janusflow.configs.loader import apply_overrides, load_config
     for m in members:  # every member's config must load before hours of training start
         apply_overrides(load_config(f"{path}:{m['arg']}"), args.set)
     status = sweep.run(path, members, args.workdir, args.set)
@@ -69,7 +69,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_bench_train(args) -> int:
-    from janusflow import bench_train
+    from janusflow.perf import bench_train
     if args.compare:
         bench_train.run_compare(_load(args), repeats=args.repeats)
     else:
@@ -78,7 +78,7 @@ def cmd_bench_train(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from janusflow.info import report
+    from janusflow.perf.info import report
     cfg = _load(args)
     print(f"experiment: {cfg.name}")
     print(report(cfg.model, seq_len=cfg.seq_len))
@@ -207,7 +207,7 @@ def cmd_chat(args) -> int:
 
 
 def cmd_bench_sample(args) -> int:
-    from janusflow import bench_sample
+    from janusflow.perf import bench_sample
     bench_sample.run(_load(args).model, batch=args.batch, steps=args.steps, repeats=args.repeats,
                      prompt_len=args.prompt_len, solver=args.solver, decode=not args.no_decode,
                      uncached=not args.no_uncached)
@@ -215,7 +215,8 @@ def cmd_bench_sample(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from janusflow.data import build, shapes_tfds
+    from janusflow.data import build
+    from janusflow.shapes import dataset as shapes_tfds
     from janusflow.data.preprocess import MAX_PIXELS
     try:
         if args.data_command == "shapes":
@@ -275,7 +276,7 @@ def cmd_data_latents(args) -> int:
 def cmd_bench_data(args) -> int:
     import json
 
-    from janusflow.bench_data import run
+    from janusflow.perf.bench_data import run
     out = run(_load(args), repeats=args.repeats, batches=args.batches, work_dir=args.work_dir,
               threads=args.threads)
     if args.json:
@@ -294,14 +295,14 @@ def cmd_eval(args) -> int:
             from janusflow.checkpoint.model_io import resolve_checkpoint
             args.checkpoint = resolve_checkpoint(args.checkpoint, lambda m: print(m, file=sys.stderr))
         if args.eval_command == "conditioning":
-            from janusflow.eval import conditioning
+            from janusflow.shapes import conditioning
             ts = tuple(float(x) for x in (args.t or ",".join(map(str, conditioning.SHAPE_GAP_TS if args.shape_swap
                                                                  else conditioning.DEFAULT_TS))).split(","))
             out = conditioning.evaluate_checkpoint(args.checkpoint, _load(args), n=args.n, ts=ts, seed=args.seed,
                                                    shape_swap=args.shape_swap)
             print(conditioning.summary(out))
         elif args.eval_command == "denoise":
-            from janusflow.eval import denoise
+            from janusflow.shapes import denoise
             ts = tuple(float(x) for x in args.t.split(","))
             if os.path.exists(args.out) and not args.force:
                 print(f"error: --out {args.out} exists; pass --force to replace it", file=sys.stderr)
@@ -311,7 +312,7 @@ def cmd_eval(args) -> int:
             print(denoise.summary(out))
             print(f"wrote {args.out} (rows: clean, then t = {args.t}; each cell z_t | x_hat)")
         elif args.eval_command == "trajectory":
-            from janusflow.eval import denoise
+            from janusflow.shapes import denoise
             if os.path.exists(args.out) and not args.force:
                 print(f"error: --out {args.out} exists; pass --force to replace it", file=sys.stderr)
                 return 2
@@ -324,7 +325,7 @@ def cmd_eval(args) -> int:
             out = {"t": ts, "out": args.out}
         elif args.eval_command == "encoder":
             from janusflow.checkpoint.model_io import load_model
-            from janusflow.eval import encoder_probe
+            from janusflow.shapes import encoder_probe
             model, mcfg = load_model(args.checkpoint)
             if not mcfg.uses_siglip:
                 print(f"janusflow eval encoder: error: {args.checkpoint} has no SigLIP encoder "
@@ -333,7 +334,7 @@ def cmd_eval(args) -> int:
             out = encoder_probe.encoder_probe(model.und_encoder, mcfg.siglip, n=args.n, seed=args.seed)
             print(encoder_probe.summary(out))
         elif args.eval_command == "shapes":
-            from janusflow.eval import shapes_bench
+            from janusflow.shapes import bench as shapes_bench
             if args.ground_truth:
                 fn = shapes_bench.ground_truth_generate_fn(args.size)
             elif args.checkpoint:
@@ -487,7 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--allow-incomplete", action="store_true")
     q.set_defaults(func=cmd_eval)
     q = esub.add_parser("conditioning", help="does the generator read its prompt? RF loss with shuffled "
-                        "minus correct prompts on validation examples (eval/conditioning.py)")
+                        "minus correct prompts on validation examples (shapes/conditioning.py)")
     q.add_argument("--checkpoint", required=True, help="a saved model directory (e.g. WORKDIR/stage3/model_ema)")
     _add_config_args(q)
     q.add_argument("--n", type=int, default=64, help="validation examples")
@@ -498,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=cmd_eval)
     q = esub.add_parser("denoise", help="one-step denoising grid: x_hat = z_t + (1-t) v for validation images "
-                        "noised to several t (eval/denoise.py)")
+                        "noised to several t (shapes/denoise.py)")
     q.add_argument("--checkpoint", required=True, help="a saved model directory (e.g. WORKDIR/stage3/model_ema)")
     _add_config_args(q)
     q.add_argument("--out", required=True, help="PNG to write")
@@ -508,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=cmd_eval)
     q = esub.add_parser("trajectory", help="the sampler's Euler + CFG path from noise: z and x_hat = z + (1-t) v "
-                        "at chosen steps, one column per prompt (eval/denoise.py)")
+                        "at chosen steps, one column per prompt (shapes/denoise.py)")
     q.add_argument("--checkpoint", required=True, help="a saved model directory (e.g. WORKDIR/stage3/model_ema)")
     q.add_argument("--out", required=True, help="PNG to write")
     q.add_argument("--force", action="store_true", help="replace an existing --out file")
@@ -519,7 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=cmd_eval)
     q = esub.add_parser("encoder", help="what the SigLIP encoder (REPA's target) knows: ridge probes of shape "
-                        "and colour on one-object scenes, beside a random tower's (eval/encoder_probe.py)")
+                        "and colour on one-object scenes, beside a random tower's (shapes/encoder_probe.py)")
     q.add_argument("--checkpoint", required=True, help="a saved model directory (e.g. WORKDIR/stage3/model_ema)")
     q.add_argument("--n", type=int, default=1200, help="one-object scenes (3/4 fit the probe, 1/4 score it)")
     q.add_argument("--seed", type=int, default=0)

@@ -1,7 +1,7 @@
 """Model configuration: frozen dataclasses, validated at construction.
 
 Experiment files (``experiments/*.py``) build these through ``get_config(arg)``; the named
-model presets (``tiny``, ``janusflow_1_3b``) live in :mod:`janusflow.presets`. Every field that
+model presets (``tiny``, ``janusflow_1_3b``) live in :mod:`janusflow.configs.presets`. Every field that
 the released checkpoint's ``config.json`` settles (FFN size, vocab, rope theta, eps, SigLIP
 ``select_layer``, gen-codec kernel/stride) is a field here, so the importer can fill it in.
 """

@@ -6,8 +6,8 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from janusflow import flops
-from janusflow.config import ModelConfig
+from janusflow.perf import flops
+from janusflow.configs.schema import ModelConfig
 from janusflow.models.janusflow import JanusFlow
 
 # attribute in our module -> the official checkpoint prefix it corresponds to

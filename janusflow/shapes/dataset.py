@@ -1,6 +1,6 @@
 """``janusflow_shapes``: the built-in TFDS dataset, generated on the machine (no download).
 
-Each example is one scene of :mod:`janusflow.data.shapes` (1-4 flat shapes, 6 classes, the 10
+Each example is one scene of :mod:`janusflow.shapes.world` (1-4 flat shapes, 6 classes, the 10
 GenEval colours) with its generation caption in a GenEval category, understanding QA pairs,
 a plain-text description (for the text stream), the ground-truth objects and the GenEval
 metadata. Examples cycle through the six categories, so each is 1/6 of a split.
@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from janusflow.data import shapes
+from janusflow.shapes import world as shapes
 
 SPLIT_IDS = {"train": 0, "validation": 1}
 

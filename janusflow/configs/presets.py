@@ -6,7 +6,7 @@ fields marked UNCONFIRMED there are overwritten from ``config.json`` when weight
 
 from __future__ import annotations
 
-from janusflow.config import (ConfigError, GenCodecConfig, LLMConfig, ModelConfig, SiglipConfig,
+from janusflow.configs.schema import (ConfigError, GenCodecConfig, LLMConfig, ModelConfig, SiglipConfig,
                               VAEConfig)
 
 

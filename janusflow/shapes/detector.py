@@ -27,7 +27,7 @@ import functools
 import numpy as np
 from scipy import ndimage
 
-from janusflow.data.shapes import BACKGROUND, COLORS, PALETTE, SHAPES, shape_mask
+from janusflow.shapes.world import BACKGROUND, COLORS, PALETTE, SHAPES, shape_mask
 from janusflow.eval.geneval_score import Det
 
 _REF = np.asarray([PALETTE[c] for c in COLORS] + [BACKGROUND], np.float32)  # bg is the last row

@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from janusflow.config import ConfigError, ExperimentConfig, MeshConfig
+from janusflow.configs.schema import ConfigError, ExperimentConfig, MeshConfig
 
 
 @dataclass(frozen=True)
@@ -196,7 +196,7 @@ def load_platform(spec: str) -> Platform:
         raise ConfigError(f"{path} defines no get_platform()")
     platform = module.get_platform()
     if not isinstance(platform, Platform):
-        raise ConfigError(f"{path}: get_platform must return a janusflow.platform.Platform, "
+        raise ConfigError(f"{path}: get_platform must return a janusflow.perf.platforms.Platform, "
                           f"got {type(platform).__name__}")
     return override(platform, arg) if arg else platform
 
