@@ -23,7 +23,7 @@ of unified pre-training (stage 2, batch 512), started from a stage-1 model given
 from janusflow.configs.schema import ConfigError, ExperimentConfig, OptimConfig, TrainConfig, replace
 from janusflow.configs.loader import load_config
 from janusflow.data.mixing import with_task_ratios
-from janusflow.data.pipeline import DataConfig, SourceConfig
+from janusflow.configs.data import DataConfig, SourceConfig
 from janusflow.configs.presets import janusflow_1_3b
 
 MEMBERS = ("A", "B", "C", "D", "E", "F")

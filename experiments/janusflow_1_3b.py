@@ -31,7 +31,7 @@ step). ``janusflow data lengths`` reports what each cut drops on a dataset.
 
 from janusflow.configs.schema import ConfigError, ExperimentConfig, OptimConfig, TrainConfig
 from janusflow.data.mixing import with_ratio_schedule, with_task_ratios
-from janusflow.data.pipeline import DataConfig, SourceConfig
+from janusflow.configs.data import DataConfig, SourceConfig
 from janusflow.data.step_budget import paper_rows
 from janusflow.configs.presets import janusflow_1_3b
 

@@ -11,8 +11,8 @@ import dataclasses
 
 from janusflow.configs.schema import (ConfigError, ExperimentConfig, GenCodecConfig, LossConfig, MeshConfig, OptimConfig,
                               RecipeConfig, TrainConfig)
-from janusflow.data.pipeline import SHAPES_32, DataConfig
-from janusflow.data.sources import SourceConfig
+from janusflow.configs.data import DataConfig, SHAPES_32
+from janusflow.configs.data import SourceConfig
 from janusflow.configs.presets import tiny
 
 

@@ -11,9 +11,9 @@ from flax import nnx
 
 from janusflow.configs import presets
 from janusflow.configs.schema import ExperimentConfig, TrainConfig
-from janusflow.data.pipeline import DataConfig
+from janusflow.configs.data import DataConfig
 from janusflow.shapes.dataset import build_shapes, shapes_config
-from janusflow.data.sources import SourceConfig
+from janusflow.configs.data import SourceConfig
 from janusflow.shapes import conditioning
 from janusflow.models.janusflow import JanusFlow
 from janusflow.models.vae import make_vae

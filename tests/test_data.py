@@ -13,9 +13,11 @@ from janusflow.configs.schema import ExperimentConfig, TrainConfig
 from janusflow.shapes import world as shapes
 from janusflow.data import preprocess as pp
 from janusflow.data.mixing import task_batch_sizes, with_task_ratios
-from janusflow.data.pipeline import DataConfig, make_pipeline, shapes_tokenizer
+from janusflow.configs.data import DataConfig
+from janusflow.data.pipeline import make_pipeline, shapes_tokenizer
 from janusflow.shapes.dataset import build_shapes, make_example, shapes_config
-from janusflow.data.sources import SourceConfig, open_source, shard_bounds, task_dataset
+from janusflow.configs.data import SourceConfig
+from janusflow.data.sources import open_source, shard_bounds, task_dataset
 from janusflow.configs.presets import tiny
 from janusflow.train.synthetic import synthetic_batch
 

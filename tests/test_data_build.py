@@ -8,8 +8,10 @@ from PIL import Image
 
 from janusflow.cli.main import main
 from janusflow.configs.schema import ExperimentConfig, TrainConfig
-from janusflow.data.pipeline import DataConfig, make_pipeline, shapes_tokenizer
-from janusflow.data.sources import SourceConfig, open_source
+from janusflow.configs.data import DataConfig
+from janusflow.data.pipeline import make_pipeline, shapes_tokenizer
+from janusflow.configs.data import SourceConfig
+from janusflow.data.sources import open_source
 from janusflow.configs.presets import tiny
 
 

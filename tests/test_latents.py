@@ -17,9 +17,11 @@ from janusflow.cli.main import main
 from janusflow.configs.schema import ExperimentConfig, OptimConfig, TrainConfig
 from janusflow.data import latents as lat_mod
 from janusflow.data import preprocess as pp
-from janusflow.data.pipeline import DataConfig, make_pipeline, shapes_tokenizer
+from janusflow.configs.data import DataConfig
+from janusflow.data.pipeline import make_pipeline, shapes_tokenizer
 from janusflow.shapes.dataset import build_shapes, shapes_config
-from janusflow.data.sources import SourceConfig, open_source
+from janusflow.configs.data import SourceConfig
+from janusflow.data.sources import open_source
 from janusflow.models.vae import encode_latents, make_vae
 from janusflow.parallel.mesh import make_mesh
 from janusflow.train.state import make_init, merge_vae, state_shardings

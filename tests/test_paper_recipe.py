@@ -15,9 +15,11 @@ from janusflow.configs.schema import ConfigError, ExperimentConfig, LossConfig, 
 from janusflow.configs.loader import load_config
 from janusflow.data import lengths
 from janusflow.data.mixing import task_batches_at
-from janusflow.data.pipeline import DataConfig, UndProcessor, processors, shapes_tokenizer, whole_turns_end
+from janusflow.configs.data import DataConfig
+from janusflow.data.pipeline import UndProcessor, processors, shapes_tokenizer, whole_turns_end
 from janusflow.shapes.dataset import build_shapes, shapes_config
-from janusflow.data.sources import SourceConfig, open_source
+from janusflow.configs.data import SourceConfig
+from janusflow.data.sources import open_source
 from janusflow.data.step_budget import PAPER_BATCH, PAPER_SEQ_LEN, PAPER_STEPS, format_budget, step_budget
 from janusflow.data.tokenizer import SYSTEM_PROMPT, conversation_example
 from janusflow.models.janusflow import JanusFlow

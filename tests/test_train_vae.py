@@ -15,8 +15,8 @@ from janusflow.cli import main as cli
 from janusflow.configs import presets
 from janusflow.checkpoint.torch_layout import export_state_dict
 from janusflow.configs.schema import ConfigError, ExperimentConfig, MeshConfig, OptimConfig, TrainConfig
-from janusflow.data.pipeline import DataConfig
-from janusflow.data.sources import SourceConfig
+from janusflow.configs.data import DataConfig
+from janusflow.configs.data import SourceConfig
 from janusflow.models.vae import torch_key_map
 from janusflow.parallel.mesh import make_mesh
 from janusflow.train import loop

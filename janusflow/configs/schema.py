@@ -13,13 +13,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional
 
-# The data pipeline's config is plain dataclasses (pipeline.py imports nothing heavy at module
-# level), so it is part of the experiment config and takes --set data.gen.name=... overrides.
-from janusflow.data.pipeline import DataConfig
-
-
-class ConfigError(ValueError):
-    """A config field has a bad value; the message names the field."""
+from janusflow.configs.data import DataConfig
+from janusflow.configs.errors import ConfigError
 
 
 def _check(cond: bool, name: str, msg: str):

@@ -146,9 +146,9 @@ def _skip_image_decoding(features, image_key: str):
     """Decoders that keep every top-level image (and the configured one) as its encoded bytes:
     they are copied, never re-encoded."""
     import tensorflow_datasets as tfds
-    from janusflow.data.sources import _decoders
+    from janusflow.data.sources import image_decoders
     dec = {k: tfds.decode.SkipDecoding() for k, f in features.items() if isinstance(f, tfds.features.Image)}
-    nested = _decoders(features, image_key) or {}
+    nested = image_decoders(features, image_key) or {}
     for k, v in nested.items():
         dec.setdefault(k, v)
     return dec
@@ -167,7 +167,7 @@ def build_latents(cfg, out: str, split: str = "train", batch: int = 8, name: str
     import tensorflow_datasets as tfds
     from flax import nnx
     from janusflow.data import preprocess as pp
-    from janusflow.data.build import _build, _check_name
+    from janusflow.data.build import write_dataset, check_dataset_name
     from janusflow.data.sources import get_field, open_builder
     from janusflow.models.vae import encode_latents
 
@@ -189,7 +189,7 @@ def build_latents(cfg, out: str, split: str = "train", batch: int = 8, name: str
     if not splits:
         raise ValueError(f"--split {split!r} names no split")
     name = name or _default_name(source_builder)
-    _check_name(name)
+    check_dataset_name(name)
     decoders = _skip_image_decoding(features, src.image)
     try:
         sources = {s: source_builder.as_data_source(split=s, decoders=decoders) for s in splits}
@@ -247,7 +247,7 @@ def build_latents(cfg, out: str, split: str = "train", batch: int = 8, name: str
         **{k: features[k] for k in features.keys()},
         FEATURE: tfds.features.Tensor(shape=shape, dtype=np.float32,
                                       doc="encode_latents(vae, image): scaled posterior mean")})
-    path, _ = _build(name, feats, {out_names[s]: generate(s) for s in splits}, out,
+    path, _ = write_dataset(name, feats, {out_names[s]: generate(s) for s in splits}, out,
                      f"VAE latents of {src.name} ({split}), by janusflow data latents", stats, log)
     written = {k[len("written_"):]: v for k, v in stats.items() if k.startswith("written_")}
     meta = {"format": FORMAT_VERSION, "vae": vae_fields(m.vae), "image_size": size,

@@ -62,9 +62,10 @@ def run(cfg, repeats: int = 3, batches: int = 10, work_dir: str | None = None, t
         n_photos: int = 256, log=print) -> dict:
     from janusflow.configs.schema import ExperimentConfig, TrainConfig
     from janusflow.data.build import build_image_text
-    from janusflow.data.pipeline import DataConfig, make_pipeline
+    from janusflow.configs.data import DataConfig
+    from janusflow.data.pipeline import make_pipeline
     from janusflow.shapes.dataset import build_shapes, shapes_config
-    from janusflow.data.sources import SourceConfig
+    from janusflow.configs.data import SourceConfig
     from janusflow.configs.presets import janusflow_1_3b
 
     out = {}

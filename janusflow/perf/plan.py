@@ -53,14 +53,14 @@ def abstract_batch(cfg: ExperimentConfig) -> dict:
 
     import jax
 
-    from janusflow.data.pipeline import _outputs, und_row_len
+    from janusflow.data.pipeline import task_outputs, und_row_len
     from janusflow.train.synthetic import synthetic_batch
 
     m, t, d = cfg.model, cfg.train, cfg.data
     one = dataclasses.replace(cfg, train=dataclasses.replace(
         t, und_batch=min(t.und_batch, 1), gen_batch=min(t.gen_batch, 1), text_batch=min(t.text_batch, 1)))
     example = synthetic_batch(one, prompt_len=d.prompt_len, text_len=d.text_len)
-    outputs = _outputs(cfg, d)
+    outputs = task_outputs(cfg, d)
     drop = {"und": set() if outputs["und_pixels"] else {"pixels"},
             "gen": set() if outputs["repa"] else {"repa_pixels"}}
     if not outputs["und_vae"]:

@@ -169,7 +169,7 @@ def tokenizer_prompt(tokenizer, question: str, num_image_tokens: int, system_pro
     """(ids, image_mask) of the understanding prompt up to ``Assistant:`` from the shared
     template (``janusflow.data.tokenizer``): the training example cut where the answer starts."""
     from janusflow.data import tokenizer as tok_mod
-    system = tok_mod.SYSTEM_PROMPT if system_prompt is None else system_prompt
+    system = SYSTEM_PROMPT if system_prompt is None else system_prompt
     ids, image_mask, loss_mask = tok_mod.understanding_example(tokenizer, question, "",
                                                                num_image_tokens, system)
     cut = int(np.argmax(loss_mask))

@@ -99,12 +99,12 @@ def denoise_report(model, vae, cfg, *, n: int = 8, ts: Sequence[float] = DEFAULT
 
     from janusflow.shapes.conditioning import validation_batch
     from janusflow.models.vae import decode_latents
-    from janusflow.train.step import _vae_input
+    from janusflow.train.step import vae_input
     mc = cfg.model
     if not mc.gen_enabled:
         raise ValueError("the denoising grid needs a model with a generation path (gen_enabled=False)")
     g = validation_batch(cfg, n, seed)["gen"]
-    x = _vae_input(vae, mc.vae, g, "images", "latents")
+    x = vae_input(vae, mc.vae, g, "images", "latents")
     z0 = jax.random.normal(jax.random.key(seed), x.shape, x.dtype)
 
     @nnx.jit
