@@ -253,7 +253,7 @@ def test_launch_dry_run_prints_all_worker_commands():
                for ln in gcloud)
     assert " scp " in gcloud[0] and "pip install" in gcloud[2]
     train = gcloud[-1]
-    for part in ("janusflow.cli.main train", "--config experiments/janusflow_1_3b.py:stage=2",
+    for part in ("janusflow.cli train", "--config experiments/janusflow_1_3b.py:stage=2",
                  "--platform tpu_configs/v5p_64.py", "--workdir gs://bkt/jf/stage2",
                  "--set train.init_from=gs://bkt/jf/stage1", "--set train.log_every=50",
                  "export LIBTPU_INIT_ARGS=", "--xla_tpu_enable_async_collective_fusion=true",

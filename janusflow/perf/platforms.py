@@ -134,7 +134,7 @@ class Platform:
 
 
 # ----------------------------------------------------------------------------- loading
-TPU_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tpu_configs")
+TPU_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "tpu_configs")
 
 
 def _parse_value(raw: str, current, key: str):
