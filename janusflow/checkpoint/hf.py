@@ -46,6 +46,7 @@ from janusflow.models import gen_codec as gen_codec_mod
 from janusflow.models import llm as llm_mod
 from janusflow.models import siglip as siglip_mod
 from janusflow.models import vae as vae_mod
+from janusflow.models.build import abstract_model, build_vae
 
 __all__ = ["CheckpointMismatch", "TensorSource", "iter_tensors", "is_hf_dir", "stream_load",
            "model_config_from_hf", "read_model_config", "hf_config_from_model_config",
@@ -653,11 +654,6 @@ def _jnp_dtype(dtype):
     return jnp.dtype(dtype)
 
 
-def abstract_model(cfg: ModelConfig):
-    """The model with abstract parameters (shapes only; nothing initialised or allocated)."""
-    from janusflow.models.janusflow import JanusFlow
-    return nnx.eval_shape(lambda: JanusFlow(cfg, rngs=nnx.Rngs(0)))
-
 
 def init_training_only(model, cfg: ModelConfig, dtype=None, seed: int = 0) -> list[str]:
     """Give the training-only parts of an abstract-loaded model their random initialisation.
@@ -906,7 +902,7 @@ def load_vae(path: str, dtype: str = "float32", *, progress: Progress = None):
     jdt = _jnp_dtype(dtype)
     vcfg = vae_config_from_diffusers(_read_json(os.path.join(path, "config.json")))
     compute = jnp.bfloat16 if dtype == "bfloat16" else None
-    vae = nnx.eval_shape(lambda: vae_mod.make_vae(vcfg, rngs=nnx.Rngs(0), dtype=compute))
+    vae = build_vae(vcfg, dtype=compute, abstract=True)
     stream_load(vae, TensorSource(path, DIFFUSERS_FILES), vae_mod.torch_key_map(vcfg), dtype=jdt,
                 rename=lambda k, a: next(iter(vae_mod.normalize_vae_keys({k: a}).items())),
                 progress=progress)

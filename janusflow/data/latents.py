@@ -117,7 +117,7 @@ def load_vae_params(cfg, vae_dir: str | None = None):
     ``model.vae_random_ok`` allows it -- the random VAE a fresh run of the experiment builds."""
     from flax import nnx
     from janusflow.configs.schema import ConfigError
-    from janusflow.models.vae import make_vae
+    from janusflow.models.build import build_vae
     from janusflow.train.state import random_vae_params, vae_params
     from janusflow.train.vae_source import load_vae_module
     vae_dir = vae_dir or cfg.train.vae_from
@@ -131,7 +131,7 @@ def load_vae_params(cfg, vae_dir: str | None = None):
                           "--vae DIR (a diffusers AutoencoderKL directory such as stabilityai/sdxl-vae) or "
                           "set train.vae_from, or model.vae_random_ok=true if a random VAE is intended")
     # The VAE a fresh run builds (its own RNG stream, train/state.py), without the model.
-    gd, _ = nnx.split(nnx.eval_shape(lambda: make_vae(cfg.model.vae, rngs=nnx.Rngs(0))), nnx.Param)
+    gd, _ = nnx.split(build_vae(cfg.model.vae, abstract=True), nnx.Param)
     return gd, random_vae_params(cfg), f"initialised by a fresh run of {cfg.name!r} (train.seed={cfg.train.seed})"
 
 

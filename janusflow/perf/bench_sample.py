@@ -22,7 +22,7 @@ from janusflow.perf import peak as perf
 from janusflow.configs import presets
 from janusflow.configs.schema import ModelConfig
 from janusflow.models.janusflow import JanusFlow
-from janusflow.models.vae import make_vae
+from janusflow.models.build import abstract_model, build_vae
 from janusflow.sample.generate import (check_options, decode_images, initial_noise, integrate,
                                        latent_shape, max_prompt_len)
 
@@ -51,11 +51,11 @@ def _fill(abstract, seed: int, std: float):
 
 def random_model(cfg: ModelConfig, seed: int = 0, std: float = 0.02) -> JanusFlow:
     """A JanusFlow with random N(0, std) matrices, unit norm scales and zero biases."""
-    return _fill(nnx.eval_shape(lambda: JanusFlow(cfg, rngs=nnx.Rngs(0))), seed, std)
+    return _fill(abstract_model(cfg), seed, std)
 
 
 def random_vae(cfg: ModelConfig, seed: int = 0, std: float = 0.02):
-    return _fill(nnx.eval_shape(lambda: make_vae(cfg.vae, rngs=nnx.Rngs(0))), seed, std)
+    return _fill(build_vae(cfg.vae, abstract=True), seed, std)
 
 
 def _g(x: float) -> str:

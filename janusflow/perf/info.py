@@ -8,7 +8,7 @@ from flax import nnx
 
 from janusflow.perf import flops
 from janusflow.configs.schema import ModelConfig
-from janusflow.models.janusflow import JanusFlow
+from janusflow.models.build import abstract_model
 
 # attribute in our module -> the official checkpoint prefix it corresponds to
 OFFICIAL_NAMES = {
@@ -25,9 +25,6 @@ OFFICIAL_NAMES = {
     "repa_projector": "(training only, not in the checkpoint)",
 }
 
-
-def abstract_model(cfg: ModelConfig) -> JanusFlow:
-    return nnx.eval_shape(lambda: JanusFlow(cfg, rngs=nnx.Rngs(0)))
 
 
 def _size(tree) -> int:

@@ -58,8 +58,8 @@ def siglip_data_cfg(cfg: ExperimentConfig) -> ExperimentConfig:
 def _save_init(cfg: ExperimentConfig, siglip_params: dict, out: str, log):
     """A fresh model whose SigLIP tower holds the pre-trained weights."""
     from janusflow.checkpoint.model_io import save_model
-    from janusflow.models.janusflow import JanusFlow
-    model = nnx.jit(lambda: JanusFlow(cfg.model, rngs=nnx.Rngs(cfg.train.seed)))()
+    from janusflow.models.build import build_model
+    model = nnx.jit(lambda: build_model(cfg.model, seed=cfg.train.seed))()
     if siglip_params is None:   # a model without SigLIP: nothing was pre-trained
         save_model(out, model, cfg.model, loop.run_tokenizer(cfg))
         log(f"saved the initial model to {out}")

@@ -19,7 +19,7 @@ from jax.sharding import Mesh
 
 from janusflow.configs.schema import ExperimentConfig, OptimConfig
 from janusflow.models.janusflow import JanusFlow
-from janusflow.models.vae import make_vae
+from janusflow.models import build as model_build
 from janusflow.parallel.rules import experiment_rules, param_shardings, replicated
 
 # Paper Table 1. Stage 1 trains what is newly initialised (aligners, gen codec, and the new
@@ -74,7 +74,7 @@ VAE_STREAM = 0x5DA1
 
 
 def build_model(cfg: ExperimentConfig, seed: int) -> JanusFlow:
-    return JanusFlow(cfg.model, rngs=nnx.Rngs(seed))
+    return model_build.build_model(cfg.model, seed=seed)
 
 
 def build_vae(cfg: ExperimentConfig, seed: int):
@@ -82,7 +82,7 @@ def build_vae(cfg: ExperimentConfig, seed: int):
     ``train.vae_from`` names the pretrained one), computing in ``train.vae_dtype``."""
     key = jax.random.fold_in(jax.random.key(seed), VAE_STREAM)
     dtype = jnp.bfloat16 if cfg.train.vae_dtype == "bfloat16" else None
-    return make_vae(cfg.model.vae, rngs=nnx.Rngs(key), dtype=dtype)
+    return model_build.build_vae(cfg.model.vae, seed=key, dtype=dtype)
 
 
 def _build(cfg: ExperimentConfig, seed: int):
