@@ -388,7 +388,7 @@ def test_export_loads_strictly_into_official_torch_modules(tmp_path, loaded, sd)
     hfm = tf.SiglipVisionModel(tf.SiglipVisionConfig(
         hidden_size=s.width, intermediate_size=s.mlp_dim, num_hidden_layers=s.num_layers,
         num_attention_heads=s.num_heads, image_size=s.image_size, patch_size=s.patch_size))
-    from janusflow.models.siglip import hf_siglip_to_timm_state_dict
+    from janusflow.checkpoint.key_maps import hf_siglip_to_timm_state_dict
     hsd = {k: v for k, v in hfm.state_dict().items() if "position_ids" not in k}
     timm = hf_siglip_to_timm_state_dict(hsd, s, hf_prefix=next(k for k in hsd if "patch_embedding" in k).split("embeddings")[0])
     vt = part("vision_und_enc_model.vision_tower.")
@@ -522,7 +522,8 @@ def test_load_llama_dir(tmp_path, loaded):
 def test_load_siglip_layouts(tmp_path, loaded, sd):
     torch = pytest.importorskip("torch")
     tf = pytest.importorskip("transformers")
-    from janusflow.models.siglip import SiglipVisionTower, export_hf_siglip
+    from janusflow.checkpoint.key_maps import export_hf_siglip
+    from janusflow.models.siglip import SiglipVisionTower
     s = CFG.siglip
     torch.manual_seed(0)
     ref = tf.SiglipVisionModel(tf.SiglipVisionConfig(
@@ -548,7 +549,7 @@ def test_load_siglip_layouts(tmp_path, loaded, sd):
     assert hf.load_siglip_into(t2, pref, layout="hf") == "hf"
     # bare timm layout, and the JanusFlow layout inside a full checkpoint directory
     from janusflow.checkpoint.torch_layout import export_state_dict
-    from janusflow.models.siglip import torch_key_map
+    from janusflow.checkpoint.key_maps import siglip_key_map as torch_key_map
     timm = export_state_dict(tower, torch_key_map(s))
     model = nnx.clone(loaded[0])
     assert hf.load_siglip_into(model, timm) == "timm"

@@ -8,7 +8,8 @@ from flax import nnx
 
 from janusflow.configs import presets
 from janusflow.checkpoint.torch_layout import export_state_dict, load_state_dict
-from janusflow.models.llm import LLM, KVCache, torch_key_map
+from janusflow.checkpoint.key_maps import llm_key_map as torch_key_map
+from janusflow.models.llm import LLM, KVCache
 
 CFG = presets.tiny().llm
 

@@ -10,9 +10,10 @@ from flax import nnx
 
 from janusflow.checkpoint.torch_layout import CheckpointMismatch, export_state_dict, load_state_dict
 from janusflow.configs.schema import SiglipConfig
-from janusflow.models.siglip import (SiglipVisionTower, export_hf_siglip, hf_siglip_key_map,
-                                     hf_siglip_to_timm_state_dict, load_hf_siglip, normalize,
-                                     timm_to_hf_siglip_state_dict, torch_key_map)
+from janusflow.checkpoint.key_maps import (export_hf_siglip, hf_siglip_key_map, hf_siglip_to_timm_state_dict,
+                                           load_hf_siglip, timm_to_hf_siglip_state_dict)
+from janusflow.checkpoint.key_maps import siglip_key_map as torch_key_map
+from janusflow.models.siglip import SiglipVisionTower, normalize
 
 TINY = SiglipConfig(image_size=32, patch_size=4, width=32, num_layers=3, num_heads=2, mlp_ratio=2.0)
 

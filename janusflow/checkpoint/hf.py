@@ -37,15 +37,12 @@ from numpy.lib.stride_tricks import as_strided
 
 from janusflow import paths
 from janusflow.configs import io as config_io
+from janusflow.checkpoint import key_maps
 from janusflow.checkpoint.precheck import all_finite, check_config_against_headers, weight_files_name
 from janusflow.checkpoint.torch_layout import (CheckpointMismatch, flat_params, load_state_dict,
                                                to_ours, to_torch)
 from janusflow.configs.schema import ConfigError, GenCodecConfig, LLMConfig, ModelConfig, SiglipConfig, VAEConfig
 from janusflow.records import RecordError, read_json_object
-from janusflow.models import gen_codec as gen_codec_mod
-from janusflow.models import llm as llm_mod
-from janusflow.models import siglip as siglip_mod
-from janusflow.models import vae as vae_mod
 from janusflow.models.build import abstract_model, build_vae
 
 __all__ = ["CheckpointMismatch", "TensorSource", "iter_tensors", "is_hf_dir", "stream_load",
@@ -625,13 +622,13 @@ def janusflow_key_map(cfg: ModelConfig) -> dict:
         m[f"{tkey}.weight"] = ((root, "kernel"), "linear")
         m[f"{tkey}.bias"] = ((root, "bias"), "plain")
 
-    add(llm_mod.torch_key_map(cfg.llm, "language_model."), "language_model")
-    add(siglip_mod.torch_key_map(cfg.siglip, "vision_und_enc_model.vision_tower."), "und_encoder")
+    add(key_maps.llm_key_map(cfg.llm, "language_model."), "language_model")
+    add(key_maps.siglip_key_map(cfg.siglip, "vision_und_enc_model.vision_tower."), "und_encoder")
     linear("vision_und_enc_aligner", "und_aligner")
     m["beg_of_und_embed"] = (("beg_of_und_embed",), "squeeze:1,-1")
-    add(gen_codec_mod.torch_key_map_encoder(cfg.gen_codec, "vision_gen_enc_model."), "gen_encoder")
+    add(key_maps.gen_encoder_key_map(cfg.gen_codec, "vision_gen_enc_model."), "gen_encoder")
     linear("vision_gen_enc_aligner", "gen_aligner")
-    add(gen_codec_mod.torch_key_map_decoder(cfg.gen_codec, "vision_gen_dec_model."), "gen_decoder")
+    add(key_maps.gen_decoder_key_map(cfg.gen_codec, "vision_gen_dec_model."), "gen_decoder")
     m["vision_gen_dec_aligner_norm.weight"] = (("gen_decoder_norm", "scale"), "plain")
     linear("vision_gen_dec_aligner", "gen_decoder_aligner")
     return m
@@ -807,7 +804,7 @@ def load_llama_into(model, path: str, *, dtype=None, progress: Progress = None) 
             bad.append(f"{_LLM_HF_NAMES.get(f.name, f.name)}={a!r} but cfg.llm.{f.name}={b!r}")
     if bad:
         raise ConfigError(f"{path}/config.json does not match the model: " + "; ".join(bad))
-    stream_load(llm, TensorSource(path), llm_mod.torch_key_map(cfg, ""), dtype=_jnp_dtype(dtype),
+    stream_load(llm, TensorSource(path), key_maps.llm_key_map(cfg, ""), dtype=_jnp_dtype(dtype),
                 ignore=_derived_buffer, progress=progress)
 
 
@@ -846,9 +843,9 @@ def load_siglip_into(model, src, layout: str = "auto", *, dtype=None, progress: 
     if chosen == "hf":
         # q/k/v are separate in HF and fused in timm: convert the tower in memory (~1.2 GB fp32).
         sd = dict(source.iter(mine))
-        timm_sd = siglip_mod.hf_siglip_to_timm_state_dict(sd, cfg, hf_prefix=prefix)
+        timm_sd = key_maps.hf_siglip_to_timm_state_dict(sd, cfg, hf_prefix=prefix)
         del sd
-        load_state_dict(tower, timm_sd, siglip_mod.torch_key_map(cfg), dtype=_jnp_dtype(dtype))
+        load_state_dict(tower, timm_sd, key_maps.siglip_key_map(cfg), dtype=_jnp_dtype(dtype))
         return chosen
 
     def ignore(k):
@@ -859,7 +856,7 @@ def load_siglip_into(model, src, layout: str = "auto", *, dtype=None, progress: 
             i = rest.split(".")[1]
             return i.isdigit() and cfg.depth <= int(i) < cfg.num_layers
         return rest.startswith("attn_pool.") and not cfg.attn_pool
-    stream_load(tower, source, siglip_mod.torch_key_map(cfg, prefix), dtype=_jnp_dtype(dtype),
+    stream_load(tower, source, key_maps.siglip_key_map(cfg, prefix), dtype=_jnp_dtype(dtype),
                 ignore=ignore, progress=progress)
     return chosen
 
@@ -903,7 +900,7 @@ def load_vae(path: str, dtype: str = "float32", *, progress: Progress = None):
     vcfg = vae_config_from_diffusers(_read_json(os.path.join(path, "config.json")))
     compute = jnp.bfloat16 if dtype == "bfloat16" else None
     vae = build_vae(vcfg, dtype=compute, abstract=True)
-    stream_load(vae, TensorSource(path, DIFFUSERS_FILES), vae_mod.torch_key_map(vcfg), dtype=jdt,
-                rename=lambda k, a: next(iter(vae_mod.normalize_vae_keys({k: a}).items())),
+    stream_load(vae, TensorSource(path, DIFFUSERS_FILES), key_maps.vae_key_map(vcfg), dtype=jdt,
+                rename=lambda k, a: next(iter(key_maps.normalize_vae_keys({k: a}).items())),
                 progress=progress)
     return vae, vcfg

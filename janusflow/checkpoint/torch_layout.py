@@ -1,6 +1,6 @@
 """Mapping between PyTorch state dicts (official key names) and NNX parameter trees.
 
-Every model module exposes ``torch_key_map(cfg, prefix) -> {torch_key: (nnx_path, transform)}``.
+The key maps (:mod:`janusflow.checkpoint.key_maps`) are ``{torch_key: (nnx_path, transform)}``.
 This file holds the transforms and the two generic directions, so that each model states its
 layout once and import/export can never disagree. Transforms are exact (transposes and
 reshapes only), so import followed by export is bit-identical.
