@@ -21,7 +21,8 @@ from janusflow.shapes.dataset import build_shapes, shapes_config
 from janusflow.configs.data import SourceConfig
 from janusflow.data.sources import open_source
 from janusflow.data.step_budget import PAPER_BATCH, PAPER_SEQ_LEN, PAPER_STEPS, format_budget, step_budget
-from janusflow.data.tokenizer import SYSTEM_PROMPT, conversation_example
+from janusflow.configs.data import SYSTEM_PROMPT
+from janusflow.data.tokenizer import conversation_example
 from janusflow.models.janusflow import JanusFlow
 from janusflow.configs.presets import tiny
 from janusflow.train.step import task_weights
