@@ -25,7 +25,7 @@ import functools
 
 import numpy as np
 
-from janusflow.configs.data import SHAPES_32, SYSTEM_PROMPT, DataConfig, SourceConfig
+from janusflow.configs.data import SYSTEM_PROMPT, DataConfig, SourceConfig
 from janusflow.configs.errors import ConfigError
 from janusflow.data import preprocess as pp
 from janusflow.data.latents import FEATURE as LATENTS_FEATURE

@@ -168,6 +168,7 @@ def _check_decoding(max_new_tokens, temperature, top_p):
 def tokenizer_prompt(tokenizer, question: str, num_image_tokens: int, system_prompt: Optional[str] = None):
     """(ids, image_mask) of the understanding prompt up to ``Assistant:`` from the shared
     template (``janusflow.data.tokenizer``): the training example cut where the answer starts."""
+    from janusflow.configs.data import SYSTEM_PROMPT
     from janusflow.data import tokenizer as tok_mod
     system = SYSTEM_PROMPT if system_prompt is None else system_prompt
     ids, image_mask, loss_mask = tok_mod.understanding_example(tokenizer, question, "",
