@@ -7,7 +7,8 @@ import argparse
 
 def add_config_args(p: argparse.ArgumentParser):
     p.add_argument("--config", required=True,
-                   help="experiments/<file>.py[:arg] or a model preset (tiny, janusflow_1_3b)")
+                   help="experiments/<file>.py[:arg], a packaged experiment janusflow:NAME[:arg] (e.g. "
+                        "janusflow:finetune:data=DIR,name=NAME,init=CKPT) or a model preset (tiny, janusflow_1_3b)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set model.llm.num_layers=2 (repeatable)")
 

@@ -23,8 +23,12 @@ def load_python_file(path: str):
 
 
 def load_config(spec: str) -> ExperimentConfig:
-    """``path/to/exp.py`` or ``path/to/exp.py:arg`` (calls ``get_config(arg)``), or a preset
-    name such as ``tiny`` / ``janusflow_1_3b`` (a model-only experiment)."""
+    """``path/to/exp.py`` or ``path/to/exp.py:arg`` (calls ``get_config(arg)``), an experiment
+    shipped in the package as ``janusflow:NAME[:arg]`` (``janusflow/experiments/NAME.py``), or a
+    preset name such as ``tiny`` / ``janusflow_1_3b`` (a model-only experiment)."""
+    if spec.startswith(PACKAGE_PREFIX):
+        name, _, arg = spec[len(PACKAGE_PREFIX):].partition(":")
+        return _from_module(package_experiment(name), arg, spec)
     path, _, arg = spec.partition(":")
     if not path.endswith(".py"):
         if path in presets.PRESETS:
@@ -35,12 +39,34 @@ def load_config(spec: str) -> ExperimentConfig:
                           f"name in {sorted(presets.PRESETS)}")
     if not os.path.isfile(path):
         raise ConfigError(f"--config: no such file {path!r}")
-    module = load_python_file(path)
+    return _from_module(load_python_file(path), arg, path)
+
+
+PACKAGE_PREFIX = "janusflow:"
+
+
+def package_experiments() -> list[str]:
+    """Names of the experiments shipped in ``janusflow/experiments/``."""
+    import janusflow.experiments as pkg
+    folder = os.path.dirname(pkg.__file__)
+    return sorted(f[:-3] for f in os.listdir(folder) if f.endswith(".py") and not f.startswith("_"))
+
+
+def package_experiment(name: str):
+    """The module of ``janusflow:NAME``: only names listed in the package folder are imported."""
+    import importlib
+    known = package_experiments()
+    if name not in known:
+        raise ConfigError(f"--config {PACKAGE_PREFIX}{name}: no such packaged experiment; known: {', '.join(known)}")
+    return importlib.import_module(f"janusflow.experiments.{name}")
+
+
+def _from_module(module, arg: str, where: str) -> ExperimentConfig:
     if not hasattr(module, "get_config"):
-        raise ConfigError(f"{path} defines no get_config(arg)")
+        raise ConfigError(f"{where} defines no get_config(arg)")
     cfg = module.get_config(arg or None)
     if not isinstance(cfg, ExperimentConfig):
-        raise ConfigError(f"{path}: get_config must return an ExperimentConfig, got {type(cfg).__name__}")
+        raise ConfigError(f"{where}: get_config must return an ExperimentConfig, got {type(cfg).__name__}")
     return cfg
 
 

@@ -285,7 +285,13 @@ class MeshConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """AdamW + global-norm clipping + warm-up schedule + EMA (paper section 4.1 defaults)."""
+    """AdamW + global-norm clipping + warm-up schedule + EMA (paper section 4.1 defaults).
+
+    ``name`` "adafactor": factored second moments (a row and a column vector per matrix, no
+    first moment), so the optimizer state of a weight matrix costs ~0 instead of AdamW's two
+    full copies: what lets a full fine-tune of the 1.3B fit one 40 GB accelerator
+    (``janusflow plan``). ``b1``/``b2`` are then unused."""
+    name: str = "adamw"                     # "adamw" (paper) | "adafactor"
     lr: float = 1e-4
     warmup_steps: int = 2000
     schedule: str = "constant"              # "constant" (paper) | "cosine"
@@ -302,6 +308,8 @@ class OptimConfig:
     def __post_init__(self):
         _finite(self)
         _check(self.lr > 0, "OptimConfig.lr", f"must be > 0, got {self.lr}")
+        _check(self.name in ("adamw", "adafactor"), "OptimConfig.name",
+               f"must be 'adamw' or 'adafactor', got {self.name!r}")
         _check(isinstance(self.warmup_steps, int) and self.warmup_steps >= 0, "OptimConfig.warmup_steps",
                f"must be an int >= 0, got {self.warmup_steps!r}")
         _check(isinstance(self.decay_steps, int) and self.decay_steps >= 0, "OptimConfig.decay_steps",
@@ -367,10 +375,23 @@ class TrainConfig:
     # mesh axis a name, a tuple of names or None (replicated); e.g. (("length", "tensor"),).
     param_rules: tuple = ()
     activation_rules: tuple = ()
+    # Every sample_every steps (0: never) a grid of sample_prompts (one image each, fixed noise)
+    # goes to WORKDIR/samples/step_N.png and TensorBoard, so a fine-tune shows the model
+    # moving toward its data (train/samples.py).
+    sample_every: int = 0
+    sample_prompts: tuple = ()
+    sample_steps: int = 20                  # ODE steps per sample
+    sample_cfg_weight: float = 2.0
 
     def __post_init__(self):
         _finite(self)
-        _positive(self, "log_every", "ckpt_every", "keep_checkpoints")
+        _positive(self, "log_every", "ckpt_every", "keep_checkpoints", "sample_steps")
+        _check(isinstance(self.sample_every, int) and self.sample_every >= 0, "TrainConfig.sample_every",
+               f"must be an int >= 0, got {self.sample_every!r}")
+        _check(all(isinstance(p, str) and p.strip() for p in self.sample_prompts), "TrainConfig.sample_prompts",
+               "must be non-empty strings")
+        _check(self.sample_every == 0 or self.sample_prompts, "TrainConfig.sample_prompts",
+               "sample_every > 0 needs at least one prompt")
         if self.param_rules or self.activation_rules:
             # lazily: the rules module imports jax, which most configs never need to load
             from janusflow.parallel import rules

@@ -277,15 +277,11 @@ def check_sources_named(cfg, data: DataConfig | None = None) -> None:
 
 
 def _check_fields(task, source, keys: SourceConfig):
-    need = {"und": (keys.image, keys.question, keys.answer), "gen": (keys.image, *keys.caption.split("|")),
-            "text": (keys.text,)}[task] + ((LATENTS_FEATURE,) if keys.latents else ())
-    rec = source[0]
-    for path in need:
-        try:
-            get_field(rec, path)
-        except KeyError:
-            raise KeyError(f"{task} source {keys.name!r} ({keys.split}) has no feature {path!r}; "
-                           f"its top-level features are {sorted(rec)}; set the key mapping") from None
+    """A field the stream reads that its dataset lacks: one line naming it (data/check.py)."""
+    from janusflow.data.check import missing_fields
+    missing = missing_fields(task, keys, source[0])
+    if missing:
+        raise ConfigError(missing[0])
 
 
 def make_pipeline(cfg, data: DataConfig = DataConfig(), tokenizer: Tokenizer | None = None, *,

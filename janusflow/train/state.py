@@ -64,7 +64,13 @@ def make_schedule(o: OptimConfig):
 def make_optimizer(o: OptimConfig):
     schedule = make_schedule(o)
     chain = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip > 0 else []
-    chain.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay))
+    if o.name == "adafactor":
+        # factored second moments, no momentum: the optimizer state of the fine-tuning
+        # configs that must fit one accelerator (OptimConfig doc); clipping stays ours
+        chain.append(optax.adafactor(schedule, clipping_threshold=None, eps=o.eps,
+                                     weight_decay_rate=o.weight_decay or None))
+    else:
+        chain.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay))
     return optax.chain(*chain), schedule
 
 
