@@ -112,3 +112,28 @@ def test_finetune_one_command_raises_conditioning_gap(tmp_path):
     assert [g.name for g in grids] == ["step_000000.png", "step_000060.png", "step_000120.png"]
     assert len({Image.open(g).size for g in grids}) == 1
     assert list((wd / "tensorboard").glob("events*"))
+
+
+def test_adafactor_state_is_factored():
+    """optim.name=adafactor: a matrix's optimizer state is a row and a column, not AdamW's two
+    full copies (what the single-GPU full fine-tune rows of ``janusflow plan`` rely on)."""
+    import dataclasses
+
+    import jax
+    import jax.numpy as jnp
+
+    from janusflow.configs.schema import OptimConfig
+    from janusflow.train.state import make_optimizer
+
+    params = {"w": jnp.ones((512, 256)), "b": jnp.ones((256,))}
+    size = lambda t: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(t))  # noqa: E731
+    adam = size(make_optimizer(OptimConfig(name="adamw"))[0].init(params))
+    ada_opt = make_optimizer(OptimConfig(name="adafactor", lr=1e-2, warmup_steps=0))[0]
+    state = ada_opt.init(params)
+    assert adam >= 2 * size(params) and size(state) < 0.05 * size(params), (adam, size(state))
+    grads = jax.tree.map(jnp.ones_like, params)
+    upd, _ = ada_opt.update(grads, state, params)
+    # a step of about lr (not lr x the parameter scale) against the gradient
+    assert float(jnp.abs(upd["w"]).mean()) == pytest.approx(1e-2, rel=0.2)
+    with pytest.raises(ConfigError, match="OptimConfig.name"):
+        dataclasses.replace(OptimConfig(), name="sgd")

@@ -67,7 +67,9 @@ def make_optimizer(o: OptimConfig):
     if o.name == "adafactor":
         # factored second moments, no momentum: the optimizer state of the fine-tuning
         # configs that must fit one accelerator (OptimConfig doc); clipping stays ours
+        # multiply_by_parameter_scale off: lr is then a step size as AdamW's is, not relative
         chain.append(optax.adafactor(schedule, clipping_threshold=None, eps=o.eps,
+                                     multiply_by_parameter_scale=False,
                                      weight_decay_rate=o.weight_decay or None))
     else:
         chain.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay))
