@@ -18,7 +18,7 @@ def register(sub) -> None:
     p.add_argument("--mesh", default=None, metavar="data=1,fsdp=8,tensor=1", help="mesh (after --platform)")
     p.add_argument("--platform", default=None, metavar="FILE[:k=v,...]", help="tpu_configs/<name>.py")
     p.add_argument("--batch", type=int, default=None, help="global batch (same und:gen:text ratios)")
-    p.add_argument("--chip", default=None, help="peak FLOP/s for the time estimate: v4|v5e|v5p|h100|a100 "
+    p.add_argument("--chip", default=None, help="peak FLOP/s for the time estimate: v4|v5e|v5p|h100|a100|a100_40|l4 "
                    "(default: the platform's)")
     p.add_argument("--mfu", type=float, default=None, help="model FLOPs utilisation for the estimate (0.5)")
     p.add_argument("--steps", type=int, default=None, help="steps to time (default: 426,000, paper stages 1-3)")

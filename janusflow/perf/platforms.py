@@ -46,6 +46,10 @@ CHIPS = {
     "h100": Chip("NVIDIA H100 SXM", 989e12, 80e9,
                  "NVIDIA H100 SXM5 datasheet: 989.4 TFLOPS dense BF16 tensor core (1979 with "
                  "sparsity), 80 GB HBM3"),
+    "a100_40": Chip("NVIDIA A100 40GB", 312e12, 40e9,
+                    "NVIDIA A100 datasheet: 312 TFLOPS dense BF16 tensor core, 40 GB HBM2"),
+    "l4": Chip("NVIDIA L4", 121e12, 24e9,
+               "NVIDIA L4 datasheet: 121 TFLOPS dense BF16 tensor core (242 with sparsity), 24 GB GDDR6"),
     "a100": Chip("NVIDIA A100 SXM 80GB", 312e12, 80e9,
                  "NVIDIA A100 datasheet: 312 TFLOPS dense BF16 tensor core (624 with sparsity), "
                  "80 GB HBM2e"),
