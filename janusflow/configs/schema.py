@@ -351,6 +351,26 @@ class LossConfig:
 
 
 @dataclass(frozen=True)
+class LoraConfig:
+    """LoRA on the LLM's attention and MLP projections (``train/lora.py``); rank 0 = off. On,
+    the whole LLM is frozen except the factors, and so is SigLIP; the aligners, the generation
+    encoder/decoder and the other small parts train as the stage says. The final model is
+    saved merged (W + alpha/rank * A @ B)."""
+    rank: int = 0
+    alpha: float = 16.0
+
+    def __post_init__(self):
+        _finite(self)
+        _check(isinstance(self.rank, int) and not isinstance(self.rank, bool) and self.rank >= 0,
+               "LoraConfig.rank", f"must be an int >= 0, got {self.rank!r}")
+        _check(self.alpha > 0, "LoraConfig.alpha", f"must be > 0, got {self.alpha}")
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank if self.rank else 0.0
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     stage: int = 2                          # 1: aligners + gen codec; 2: all but SigLIP; 3: all
     steps: int = 1000
@@ -365,6 +385,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
     log_every: int = 10
     ckpt_every: int = 500
     keep_checkpoints: int = 3

@@ -21,11 +21,14 @@ from janusflow.configs.schema import ExperimentConfig, OptimConfig
 from janusflow.models.janusflow import JanusFlow
 from janusflow.models import build as model_build
 from janusflow.parallel.rules import experiment_rules, param_shardings, replicated
+from janusflow.train.lora import LORA_KEY, LORA_STREAM, apply_lora, init_lora
 
 # Paper Table 1. Stage 1 trains what is newly initialised (aligners, gen codec, and the new
 # small pieces: beg_of_und_embed, REPA projector, the ablation-C encoder); stage 2 adds the LLM;
 # stage 3 adds SigLIP.
 FROZEN_BY_STAGE = {1: ("language_model", "und_encoder"), 2: ("und_encoder",), 3: ()}
+# LoRA (train.lora.rank > 0): the LLM trains through its factors only, SigLIP stays as it is
+FROZEN_BY_LORA = ("language_model", "und_encoder")
 
 
 class TrainState(NamedTuple):
@@ -45,11 +48,16 @@ class Parts:
     vae_graphdef: Any
     optimizer: optax.GradientTransformation
     schedule: Any
+    lora_scale: float = 0.0      # train.lora: params[LORA_KEY] holds factors merged at every build
 
 
-def trainable_filter(stage: int):
-    frozen = FROZEN_BY_STAGE[stage]
+def trainable_filter(stage: int, lora: bool = False):
+    frozen = FROZEN_BY_STAGE[stage] + (FROZEN_BY_LORA if lora else ())
     return lambda path, x: isinstance(x, nnx.Param) and path[0] not in frozen
+
+
+def train_filter(cfg: ExperimentConfig):
+    return trainable_filter(cfg.train.stage, cfg.train.lora.rank > 0)
 
 
 def make_schedule(o: OptimConfig):
@@ -108,8 +116,8 @@ def random_vae_params(cfg: ExperimentConfig) -> dict:
     return jax.jit(lambda: vae_params(build_vae(cfg, cfg.train.seed)))()
 
 
-def split_model(model, vae, stage: int):
-    graphdef, trainable, frozen = nnx.split(model, trainable_filter(stage), nnx.Param)
+def split_model(model, vae, cfg: ExperimentConfig):
+    graphdef, trainable, frozen = nnx.split(model, train_filter(cfg), nnx.Param)
     vae_graphdef, vae_params = nnx.split(vae, nnx.Param)
     return graphdef, trainable, frozen, vae_graphdef, vae_params
 
@@ -121,11 +129,14 @@ def _pure(state) -> dict:
 def _state_from_model(model, vae: dict, cfg: ExperimentConfig, parts_opt) -> TrainState:
     """``vae``: the VAE's parameters (pure dict)."""
     t = cfg.train
-    _, trainable, frozen = nnx.split(model, trainable_filter(t.stage), nnx.Param)
-    params = _pure(trainable)
+    _, trainable, frozen = nnx.split(model, train_filter(cfg), nnx.Param)
+    params, frozen = _pure(trainable), _pure(frozen)
+    if t.lora.rank:
+        params[LORA_KEY] = init_lora(frozen, t.lora.rank,
+                                     jax.random.fold_in(jax.random.key(t.seed), LORA_STREAM))
     return TrainState(
         step=jnp.zeros((), jnp.int32), rng=jax.random.key_data(jax.random.key(t.seed)),
-        params=params, frozen=_pure(frozen), vae=vae,
+        params=params, frozen=frozen, vae=vae,
         opt_state=parts_opt.init(params),
         ema=jax.tree.map(jnp.copy, params) if t.optim.ema_decay > 0 else None)
 
@@ -138,14 +149,16 @@ def abstract_parts(cfg: ExperimentConfig):
 def state_shardings(cfg: ExperimentConfig, mesh: Mesh):
     """(Parts, abstract TrainState, TrainState of NamedSharding)."""
     model, vae = abstract_parts(cfg)
-    graphdef, trainable, frozen, vae_graphdef, vae_state = split_model(model, vae, cfg.train.stage)
+    graphdef, trainable, frozen, vae_graphdef, vae_state = split_model(model, vae, cfg)
     optimizer, schedule = make_optimizer(cfg.train.optim)
-    parts = Parts(graphdef, vae_graphdef, optimizer, schedule)
+    parts = Parts(graphdef, vae_graphdef, optimizer, schedule, cfg.train.lora.scale)
     rules, _ = experiment_rules(cfg)
     p_sh = param_shardings(trainable, mesh, rules)
     abstract = jax.eval_shape(lambda: _state_from_model(build_model(cfg, 0), vae_params(build_vae(cfg, 0)),
                                                         cfg, optimizer))
     rep = replicated(mesh)
+    if LORA_KEY in abstract.params:  # the factors are small: replicated
+        p_sh = {**p_sh, LORA_KEY: jax.tree.map(lambda _: rep, abstract.params[LORA_KEY])}
     opt_sh = optax.tree_map_params(
         optimizer, lambda _, s: s, abstract.opt_state, p_sh,
         transform_non_params=lambda _: rep,
@@ -192,6 +205,11 @@ def state_from_model(model, vae: dict, cfg: ExperimentConfig, mesh: Mesh):
 
 
 def merge_model(parts: Parts, params: dict, frozen: dict):
+    """The model of a train state; LoRA factors (``params[LORA_KEY]``) merged into their
+    frozen kernels (``train/lora.py``)."""
+    if LORA_KEY in params:
+        params = dict(params)
+        frozen = apply_lora(frozen, params.pop(LORA_KEY), parts.lora_scale)
     return nnx.merge(parts.graphdef, params, frozen)
 
 
