@@ -159,8 +159,10 @@ def state_shardings(cfg: ExperimentConfig, mesh: Mesh):
     rep = replicated(mesh)
     if LORA_KEY in abstract.params:  # the factors are small: replicated
         p_sh = {**p_sh, LORA_KEY: jax.tree.map(lambda _: rep, abstract.params[LORA_KEY])}
+    # a moment shaped as its parameter is sharded as it; Adafactor's factored rows/columns
+    # (and its placeholders) are not, and are small: replicated
     opt_sh = optax.tree_map_params(
-        optimizer, lambda _, s: s, abstract.opt_state, p_sh,
+        optimizer, lambda x, s, p: s if x.shape == p.shape else rep, abstract.opt_state, p_sh, abstract.params,
         transform_non_params=lambda _: rep,
         is_leaf=lambda x: isinstance(x, jax.sharding.NamedSharding))
     shardings = TrainState(
