@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from janusflow.configs.data import SourceConfig
+from janusflow.data.pipeline import dataset_label, load_tokenizer, missing_fields, per_process_batch_sizes
 from janusflow.data.sources import as_text_list, get_field, open_source
+from janusflow.data.tokenizer import generation_prompt_ids
 
 MAX_RECORDS = 2000       # records whose caption lengths are measured
 MAX_LINES = 5            # over-long captions named one by one; the rest counted
@@ -31,38 +32,6 @@ class DataReport:
         return not self.errors
 
 
-def needed_fields(task: str, keys: SourceConfig) -> tuple:
-    """The feature paths a task stream reads (``caption`` "a|b" reads both)."""
-    from janusflow.data.latents import FEATURE as LATENTS_FEATURE
-    need = {"und": (keys.image, keys.question, keys.answer), "gen": (keys.image, *keys.caption.split("|")),
-            "text": (keys.text,)}[task]
-    return need + ((LATENTS_FEATURE,) if keys.latents else ())
-
-
-def dataset_label(keys: SourceConfig) -> str:
-    where = f" in {keys.data_dir}" if keys.data_dir else ""
-    return f"dataset {keys.name!r} ({keys.split}){where}"
-
-
-def missing_fields(task: str, keys: SourceConfig, record: dict) -> list[str]:
-    """One line per field the task reads that ``record`` lacks."""
-    out = []
-    for path in needed_fields(task, keys):
-        try:
-            get_field(record, path)
-        except KeyError:
-            out.append(f"{dataset_label(keys)}: record 0: field {path!r} missing (data.{task} reads it; the "
-                       f"record has {sorted(record)}; set data.{task}.{_key_name(task, keys, path)} to one of them)")
-    return out
-
-
-def _key_name(task, keys: SourceConfig, path: str) -> str:
-    for f in ("image", "caption", "question", "answer", "text"):
-        if path in getattr(keys, f).split("|"):
-            return f
-    return "latents"
-
-
 def _file_name(record) -> str:
     try:
         names = as_text_list(get_field(record, "file_name"))
@@ -73,8 +42,6 @@ def _file_name(record) -> str:
 
 def check_data(cfg, tokenizer=None, *, max_records: int = MAX_RECORDS) -> DataReport:
     """Check every task stream the batch draws from (``train.*_batch`` > 0)."""
-    from janusflow.data.pipeline import load_tokenizer, per_process_batch_sizes
-    from janusflow.data.tokenizer import generation_prompt_ids
     errors, warnings = [], []
     batches = per_process_batch_sizes(cfg, 1)
     for task, rows in batches.items():

@@ -276,9 +276,39 @@ def check_sources_named(cfg, data: DataConfig | None = None) -> None:
                               f"dataset (--set data.{task}.name=NAME_OR_DIR)")
 
 
+def needed_fields(task: str, keys: SourceConfig) -> tuple:
+    """The feature paths a task stream reads (``caption`` "a|b" reads both)."""
+    need = {"und": (keys.image, keys.question, keys.answer), "gen": (keys.image, *keys.caption.split("|")),
+            "text": (keys.text,)}[task]
+    return need + ((LATENTS_FEATURE,) if keys.latents else ())
+
+
+def dataset_label(keys: SourceConfig) -> str:
+    where = f" in {keys.data_dir}" if keys.data_dir else ""
+    return f"dataset {keys.name!r} ({keys.split}){where}"
+
+
+def missing_fields(task: str, keys: SourceConfig, record: dict) -> list[str]:
+    """One line per field the task reads that ``record`` lacks."""
+    out = []
+    for path in needed_fields(task, keys):
+        try:
+            get_field(record, path)
+        except KeyError:
+            out.append(f"{dataset_label(keys)}: record 0: field {path!r} missing (data.{task} reads it; the "
+                       f"record has {sorted(record)}; set data.{task}.{_key_name(task, keys, path)} to one of them)")
+    return out
+
+
+def _key_name(task, keys: SourceConfig, path: str) -> str:
+    for f in ("image", "caption", "question", "answer", "text"):
+        if path in getattr(keys, f).split("|"):
+            return f
+    return "latents"
+
+
 def _check_fields(task, source, keys: SourceConfig):
     """A field the stream reads that its dataset lacks: one line naming it (data/check.py)."""
-    from janusflow.data.check import missing_fields
     missing = missing_fields(task, keys, source[0])
     if missing:
         raise ConfigError(missing[0])
