@@ -81,7 +81,11 @@ def test_platform_validates_mesh_and_fields():
         parse_mesh("dp=2")
 
 
-@pytest.mark.parametrize("path", PLATFORM_FILES, ids=lambda p: p.stem)
+# one-GPU platforms are for fine-tuning (janusflow:finetune), not the paper's batch of 512
+SINGLE_GPU = [p for p in PLATFORM_FILES if p.stem.startswith("gpu_1_")]
+
+
+@pytest.mark.parametrize("path", [p for p in PLATFORM_FILES if p not in SINGLE_GPU], ids=lambda p: p.stem)
 def test_platform_files_load_and_fit_the_paper_batch(path):
     p = load_platform(str(path))
     d, f, t = p.mesh_shape()
@@ -98,9 +102,23 @@ def test_platform_files_load_and_fit_the_paper_batch(path):
     assert all(n % unit == 0 for n in tr.task_batch_schedule[0][1:])
 
 
+@pytest.mark.parametrize("path", SINGLE_GPU, ids=lambda p: p.stem)
+def test_single_gpu_platforms_fit_a_finetune_batch(path):
+    p = load_platform(str(path))
+    assert p.devices == 1 and p.chip in CHIPS
+    gb = int(path.stem.split("_")[-1][:-2])
+    assert round(CHIPS[p.chip].hbm_bytes / 1e9) == gb
+    base = load_config("experiments/janusflow_1_3b.py:stage=3")
+    base = dataclasses.replace(base, train=dataclasses.replace(base.train, und_batch=0, gen_batch=8, text_batch=0,
+                                                              task_batch_schedule=()))
+    cfg = apply_platform(base, p)
+    assert cfg.train.gen_batch == 8 and p.micro_batch * cfg.train.optim.accum_steps == 8
+
+
 def test_named_platforms_have_the_documented_device_counts():
     counts = {p.stem: load_platform(str(p)).devices for p in PLATFORM_FILES}
-    assert counts == {"v4_8": 4, "v5e_16": 16, "v5p_64": 32, "gpu_8": 8}
+    assert counts == {"v4_8": 4, "v5e_16": 16, "v5p_64": 32, "gpu_8": 8,
+                      "gpu_1_24gb": 1, "gpu_1_40gb": 1, "gpu_1_80gb": 1}
     # v5p-64 counts TensorCores: 32 chips on 8 hosts; stage 3 (batch 256) needs micro-batch 8
     with pytest.raises(ConfigError, match="global batch 768"):
         apply_platform(load_config("experiments/janusflow_1_3b.py:stage=3"), load_platform("v5p_64"))
