@@ -62,5 +62,5 @@ setup(
         # checkpoint steps with google-cloud-storage (tpu_configs/launch_tpu.sh installs these)
         "gcs": ["gcsfs", "google-cloud-storage"],
     },
-    entry_points={"console_scripts": ["janusflow=janusflow.cli:main"]},
+    entry_points={"console_scripts": ["janusflow=janusflow.cli.main:main"]},
 )

@@ -20,11 +20,11 @@ of unified pre-training (stage 2, batch 512), started from a stage-1 model given
   janusflow train --config experiments/ablations.py:B --workdir runs/ablations/B        # one member
 """
 
-from janusflow.config import ConfigError, ExperimentConfig, OptimConfig, TrainConfig, replace
-from janusflow.config_loader import load_config
+from janusflow.configs.schema import ConfigError, ExperimentConfig, OptimConfig, TrainConfig, replace
+from janusflow.configs.loader import load_config
 from janusflow.data.mixing import with_task_ratios
-from janusflow.data.pipeline import DataConfig, SourceConfig
-from janusflow.presets import janusflow_1_3b
+from janusflow.configs.data import DataConfig, SourceConfig
+from janusflow.configs.presets import janusflow_1_3b
 
 MEMBERS = ("A", "B", "C", "D", "E", "F")
 SCALES = ("tiny", "short", "paper")

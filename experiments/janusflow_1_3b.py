@@ -29,11 +29,11 @@ leave a fifth of stage 2's first 10k steps to text rows and cost ~15% of the exa
 step). ``janusflow data lengths`` reports what each cut drops on a dataset.
 """
 
-from janusflow.config import ConfigError, ExperimentConfig, OptimConfig, TrainConfig
+from janusflow.configs.schema import ConfigError, ExperimentConfig, OptimConfig, TrainConfig
 from janusflow.data.mixing import with_ratio_schedule, with_task_ratios
-from janusflow.data.pipeline import DataConfig, SourceConfig
+from janusflow.configs.data import DataConfig, SourceConfig
 from janusflow.data.step_budget import paper_rows
-from janusflow.presets import janusflow_1_3b
+from janusflow.configs.presets import janusflow_1_3b
 
 # stage -> (lr, warm-up, steps, paper batch (4096-token sequences), und:gen:text ratios)  (paper Table 1)
 STAGES = {

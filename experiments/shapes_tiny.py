@@ -9,11 +9,11 @@ Arg "quick": a few steps per phase (smoke test of the whole path).
 
 import dataclasses
 
-from janusflow.config import (ConfigError, ExperimentConfig, GenCodecConfig, LossConfig, MeshConfig, OptimConfig,
+from janusflow.configs.schema import (ConfigError, ExperimentConfig, GenCodecConfig, LossConfig, MeshConfig, OptimConfig,
                               RecipeConfig, TrainConfig)
-from janusflow.data.pipeline import SHAPES_32, DataConfig
-from janusflow.data.sources import SourceConfig
-from janusflow.presets import tiny
+from janusflow.configs.data import DataConfig, SHAPES_32
+from janusflow.configs.data import SourceConfig
+from janusflow.configs.presets import tiny
 
 
 def get_config(arg=None):

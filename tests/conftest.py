@@ -1,9 +1,20 @@
 # Runs before any test imports jax: simulate 8 host devices so sharding tests can build
 # (data, fsdp, tensor) meshes on CPU. Tests that need one device just use jax.devices()[0].
 import os
+import re
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
+
+
+def with_device_count(xla_flags: str, n: int) -> str:
+    """``xla_flags`` with the host device count set to ``n``, every other flag kept: a value
+    already in the environment must not silently leave the 8-device tests on one device."""
+    kept = re.sub(rf"{DEVICE_COUNT_FLAG}=\S*", "", xla_flags).split()
+    return " ".join(kept + [f"{DEVICE_COUNT_FLAG}={n}"])
+
+
+os.environ["XLA_FLAGS"] = with_device_count(os.environ.get("XLA_FLAGS", ""), 8)
+os.environ["JAX_PLATFORMS"] = "cpu"
 
 
 def pytest_configure(config):

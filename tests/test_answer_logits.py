@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from janusflow.config_loader import apply_overrides, load_config
+from janusflow.configs.loader import apply_overrides, load_config
 from janusflow.objectives import ar
 
 

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from janusflow import perf, presets
-from janusflow.bench_sample import random_model
+from janusflow.perf import peak as perf
+from janusflow.configs import presets
+from janusflow.perf.bench_sample import random_model
 from janusflow.models import layers
 from janusflow.sample.generate import initial_noise, integrate, with_compute_dtype
 
@@ -117,7 +118,7 @@ def _tiny_official_cfg():
 
 
 def test_compare_official_without_the_reference_code_times_ours_only(tmp_path, capsys):
-    from janusflow import bench_official
+    from janusflow.perf import bench_official
     out = bench_official.run(_tiny_official_cfg(), batches=(1,), dtypes=("bfloat16",), steps=1, repeats=1,
                              prompt_len=4, official_src=str(tmp_path))
     assert not out["official"] and "janus/janusflow/models/uvit.py" in out["why_not_official"]
@@ -129,7 +130,7 @@ def test_compare_official_without_the_reference_code_times_ours_only(tmp_path, c
 def test_compare_official_same_weights_same_latents():
     """With the reference code (a deepseek-ai/Janus checkout in JANUSFLOW_OFFICIAL_SRC, or an
     installed janus package) both loops start from the same weights and noise: fp32 latents agree."""
-    from janusflow import bench_official
+    from janusflow.perf import bench_official
     src = os.environ.get("JANUSFLOW_OFFICIAL_SRC")
     if bench_official.load_official_uvit(src)[0] is None:
         pytest.skip("reference code (deepseek-ai/Janus) or torch not available")
@@ -143,8 +144,8 @@ def test_compare_official_same_weights_same_latents():
 
 @pytest.mark.slow
 def test_bench_train_compare_dtypes_reports_both_mfus():
-    from janusflow import bench_train
-    from janusflow.config import ExperimentConfig, TrainConfig
+    from janusflow.perf import bench_train
+    from janusflow.configs.schema import ExperimentConfig, TrainConfig
     cfg = ExperimentConfig(model=CFG, seq_len=64, train=TrainConfig(und_batch=0, gen_batch=8, text_batch=0))
     lines = []
     out = bench_train.run_compare_dtypes(cfg, repeats=2, log=lines.append)

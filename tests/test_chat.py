@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from janusflow import presets
-from janusflow.bench_sample import random_model
-from janusflow.cli import main as cli_main
+from janusflow.configs import presets
+from janusflow.perf.bench_sample import random_model
+from janusflow.cli.main import main as cli_main
 from janusflow.sample.chat import (UnderstandingTemplate, _pick, answer, load_image, siglip_pixels,
                                   tokenizer_prompt)
 

@@ -1,11 +1,12 @@
-"""The CLI's net: every error that reaches ``janusflow.cli.main`` is one line on stderr naming
+"""The CLI's net: every error that reaches ``janusflow.cli.main.main`` is one line on stderr naming
 the command, with a non-zero exit; ``--debug`` shows the traceback instead."""
 
 import os
 
 import pytest
 
-from janusflow import cli
+from janusflow.cli import info as cli_info
+from janusflow.cli import main as cli
 from janusflow.train.workdir import WorkdirLock
 
 
@@ -24,17 +25,17 @@ def _failing(exc):
      "janusflow info: error: [Errno 2] No such file or directory: 'x.json'"),
 ])
 def test_any_error_is_one_line_naming_the_command(monkeypatch, capsys, exc, line):
-    monkeypatch.setattr(cli, "cmd_info", _failing(exc))
+    monkeypatch.setattr(cli_info, "cmd_info", _failing(exc))
     assert cli.main(["info", "--config", "tiny"]) == 1
     captured = capsys.readouterr()
     assert captured.err == line + "\n" and captured.out == ""
 
 
 def test_debug_shows_the_traceback_and_interrupt_is_sane(monkeypatch, capsys):
-    monkeypatch.setattr(cli, "cmd_info", _failing(KeyError("tag")))
+    monkeypatch.setattr(cli_info, "cmd_info", _failing(KeyError("tag")))
     with pytest.raises(KeyError, match="tag"):
         cli.main(["--debug", "info", "--config", "tiny"])
-    monkeypatch.setattr(cli, "cmd_info", _failing(KeyboardInterrupt()))
+    monkeypatch.setattr(cli_info, "cmd_info", _failing(KeyboardInterrupt()))
     assert cli.main(["info", "--config", "tiny"]) == 130
     assert capsys.readouterr().err == "janusflow info: interrupted\n"
 

@@ -1,4 +1,4 @@
-"""The conditioning gap (eval/conditioning.py): the RF loss with shuffled minus correct prompts."""
+"""The conditioning gap (shapes/conditioning.py): the RF loss with shuffled minus correct prompts."""
 
 import dataclasses
 
@@ -9,12 +9,12 @@ import pytest
 import tensorflow_datasets as tfds
 from flax import nnx
 
-from janusflow import presets
-from janusflow.config import ExperimentConfig, TrainConfig
-from janusflow.data.pipeline import DataConfig
-from janusflow.data.shapes_tfds import build_shapes, shapes_config
-from janusflow.data.sources import SourceConfig
-from janusflow.eval import conditioning
+from janusflow.configs import presets
+from janusflow.configs.schema import ExperimentConfig, TrainConfig
+from janusflow.configs.data import DataConfig
+from janusflow.shapes.dataset import build_shapes, shapes_config
+from janusflow.configs.data import SourceConfig
+from janusflow.shapes import conditioning
 from janusflow.models.janusflow import JanusFlow
 from janusflow.models.vae import make_vae
 
@@ -88,7 +88,7 @@ def test_validation_batch_needs_a_generation_source(tiny_setup):
 
 
 def test_shape_swap_prompts_change_only_the_shape_word():
-    from janusflow.data import shapes
+    from janusflow.shapes import world as shapes
     items = conditioning.shape_swap_prompts(60, seed=3)
     assert [md["include"][0]["class"] for md, _ in items[:6]] == list(shapes.SHAPES)
     for md, other in items:
@@ -103,7 +103,7 @@ def test_shape_swap_prompts_change_only_the_shape_word():
 
 def test_shape_gap_of_a_tiny_model_and_its_cli(tiny_setup, tmp_path, capsys):
     from janusflow.checkpoint.model_io import save_model
-    from janusflow.cli import main
+    from janusflow.cli.main import main
     from janusflow.data.pipeline import shapes_tokenizer
     cfg, model, vae = tiny_setup
     tok = shapes_tokenizer(cfg.model.llm.vocab_size)

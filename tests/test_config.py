@@ -2,9 +2,9 @@
 
 import pytest
 
-from janusflow import cli
-from janusflow.config import ConfigError, LLMConfig
-from janusflow.config_loader import apply_overrides, load_config
+from janusflow.cli import main as cli
+from janusflow.configs.schema import ConfigError, LLMConfig
+from janusflow.configs.loader import apply_overrides, load_config
 
 
 def test_experiment_files_load():
@@ -87,3 +87,27 @@ def test_1_3b_stage_variants_follow_paper_table_1():
     assert s1.train.optim.ema_decay == 0.99 and s1.train.optim.b2 == 0.95
     with pytest.raises(ConfigError, match="stage must be 1, 2 or 3"):
         load_config("experiments/janusflow_1_3b.py:stage=4")
+
+
+@pytest.mark.parametrize("override, field", [
+    ("data.prompt_len=0", "DataConfig.prompt_len: must be >= 1"),
+    ("data.text_len=-1", "DataConfig.text_len: must be >= 1"),
+    ("data.und_vae_images=maybe", "DataConfig.und_vae_images: must be auto|yes|no"),
+    ("data.und.latents=true", "DataConfig.und.latents: only the gen stream"),
+    ("model.llm.num_layers=0", "LLMConfig.num_layers"),
+    ("train.steps=0", "TrainConfig.steps"),
+    ("train.mesh.data=0", "MeshConfig.data"),
+])
+def test_every_config_error_is_one_line_naming_the_field(override, field, capsys):
+    # the data pipeline's config too: it raised a bare ValueError, which the CLI did not report
+    # as a config error
+    assert cli.main(["info", "--config", "tiny", "--set", override]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("janusflow info: config error: "), err
+    assert field in err[0], err
+
+
+def test_data_config_raises_config_error():
+    from janusflow.configs.data import DataConfig
+    with pytest.raises(ConfigError, match="DataConfig.prompt_len: must be >= 1, got 0"):
+        DataConfig(prompt_len=0)

@@ -9,14 +9,16 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from janusflow.config import ExperimentConfig, TrainConfig
-from janusflow.data import shapes
+from janusflow.configs.schema import ExperimentConfig, TrainConfig
+from janusflow.shapes import world as shapes
 from janusflow.data import preprocess as pp
 from janusflow.data.mixing import task_batch_sizes, with_task_ratios
-from janusflow.data.pipeline import DataConfig, make_pipeline, shapes_tokenizer
-from janusflow.data.shapes_tfds import build_shapes, make_example, shapes_config
-from janusflow.data.sources import SourceConfig, open_source, shard_bounds, task_dataset
-from janusflow.presets import tiny
+from janusflow.configs.data import DataConfig
+from janusflow.data.pipeline import make_pipeline, shapes_tokenizer
+from janusflow.shapes.dataset import build_shapes, make_example, shapes_config
+from janusflow.configs.data import SourceConfig
+from janusflow.data.sources import open_source, shard_bounds, task_dataset
+from janusflow.configs.presets import tiny
 from janusflow.train.synthetic import synthetic_batch
 
 N_TRAIN, N_VAL = 240, 60
@@ -82,8 +84,8 @@ def test_shapes_dataset_contents_and_heldout_prompts(shapes_dir):
 
 def test_shapes_ground_truth_matches_pixels(shapes_dir):
     """Decode every stored image, detect analytically, get back exactly the stored objects."""
-    det_mod = pytest.importorskip("janusflow.eval.shapes_detector")
-    det = det_mod.ShapesDetector()
+    from janusflow.shapes.detector import ShapesDetector
+    det = ShapesDetector()
     for split in ("train", "validation"):
         for r in _records(shapes_dir, split):
             img = pp.decode_image(r["image"])
@@ -307,7 +309,7 @@ def test_default_experiment_mixes_geneval_prompts_and_descriptions(shapes_dir, t
     prompt_len holds the descriptions whole (none truncated)."""
     import os
 
-    from janusflow.config_loader import load_config
+    from janusflow.configs.loader import load_config
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     cfg = load_config(os.path.join(root, "experiments", "shapes_tiny.py"))
     assert cfg.data.gen.caption == "caption|description"

@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from janusflow.cli import main
-from janusflow.config import ExperimentConfig, TrainConfig
-from janusflow.data.pipeline import DataConfig, make_pipeline, shapes_tokenizer
-from janusflow.data.sources import SourceConfig, open_source
-from janusflow.presets import tiny
+from janusflow.cli.main import main
+from janusflow.configs.schema import ExperimentConfig, TrainConfig
+from janusflow.configs.data import DataConfig
+from janusflow.data.pipeline import make_pipeline, shapes_tokenizer
+from janusflow.configs.data import SourceConfig
+from janusflow.data.sources import open_source
+from janusflow.configs.presets import tiny
 
 
 def _folder(tmp_path):

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from janusflow import presets
-from janusflow.bench_sample import random_model
-from janusflow.cli import main as cli_main
+from janusflow.configs import presets
+from janusflow.perf.bench_sample import random_model
+from janusflow.cli.main import main as cli_main
 from janusflow.demo.session import (DemoInputError, DemoSession, GenerationRequest, Limits, check_generation,
                                     check_understanding, read_upload, real_number, trajectory_steps,
                                     whole_number)
@@ -150,7 +150,7 @@ def test_page_handlers_answer_bad_input_with_a_message(session, files):
 
 
 def test_cli_demo_refuses_before_loading(tmp_path, capsys):
-    from janusflow.cli import build_parser
+    from janusflow.cli.main import build_parser
     args = build_parser().parse_args(["demo", "--checkpoint", "ck"])
     assert (args.host, args.port) == ("127.0.0.1", 7860)        # this machine only unless told
     assert cli_main(["demo", "--checkpoint", str(tmp_path), "--port", "0"]) == 1

@@ -1,4 +1,4 @@
-"""The one-step denoising grid (eval/denoise.py): x_hat = z_t + (1-t) v at several t."""
+"""The one-step denoising grid (shapes/denoise.py): x_hat = z_t + (1-t) v at several t."""
 
 import os
 
@@ -8,8 +8,8 @@ import pytest
 import tensorflow_datasets as tfds
 from flax import nnx
 
-from janusflow import presets
-from janusflow.eval import denoise
+from janusflow.configs import presets
+from janusflow.shapes import denoise
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -59,9 +59,9 @@ def test_grid_puts_the_clean_images_on_top_and_each_z_t_beside_its_x_hat():
 
 def test_cli_on_a_saved_tiny_model(tmp_path, capsys):
     from janusflow.checkpoint.model_io import save_model
-    from janusflow.cli import main
+    from janusflow.cli.main import main
     from janusflow.data.pipeline import shapes_tokenizer
-    from janusflow.data.shapes_tfds import build_shapes, shapes_config
+    from janusflow.shapes.dataset import build_shapes, shapes_config
     from janusflow.models.janusflow import JanusFlow
     tfds.disable_progress_bar()
     path = build_shapes(str(tmp_path / "tfds"), shapes_config(32, 8, 8))
@@ -111,7 +111,7 @@ def test_trajectory_follows_euler_with_cfg_to_the_data_for_the_oracle_velocity()
 
 def test_trajectory_cli_on_a_saved_tiny_model(tmp_path, capsys):
     from janusflow.checkpoint.model_io import save_model
-    from janusflow.cli import main
+    from janusflow.cli.main import main
     from janusflow.data.pipeline import shapes_tokenizer
     from janusflow.models.janusflow import JanusFlow
     cfg = presets.tiny()

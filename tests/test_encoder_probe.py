@@ -1,12 +1,12 @@
-"""Encoder probes (eval/encoder_probe.py): ridge probes of a SigLIP tower's shape/colour knowledge."""
+"""Encoder probes (shapes/encoder_probe.py): ridge probes of a SigLIP tower's shape/colour knowledge."""
 
 import numpy as np
 import pytest
 from flax import nnx
 
-from janusflow import presets
-from janusflow.data import shapes
-from janusflow.eval import encoder_probe
+from janusflow.configs import presets
+from janusflow.shapes import world as shapes
+from janusflow.shapes import encoder_probe
 from janusflow.models.siglip import SiglipVisionTower
 
 
@@ -32,7 +32,7 @@ def test_probe_scenes_hold_one_object_of_the_named_shape_and_colour():
     images, shape_ids, colour_ids = encoder_probe.probe_scenes(12, 32, seed=3)
     assert images.shape == (12, 32, 32, 3) and images.dtype == np.uint8
     assert list(shape_ids[:6]) == list(range(6))              # shapes cycle
-    from janusflow.eval.shapes_detector import ShapesDetector
+    from janusflow.shapes.detector import ShapesDetector
     det = ShapesDetector()
     for img, c in zip(images, colour_ids):
         comps = det.components(img)
@@ -54,7 +54,7 @@ def test_eval_encoder_cli_on_a_saved_tiny_model(tmp_path, capsys):
     import json
 
     from janusflow.checkpoint.model_io import save_model
-    from janusflow.cli import main
+    from janusflow.cli.main import main
     from janusflow.models.janusflow import JanusFlow
     cfg = presets.tiny()
     save_model(str(tmp_path / "m"), JanusFlow(cfg, rngs=nnx.Rngs(0)), cfg)

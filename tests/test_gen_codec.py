@@ -10,9 +10,10 @@ import pytest
 from flax import nnx
 
 from janusflow.checkpoint.torch_layout import export_state_dict, load_state_dict
-from janusflow.config import GenCodecConfig
-from janusflow.models.gen_codec import (GenDecoder, GenEncoder, timestep_embedding,
-                                        torch_key_map_decoder, torch_key_map_encoder)
+from janusflow.configs.schema import GenCodecConfig
+from janusflow.checkpoint.key_maps import gen_decoder_key_map as torch_key_map_decoder
+from janusflow.checkpoint.key_maps import gen_encoder_key_map as torch_key_map_encoder
+from janusflow.models.gen_codec import GenDecoder, GenEncoder, timestep_embedding
 from janusflow.models.layers import count_params, pixel_shuffle
 
 LATENT, HIDDEN = 4, 64

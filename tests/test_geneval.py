@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from janusflow.data import shapes as S
+from janusflow.shapes import world as S
 from janusflow.eval import geneval, geneval_layout as L
 from janusflow.eval.geneval_score import (Det, IncompleteResultsError, ScoreParams, evaluate,
                                           filter_detections, score_image, summarize)
@@ -326,7 +326,6 @@ def fake_generate(log):
 
 
 def test_generate_then_score_end_to_end(tmp_path, capsys):
-    pytest.importorskip("janusflow.sample.generate", reason="sampling API not present")
     prompts = S.prompt_set("val", 2, 1)
     mfile = tmp_path / "prompts.jsonl"
     mfile.write_text("".join(json.dumps(p) + "\n" for p in prompts))
@@ -344,7 +343,7 @@ def test_generate_then_score_end_to_end(tmp_path, capsys):
     assert proto["metadata_md5"] == L.load_prompts(str(mfile))[1]
     s = geneval.run_score(out, detector="shapes", colors="shapes")
     assert s["overall"] == 1.0 and s["n_images"] == 24
-    from janusflow.cli import main
+    from janusflow.cli.main import main
     assert main(["eval", "geneval", "summarize", os.path.join(out, "results.jsonl"),
                  "--metadata", str(mfile), "--n", "2"]) == 0
     assert "overall (mean over tags): 1.00000" in capsys.readouterr().out
@@ -392,7 +391,7 @@ def test_precomputed_json_and_npz(tmp_path, capsys):
     with pytest.raises(ValueError, match="no colour"):
         geneval.score_layout(out, geneval.PrecomputedDetections(str(jpath), out), geneval.PrecomputedColors())
     # CLI: precomputed boxes + the pixel colour classifier
-    from janusflow.cli import main
+    from janusflow.cli.main import main
     assert main(["eval", "geneval", "score", "--outdir", out, "--detections", str(jpath),
                  "--colors", "shapes", "--allow-incomplete"]) == 0
     assert "colors" in capsys.readouterr().out
@@ -414,12 +413,11 @@ def test_official_model_adapters_name_missing_packages(tmp_path):
 def test_generate_with_a_real_tiny_model(tmp_path):
     """The real sampling path (janusflow.sample.generate) through the layout writer, with a
     random tiny model built abstractly (eager init is slow) and a locally trained tokenizer."""
-    pytest.importorskip("janusflow.sample.generate", reason="sampling API not present")
     import jax
     import jax.numpy as jnp
     from flax import nnx
 
-    from janusflow import presets
+    from janusflow.configs import presets
     from janusflow.data.tokenizer import build_tiny_tokenizer, generation_prompt_ids
     from janusflow.models.janusflow import JanusFlow
     from janusflow.models.vae import make_vae
@@ -563,7 +561,7 @@ def _official_results(tmp_path, drop=()):
 
 
 def test_cli_summarize_checks_against_the_shipped_list_by_default(tmp_path, capsys):
-    from janusflow.cli import main
+    from janusflow.cli.main import main
     path = _official_results(tmp_path)
     assert main(["eval", "geneval", "summarize", path]) == 0
     assert "overall (mean over tags): 1.00000" in capsys.readouterr().out
@@ -580,7 +578,7 @@ def test_cli_summarize_checks_against_the_shipped_list_by_default(tmp_path, caps
 
 
 def test_cli_summarize_bad_record_is_one_line(tmp_path, capsys):
-    from janusflow.cli import main
+    from janusflow.cli.main import main
     recs = _records(TAGS6)
     del recs[3]["tag"]
     path = _write(tmp_path / "r.jsonl", recs)

@@ -12,10 +12,10 @@ import pytest
 from safetensors.numpy import save_file
 
 from janusflow.checkpoint import hf, model_io
-from janusflow.checkpoint.torch_layout import CheckpointMismatch, _flat_params
-from janusflow.cli import main
-from janusflow.config import ConfigError, GenCodecConfig, LLMConfig, SiglipConfig
-from janusflow.presets import janusflow_1_3b
+from janusflow.checkpoint.torch_layout import CheckpointMismatch, flat_params
+from janusflow.cli.main import main
+from janusflow.configs.schema import ConfigError, GenCodecConfig, LLMConfig, SiglipConfig
+from janusflow.configs.presets import janusflow_1_3b
 from test_hf import CFG, official_config_json, random_sd, write_hf_dir
 
 # The official layout at official image size (384 px, 24x24 tokens), every width tiny and an

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from janusflow import presets
-from janusflow.config import ConfigError
-from janusflow.info import param_counts
+from janusflow.configs import presets
+from janusflow.configs.schema import ConfigError
+from janusflow.perf.info import param_counts
 from janusflow.models.janusflow import JanusFlow
 from janusflow.models.llm import KVCache
 from janusflow.models.siglip import normalize
@@ -154,3 +154,17 @@ def test_bad_inputs(model):
     with pytest.raises(ConfigError, match="REPA aligns patch by patch"):
         presets.tiny(siglip=presets.tiny().siglip.__class__(image_size=32, patch_size=8, width=32,
                                                             num_layers=2, num_heads=2))
+
+
+def test_build_model_concrete_and_abstract_agree(model):
+    """models/build.py: the concrete model is the one a seed's JanusFlow init gives, and the
+    abstract one has the same tree of shapes and dtypes with nothing allocated."""
+    from janusflow.models.build import build_model, build_vae
+    built = nnx.to_pure_dict(nnx.state(build_model(CFG, seed=0), nnx.Param))
+    jax.tree.map(np.testing.assert_array_equal, built, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    abstract = nnx.to_pure_dict(nnx.state(build_model(CFG, abstract=True), nnx.Param))
+    assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(abstract))
+    shapes = jax.tree.map(lambda x: (x.shape, x.dtype), built)
+    assert jax.tree.map(lambda x: (x.shape, x.dtype), abstract) == shapes
+    vae = [nnx.to_pure_dict(nnx.state(build_vae(CFG.vae, abstract=a), nnx.Param)) for a in (False, True)]
+    assert jax.tree.map(lambda x: (x.shape, x.dtype), vae[0]) == jax.tree.map(lambda x: (x.shape, x.dtype), vae[1])

@@ -11,14 +11,17 @@ import pytest
 import tensorflow_datasets as tfds
 from flax import nnx
 
-from janusflow import flops, presets
-from janusflow.cli import main
-from janusflow.config import ExperimentConfig, OptimConfig, TrainConfig
+from janusflow.perf import flops
+from janusflow.configs import presets
+from janusflow.cli.main import main
+from janusflow.configs.schema import ExperimentConfig, OptimConfig, TrainConfig
 from janusflow.data import latents as lat_mod
 from janusflow.data import preprocess as pp
-from janusflow.data.pipeline import DataConfig, make_pipeline, shapes_tokenizer
-from janusflow.data.shapes_tfds import build_shapes, shapes_config
-from janusflow.data.sources import SourceConfig, open_source
+from janusflow.configs.data import DataConfig
+from janusflow.data.pipeline import make_pipeline, shapes_tokenizer
+from janusflow.shapes.dataset import build_shapes, shapes_config
+from janusflow.configs.data import SourceConfig
+from janusflow.data.sources import open_source
 from janusflow.models.vae import encode_latents, make_vae
 from janusflow.parallel.mesh import make_mesh
 from janusflow.train.state import make_init, merge_vae, state_shardings
@@ -234,7 +237,7 @@ def test_mismatched_vae_or_shape_is_refused_naming_the_field(built, shapes_dir):
 
 
 def test_set_override_reaches_the_source_config():
-    from janusflow.config_loader import apply_overrides, load_config
+    from janusflow.configs.loader import apply_overrides, load_config
     cfg = apply_overrides(load_config("tiny"), ["data.gen.latents=true", "data.gen.name=/some/dir"])
     assert cfg.data.gen.latents is True and cfg.data.gen.name == "/some/dir"
 

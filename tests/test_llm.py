@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from janusflow import presets
+from janusflow.configs import presets
 from janusflow.checkpoint.torch_layout import export_state_dict, load_state_dict
-from janusflow.models.llm import LLM, KVCache, torch_key_map
+from janusflow.checkpoint.key_maps import llm_key_map as torch_key_map
+from janusflow.models.llm import LLM, KVCache
 
 CFG = presets.tiny().llm
 

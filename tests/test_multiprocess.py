@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from janusflow.config import ConfigError
+from janusflow.configs.schema import ConfigError
 from janusflow.parallel import mesh as mesh_mod
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

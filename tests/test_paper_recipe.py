@@ -11,17 +11,20 @@ import pytest
 import tensorflow_datasets as tfds
 from flax import nnx
 
-from janusflow.config import ConfigError, ExperimentConfig, LossConfig, TrainConfig
-from janusflow.config_loader import load_config
+from janusflow.configs.schema import ConfigError, ExperimentConfig, LossConfig, TrainConfig
+from janusflow.configs.loader import load_config
 from janusflow.data import lengths
 from janusflow.data.mixing import task_batches_at
-from janusflow.data.pipeline import DataConfig, UndProcessor, processors, shapes_tokenizer, whole_turns_end
-from janusflow.data.shapes_tfds import build_shapes, shapes_config
-from janusflow.data.sources import SourceConfig, open_source
+from janusflow.configs.data import DataConfig
+from janusflow.data.pipeline import UndProcessor, processors, shapes_tokenizer, whole_turns_end
+from janusflow.shapes.dataset import build_shapes, shapes_config
+from janusflow.configs.data import SourceConfig
+from janusflow.data.sources import open_source
 from janusflow.data.step_budget import PAPER_BATCH, PAPER_SEQ_LEN, PAPER_STEPS, format_budget, step_budget
-from janusflow.data.tokenizer import SYSTEM_PROMPT, conversation_example
+from janusflow.configs.data import SYSTEM_PROMPT
+from janusflow.data.tokenizer import conversation_example
 from janusflow.models.janusflow import JanusFlow
-from janusflow.presets import tiny
+from janusflow.configs.presets import tiny
 from janusflow.train.step import task_weights
 
 STAGE = {s: f"experiments/janusflow_1_3b.py:stage={s}" for s in (1, 2, 3)}
@@ -112,7 +115,7 @@ def test_lengths_report_agrees_with_what_the_pipeline_does(shapes_dir, tok):
 
 
 def test_lengths_cli_names_a_bad_source(tmp_path, capsys):
-    from janusflow.cli import main
+    from janusflow.cli.main import main
     rc = main(["data", "lengths", "--config", "tiny", "--set", f"data.und.name={tmp_path}/none",
                "--set", "data.gen.name=" + str(tmp_path / "none"), "--n", "5"])
     err = capsys.readouterr().err

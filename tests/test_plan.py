@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from janusflow.config import ConfigError, MeshConfig
-from janusflow.config_loader import apply_overrides, load_config
+from janusflow.configs.schema import ConfigError, MeshConfig
+from janusflow.configs.loader import apply_overrides, load_config
 from janusflow.data.mixing import with_task_ratios
-from janusflow.platform import CHIPS, Platform, apply_platform, load_platform, parse_mesh
+from janusflow.perf.platforms import CHIPS, Platform, apply_platform, load_platform, parse_mesh
 
 REPO = Path(__file__).resolve().parents[1]
 PLATFORM_FILES = sorted(p for p in (REPO / "tpu_configs").glob("*.py"))
@@ -81,7 +81,11 @@ def test_platform_validates_mesh_and_fields():
         parse_mesh("dp=2")
 
 
-@pytest.mark.parametrize("path", PLATFORM_FILES, ids=lambda p: p.stem)
+# one-GPU platforms are for fine-tuning (janusflow:finetune), not the paper's batch of 512
+SINGLE_GPU = [p for p in PLATFORM_FILES if p.stem.startswith("gpu_1_")]
+
+
+@pytest.mark.parametrize("path", [p for p in PLATFORM_FILES if p not in SINGLE_GPU], ids=lambda p: p.stem)
 def test_platform_files_load_and_fit_the_paper_batch(path):
     p = load_platform(str(path))
     d, f, t = p.mesh_shape()
@@ -98,9 +102,23 @@ def test_platform_files_load_and_fit_the_paper_batch(path):
     assert all(n % unit == 0 for n in tr.task_batch_schedule[0][1:])
 
 
+@pytest.mark.parametrize("path", SINGLE_GPU, ids=lambda p: p.stem)
+def test_single_gpu_platforms_fit_a_finetune_batch(path):
+    p = load_platform(str(path))
+    assert p.devices == 1 and p.chip in CHIPS
+    gb = int(path.stem.split("_")[-1][:-2])
+    assert round(CHIPS[p.chip].hbm_bytes / 1e9) == gb
+    base = load_config("experiments/janusflow_1_3b.py:stage=3")
+    base = dataclasses.replace(base, train=dataclasses.replace(base.train, und_batch=0, gen_batch=8, text_batch=0,
+                                                              task_batch_schedule=()))
+    cfg = apply_platform(base, p)
+    assert cfg.train.gen_batch == 8 and p.micro_batch * cfg.train.optim.accum_steps == 8
+
+
 def test_named_platforms_have_the_documented_device_counts():
     counts = {p.stem: load_platform(str(p)).devices for p in PLATFORM_FILES}
-    assert counts == {"v4_8": 4, "v5e_16": 16, "v5p_64": 32, "gpu_8": 8}
+    assert counts == {"v4_8": 4, "v5e_16": 16, "v5p_64": 32, "gpu_8": 8,
+                      "gpu_1_24gb": 1, "gpu_1_40gb": 1, "gpu_1_80gb": 1}
     # v5p-64 counts TensorCores: 32 chips on 8 hosts; stage 3 (batch 256) needs micro-batch 8
     with pytest.raises(ConfigError, match="global batch 768"):
         apply_platform(load_config("experiments/janusflow_1_3b.py:stage=3"), load_platform("v5p_64"))
@@ -131,7 +149,7 @@ def test_train_cli_applies_platform(tmp_path, monkeypatch):
     """`janusflow train --platform` hands train() the platform's config and exports its env."""
     plat = tmp_path / "plat.py"
     plat.write_text(
-        "from janusflow.config import MeshConfig\nfrom janusflow.platform import Platform\n"
+        "from janusflow.configs.schema import MeshConfig\nfrom janusflow.perf.platforms import Platform\n"
         "def get_platform():\n"
         "    return Platform(name='t', chip='v4', devices=8, hosts=1, mesh=MeshConfig(data=2, fsdp=4),\n"
         "                    micro_batch=2, remat='dots', dtype='bfloat16',\n"
@@ -140,7 +158,7 @@ def test_train_cli_applies_platform(tmp_path, monkeypatch):
     import janusflow.train.loop as loop
     monkeypatch.setattr(loop, "train", lambda cfg, workdir, **kw: seen.update(cfg=cfg, workdir=workdir))
     monkeypatch.delenv("JANUSFLOW_TEST_PLATFORM_FLAG", raising=False)
-    from janusflow import cli
+    from janusflow.cli import main as cli
     rc = cli.main(["train", "--config", "tiny", "--set", "train.und_batch=16", "--set", "train.gen_batch=16",
                    "--platform", str(plat), "--workdir", str(tmp_path / "run")])
     assert rc == 0
@@ -153,7 +171,7 @@ def test_train_cli_applies_platform(tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------------- plan
 def test_plan_time_estimate_arithmetic():
-    from janusflow.plan import PAPER_TOTAL_STEPS, time_estimate
+    from janusflow.perf.plan import PAPER_TOTAL_STEPS, time_estimate
     assert PAPER_TOTAL_STEPS == 10_000 + 390_000 + 26_000
     # 1 PFLOP per step on 10 x 100 TFLOP/s at 50%: 2 s/step; 43,200 steps = 1 day
     t = time_estimate(1e15, 10, 1e14, 0.5, 43_200)
@@ -163,7 +181,7 @@ def test_plan_time_estimate_arithmetic():
 
 
 def test_abstract_batch_follows_the_pipeline_shapes():
-    from janusflow.plan import abstract_batch
+    from janusflow.perf.plan import abstract_batch
     cfg = load_config("experiments/janusflow_1_3b.py:stage=2")
     b = abstract_batch(cfg)
     d, m = cfg.data, cfg.model
@@ -180,7 +198,7 @@ def test_plan_fsdp_shards_the_arguments():
     """Per-device argument bytes: FSDP over 8 devices holds ~1/8 of the state, pure data
     parallelism a full replica (the pytest process has 8 simulated devices). Text examples
     only: the state is the whole model either way, and the image paths triple compile time."""
-    from janusflow.plan import compile_plan
+    from janusflow.perf.plan import compile_plan
     cfg = apply_overrides(load_config("tiny"), SMALL + ["train.und_batch=0", "train.gen_batch=0",
                                                         "train.text_batch=8"])
     mem = {}
@@ -278,8 +296,8 @@ def test_launch_refuses_bad_arguments():
 
 # ----------------------------------------------------------------------------- TPU compiler
 def test_choose_compiler_falls_back_in_one_line(monkeypatch):
-    import janusflow.tpu_topology as tt
-    from janusflow.plan import choose_compiler
+    import janusflow.perf.tpu_topology as tt
+    from janusflow.perf.plan import choose_compiler
     v4 = load_platform("v4_8")
     lines = []
     monkeypatch.setattr(tt, "libtpu_version", lambda: None)
@@ -310,7 +328,7 @@ def test_platform_topology_must_match_the_devices():
 def test_plan_cli_compiles_tiny_with_the_tpu_compiler_for_v4_8(tmp_path):
     """The TPU compiler itself (libtpu, compile-only devices of the v4:2x2x1 topology) plans
     the tiny step; 1-2 min of compile here."""
-    from janusflow.tpu_topology import libtpu_version
+    from janusflow.perf.tpu_topology import libtpu_version
     if libtpu_version() is None:
         pytest.skip("libtpu is not installed (pip install -e '.[tpu]'): the TPU-compiled plan is untested here")
     out = tmp_path / "plan.json"

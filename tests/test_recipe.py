@@ -16,10 +16,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _run(args, cwd):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    return subprocess.run([sys.executable, "-c", "import sys; from janusflow.cli import main; sys.exit(main())",
+    return subprocess.run([sys.executable, "-c", "import sys; from janusflow.cli.main import main; sys.exit(main())",
                            *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
 
 
+@pytest.mark.slow   # the whole recipe in a subprocess: minutes
 def test_quick_sweep_runs_the_whole_recipe(tmp_path):
     work = tmp_path / "abl"
     p = _run(["sweep", "--config", "experiments/ablations.py:quick", "--workdir", str(work), "--only", "F"], ROOT)
@@ -66,7 +67,7 @@ def test_quick_sweep_runs_the_whole_recipe(tmp_path):
 def test_siglip_pretraining_gets_caption_image_pairs_for_every_ablation(member):
     """SigLIP pre-training reads the gen stream; A (no REPA) and D (no generation) have none of
     their own, so the recipe reads it through a data view (this broke D once)."""
-    from janusflow.config_loader import load_config
+    from janusflow.configs.loader import load_config
     from janusflow.data.pipeline import make_pipeline
     from janusflow.train.recipe import siglip_data_cfg
     cfg = load_config(os.path.join(ROOT, f"experiments/ablations.py:{member},quick"))
@@ -84,8 +85,8 @@ def test_siglip_batch_sets_the_pair_count_apart_from_the_stage_batch():
     """SigLIP's contrastive loss wants more pairs per step than the stages' batch (shapes_tiny:
     32 vs 16); 0 falls back to the stage batch."""
     import dataclasses
-    from janusflow.config import ConfigError, RecipeConfig
-    from janusflow.config_loader import load_config
+    from janusflow.configs.schema import ConfigError, RecipeConfig
+    from janusflow.configs.loader import load_config
     from janusflow.train.recipe import _phase_cfg, siglip_data_cfg
     cfg = load_config(os.path.join(ROOT, "experiments/shapes_tiny.py:quick"))
     for siglip_batch, want in ((24, 24), (0, cfg.recipe.batch)):

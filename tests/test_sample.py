@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from janusflow import presets
-from janusflow.bench_sample import random_model
-from janusflow.cli import main as cli_main
+from janusflow.configs import presets
+from janusflow.perf.bench_sample import random_model
+from janusflow.cli.main import main as cli_main
 from janusflow.models.vae import make_vae
 from janusflow.objectives import flow
 from janusflow.objectives.cfg_dropout import uncond_prompt_mask
@@ -142,7 +142,7 @@ def test_batching_and_padding_do_not_change_images(model):
 
 @pytest.mark.skipif(jax.device_count() < 2, reason="needs 2 (simulated) devices; conftest sets XLA_FLAGS")
 def test_sharded_over_mesh_equals_single_device(model):
-    from janusflow.config import MeshConfig
+    from janusflow.configs.schema import MeshConfig
     from janusflow.parallel.mesh import make_mesh
     mesh = make_mesh(MeshConfig(data=-1), devices=jax.devices()[:2])
     prompts = [P_SHORT, P_LONG]

@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from janusflow.data import shapes as S
+from janusflow.shapes import world as S
 
 
 def test_palette_is_well_separated_and_has_geneval_colours():

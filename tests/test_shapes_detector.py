@@ -4,10 +4,10 @@
 import numpy as np
 import pytest
 
-from janusflow.data import shapes as S
+from janusflow.shapes import world as S
 from janusflow.eval.geneval_score import Det
-from janusflow.eval.shapes_bench import ground_truth_generate_fn, noise_generate_fn, run_shapes_bench
-from janusflow.eval.shapes_detector import ShapesColorClassifier, ShapesDetector, label_pixels
+from janusflow.shapes.bench import ground_truth_generate_fn, noise_generate_fn, run_shapes_bench
+from janusflow.shapes.detector import ShapesColorClassifier, ShapesDetector, label_pixels
 
 DET = ShapesDetector()
 
@@ -90,7 +90,7 @@ def test_wrong_scenes_score_low():
 def test_one_object_attributes_name_what_is_wrong():
     """A clean object of the requested colour but another shape: shape wrong, colour right; two
     objects: not one component; an empty image: nothing right."""
-    from janusflow.eval.shapes_bench import format_one_object, one_object_attributes
+    from janusflow.shapes.bench import format_one_object, one_object_attributes
     rng = np.random.default_rng(0)
     md = S.meta_colors("circle", "red")
     square = S.render(S.scene_from_metadata(S.meta_colors("square", "red"), rng, 32), 32)

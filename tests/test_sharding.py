@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from janusflow.config import ConfigError, TrainConfig
-from janusflow.config_io import from_dict, to_dict
-from janusflow.config_loader import apply_overrides, load_config
+from janusflow.configs.schema import ConfigError, TrainConfig
+from janusflow.configs.io import from_dict, to_dict
+from janusflow.configs.loader import apply_overrides, load_config
 from janusflow.parallel.rules import (ACTIVATION_RULES, activation_sharding, constrain,
                                       experiment_rules, spec_for)
 
@@ -62,7 +62,7 @@ def test_rule_overrides_are_validated_and_applied():
 
 
 def _global_batch_gathers(cfg):
-    from janusflow.plan import PLAN_COMPILER_OPTIONS, lower_train_step
+    from janusflow.perf.plan import PLAN_COMPILER_OPTIONS, lower_train_step
     lowered, *_ = lower_train_step(cfg)
     text = lowered.compile(compiler_options=PLAN_COMPILER_OPTIONS).as_text()
     gathers = [l for l in text.splitlines() if re.search(r"= \S+ all-gather(-start)?\(", l)]

@@ -5,8 +5,8 @@ import itertools
 import jax.numpy as jnp
 import numpy as np
 
-from janusflow import presets
-from janusflow.config import ExperimentConfig, TrainConfig
+from janusflow.configs import presets
+from janusflow.configs.schema import ExperimentConfig, TrainConfig
 from janusflow.train.siglip_pretrain import pretrain_siglip, sigmoid_loss
 from janusflow.train.synthetic import synthetic_batch
 

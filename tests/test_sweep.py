@@ -7,10 +7,10 @@ import shlex
 
 import pytest
 
-from janusflow import sweep
-from janusflow.cli import main
-from janusflow.config import ConfigError
-from janusflow.config_loader import load_config
+from janusflow.train import sweep
+from janusflow.cli.main import main
+from janusflow.configs.schema import ConfigError
+from janusflow.configs.loader import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ABL = os.path.join(ROOT, "experiments", "ablations.py")
@@ -138,8 +138,8 @@ def test_only_rejects_unknown_members(capsys):
 
 # A tiny single-stage experiment (synthetic data, one device); member "bad" fails when it trains.
 TINY_EXP = """
-from janusflow import presets
-from janusflow.config import ExperimentConfig, MeshConfig, OptimConfig, TrainConfig
+from janusflow.configs import presets
+from janusflow.configs.schema import ExperimentConfig, MeshConfig, OptimConfig, TrainConfig
 def sweep(arg=None):
     return [{"name": n, "arg": n, "what": n} for n in ("bad", "ok", "half", "A", "F")[:NMEMBERS]]
 def get_config(arg=None):
@@ -158,7 +158,7 @@ def _tiny_exp(tmp_path, n):
 
 
 def test_failing_member_does_not_stop_the_sweep_and_finished_runs_are_not_rerun(tmp_path, monkeypatch):
-    from janusflow import sweep_results
+    from janusflow.train import sweep_results
     monkeypatch.setenv("XLA_FLAGS", "")   # the runs are processes of their own, on one device
     path, members = _tiny_exp(tmp_path, 4)
     runs = sweep.plan_runs(path, members, [], 1)
@@ -203,7 +203,7 @@ def test_a_second_sweep_on_the_same_workdir_is_refused(tmp_path):
 @pytest.mark.slow
 def test_a_real_sweep_of_two_members_and_two_seeds(tmp_path, monkeypatch, capsys):
     """2 members x 2 seeds x 3 steps through the CLI; then the same command again records nothing new."""
-    from janusflow import sweep_results
+    from janusflow.train import sweep_results
     monkeypatch.setenv("XLA_FLAGS", "")
     exp = tmp_path / "exp.py"
     exp.write_text("NMEMBERS = 5\n" + TINY_EXP.replace('("bad", "ok", "half", "A", "F")', '("A", "F")'))
@@ -229,7 +229,7 @@ def test_a_real_sweep_of_two_members_and_two_seeds(tmp_path, monkeypatch, capsys
 
 
 def test_claims_name_members_and_metrics_the_report_has():
-    from janusflow import sweep_report
+    from janusflow.train import sweep_report
     _, members = sweep.load_members(ABL)
     claims = sweep.load_claims(ABL)
     assert {c["member"] for c in claims} <= {m["name"] for m in members} - {"F"}
@@ -241,7 +241,7 @@ def test_claims_name_members_and_metrics_the_report_has():
 
 
 def test_report_only_reads_the_results_file(tmp_path, capsys):
-    from janusflow import sweep_results
+    from janusflow.train import sweep_results
     path, members = sweep.load_members(ABL)
     runs = sweep.plan_runs(path, [m for m in members if m["name"] in ("A", "F")], [], 2)
     results = str(tmp_path / "r.jsonl")

@@ -8,7 +8,9 @@ import statistics
 
 import pytest
 
-from janusflow import sweep, sweep_report, sweep_results
+from janusflow.train import sweep
+from janusflow.train import sweep_report
+from janusflow.train import sweep_results
 
 scipy_stats = pytest.importorskip("scipy.stats")
 

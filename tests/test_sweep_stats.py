@@ -6,7 +6,7 @@ import statistics
 
 import pytest
 
-from janusflow import sweep_stats
+from janusflow.train import sweep_stats
 
 scipy_stats = pytest.importorskip("scipy.stats")
 

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from janusflow import presets
+from janusflow.configs import presets
 from janusflow.checkpoint.model_io import load_model
-from janusflow.config import ConfigError, ExperimentConfig, MeshConfig, OptimConfig, TrainConfig
+from janusflow.configs.schema import ConfigError, ExperimentConfig, MeshConfig, OptimConfig, TrainConfig
 from janusflow.data.mixing import batch_phases, task_batches_at, with_ratio_schedule, with_task_ratios
 from janusflow.parallel.mesh import make_mesh
-from janusflow.platform import fit_batches_to_mesh
+from janusflow.perf.platforms import fit_batches_to_mesh
 from janusflow.train import loop
 from janusflow.train.data import SyntheticIterator
 

@@ -8,8 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from janusflow import presets
-from janusflow.config import ExperimentConfig, MeshConfig, OptimConfig, TrainConfig
+from janusflow.configs import presets
+from janusflow.configs.schema import ExperimentConfig, MeshConfig, OptimConfig, TrainConfig
 from janusflow.train import loop
 from janusflow.train.data import SyntheticIterator
 from janusflow.train.prefetch import DevicePrefetcher

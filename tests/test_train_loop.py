@@ -14,10 +14,10 @@ import jax
 import numpy as np
 import pytest
 
-from janusflow import presets
+from janusflow.configs import presets
 from janusflow.checkpoint.manager import CheckpointMismatchError
 from janusflow.checkpoint.model_io import load_model
-from janusflow.config import ExperimentConfig, MeshConfig, OptimConfig, TrainConfig
+from janusflow.configs.schema import ExperimentConfig, MeshConfig, OptimConfig, TrainConfig
 from janusflow.train import loop
 from flax import nnx
 
@@ -52,22 +52,36 @@ def _cli(workdir, steps, ckpt_every, extra=()):
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _wait_for_checkpoint(workdir, step, proc, timeout=300):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if os.path.isdir(os.path.join(workdir, "checkpoints", str(step))):
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"run ended early:\n{proc.stdout.read()}")
-        time.sleep(0.2)
-    raise AssertionError("no checkpoint appeared in time")
+def _wait_until(condition, proc, what, timeout=300):
+    """Wait until ``condition()`` holds, waking on the process itself (``proc.wait``) rather than
+    sleeping blind: a run that dies early is reported at once, with its output."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        try:
+            proc.wait(timeout=0.2)
+        except subprocess.TimeoutExpired:
+            continue
+        if not condition():
+            raise AssertionError(f"run ended before {what}:\n{proc.stdout.read()}")
 
 
+def _has_checkpoint(workdir, step):
+    return lambda: os.path.isdir(os.path.join(workdir, "checkpoints", str(step)))
+
+
+def _has_metrics(workdir):
+    path = os.path.join(workdir, "metrics.jsonl")
+    return lambda: os.path.exists(path) and os.path.getsize(path) > 0
+
+
+@pytest.mark.slow   # three training processes
 def test_sigkill_then_restart_equals_uninterrupted_run(tmp_path):
     # the killed run checkpoints often (it must be caught mid-run); the other two rarely: every
     # save costs time, and where the restart saves does not change its parameters
     killed = _cli(tmp_path / "killed", 24, 2)
-    _wait_for_checkpoint(tmp_path / "killed", 4, killed)
+    _wait_until(_has_checkpoint(tmp_path / "killed", 4), killed, "checkpoint 4")
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     assert not os.path.isdir(tmp_path / "killed" / "model"), "the run finished before it was killed"
@@ -84,10 +98,7 @@ def test_sigkill_then_restart_equals_uninterrupted_run(tmp_path):
 
 def test_sigterm_saves_current_step_and_exits_cleanly(tmp_path):
     proc = _cli(tmp_path, 10_000, 1000)
-    t0 = time.time()
-    while not os.path.exists(tmp_path / "metrics.jsonl") or os.path.getsize(tmp_path / "metrics.jsonl") == 0:
-        assert proc.poll() is None and time.time() - t0 < 300, proc.stdout.read() if proc.poll() is not None else "timeout"
-        time.sleep(0.2)
+    _wait_until(_has_metrics(tmp_path), proc, "the first metrics record")
     proc.send_signal(signal.SIGTERM)
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 0, out
@@ -157,10 +168,7 @@ def test_second_run_on_a_workdir_is_refused_in_one_line_and_the_first_is_unharme
     first = _cli(tmp_path, 10_000, 1000)
     second = None
     try:
-        t0 = time.time()
-        while not os.path.exists(tmp_path / "metrics.jsonl") or os.path.getsize(tmp_path / "metrics.jsonl") == 0:
-            assert first.poll() is None and time.time() - t0 < 300, first.stdout.read() if first.poll() is not None else "timeout"
-            time.sleep(0.2)
+        _wait_until(_has_metrics(tmp_path), first, "the first metrics record")
         second = _cli(tmp_path, 10_000, 1000)
         out = second.communicate(timeout=120)[0]
         assert second.returncode == 1, out

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from janusflow import presets
-from janusflow.config import ConfigError, ExperimentConfig, LossConfig, MeshConfig, OptimConfig, TrainConfig
+from janusflow.configs import presets
+from janusflow.configs.schema import ConfigError, ExperimentConfig, LossConfig, MeshConfig, OptimConfig, TrainConfig
 from janusflow.parallel.mesh import make_mesh
 from janusflow.train.state import make_init, state_shardings
 from janusflow.train.step import NonFiniteLoss, check_finite, jit_train_step

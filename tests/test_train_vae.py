@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from janusflow import cli, presets
+from janusflow.cli import main as cli
+from janusflow.configs import presets
 from janusflow.checkpoint.torch_layout import export_state_dict
-from janusflow.config import ConfigError, ExperimentConfig, MeshConfig, OptimConfig, TrainConfig
-from janusflow.data.pipeline import DataConfig
-from janusflow.data.sources import SourceConfig
-from janusflow.models.vae import torch_key_map
+from janusflow.configs.schema import ConfigError, ExperimentConfig, MeshConfig, OptimConfig, TrainConfig
+from janusflow.configs.data import DataConfig
+from janusflow.configs.data import SourceConfig
+from janusflow.checkpoint.key_maps import vae_key_map as torch_key_map
 from janusflow.parallel.mesh import make_mesh
 from janusflow.train import loop
 from janusflow.train.state import init_state, merge_vae, random_vae_params

@@ -97,8 +97,8 @@ def test_plain_name_refuses(name):
 
 
 def test_sweep_member_named_dotdot_is_refused(tmp_path):
-    from janusflow import sweep
-    from janusflow.config import ConfigError
+    from janusflow.train import sweep
+    from janusflow.configs.schema import ConfigError
     exp = tmp_path / "exp.py"
     exp.write_text("def sweep(arg):\n    return [{'name': '..', 'arg': 'x'}]\n")
     with pytest.raises(ConfigError, match=r"sweep\(\)\[0\] name '\.\.' must be a plain file name"):
@@ -106,7 +106,7 @@ def test_sweep_member_named_dotdot_is_refused(tmp_path):
 
 
 def test_sweep_results_ignore_wrongly_typed_metrics(tmp_path):
-    from janusflow import sweep_results
+    from janusflow.train import sweep_results
     d = tmp_path / "A"
     d.mkdir()
     rows = [{"step": 1, "loss_ar": 2.0}, [1, 2], {"step": True, "loss_ar": 9.0},

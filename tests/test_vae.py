@@ -16,10 +16,11 @@ from flax import nnx
 
 from janusflow.checkpoint.torch_layout import (CheckpointMismatch, export_state_dict,
                                                load_state_dict)
-from janusflow.config import VAEConfig
+from janusflow.configs.schema import VAEConfig
 from janusflow.models.layers import count_params
-from janusflow.models.vae import (AutoencoderKL, PixelVAE, decode_latents, encode_latents,
-                                  make_vae, normalize_vae_keys, torch_key_map)
+from janusflow.checkpoint.key_maps import normalize_vae_keys
+from janusflow.checkpoint.key_maps import vae_key_map as torch_key_map
+from janusflow.models.vae import AutoencoderKL, PixelVAE, decode_latents, encode_latents, make_vae
 
 TINY = VAEConfig(block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8,
                  latent_channels=4, scaling_factor=0.5, shift_factor=0.1)

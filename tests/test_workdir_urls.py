@@ -22,9 +22,10 @@ import pytest
 from etils import epath
 from flax import nnx
 
-from janusflow import paths, presets
+from janusflow import paths
+from janusflow.configs import presets
 from janusflow.checkpoint import manager, model_io
-from janusflow.config import ConfigError, ExperimentConfig, MeshConfig, OptimConfig, TrainConfig
+from janusflow.configs.schema import ConfigError, ExperimentConfig, MeshConfig, OptimConfig, TrainConfig
 from janusflow.parallel.mesh import make_mesh
 from janusflow.train import loop
 

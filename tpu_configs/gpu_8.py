@@ -9,8 +9,8 @@ cuDNN flash attention is not switched on here (``--set model.attention_impl=cudn
 untested with this model's masks.
 """
 
-from janusflow.config import MeshConfig
-from janusflow.platform import Platform
+from janusflow.configs.schema import MeshConfig
+from janusflow.perf.platforms import Platform
 
 # From MaxText's single-node A3 (8x H100) recipe (AI-Hypercomputer/maxtext @ e591f30,
 # src/maxtext/configs/gpu/a3/llama_2_7b/1vm.sh), without its --xla_dump_to and without

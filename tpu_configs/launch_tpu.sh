@@ -82,7 +82,7 @@ esac
 read_platform() {
   PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}" python3 - "$PLATFORM_ABS$PLATFORM_OPTS" <<'EOF'
 import shlex, sys
-from janusflow.platform import load_platform, shell_exports
+from janusflow.perf.platforms import load_platform, shell_exports
 p = load_platform(sys.argv[1])
 print(f"HOSTS={p.hosts}")
 print(f"PLATFORM_NAME={shlex.quote(p.name)}")

@@ -9,8 +9,8 @@ Plan: FSDP over the 4 chips (the fp32 master weights, AdamW moments and EMA of t
 accumulation steps (stage 3, batch 256: 4 steps).
 """
 
-from janusflow.config import MeshConfig
-from janusflow.platform import Platform
+from janusflow.configs.schema import MeshConfig
+from janusflow.perf.platforms import Platform
 
 # From MaxText's v4 configs (AI-Hypercomputer/maxtext @ e591f30,
 # src/maxtext/configs/tpu/v4/22b.sh and 52b.sh): async all-gather and dense megacore mode.

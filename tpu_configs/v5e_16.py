@@ -6,8 +6,8 @@ Naming: v5e types count chips (one TensorCore per chip): v5litepod-16 is the 4x4
 micro-batch of 8: batch 512 = 8 x 16 x 4 accumulation steps (stage 3, 256: 2 steps).
 """
 
-from janusflow.config import MeshConfig
-from janusflow.platform import Platform
+from janusflow.configs.schema import MeshConfig
+from janusflow.perf.platforms import Platform
 
 # From MaxText's v5e configs (AI-Hypercomputer/maxtext @ e591f30,
 # src/maxtext/configs/tpu/v5e/16b.sh, also 32b.sh ... llama2_13b.sh): data-parallel all-reduce

@@ -10,8 +10,8 @@ Plan: FSDP over all 32 chips; 95 GB leaves room to save the projections' outputs
 accumulation). Stage 3 (768 rows) needs ``--platform tpu_configs/v5p_64.py:micro_batch=8``.
 """
 
-from janusflow.config import MeshConfig
-from janusflow.platform import Platform
+from janusflow.configs.schema import MeshConfig
+from janusflow.perf.platforms import Platform
 
 # From MaxText's v5p configs (AI-Hypercomputer/maxtext @ e591f30,
 # src/maxtext/configs/tpu/v5p/llama2_7b.sh; 32b.sh adds SparseCore offload flags on top):

@@ -35,16 +35,15 @@ import numpy as np
 from flax import nnx
 from numpy.lib.stride_tricks import as_strided
 
-from janusflow import config_io, paths
+from janusflow import paths
+from janusflow.configs import io as config_io
+from janusflow.checkpoint import key_maps
 from janusflow.checkpoint.precheck import all_finite, check_config_against_headers, weight_files_name
-from janusflow.checkpoint.torch_layout import (CheckpointMismatch, _flat_params, load_state_dict,
+from janusflow.checkpoint.torch_layout import (CheckpointMismatch, flat_params, load_state_dict,
                                                to_ours, to_torch)
-from janusflow.config import ConfigError, GenCodecConfig, LLMConfig, ModelConfig, SiglipConfig, VAEConfig
+from janusflow.configs.schema import ConfigError, GenCodecConfig, LLMConfig, ModelConfig, SiglipConfig, VAEConfig
 from janusflow.records import RecordError, read_json_object
-from janusflow.models import gen_codec as gen_codec_mod
-from janusflow.models import llm as llm_mod
-from janusflow.models import siglip as siglip_mod
-from janusflow.models import vae as vae_mod
+from janusflow.models.build import abstract_model, build_vae
 
 __all__ = ["CheckpointMismatch", "TensorSource", "iter_tensors", "is_hf_dir", "stream_load",
            "model_config_from_hf", "read_model_config", "hf_config_from_model_config",
@@ -265,7 +264,7 @@ def stream_load(module, source, key_map: Mapping, *, dtype=None, ignore=None, re
     ``module`` (which may be abstract) as they are read. ``ignore(key)``: keys to skip
     knowingly; ``rename(key, array) -> (key, array)``: legacy-name normalisation; parameters
     under ``training_only`` path prefixes may be absent from ``key_map``."""
-    params = _flat_params(module)
+    params = flat_params(module)
     rename = rename or (lambda k, a: (k, a))
     seen, unexpected, bad = {}, [], []
     for k, info in source.index.items():
@@ -323,7 +322,7 @@ def stream_load(module, source, key_map: Mapping, *, dtype=None, ignore=None, re
 
 
 def _abstract_leftovers(module, skip=()) -> list:
-    return [".".join(map(str, p)) for p, v in _flat_params(module).items()
+    return [".".join(map(str, p)) for p, v in flat_params(module).items()
             if isinstance(v.get_value(), jax.ShapeDtypeStruct) and not _under(p, skip)]
 
 
@@ -623,13 +622,13 @@ def janusflow_key_map(cfg: ModelConfig) -> dict:
         m[f"{tkey}.weight"] = ((root, "kernel"), "linear")
         m[f"{tkey}.bias"] = ((root, "bias"), "plain")
 
-    add(llm_mod.torch_key_map(cfg.llm, "language_model."), "language_model")
-    add(siglip_mod.torch_key_map(cfg.siglip, "vision_und_enc_model.vision_tower."), "und_encoder")
+    add(key_maps.llm_key_map(cfg.llm, "language_model."), "language_model")
+    add(key_maps.siglip_key_map(cfg.siglip, "vision_und_enc_model.vision_tower."), "und_encoder")
     linear("vision_und_enc_aligner", "und_aligner")
     m["beg_of_und_embed"] = (("beg_of_und_embed",), "squeeze:1,-1")
-    add(gen_codec_mod.torch_key_map_encoder(cfg.gen_codec, "vision_gen_enc_model."), "gen_encoder")
+    add(key_maps.gen_encoder_key_map(cfg.gen_codec, "vision_gen_enc_model."), "gen_encoder")
     linear("vision_gen_enc_aligner", "gen_aligner")
-    add(gen_codec_mod.torch_key_map_decoder(cfg.gen_codec, "vision_gen_dec_model."), "gen_decoder")
+    add(key_maps.gen_decoder_key_map(cfg.gen_codec, "vision_gen_dec_model."), "gen_decoder")
     m["vision_gen_dec_aligner_norm.weight"] = (("gen_decoder_norm", "scale"), "plain")
     linear("vision_gen_dec_aligner", "gen_decoder_aligner")
     return m
@@ -652,11 +651,6 @@ def _jnp_dtype(dtype):
     return jnp.dtype(dtype)
 
 
-def abstract_model(cfg: ModelConfig):
-    """The model with abstract parameters (shapes only; nothing initialised or allocated)."""
-    from janusflow.models.janusflow import JanusFlow
-    return nnx.eval_shape(lambda: JanusFlow(cfg, rngs=nnx.Rngs(0)))
-
 
 def init_training_only(model, cfg: ModelConfig, dtype=None, seed: int = 0) -> list[str]:
     """Give the training-only parts of an abstract-loaded model their random initialisation.
@@ -668,9 +662,9 @@ def init_training_only(model, cfg: ModelConfig, dtype=None, seed: int = 0) -> li
     def make():
         fresh = RepaProjector(cfg.llm.hidden_size, cfg.repa_hidden, cfg.siglip.width,
                               rngs=nnx.Rngs(seed), dtype=compute_dtype(cfg.dtype))
-        return {".".join(map(str, p)): v.get_value() for p, v in _flat_params(fresh).items()}
+        return {".".join(map(str, p)): v.get_value() for p, v in flat_params(fresh).items()}
     new = jax.jit(make)()            # one compile instead of one per initialiser
-    for p, var in _flat_params(model.repa_projector).items():
+    for p, var in flat_params(model.repa_projector).items():
         v = new[".".join(map(str, p))]
         var.set_value(v.astype(dtype) if dtype is not None else v)
     return sorted("repa_projector." + k for k in new)
@@ -744,7 +738,7 @@ def export_janusflow_hf(model, cfg: ModelConfig, out_dir: str, *, overwrite: boo
     layout, tensors in the parameters' own dtype. Returns the weight files written."""
     from safetensors.numpy import save_file
     key_map = janusflow_key_map(cfg)
-    params = _flat_params(model)
+    params = flat_params(model)
     targets = {p for p, _ in key_map.values()}
     uncovered = [".".join(map(str, p)) for p in params if p not in targets and not _under(p, TRAINING_ONLY)]
     unknown = [k for k, (p, _) in key_map.items() if p not in params]
@@ -810,7 +804,7 @@ def load_llama_into(model, path: str, *, dtype=None, progress: Progress = None) 
             bad.append(f"{_LLM_HF_NAMES.get(f.name, f.name)}={a!r} but cfg.llm.{f.name}={b!r}")
     if bad:
         raise ConfigError(f"{path}/config.json does not match the model: " + "; ".join(bad))
-    stream_load(llm, TensorSource(path), llm_mod.torch_key_map(cfg, ""), dtype=_jnp_dtype(dtype),
+    stream_load(llm, TensorSource(path), key_maps.llm_key_map(cfg, ""), dtype=_jnp_dtype(dtype),
                 ignore=_derived_buffer, progress=progress)
 
 
@@ -849,9 +843,9 @@ def load_siglip_into(model, src, layout: str = "auto", *, dtype=None, progress: 
     if chosen == "hf":
         # q/k/v are separate in HF and fused in timm: convert the tower in memory (~1.2 GB fp32).
         sd = dict(source.iter(mine))
-        timm_sd = siglip_mod.hf_siglip_to_timm_state_dict(sd, cfg, hf_prefix=prefix)
+        timm_sd = key_maps.hf_siglip_to_timm_state_dict(sd, cfg, hf_prefix=prefix)
         del sd
-        load_state_dict(tower, timm_sd, siglip_mod.torch_key_map(cfg), dtype=_jnp_dtype(dtype))
+        load_state_dict(tower, timm_sd, key_maps.siglip_key_map(cfg), dtype=_jnp_dtype(dtype))
         return chosen
 
     def ignore(k):
@@ -862,7 +856,7 @@ def load_siglip_into(model, src, layout: str = "auto", *, dtype=None, progress: 
             i = rest.split(".")[1]
             return i.isdigit() and cfg.depth <= int(i) < cfg.num_layers
         return rest.startswith("attn_pool.") and not cfg.attn_pool
-    stream_load(tower, source, siglip_mod.torch_key_map(cfg, prefix), dtype=_jnp_dtype(dtype),
+    stream_load(tower, source, key_maps.siglip_key_map(cfg, prefix), dtype=_jnp_dtype(dtype),
                 ignore=ignore, progress=progress)
     return chosen
 
@@ -905,8 +899,8 @@ def load_vae(path: str, dtype: str = "float32", *, progress: Progress = None):
     jdt = _jnp_dtype(dtype)
     vcfg = vae_config_from_diffusers(_read_json(os.path.join(path, "config.json")))
     compute = jnp.bfloat16 if dtype == "bfloat16" else None
-    vae = nnx.eval_shape(lambda: vae_mod.make_vae(vcfg, rngs=nnx.Rngs(0), dtype=compute))
-    stream_load(vae, TensorSource(path, DIFFUSERS_FILES), vae_mod.torch_key_map(vcfg), dtype=jdt,
-                rename=lambda k, a: next(iter(vae_mod.normalize_vae_keys({k: a}).items())),
+    vae = build_vae(vcfg, dtype=compute, abstract=True)
+    stream_load(vae, TensorSource(path, DIFFUSERS_FILES), key_maps.vae_key_map(vcfg), dtype=jdt,
+                rename=lambda k, a: next(iter(key_maps.normalize_vae_keys({k: a}).items())),
                 progress=progress)
     return vae, vcfg

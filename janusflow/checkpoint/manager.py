@@ -25,7 +25,8 @@ from typing import Any, Optional
 import jax
 import orbax.checkpoint as ocp
 
-from janusflow import config_io, paths
+from janusflow import paths
+from janusflow.configs import io as config_io
 
 
 class CheckpointMismatchError(RuntimeError):

@@ -27,10 +27,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from janusflow import config_io, paths
+from janusflow import paths
+from janusflow.configs import io as config_io
 from janusflow.checkpoint import hf
 from janusflow.checkpoint.torch_layout import CheckpointMismatch
-from janusflow.config import RECIPE_PHASES, ConfigError, ModelConfig
+from janusflow.configs.schema import RECIPE_PHASES, ConfigError, ModelConfig
 
 CONFIG_NAME = "janusflow_config.json"
 PARAMS_DIR = "params"

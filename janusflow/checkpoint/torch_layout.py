@@ -1,6 +1,6 @@
 """Mapping between PyTorch state dicts (official key names) and NNX parameter trees.
 
-Every model module exposes ``torch_key_map(cfg, prefix) -> {torch_key: (nnx_path, transform)}``.
+The key maps (:mod:`janusflow.checkpoint.key_maps`) are ``{torch_key: (nnx_path, transform)}``.
 This file holds the transforms and the two generic directions, so that each model states its
 layout once and import/export can never disagree. Transforms are exact (transposes and
 reshapes only), so import followed by export is bit-identical.
@@ -36,7 +36,7 @@ class CheckpointMismatch(ValueError):
     """Missing, unexpected or mis-shaped keys; the message lists them by name."""
 
 
-def _flat_params(module) -> dict[tuple, nnx.Variable]:
+def flat_params(module) -> dict[tuple, nnx.Variable]:
     return {tuple(k): v for k, v in nnx.to_flat_state(nnx.state(module, nnx.Param))}
 
 
@@ -62,7 +62,7 @@ def load_state_dict(module, state_dict: Mapping[str, np.ndarray], key_map: KeyMa
     ``key_map`` must be present; every parameter of ``module`` must be covered. Shapes must
     match exactly. All problems are collected and reported together, by name.
     """
-    params = _flat_params(module)
+    params = flat_params(module)
     missing = [k for k in key_map if k not in state_dict]
     unexpected = [k for k in state_dict if k not in key_map]
     uncovered = sorted(set(params) - {p for p, _ in key_map.values()})
@@ -100,5 +100,5 @@ def load_state_dict(module, state_dict: Mapping[str, np.ndarray], key_map: KeyMa
 
 
 def export_state_dict(module, key_map: KeyMap) -> dict[str, np.ndarray]:
-    params = _flat_params(module)
+    params = flat_params(module)
     return {k: to_torch(tr, np.asarray(params[path].get_value())) for k, (path, tr) in key_map.items()}

@@ -160,7 +160,7 @@ def _stderr(msg):
 def check_flags(out: str, name: str, *, val_fraction: float = 0.0, short_side: int = 0,
                 threads: int = 1, max_pixels: int = MAX_PIXELS):
     """ValueError naming the flag for a value no build can use."""
-    _check_name(name)
+    check_dataset_name(name)
     if os.path.exists(out) and not os.path.isdir(out):
         raise ValueError(f"--out {out!r} is a file, not a directory")
     if not 0.0 <= val_fraction < 1.0:        # also refuses nan
@@ -243,7 +243,7 @@ def build_image_text(images: str, captions: str, out: str, name: str = "user_ima
     })
     splits = {k: generate(k) for k in split_rows}
     try:
-        return _build(name, features, splits, out, f"Images and captions from {images}", stats, log)
+        return write_dataset(name, features, splits, out, f"Images and captions from {images}", stats, log)
     finally:
         note.close()
 
@@ -276,17 +276,17 @@ def build_text(texts: str, out: str, name: str, log=print, warn=_stderr) -> tupl
 
     features = tfds.features.FeaturesDict({"text": tfds.features.Text()})
     try:
-        return _build(name, features, {"train": gen}, out, f"Text from {texts}", stats, log)
+        return write_dataset(name, features, {"train": gen}, out, f"Text from {texts}", stats, log)
     finally:
         note.close()
 
 
-def _check_name(name):
+def check_dataset_name(name):
     if not NAME_RE.match(name):
         raise ValueError(f"--name {name!r}: TFDS names are snake_case ([a-z][a-z0-9_]*)")
 
 
-def _build(name, features, splits, out, description, stats, log):
+def write_dataset(name, features, splits, out, description, stats, log):
     builder = _LocalBuilder(name=name, features=features, splits=splits, description=description,
                             data_dir=out)
     if builder.is_prepared():

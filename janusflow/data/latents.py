@@ -116,8 +116,8 @@ def load_vae_params(cfg, vae_dir: str | None = None):
     (``--vae``), else the experiment's ``train.vae_from``, else -- only where
     ``model.vae_random_ok`` allows it -- the random VAE a fresh run of the experiment builds."""
     from flax import nnx
-    from janusflow.config import ConfigError
-    from janusflow.models.vae import make_vae
+    from janusflow.configs.schema import ConfigError
+    from janusflow.models.build import build_vae
     from janusflow.train.state import random_vae_params, vae_params
     from janusflow.train.vae_source import load_vae_module
     vae_dir = vae_dir or cfg.train.vae_from
@@ -131,7 +131,7 @@ def load_vae_params(cfg, vae_dir: str | None = None):
                           "--vae DIR (a diffusers AutoencoderKL directory such as stabilityai/sdxl-vae) or "
                           "set train.vae_from, or model.vae_random_ok=true if a random VAE is intended")
     # The VAE a fresh run builds (its own RNG stream, train/state.py), without the model.
-    gd, _ = nnx.split(nnx.eval_shape(lambda: make_vae(cfg.model.vae, rngs=nnx.Rngs(0))), nnx.Param)
+    gd, _ = nnx.split(build_vae(cfg.model.vae, abstract=True), nnx.Param)
     return gd, random_vae_params(cfg), f"initialised by a fresh run of {cfg.name!r} (train.seed={cfg.train.seed})"
 
 
@@ -146,9 +146,9 @@ def _skip_image_decoding(features, image_key: str):
     """Decoders that keep every top-level image (and the configured one) as its encoded bytes:
     they are copied, never re-encoded."""
     import tensorflow_datasets as tfds
-    from janusflow.data.sources import _decoders
+    from janusflow.data.sources import image_decoders
     dec = {k: tfds.decode.SkipDecoding() for k, f in features.items() if isinstance(f, tfds.features.Image)}
-    nested = _decoders(features, image_key) or {}
+    nested = image_decoders(features, image_key) or {}
     for k, v in nested.items():
         dec.setdefault(k, v)
     return dec
@@ -167,7 +167,7 @@ def build_latents(cfg, out: str, split: str = "train", batch: int = 8, name: str
     import tensorflow_datasets as tfds
     from flax import nnx
     from janusflow.data import preprocess as pp
-    from janusflow.data.build import _build, _check_name
+    from janusflow.data.build import write_dataset, check_dataset_name
     from janusflow.data.sources import get_field, open_builder
     from janusflow.models.vae import encode_latents
 
@@ -189,7 +189,7 @@ def build_latents(cfg, out: str, split: str = "train", batch: int = 8, name: str
     if not splits:
         raise ValueError(f"--split {split!r} names no split")
     name = name or _default_name(source_builder)
-    _check_name(name)
+    check_dataset_name(name)
     decoders = _skip_image_decoding(features, src.image)
     try:
         sources = {s: source_builder.as_data_source(split=s, decoders=decoders) for s in splits}
@@ -247,7 +247,7 @@ def build_latents(cfg, out: str, split: str = "train", batch: int = 8, name: str
         **{k: features[k] for k in features.keys()},
         FEATURE: tfds.features.Tensor(shape=shape, dtype=np.float32,
                                       doc="encode_latents(vae, image): scaled posterior mean")})
-    path, _ = _build(name, feats, {out_names[s]: generate(s) for s in splits}, out,
+    path, _ = write_dataset(name, feats, {out_names[s]: generate(s) for s in splits}, out,
                      f"VAE latents of {src.name} ({split}), by janusflow data latents", stats, log)
     written = {k[len("written_"):]: v for k, v in stats.items() if k.startswith("written_")}
     meta = {"format": FORMAT_VERSION, "vae": vae_fields(m.vae), "image_size": size,

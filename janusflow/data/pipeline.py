@@ -25,52 +25,16 @@ import functools
 
 import numpy as np
 
+from janusflow.configs.data import SYSTEM_PROMPT, DataConfig, SourceConfig
+from janusflow.configs.errors import ConfigError
 from janusflow.data import preprocess as pp
 from janusflow.data.latents import FEATURE as LATENTS_FEATURE
 from janusflow.data.latents import check_source as check_latents_source
 from janusflow.data.latents import latent_shape
 from janusflow.data.mixing import TASKS, MixedIterator, batch_phases, task_batches_at
-from janusflow.data.sources import (SourceConfig, as_text, as_text_list, get_field, open_source,
+from janusflow.data.sources import (as_text, as_text_list, get_field, open_source,
                                     task_dataset)
-from janusflow.data.tokenizer import SYSTEM_PROMPT, Tokenizer, conversation_example, generation_prompt_ids
-
-SHAPES_32 = "janusflow_shapes/32px"
-
-
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
-    und: SourceConfig = SourceConfig(name=SHAPES_32)
-    gen: SourceConfig = SourceConfig(name=SHAPES_32)
-    text: SourceConfig = SourceConfig(name=SHAPES_32, text="description")   # read iff text_batch > 0
-    tokenizer: str = ""             # tokenizer.json or checkpoint dir; "" -> built-in shapes BPE
-    und_text_len: int = 64          # und row length = 2 + num_und_tokens + und_text_len
-    prompt_len: int = 64            # generation prompt ids (BOS ... "Assistant:")
-    text_len: int = 128
-    # QA turns per understanding example (0: the whole conversation; turns that do not fit
-    # und_text_len are dropped whole, so every kept answer is complete and in the loss)
-    max_turns: int = 0
-    # before every understanding conversation, as the official processor does and as chat and
-    # evaluation prompt by default: train with the prompt the model is evaluated with
-    system_prompt: str = SYSTEM_PROMPT
-    seed: int = 0
-    shuffle: bool = True
-    num_threads: int = 2            # grain threads decoding + preprocessing per process
-    prefetch: int = 64              # examples buffered per task stream
-    workers: int = 0                # >0: grain worker processes per task stream (mp_prefetch)
-    und_vae_images: str = "auto"    # "auto" | "yes" | "no"
-
-    def __post_init__(self):
-        for n in ("und_text_len", "prompt_len", "text_len"):
-            if getattr(self, n) < 1:
-                raise ValueError(f"DataConfig.{n} must be >= 1, got {getattr(self, n)}")
-        if self.und_vae_images not in ("auto", "yes", "no"):
-            raise ValueError(f"DataConfig.und_vae_images must be auto|yes|no, got {self.und_vae_images!r}")
-        for n in ("und", "text"):
-            if getattr(self, n).latents:
-                raise ValueError(f"DataConfig.{n}.latents=True: only the gen stream reads precomputed "
-                                 "latents (understanding images are padded, not cropped, so the gen "
-                                 "latents do not apply)")
-
+from janusflow.data.tokenizer import Tokenizer, conversation_example, generation_prompt_ids
 
 # ---------------------------------------------------------------------- processors
 class _Processor:
@@ -229,9 +193,9 @@ class TextProcessor(_Processor):
 def shapes_tokenizer(vocab_size: int = 512) -> Tokenizer:
     """Byte-level BPE trained on the shapes world's vocabulary and the chat templates
     (deterministic, no download; cached per process)."""
-    from janusflow.data import shapes
-    from janusflow.data.shapes_tfds import describe
-    from janusflow.data.tokenizer import ASSISTANT, SEP, SYSTEM_PROMPT, USER, build_tiny_tokenizer
+    from janusflow.shapes import world as shapes
+    from janusflow.shapes.dataset import describe
+    from janusflow.data.tokenizer import ASSISTANT, SEP, USER, build_tiny_tokenizer
     texts = [f"{USER}: {m['prompt']}{SEP}{ASSISTANT}:" for tag in shapes.TAGS
              for m in shapes.prompts_for(tag, "all")]
     rng = np.random.default_rng(0)
@@ -255,7 +219,7 @@ def load_tokenizer(data: DataConfig, model_cfg) -> Tokenizer:
 
 
 # ---------------------------------------------------------------------- pipeline
-def _outputs(cfg, data: DataConfig):
+def task_outputs(cfg, data: DataConfig):
     m = cfg.model
     sig = (m.siglip.image_size, tuple(m.siglip.pixel_mean), tuple(m.siglip.pixel_std))
     und_vae = (m.und_encoder in ("shared_gen", "separate_gen") if data.und_vae_images == "auto"
@@ -273,16 +237,16 @@ def und_row_len(cfg, data: DataConfig | None = None) -> int:
 
 
 def processors(cfg, data: DataConfig, tok: Tokenizer) -> dict:
-    m, o = cfg.model, _outputs(cfg, data)
+    m, o = cfg.model, task_outputs(cfg, data)
     und_len = und_row_len(cfg, data)
     if und_len < m.num_und_tokens + 8:
-        raise ValueError(f"understanding rows of {und_len} tokens (seq_len {cfg.seq_len}) cannot hold "
+        raise ConfigError(f"seq_len: understanding rows of {und_len} tokens (seq_len {cfg.seq_len}) cannot hold "
                          f"the {m.num_und_tokens + 2} image slots and a question/answer")
     if data.prompt_len + 1 + m.num_gen_tokens > m.llm.max_position_embeddings:
-        raise ValueError(f"prompt_len {data.prompt_len} + 1 + {m.num_gen_tokens} image tokens exceeds "
+        raise ConfigError(f"data.prompt_len: {data.prompt_len} + 1 + {m.num_gen_tokens} image tokens exceeds "
                          f"the model context {m.llm.max_position_embeddings}")
     if data.text_len > cfg.seq_len:
-        raise ValueError(f"DataConfig.text_len {data.text_len} exceeds seq_len {cfg.seq_len}")
+        raise ConfigError(f"data.text_len: {data.text_len} exceeds seq_len {cfg.seq_len}")
     return {"und": UndProcessor(tok, data.und, und_len, m.num_und_tokens, o["und_pixels"], o["und_vae"],
                                 data.max_turns, data.system_prompt),
             "gen": GenProcessor(tok, data.gen, data.prompt_len, m.image_size, o["repa"],
@@ -308,21 +272,46 @@ def check_sources_named(cfg, data: DataConfig | None = None) -> None:
     data = cfg.data if data is None else data
     for task, n in per_process_batch_sizes(cfg, 1).items():
         if n and not getattr(data, task).enabled:
-            from janusflow.config import ConfigError   # not at the top: config.py imports this module
             raise ConfigError(f"data.{task}.name is empty: train.{task}_batch={n} but data.{task} names no "
                               f"dataset (--set data.{task}.name=NAME_OR_DIR)")
 
 
-def _check_fields(task, source, keys: SourceConfig):
+def needed_fields(task: str, keys: SourceConfig) -> tuple:
+    """The feature paths a task stream reads (``caption`` "a|b" reads both)."""
     need = {"und": (keys.image, keys.question, keys.answer), "gen": (keys.image, *keys.caption.split("|")),
-            "text": (keys.text,)}[task] + ((LATENTS_FEATURE,) if keys.latents else ())
-    rec = source[0]
-    for path in need:
+            "text": (keys.text,)}[task]
+    return need + ((LATENTS_FEATURE,) if keys.latents else ())
+
+
+def dataset_label(keys: SourceConfig) -> str:
+    where = f" in {keys.data_dir}" if keys.data_dir else ""
+    return f"dataset {keys.name!r} ({keys.split}){where}"
+
+
+def missing_fields(task: str, keys: SourceConfig, record: dict) -> list[str]:
+    """One line per field the task reads that ``record`` lacks."""
+    out = []
+    for path in needed_fields(task, keys):
         try:
-            get_field(rec, path)
+            get_field(record, path)
         except KeyError:
-            raise KeyError(f"{task} source {keys.name!r} ({keys.split}) has no feature {path!r}; "
-                           f"its top-level features are {sorted(rec)}; set the key mapping") from None
+            out.append(f"{dataset_label(keys)}: record 0: field {path!r} missing (data.{task} reads it; the "
+                       f"record has {sorted(record)}; set data.{task}.{_key_name(task, keys, path)} to one of them)")
+    return out
+
+
+def _key_name(task, keys: SourceConfig, path: str) -> str:
+    for f in ("image", "caption", "question", "answer", "text"):
+        if path in getattr(keys, f).split("|"):
+            return f
+    return "latents"
+
+
+def _check_fields(task, source, keys: SourceConfig):
+    """A field the stream reads that its dataset lacks: one line naming it (data/check.py)."""
+    missing = missing_fields(task, keys, source[0])
+    if missing:
+        raise ConfigError(missing[0])
 
 
 def make_pipeline(cfg, data: DataConfig = DataConfig(), tokenizer: Tokenizer | None = None, *,

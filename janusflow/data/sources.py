@@ -15,49 +15,21 @@ shard a process shuffles globally with a per-epoch reshuffle (grain ``shuffle`` 
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Any
 
 import numpy as np
 
+from janusflow.configs.data import SourceConfig
+
 ENV_DATA_DIR = "JANUSFLOW_DATA_DIR"
-
-
-@dataclasses.dataclass(frozen=True)
-class SourceConfig:
-    """One task stream's dataset. ``name`` "" disables the stream.
-
-    ``name``: TFDS name (``janusflow_shapes/32px``, ``my_dataset:1.0.0``) or the directory of
-    a prepared dataset (the one holding ``dataset_info.json``). ``data_dir``: TFDS data root
-    ("" -> ``$JANUSFLOW_DATA_DIR`` or the TFDS default). The key fields map logical inputs to
-    feature paths; a path whose value is a list (several captions, several QA turns) is
-    handled per task: a random caption, up to ``max_turns`` random turns.
-
-    ``latents`` (generation only): the dataset was written by ``janusflow data latents``, so
-    examples carry the VAE latents (``latents``) instead of ``images`` and the step runs no
-    VAE encoder; its VAE config must match the model's (checked when the pipeline opens it).
-    """
-    name: str = ""
-    split: str = "train"
-    data_dir: str = ""
-    image: str = "image"
-    caption: str = "caption"            # generation; "a|b": a random caption from fields a and b
-    question: str = "qa.question"       # understanding (str or list, zipped with answer)
-    answer: str = "qa.answer"
-    text: str = "text"                  # text (LM) stream
-    latents: bool = False               # precomputed VAE latents (gen stream only)
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.name)
 
 
 def data_dir_for(cfg: SourceConfig) -> str | None:
     return cfg.data_dir or os.environ.get(ENV_DATA_DIR) or None
 
 
-def _decoders(features, path: str):
+def image_decoders(features, path: str):
     """Skip TFDS's own image decoding for ``path`` (we decode with PIL, tolerating bad files)."""
     import tensorflow_datasets as tfds
     feat = features
@@ -77,7 +49,7 @@ def _decoders(features, path: str):
 
 def open_builder(cfg: SourceConfig):
     import tensorflow_datasets as tfds
-    from janusflow.data import shapes_tfds
+    from janusflow.shapes import dataset as shapes_tfds
     if os.path.isfile(os.path.join(cfg.name, "dataset_info.json")):
         return tfds.builder_from_directory(cfg.name)
     try:
@@ -97,7 +69,7 @@ def open_builder(cfg: SourceConfig):
 def open_source(cfg: SourceConfig, image_key: str | None = None):
     """The split as a random-access sequence of decoded examples (images left encoded)."""
     builder = open_builder(cfg)
-    decoders = _decoders(builder.info.features, image_key) if image_key else None
+    decoders = image_decoders(builder.info.features, image_key) if image_key else None
     try:
         return builder.as_data_source(split=cfg.split, decoders=decoders)
     except NotImplementedError as e:

@@ -40,9 +40,6 @@ SPECIAL_TOKENS = (BOS_TOKEN, EOS_TOKEN, PAD_TOKEN) + JANUS_TAGS
 
 # The official processor puts this before understanding conversations (``process_one``); the
 # generation template uses none. Pass it as ``system_prompt`` to match the released model.
-SYSTEM_PROMPT = ("You are a helpful language and vision assistant. You are able to understand the "
-                 "visual content that the user provides, and assist the user with a variety of "
-                 "tasks using natural language.")
 USER, ASSISTANT, SEP = "User", "Assistant", "\n\n"
 
 

@@ -213,7 +213,7 @@ class DemoSession:
         gallery = [(img, settings_caption(req, i)) for i, img in enumerate(images)]
         grid = None
         if req.trajectory:
-            from janusflow.eval.denoise import trajectory_grid
+            from janusflow.shapes.denoise import trajectory_grid
             _, grid = trajectory_grid(self.model, self.vae, self.cfg, self.tokenizer, [req.prompt],
                                       steps=req.steps, cfg_weight=req.cfg_weight,
                                       show=trajectory_steps(req.steps),

@@ -7,7 +7,7 @@ Detectors and colour classifiers (interfaces in :mod:`janusflow.eval.geneval_sco
   mmdet 2.x (+ mmcv-full 1.7) and open_clip, imported only when built. They need downloaded
   weights and, for mmdet 2.x, CUDA; nothing here downloads anything.
 - :class:`PrecomputedDetections` (+ :class:`PrecomputedColors`): detections made elsewhere.
-- the shapes world's analytic :class:`~janusflow.eval.shapes_detector.ShapesDetector`.
+- the shapes world's analytic :class:`~janusflow.shapes.detector.ShapesDetector`.
 
 Precomputed detections schema. Image keys are paths relative to the layout folder with ``/``
 separators (``"00012/samples/0003.png"``); every image of the layout must have a key (``{}``
@@ -323,7 +323,7 @@ def run_score(outdir: str, *, detections: Optional[str] = None, detector: str = 
               mask2former: Optional[str] = None, object_names: Optional[str] = None,
               device: str = "cuda") -> dict:
     """``janusflow eval geneval score``: detect, score, write results, summarise."""
-    from janusflow.eval.shapes_detector import ShapesColorClassifier, ShapesDetector
+    from janusflow.shapes.detector import ShapesColorClassifier, ShapesDetector
     if detections:
         det = PrecomputedDetections(detections, root=outdir)
     elif detector == "shapes":

@@ -25,7 +25,7 @@ from typing import Optional
 
 import numpy as np
 
-from janusflow.data.shapes import relative_position
+from janusflow.shapes.world import relative_position
 from janusflow.eval.geneval_results import parse_records, read_results
 
 GENEVAL_COLORS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black",

@@ -1,7 +1,7 @@
 """Understanding accuracy on the shapes world: short questions, exact-match answers.
 
 Scenes come from the shapes *validation* split (one per GenEval category in turn), each with
-the questions of :func:`janusflow.data.shapes.questions` (qtypes ``color``, ``count``,
+the questions of :func:`janusflow.shapes.world.questions` (qtypes ``color``, ``count``,
 ``shape``, ``position``). An answer is correct when it equals the reference after
 :func:`normalize` (lower case, surrounding space and final period dropped, number words 0-10
 as digits), so "Red." and "red" match but "it is red" does not.
@@ -14,7 +14,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from janusflow.data import shapes
+from janusflow.shapes import world as shapes
 
 QTYPES = ("color", "count", "shape", "position")
 _WORDS = {w: str(i) for i, w in enumerate(shapes.NUMBERS)}

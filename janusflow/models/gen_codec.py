@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from janusflow.config import GenCodecConfig
+from janusflow.configs.schema import GenCodecConfig
 from janusflow.models.layers import Conv2d, Linear, RMSNorm, einsum, param, pixel_shuffle, zeros
 from janusflow.parallel.rules import IMAGE_FEATURES as FEATURES, constrain
 
@@ -261,48 +261,3 @@ class GenDecoder(nnx.Module):
         for stage in self.out_convs:
             h = stage(h)
         return h
-
-
-def _block_keys(cfg: GenCodecConfig, prefix: str, path: tuple) -> dict:
-    m = {f"{prefix}depthwise.weight": (path + ("depthwise", "kernel"), "conv"),
-         f"{prefix}norm.weight": (path + ("norm", "scale"), "plain"),
-         f"{prefix}channelwise_linear_1.weight": (path + ("linear_1", "kernel"), "linear"),
-         f"{prefix}channelwise_norm.weight": (path + ("grn_gamma",), "grn"),
-         f"{prefix}channelwise_norm.bias": (path + ("grn_beta",), "grn"),
-         f"{prefix}channelwise_linear_2.weight": (path + ("linear_2", "kernel"), "linear"),
-         f"{prefix}cond_embeds_mapper.weight": (path + ("cond_embeds_mapper", "kernel"), "linear")}
-    if cfg.use_bias:
-        for t, ours in (("depthwise", "depthwise"), ("channelwise_linear_1", "linear_1"),
-                        ("channelwise_linear_2", "linear_2"),
-                        ("cond_embeds_mapper", "cond_embeds_mapper")):
-            m[f"{prefix}{t}.bias"] = (path + (ours, "bias"), "plain")
-    return m
-
-
-def torch_key_map_encoder(cfg: GenCodecConfig, prefix: str = "") -> dict:
-    """Official ``ShallowUViTEncoder`` keys. ``time_proj`` (diffusers ``Timesteps``) has no
-    parameters, so it has no keys."""
-    m = {f"{prefix}time_embed.linear_1.weight": (("time_linear_1", "kernel"), "linear"),
-         f"{prefix}time_embed.linear_2.weight": (("time_linear_2", "kernel"), "linear"),
-         f"{prefix}in_conv.weight": (("in_conv", "kernel"), "conv"),
-         f"{prefix}in_conv.bias": (("in_conv", "bias"), "plain")}
-    if cfg.use_bias:
-        m[f"{prefix}time_embed.linear_1.bias"] = (("time_linear_1", "bias"), "plain")
-        m[f"{prefix}time_embed.linear_2.bias"] = (("time_linear_2", "bias"), "plain")
-    for i in range(cfg.num_blocks):
-        m.update(_block_keys(cfg, f"{prefix}mid_block.res_blocks.{i}.", ("blocks", i)))
-    return m
-
-
-def torch_key_map_decoder(cfg: GenCodecConfig, prefix: str = "") -> dict:
-    """Official ``ShallowUViTDecoder`` keys."""
-    m = {f"{prefix}input_norm.weight": (("input_norm", "scale"), "plain")}
-    for i in range(cfg.num_blocks):
-        m.update(_block_keys(cfg, f"{prefix}mid_block.res_blocks.{i}.", ("blocks", i)))
-    for i in range(cfg.decoder_upsamples):
-        p, path = f"{prefix}out_convs.{i}.", ("out_convs", i)
-        m[p + "norm.weight"] = (path + ("norm", "scale"), "plain")
-        m[p + "unpatch_conv.weight"] = (path + ("unpatch_conv", "kernel"), "conv")
-        if cfg.use_bias:
-            m[p + "unpatch_conv.bias"] = (path + ("unpatch_conv", "bias"), "plain")
-    return m

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from janusflow.config import ModelConfig
+from janusflow.configs.schema import ModelConfig
 from janusflow.models.gen_codec import GenDecoder, GenEncoder
 from janusflow.models.layers import Linear, RMSNorm, normal, param, zeros
 from janusflow.models.llm import LLM, RESIDUAL, KVCache

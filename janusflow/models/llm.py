@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from janusflow.config import LLMConfig
+from janusflow.configs.schema import LLMConfig
 from janusflow.models.layers import Linear, RMSNorm, dot_product_attention, matmul, normal, param
 from janusflow.parallel.rules import constrain
 
@@ -226,20 +226,3 @@ class LLM(nnx.Module):
             new_cache = KVCache(jnp.stack(new_k + k_rest), jnp.stack(new_v + v_rest), valid)
         hidden = self.norm(x) if stop_after is None else x
         return LLMOutput(hidden, layers, new_cache)
-
-
-def torch_key_map(cfg: LLMConfig, prefix: str = "") -> dict:
-    """HF ``LlamaForCausalLM`` keys (``prefix`` = "language_model." inside JanusFlow)."""
-    m = {f"{prefix}model.embed_tokens.weight": (("embed_tokens",), "plain"),
-         f"{prefix}model.norm.weight": (("norm", "scale"), "plain")}
-    if not cfg.tie_word_embeddings:
-        m[f"{prefix}lm_head.weight"] = (("lm_head", "kernel"), "linear")
-    for i in range(cfg.num_layers):
-        p = f"{prefix}model.layers.{i}."
-        for n in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            m[f"{p}self_attn.{n}.weight"] = (("layers", i, "self_attn", n, "kernel"), "linear")
-        for n in ("gate_proj", "up_proj", "down_proj"):
-            m[f"{p}mlp.{n}.weight"] = (("layers", i, "mlp", n, "kernel"), "linear")
-        m[f"{p}input_layernorm.weight"] = (("layers", i, "input_layernorm", "scale"), "plain")
-        m[f"{p}post_attention_layernorm.weight"] = (("layers", i, "post_attention_layernorm", "scale"), "plain")
-    return m

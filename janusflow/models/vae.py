@@ -17,14 +17,11 @@ fp16 is known to overflow in this VAE (SDXL-VAE is usually run upcast); use fp32
 
 from __future__ import annotations
 
-import re
-from typing import Mapping
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from janusflow.config import VAEConfig
+from janusflow.configs.schema import VAEConfig
 from janusflow.models.layers import Conv2d, GroupNorm, Linear, dot_product_attention
 from janusflow.parallel.rules import IMAGE_FEATURES, constrain
 
@@ -255,99 +252,3 @@ def encode_latents(vae, cfg: VAEConfig, images, rng=None):
 def decode_latents(vae, cfg: VAEConfig, latents):
     """Inverse of :func:`encode_latents`' scaling, then decode to NHWC images."""
     return vae.decode(latents / cfg.scaling_factor + cfg.shift_factor)
-
-
-# ---------------------------------------------------------------- checkpoint layout
-
-def _add(m: dict, prefix: str, key: str, kind: str):
-    """One torch submodule ``key`` of type ``kind`` ('conv' | 'norm' | 'linear')."""
-    path = tuple(int(p) if p.isdigit() else p for p in key.split("."))
-    w_name, w_tr = {"conv": ("kernel", "conv"), "norm": ("scale", "plain"),
-                    "linear": ("kernel", "linear")}[kind]
-    m[f"{prefix}{key}.weight"] = (path + (w_name,), w_tr)
-    m[f"{prefix}{key}.bias"] = (path + ("bias",), "plain")
-
-
-def _resnet_keys(m, prefix, key, cin, cout):
-    for name, kind in (("norm1", "norm"), ("conv1", "conv"), ("norm2", "norm"), ("conv2", "conv")):
-        _add(m, prefix, f"{key}.{name}", kind)
-    if cin != cout:
-        _add(m, prefix, f"{key}.conv_shortcut", "conv")
-
-
-def _mid_keys(m, prefix, key, c, attention):
-    for i in range(2):
-        _resnet_keys(m, prefix, f"{key}.resnets.{i}", c, c)
-    if attention:
-        a = f"{key}.attentions.0"
-        _add(m, prefix, f"{a}.group_norm", "norm")
-        for name in ("to_q", "to_k", "to_v", "to_out.0"):
-            _add(m, prefix, f"{a}.{name}", "linear")
-
-
-def torch_key_map(cfg: VAEConfig, prefix: str = "") -> dict[str, tuple[tuple, str]]:
-    """diffusers ``AutoencoderKL`` state-dict keys (current names) -> NNX paths.
-
-    Checkpoints with the old attention names go through :func:`normalize_vae_keys` first.
-    The pixel VAE has no parameters, hence an empty map.
-    """
-    if cfg.kind == "pixel":
-        return {}
-    ch, n = tuple(cfg.block_out_channels), cfg.layers_per_block
-    m: dict[str, tuple[tuple, str]] = {}
-    _add(m, prefix, "encoder.conv_in", "conv")
-    for i, c in enumerate(ch):
-        for j in range(n):
-            cin = ch[max(i - 1, 0)] if j == 0 else c
-            _resnet_keys(m, prefix, f"encoder.down_blocks.{i}.resnets.{j}", cin, c)
-        if i < len(ch) - 1:
-            _add(m, prefix, f"encoder.down_blocks.{i}.downsamplers.0.conv", "conv")
-    _mid_keys(m, prefix, "encoder.mid_block", ch[-1], cfg.mid_block_add_attention)
-    _add(m, prefix, "encoder.conv_norm_out", "norm")
-    _add(m, prefix, "encoder.conv_out", "conv")
-
-    rev = ch[::-1]
-    _add(m, prefix, "decoder.conv_in", "conv")
-    _mid_keys(m, prefix, "decoder.mid_block", rev[0], cfg.mid_block_add_attention)
-    for i, c in enumerate(rev):
-        for j in range(n + 1):
-            cin = rev[max(i - 1, 0)] if j == 0 else c
-            _resnet_keys(m, prefix, f"decoder.up_blocks.{i}.resnets.{j}", cin, c)
-        if i < len(rev) - 1:
-            _add(m, prefix, f"decoder.up_blocks.{i}.upsamplers.0.conv", "conv")
-    _add(m, prefix, "decoder.conv_norm_out", "norm")
-    _add(m, prefix, "decoder.conv_out", "conv")
-
-    if cfg.use_quant_conv:
-        _add(m, prefix, "quant_conv", "conv")
-    if cfg.use_post_quant_conv:
-        _add(m, prefix, "post_quant_conv", "conv")
-    return m
-
-
-_OLD_ATTN = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
-_ATTN_KEY = re.compile(r"^(.*\.attentions\.\d+)\.(query|key|value|proj_attn|to_q|to_k|to_v|to_out\.0)"
-                       r"\.(weight|bias)$")
-
-
-def normalize_vae_keys(state_dict: Mapping) -> dict:
-    """Rename the pre-0.14 diffusers attention names (``query``, ``key``, ``value``,
-    ``proj_attn``) to the current ones and squeeze 1x1-conv attention weights (C, C, 1, 1)
-    to Linear (C, C), the two legacy forms found in published SDXL-VAE files. Any key
-    prefix is kept; other keys pass through untouched. Returns a new dict.
-    """
-    out = {}
-    for k, v in state_dict.items():
-        mt = _ATTN_KEY.match(k)
-        if mt is not None:
-            base, name, leaf = mt.groups()
-            k = f"{base}.{_OLD_ATTN.get(name, name)}.{leaf}"
-            if leaf == "weight" and len(v.shape) == 4:
-                if tuple(v.shape[2:]) != (1, 1):
-                    raise ValueError(f"{mt.string}: attention weight of shape {tuple(v.shape)} is "
-                                     "neither Linear (C, C) nor a 1x1 conv (C, C, 1, 1)")
-                v = v[:, :, 0, 0]
-        if k in out:
-            raise ValueError(f"state dict has both the old and the new name for {k}")
-        out[k] = v
-    return out

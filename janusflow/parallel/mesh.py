@@ -9,7 +9,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from janusflow.config import ConfigError, MeshConfig
+from janusflow.configs.schema import ConfigError, MeshConfig
 
 AXES = ("data", "fsdp", "tensor")
 

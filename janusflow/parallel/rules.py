@@ -25,6 +25,8 @@ import jax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from janusflow.configs.errors import ConfigError
+
 # logical name -> mesh axis (or tuple of mesh axes, or None = replicated)
 RULES = {
     "vocab": "tensor",
@@ -73,7 +75,6 @@ IMAGE_FEATURES = ("batch", "height", "width", "channels")
 def check_overrides(overrides, table: dict, field: str) -> dict:
     """``table`` with ``overrides`` ((logical axis, mesh axis | tuple of mesh axes | None), ...)
     applied. Raises ConfigError naming an unknown logical or mesh axis."""
-    from janusflow.config import ConfigError
     out = dict(table)
     for item in overrides:
         if not (isinstance(item, (tuple, list)) and len(item) == 2):

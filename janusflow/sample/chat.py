@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from janusflow.config import ModelConfig
+from janusflow.configs.schema import ModelConfig
 from janusflow.data import preprocess
 from janusflow.models.llm import KVCache
 from janusflow.models.vae import encode_latents
@@ -196,8 +196,9 @@ def _check_decoding(max_new_tokens, temperature, top_p):
 def tokenizer_prompt(tokenizer, question: str, num_image_tokens: int, system_prompt: Optional[str] = None):
     """(ids, image_mask) of the understanding prompt up to ``Assistant:`` from the shared
     template (``janusflow.data.tokenizer``): the training example cut where the answer starts."""
+    from janusflow.configs.data import SYSTEM_PROMPT
     from janusflow.data import tokenizer as tok_mod
-    system = tok_mod.SYSTEM_PROMPT if system_prompt is None else system_prompt
+    system = SYSTEM_PROMPT if system_prompt is None else system_prompt
     ids, image_mask, loss_mask = tok_mod.understanding_example(tokenizer, question, "",
                                                                num_image_tokens, system)
     cut = int(np.argmax(loss_mask))

@@ -32,7 +32,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from janusflow.config import ModelConfig
+from janusflow.configs.schema import ModelConfig
 from janusflow.models.llm import KVCache
 from janusflow.models.vae import decode_latents
 from janusflow.objectives.cfg_dropout import uncond_prompt_mask
@@ -314,10 +314,10 @@ def with_compute_dtype(model, cfg: ModelConfig, dtype: str):
     """The same parameters in a model built for another compute dtype ("float32"/"bfloat16")."""
     import dataclasses
 
-    from janusflow.models.janusflow import JanusFlow
+    from janusflow.models.build import abstract_model
     if dtype == cfg.dtype:
         return model, cfg
     new_cfg = dataclasses.replace(cfg, dtype=dtype)
-    fresh = nnx.eval_shape(lambda: JanusFlow(new_cfg, rngs=nnx.Rngs(0)))
+    fresh = abstract_model(new_cfg)
     nnx.update(fresh, nnx.state(model))
     return fresh, new_cfg

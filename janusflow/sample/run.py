@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from janusflow.config import ModelConfig
+from janusflow.configs.schema import ModelConfig
 from janusflow.records import RecordError, iter_jsonl, iter_text_lines, read_json_object
 from janusflow.sample import grid as grid_mod
 from janusflow.sample.generate import check_options, check_prompts, iter_generate
@@ -229,6 +229,6 @@ def default_mesh():
     """A data-parallel mesh over every device when there are several, else None."""
     import jax
 
-    from janusflow.config import MeshConfig
+    from janusflow.configs.schema import MeshConfig
     from janusflow.parallel.mesh import make_mesh
     return make_mesh(MeshConfig(data=-1)) if jax.device_count() > 1 else None

@@ -8,7 +8,7 @@ import dataclasses
 import jax
 import numpy as np
 
-from janusflow.config import ExperimentConfig
+from janusflow.configs.schema import ExperimentConfig
 from janusflow.train.synthetic import synthetic_batch
 
 

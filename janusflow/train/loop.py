@@ -29,19 +29,21 @@ from typing import Callable, Optional
 import jax
 import numpy as np
 
-from janusflow import flops, paths, perf
+from janusflow import paths
+from janusflow.perf import flops
+from janusflow.perf import peak as perf
 from janusflow.checkpoint.manager import (Checkpointer, UnrestorableCheckpointsError, check_workdir,
                                           meta_for)
-from janusflow.config import ExperimentConfig
+from janusflow.configs.schema import ExperimentConfig
 from janusflow.data.mixing import batch_phases, task_batches_at
 from janusflow.data.pipeline import per_process_batch_sizes
 from janusflow.parallel.mesh import make_mesh, maybe_initialize_distributed
 from janusflow.parallel.rules import batch_sharding
-from janusflow.platform import fit_batches_to_mesh
+from janusflow.perf.platforms import fit_batches_to_mesh
 from janusflow.train import metrics as metrics_lib
 from janusflow.train import workdir as workdir_lib
 from janusflow.train.prefetch import DevicePrefetcher
-from janusflow.train.state import (TrainState, make_init, merge_model, place_vae, random_vae_params,
+from janusflow.train.state import (TrainState, make_init, merge_model, merge_vae, place_vae, random_vae_params,
                                    state_from_model, state_shardings)
 from janusflow.train.step import check_finite_steps, jit_train_step
 from janusflow.train.vae_source import check_vae_source, config_diff, initial_vae
@@ -175,8 +177,10 @@ def train(cfg: ExperimentConfig, workdir: str, *, data_iter=None, log: Callable 
     # refusals that need no jax and touch no workdir first
     check_vae_source(cfg)
     if data_iter is None and not cfg.synthetic_data:
+        from janusflow.data.check import check_or_refuse
         from janusflow.data.pipeline import check_sources_named
         check_sources_named(cfg)
+        check_or_refuse(cfg, log=log)
     init_distributed()  # before any other jax call: jax.distributed.initialize must come first
     check_workdir(workdir)
     with workdir_lib.hold(workdir, jax.process_index() == 0, replaces=final_model_names(cfg), log=log) as manifest:
@@ -269,6 +273,9 @@ def _train(cfg: ExperimentConfig, workdir: str, manifest, *, data_iter, log, sto
                                         "devices": jax.device_count(), "model_flops_per_step": step_flops,
                                         "mesh": dict(mesh.shape)})
     progress = metrics_lib.Progress(start, end, log)
+    sampler = _sampler(cfg, workdir, writer, mesh)
+    if sampler is not None and start == 0:  # the starting point, to compare the later grids with
+        sampler(0, merge_model(parts, state.params, state.frozen), merge_vae(parts, state.vae))
     last = {}
     # Metrics stay on the devices until a log or checkpoint step: fetching them is the only
     # host sync, so steps are dispatched back to back. A non-finite step skips its update on
@@ -288,6 +295,8 @@ def _train(cfg: ExperimentConfig, workdir: str, manifest, *, data_iter, log, sto
                 state, m = step_fn(state, batch)
                 pending.append((step, m))
                 done = step + 1
+                if sampler is not None and sampler.due(done):
+                    sampler(done, merge_model(parts, state.params, state.frozen), merge_vae(parts, state.vae))
                 stop = sig.received is not None
                 log_now = done % t.log_every == 0 or done == end
                 save_now = done % t.ckpt_every == 0 or done == end or stop
@@ -321,6 +330,16 @@ def _train(cfg: ExperimentConfig, workdir: str, manifest, *, data_iter, log, sto
     ckpt.close()
     writer.close()
     return last
+
+
+def _sampler(cfg: ExperimentConfig, workdir: str, writer, mesh):
+    """The fixed-prompt sampler of ``train.sample_every`` (None when off or without a tokenizer:
+    synthetic-data runs have no text to prompt with)."""
+    tok = run_tokenizer(cfg) if cfg.train.sample_every else None
+    if tok is None:
+        return None
+    from janusflow.train.samples import FixedPromptSampler
+    return FixedPromptSampler(cfg, tok, workdir, writer, primary=jax.process_index() == 0, mesh=mesh)
 
 
 def _stop(ckpt: Checkpointer, writer, workdir: str, log):

@@ -56,6 +56,12 @@ class MetricsWriter:
         if self._stage and time.monotonic() - self._last_sync >= self._sync_every:
             self.sync()
 
+    def write_image(self, tag: str, image, step: int):
+        """A uint8 (H, W, 3) image as a TensorBoard image summary (no-op without TensorBoard)."""
+        if self.enabled and self._tb is not None:
+            self._tb.add_image(tag, image, step, dataformats="HWC")
+            self._tb.flush()
+
     def sync(self) -> bool:
         """Copy the staged files to a cloud workdir (no-op for a local one). A failed copy is a
         warning, retried at the next sync: metrics are not worth stopping a run for."""

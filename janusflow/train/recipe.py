@@ -24,8 +24,8 @@ import numpy as np
 from flax import nnx
 
 from janusflow import paths
-from janusflow.config import RECIPE_PHASES as PHASES
-from janusflow.config import ConfigError, ExperimentConfig, OptimConfig
+from janusflow.configs.schema import RECIPE_PHASES as PHASES
+from janusflow.configs.schema import ConfigError, ExperimentConfig, OptimConfig
 from janusflow.data.mixing import with_task_ratios
 from janusflow.train import loop
 from janusflow.train import workdir as workdir_lib
@@ -58,8 +58,8 @@ def siglip_data_cfg(cfg: ExperimentConfig) -> ExperimentConfig:
 def _save_init(cfg: ExperimentConfig, siglip_params: dict, out: str, log):
     """A fresh model whose SigLIP tower holds the pre-trained weights."""
     from janusflow.checkpoint.model_io import save_model
-    from janusflow.models.janusflow import JanusFlow
-    model = nnx.jit(lambda: JanusFlow(cfg.model, rngs=nnx.Rngs(cfg.train.seed)))()
+    from janusflow.models.build import build_model
+    model = nnx.jit(lambda: build_model(cfg.model, seed=cfg.train.seed))()
     if siglip_params is None:   # a model without SigLIP: nothing was pre-trained
         save_model(out, model, cfg.model, loop.run_tokenizer(cfg))
         log(f"saved the initial model to {out}")
@@ -105,7 +105,7 @@ def _trajectory_steps(steps: int) -> tuple:
 def evaluate(cfg: ExperimentConfig, model_dir: str, outdir: str, log, denoise_png: str | None = None) -> dict:
     from janusflow.checkpoint.model_io import load_model
     from janusflow.data.pipeline import load_tokenizer
-    from janusflow.eval import shapes_bench
+    from janusflow.shapes import bench as shapes_bench
     from janusflow.eval.geneval import model_generate_fn
     from janusflow.models.vae import make_vae
     r = cfg.recipe
@@ -114,7 +114,7 @@ def evaluate(cfg: ExperimentConfig, model_dir: str, outdir: str, log, denoise_pn
     vae = make_vae(mcfg.vae, rngs=nnx.Rngs(0))
     out = {}
     if mcfg.uses_siglip:   # what REPA's target and the understanding path can see at all
-        from janusflow.eval import encoder_probe
+        from janusflow.shapes import encoder_probe
         out["encoder_probe"] = encoder_probe.encoder_probe(model.und_encoder, mcfg.siglip)
         log("understanding encoder (SigLIP) probe: " + encoder_probe.summary(out["encoder_probe"]))
     if mcfg.gen_enabled:   # not for the understanding-only ablation (D)
@@ -126,7 +126,7 @@ def evaluate(cfg: ExperimentConfig, model_dir: str, outdir: str, log, denoise_pn
                                                             sample_seed=cfg.train.seed)
         log(shapes_bench.format_one_object(out["shapes_bench"]["one_object"]))
         # does the generator read its prompt at all? (smooth where the benchmark is coarse)
-        from janusflow.eval import conditioning
+        from janusflow.shapes import conditioning
         out["conditioning"] = conditioning.conditioning_gap(
             model, vae, dataclasses.replace(cfg, model=mcfg), n=64)
         log("conditioning gap (RF loss, shuffled - correct prompts): " + conditioning.summary(out["conditioning"]))
@@ -134,7 +134,7 @@ def evaluate(cfg: ExperimentConfig, model_dir: str, outdir: str, log, denoise_pn
         log("shape gap (RF loss, shape word swapped - correct, one-object scenes): "
             + conditioning.summary(out["shape_gap"]))
         if denoise_png:   # what the model draws from real noised images, beside its samples
-            from janusflow.eval import denoise
+            from janusflow.shapes import denoise
             out["denoise"] = denoise.denoise_report(model, vae, dataclasses.replace(cfg, model=mcfg), out_png=denoise_png)
             log(denoise.summary(out["denoise"]))
             # ... and what it draws from noise: the sampler's path, x_hat at chosen steps

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from janusflow.config import SiglipConfig
+from janusflow.configs.schema import SiglipConfig
 from janusflow.models.layers import Linear, normal, param
 from janusflow.models.siglip import SiglipVisionTower
 

@@ -17,15 +17,18 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from janusflow.config import ExperimentConfig, OptimConfig
+from janusflow.configs.schema import ExperimentConfig, OptimConfig
 from janusflow.models.janusflow import JanusFlow
-from janusflow.models.vae import make_vae
+from janusflow.models import build as model_build
 from janusflow.parallel.rules import experiment_rules, param_shardings, replicated
+from janusflow.train.lora import LORA_KEY, LORA_STREAM, apply_lora, init_lora
 
 # Paper Table 1. Stage 1 trains what is newly initialised (aligners, gen codec, and the new
 # small pieces: beg_of_und_embed, REPA projector, the ablation-C encoder); stage 2 adds the LLM;
 # stage 3 adds SigLIP.
 FROZEN_BY_STAGE = {1: ("language_model", "und_encoder"), 2: ("und_encoder",), 3: ()}
+# LoRA (train.lora.rank > 0): the LLM trains through its factors only, SigLIP stays as it is
+FROZEN_BY_LORA = ("language_model", "und_encoder")
 
 
 class TrainState(NamedTuple):
@@ -45,11 +48,16 @@ class Parts:
     vae_graphdef: Any
     optimizer: optax.GradientTransformation
     schedule: Any
+    lora_scale: float = 0.0      # train.lora: params[LORA_KEY] holds factors merged at every build
 
 
-def trainable_filter(stage: int):
-    frozen = FROZEN_BY_STAGE[stage]
+def trainable_filter(stage: int, lora: bool = False):
+    frozen = FROZEN_BY_STAGE[stage] + (FROZEN_BY_LORA if lora else ())
     return lambda path, x: isinstance(x, nnx.Param) and path[0] not in frozen
+
+
+def train_filter(cfg: ExperimentConfig):
+    return trainable_filter(cfg.train.stage, cfg.train.lora.rank > 0)
 
 
 def make_schedule(o: OptimConfig):
@@ -64,7 +72,15 @@ def make_schedule(o: OptimConfig):
 def make_optimizer(o: OptimConfig):
     schedule = make_schedule(o)
     chain = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip > 0 else []
-    chain.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay))
+    if o.name == "adafactor":
+        # factored second moments, no momentum: the optimizer state of the fine-tuning
+        # configs that must fit one accelerator (OptimConfig doc); clipping stays ours
+        # multiply_by_parameter_scale off: lr is then a step size as AdamW's is, not relative
+        chain.append(optax.adafactor(schedule, clipping_threshold=None, eps=o.eps,
+                                     multiply_by_parameter_scale=False,
+                                     weight_decay_rate=o.weight_decay or None))
+    else:
+        chain.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay))
     return optax.chain(*chain), schedule
 
 
@@ -74,7 +90,7 @@ VAE_STREAM = 0x5DA1
 
 
 def build_model(cfg: ExperimentConfig, seed: int) -> JanusFlow:
-    return JanusFlow(cfg.model, rngs=nnx.Rngs(seed))
+    return model_build.build_model(cfg.model, seed=seed)
 
 
 def build_vae(cfg: ExperimentConfig, seed: int):
@@ -82,7 +98,7 @@ def build_vae(cfg: ExperimentConfig, seed: int):
     ``train.vae_from`` names the pretrained one), computing in ``train.vae_dtype``."""
     key = jax.random.fold_in(jax.random.key(seed), VAE_STREAM)
     dtype = jnp.bfloat16 if cfg.train.vae_dtype == "bfloat16" else None
-    return make_vae(cfg.model.vae, rngs=nnx.Rngs(key), dtype=dtype)
+    return model_build.build_vae(cfg.model.vae, seed=key, dtype=dtype)
 
 
 def _build(cfg: ExperimentConfig, seed: int):
@@ -100,8 +116,8 @@ def random_vae_params(cfg: ExperimentConfig) -> dict:
     return jax.jit(lambda: vae_params(build_vae(cfg, cfg.train.seed)))()
 
 
-def split_model(model, vae, stage: int):
-    graphdef, trainable, frozen = nnx.split(model, trainable_filter(stage), nnx.Param)
+def split_model(model, vae, cfg: ExperimentConfig):
+    graphdef, trainable, frozen = nnx.split(model, train_filter(cfg), nnx.Param)
     vae_graphdef, vae_params = nnx.split(vae, nnx.Param)
     return graphdef, trainable, frozen, vae_graphdef, vae_params
 
@@ -113,11 +129,14 @@ def _pure(state) -> dict:
 def _state_from_model(model, vae: dict, cfg: ExperimentConfig, parts_opt) -> TrainState:
     """``vae``: the VAE's parameters (pure dict)."""
     t = cfg.train
-    _, trainable, frozen = nnx.split(model, trainable_filter(t.stage), nnx.Param)
-    params = _pure(trainable)
+    _, trainable, frozen = nnx.split(model, train_filter(cfg), nnx.Param)
+    params, frozen = _pure(trainable), _pure(frozen)
+    if t.lora.rank:
+        params[LORA_KEY] = init_lora(frozen, t.lora.rank,
+                                     jax.random.fold_in(jax.random.key(t.seed), LORA_STREAM))
     return TrainState(
         step=jnp.zeros((), jnp.int32), rng=jax.random.key_data(jax.random.key(t.seed)),
-        params=params, frozen=_pure(frozen), vae=vae,
+        params=params, frozen=frozen, vae=vae,
         opt_state=parts_opt.init(params),
         ema=jax.tree.map(jnp.copy, params) if t.optim.ema_decay > 0 else None)
 
@@ -130,16 +149,20 @@ def abstract_parts(cfg: ExperimentConfig):
 def state_shardings(cfg: ExperimentConfig, mesh: Mesh):
     """(Parts, abstract TrainState, TrainState of NamedSharding)."""
     model, vae = abstract_parts(cfg)
-    graphdef, trainable, frozen, vae_graphdef, vae_state = split_model(model, vae, cfg.train.stage)
+    graphdef, trainable, frozen, vae_graphdef, vae_state = split_model(model, vae, cfg)
     optimizer, schedule = make_optimizer(cfg.train.optim)
-    parts = Parts(graphdef, vae_graphdef, optimizer, schedule)
+    parts = Parts(graphdef, vae_graphdef, optimizer, schedule, cfg.train.lora.scale)
     rules, _ = experiment_rules(cfg)
     p_sh = param_shardings(trainable, mesh, rules)
     abstract = jax.eval_shape(lambda: _state_from_model(build_model(cfg, 0), vae_params(build_vae(cfg, 0)),
                                                         cfg, optimizer))
     rep = replicated(mesh)
+    if LORA_KEY in abstract.params:  # the factors are small: replicated
+        p_sh = {**p_sh, LORA_KEY: jax.tree.map(lambda _: rep, abstract.params[LORA_KEY])}
+    # a moment shaped as its parameter is sharded as it; Adafactor's factored rows/columns
+    # (and its placeholders) are not, and are small: replicated
     opt_sh = optax.tree_map_params(
-        optimizer, lambda _, s: s, abstract.opt_state, p_sh,
+        optimizer, lambda x, s, p: s if x.shape == p.shape else rep, abstract.opt_state, p_sh, abstract.params,
         transform_non_params=lambda _: rep,
         is_leaf=lambda x: isinstance(x, jax.sharding.NamedSharding))
     shardings = TrainState(
@@ -184,6 +207,11 @@ def state_from_model(model, vae: dict, cfg: ExperimentConfig, mesh: Mesh):
 
 
 def merge_model(parts: Parts, params: dict, frozen: dict):
+    """The model of a train state; LoRA factors (``params[LORA_KEY]``) merged into their
+    frozen kernels (``train/lora.py``)."""
+    if LORA_KEY in params:
+        params = dict(params)
+        frozen = apply_lora(frozen, params.pop(LORA_KEY), parts.lora_scale)
     return nnx.merge(parts.graphdef, params, frozen)
 
 

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from janusflow.config import ExperimentConfig
+from janusflow.configs.schema import ExperimentConfig
 from janusflow.models.vae import encode_latents
 from janusflow.objectives import ar, cfg_dropout, flow, repa
 from janusflow.parallel.rules import (activation_sharding, batch_sharding, constrain_like,
@@ -47,7 +47,7 @@ def gen_batch_size(g) -> int:
                      f"it has {sorted(g)}")
 
 
-def _vae_input(vae, vae_cfg, b, images_key: str, latents_key: str):
+def vae_input(vae, vae_cfg, b, images_key: str, latents_key: str):
     """Precomputed latents when the batch carries them, else the frozen VAE encodes the images
     here. Either way no gradient flows into the VAE."""
     if latents_key in b:
@@ -107,7 +107,7 @@ def loss_sums(model, vae, batch, noise, cfg: ExperimentConfig):
             continue
         b = batch[task]
         if task == "und":
-            latents = (_vae_input(vae, mc.vae, b, "vae_images", "vae_latents")
+            latents = (vae_input(vae, mc.vae, b, "vae_images", "vae_latents")
                        if mc.und_encoder in ("shared_gen", "separate_gen") else None)
             embeds = model.understanding_embeds(b["ids"], b["image_mask"], b.get("pixels"), latents)
         else:
@@ -118,7 +118,7 @@ def loss_sums(model, vae, batch, noise, cfg: ExperimentConfig):
         sums["ar"] += s
     if "gen" in batch:
         g = batch["gen"]
-        x = _vae_input(vae, mc.vae, g, "images", "latents")
+        x = vae_input(vae, mc.vae, g, "images", "latents")
         t, z0, prompt_mask = noise["t"], noise["z0"], noise["prompt_mask"]
         if z0.shape != x.shape:
             what = "precomputed latents have" if "latents" in g else "generation images encode to latents of"

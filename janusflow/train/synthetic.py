@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from janusflow.config import ExperimentConfig
+from janusflow.configs.schema import ExperimentConfig
 from janusflow.models.siglip import normalize
 
 

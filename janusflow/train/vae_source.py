@@ -14,7 +14,7 @@ import dataclasses
 import os
 from typing import Optional
 
-from janusflow.config import ConfigError, ExperimentConfig, VAEConfig
+from janusflow.configs.schema import ConfigError, ExperimentConfig, VAEConfig
 
 GEN_ENCODER_ABLATIONS = ("shared_gen", "separate_gen")
 

@@ -1,0 +1,1 @@
+"""The ``janusflow`` command line."""

@@ -1,0 +1,103 @@
+"""``janusflow bench data|train|sample``: the benchmarks."""
+
+from __future__ import annotations
+
+import argparse
+
+from janusflow.cli.common import add_config_args, load_config_args
+
+
+def int_list(text: str) -> tuple:
+    try:
+        out = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not out or min(out) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return out
+
+
+def dtype_list(text: str) -> tuple:
+    out = tuple(text.split(","))
+    bad = [d for d in out if d not in ("float32", "bfloat16")]
+    if bad:
+        raise argparse.ArgumentTypeError(f"dtypes must be float32 or bfloat16, got {bad}")
+    return out
+
+
+def cmd_bench_data(args) -> int:
+    import json
+
+    from janusflow.perf.bench_data import run
+    out = run(load_config_args(args), repeats=args.repeats, batches=args.batches, work_dir=args.work_dir,
+              threads=args.threads)
+    if args.json:
+        print(json.dumps(out))
+    return 0
+
+
+def cmd_bench_train(args) -> int:
+    from janusflow.perf import bench_train
+    if args.compare_dtypes:
+        bench_train.run_compare_dtypes(load_config_args(args), repeats=args.repeats)
+        return 0
+    if args.compare:
+        bench_train.run_compare(load_config_args(args), repeats=args.repeats)
+    else:
+        bench_train.run(load_config_args(args), repeats=args.repeats, latents=args.latents or None)
+    return 0
+
+
+def cmd_bench_sample(args) -> int:
+    if args.compare_official:
+        from janusflow.perf import bench_official
+        bench_official.run(load_config_args(args).model, batches=args.batches, dtypes=args.dtypes,
+                           steps=args.steps, repeats=args.repeats, prompt_len=args.prompt_len,
+                           official_src=args.official_src)
+        return 0
+    from janusflow.perf import bench_sample
+    bench_sample.run(load_config_args(args).model, batch=args.batch, steps=args.steps, repeats=args.repeats,
+                     prompt_len=args.prompt_len, solver=args.solver, decode=not args.no_decode,
+                     uncached=not args.no_uncached)
+    return 0
+
+
+def register(sub) -> None:
+    bench = sub.add_parser("bench", help="benchmarks")
+    bsub = bench.add_subparsers(dest="bench_command", required=True)
+    p = bsub.add_parser("data", help="input pipeline examples/s beside the train step's")
+    add_config_args(p)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--batches", type=int, default=10, help="batches per timed run")
+    p.add_argument("--threads", type=int, default=2, help="grain threads per task stream")
+    p.add_argument("--work-dir", default=None, help="where to build the benchmark datasets (default: a temp dir)")
+    p.add_argument("--json", action="store_true", help="also print the results as JSON")
+    p.set_defaults(func=cmd_bench_data)
+    p = bsub.add_parser("train", help="train-step time, examples/s, tokens/s and MFU (synthetic data)")
+    add_config_args(p)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--latents", action="store_true",
+                   help="feed precomputed latents (data.gen.latents=true): no VAE encoder in the step")
+    p.add_argument("--compare", action="store_true",
+                   help="time the step fed images and fed latents alternately in one process")
+    p.add_argument("--compare-dtypes", action="store_true",
+                   help="time the step computing in float32 and in bfloat16 alternately in one process")
+    p.set_defaults(func=cmd_bench_train)
+    p = bsub.add_parser("sample", help="s/ODE step, s/image, FLOPs, fraction of peak, prompt-cache speed-up")
+    add_config_args(p)
+    p.add_argument("--batch", type=int, default=1, help="images (2x LLM rows with CFG)")
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--prompt-len", type=int, default=32)
+    p.add_argument("--solver", choices=("euler", "heun"), default="euler")
+    p.add_argument("--no-decode", action="store_true", help="skip timing the VAE decode")
+    p.add_argument("--no-uncached", action="store_true", help="skip the recompute-the-prompt baseline")
+    p.add_argument("--compare-official", action="store_true",
+                   help="time the official PyTorch sampling loop and ours alternately on the same weights")
+    p.add_argument("--official-src", metavar="DIR", default=None,
+                   help="with --compare-official: a deepseek-ai/Janus checkout (default: the installed janus)")
+    p.add_argument("--batches", type=int_list, default=(1, 8), metavar="1,8",
+                   help="with --compare-official: batch sizes")
+    p.add_argument("--dtypes", type=dtype_list, default=("float32", "bfloat16"), metavar="float32,bfloat16",
+                   help="with --compare-official: compute dtypes")
+    p.set_defaults(func=cmd_bench_sample)

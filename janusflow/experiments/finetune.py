@@ -1,0 +1,126 @@
+"""Fine-tune a trained JanusFlow on your own images: the paper's stage 3 (every part trained)
+scaled to a small dataset.
+
+  janusflow data build --images DIR --captions captions.jsonl --out data --name my_pets
+  janusflow train --config janusflow:finetune:data=data,name=my_pets,init=CKPT --workdir runs/ft
+
+Arg (comma-separated key=value): ``data`` the ``--out`` of ``janusflow data build`` (the TFDS
+data root), ``name`` the dataset's name (or ``data`` alone: a prepared dataset directory),
+``init`` an official Hugging Face directory (JanusFlow-1.3B), a janusflow model directory or
+a training/run directory (its final model); optional ``steps`` (500), ``lr`` (2e-5, the paper's
+stage-3 rate), ``batch`` (8 examples per step), ``task`` gen|und|both (gen), ``prompt_len``
+(tokens of a generation prompt; default the model's context allows, at most the paper's 256),
+``sample_every`` (steps between sample grids; default 5 grids per run, 0 = none).
+
+The model config comes from ``init`` (so it matches the weights); the tokenizer too when the
+checkpoint holds one. Grids of four of the dataset's own captions, from fixed noise, go to
+``WORKDIR/samples/`` and TensorBoard every ``sample_every`` steps, starting before step 1.
+A model whose VAE is pretrained (the 1.3B) needs ``--vae DIR`` (the SDXL-VAE).
+"""
+
+from __future__ import annotations
+
+import os
+
+from janusflow.configs.data import DataConfig, SourceConfig
+from janusflow.configs.errors import ConfigError
+from janusflow.configs.schema import ExperimentConfig, OptimConfig, TrainConfig
+
+WHERE = "janusflow:finetune"
+KEYS = ("data", "name", "init", "steps", "lr", "batch", "task", "prompt_len", "sample_every")
+# und:gen:text per task choice: stage 3's 21:70 between understanding and generation (paper
+# Table 1), no text stream (the user's data holds none)
+TASK_RATIOS = {"gen": (0, 1), "und": (1, 0), "both": (21, 70)}
+PROMPT_LEN, UND_TEXT_LEN = 256, 1024     # the paper's (experiments/janusflow_1_3b.py)
+SAMPLE_PROMPTS = 4
+
+
+def parse_args(arg: str | None) -> dict:
+    args = {}
+    for kv in (arg or "").split(","):
+        if not kv:
+            continue
+        k, eq, v = kv.partition("=")
+        if not eq or k not in KEYS:
+            raise ConfigError(f"{WHERE}: bad arg {kv!r}; expected key=value with key in {', '.join(KEYS)}")
+        args[k] = v
+    for need in ("data", "init"):
+        if not args.get(need):
+            raise ConfigError(f"{WHERE}: arg {need}=... is required ({__doc__.splitlines()[4].strip()})")
+    return args
+
+
+def _number(args, key, kind, default, minimum):
+    raw = args.get(key)
+    if raw is None:
+        return default
+    try:
+        v = kind(raw)
+    except ValueError:
+        raise ConfigError(f"{WHERE}: {key}={raw!r} is not {'an int' if kind is int else 'a number'}") from None
+    if not v >= minimum:
+        raise ConfigError(f"{WHERE}: {key}={raw} must be >= {minimum}")
+    return v
+
+
+def source(args) -> SourceConfig:
+    if args.get("name"):
+        return SourceConfig(name=args["name"], data_dir=args["data"])
+    return SourceConfig(name=args["data"])    # a prepared dataset directory
+
+
+def sample_captions(src: SourceConfig, n: int = SAMPLE_PROMPTS) -> tuple:
+    """The first ``n`` distinct captions of the dataset (what the grids prompt with); the data
+    check reports a dataset that cannot be opened, so none here."""
+    from janusflow.data.sources import as_text_list, get_field, open_source
+    try:
+        ds = open_source(src, src.image)
+    except (FileNotFoundError, ValueError, KeyError):
+        return ()
+    out = []
+    for i in range(min(len(ds), 64)):
+        try:
+            caps = [c.strip() for c in as_text_list(get_field(ds[i], src.caption)) if c.strip()]
+        except KeyError:
+            return ()
+        if caps and caps[0] not in out:
+            out.append(caps[0])
+        if len(out) == n:
+            break
+    return tuple(out)
+
+
+def get_config(arg=None) -> ExperimentConfig:
+    from janusflow.checkpoint.model_io import load_config, resolve_checkpoint
+    args = parse_args(arg)
+    init = resolve_checkpoint(args["init"], log=print)
+    model = load_config(init)
+    task = args.get("task", "gen")
+    if task not in TASK_RATIOS:
+        raise ConfigError(f"{WHERE}: task={task!r}; expected gen, und or both")
+    steps = _number(args, "steps", int, 500, 1)
+    lr = _number(args, "lr", float, 2e-5, 1e-12)
+    batch = _number(args, "batch", int, 8, 1)
+    seq_len = min(4096, model.llm.max_position_embeddings)
+    prompt_len = _number(args, "prompt_len", int,
+                         min(PROMPT_LEN, model.llm.max_position_embeddings - 1 - model.num_gen_tokens), 1)
+    und_text_len = max(1, min(UND_TEXT_LEN, seq_len - 2 - model.num_und_tokens))
+    und, gen = TASK_RATIOS[task]
+    und_batch = round(batch * und / (und + gen))
+    if task == "both":
+        und_batch = min(max(und_batch, 1), batch - 1)
+    src = source(args)
+    prompts = sample_captions(src) if gen else ()
+    every = _number(args, "sample_every", int, max(steps // 5, 1) if prompts else 0, 0)
+    # the paper's stage-3 warm-up (1000 of 26k steps) scaled to the run's length
+    optim = OptimConfig(lr=lr, warmup_steps=min(1000, steps // 10), b1=0.9, b2=0.95, weight_decay=0.0,
+                        grad_clip=1.0, ema_decay=0.99)
+    train = TrainConfig(stage=3, steps=steps, und_batch=und_batch, gen_batch=batch - und_batch, text_batch=0,
+                        optim=optim, init_from=init, log_every=max(1, min(10, steps // 10)),
+                        ckpt_every=max(1, min(500, steps // 2)), keep_checkpoints=2,
+                        sample_every=every if prompts else 0, sample_prompts=prompts)
+    tokenizer = init if os.path.isfile(os.path.join(init, "tokenizer.json")) else ""
+    data = DataConfig(und=src if und else SourceConfig(), gen=src if gen else SourceConfig(),
+                      text=SourceConfig(), tokenizer=tokenizer, prompt_len=prompt_len, und_text_len=und_text_len)
+    return ExperimentConfig(name=f"finetune_{args.get('name') or os.path.basename(args['data'].rstrip('/'))}",
+                            model=model, seq_len=seq_len, train=train, data=data)

@@ -1,0 +1,118 @@
+"""The package's house rules, checked on the source: every module imports on its own in a fresh
+interpreter, the import graph (lazy imports inside functions included) has no cycle, no module
+imports another's private name, and the config schema loads nothing heavy."""
+
+import ast
+import os
+import subprocess
+import sys
+
+import pytest
+
+import conftest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PKG = os.path.join(ROOT, "janusflow")
+
+
+def _modules() -> dict:
+    mods = {}
+    for d, _, files in os.walk(PKG):
+        for f in files:
+            if f.endswith(".py") and f != "__main__.py":
+                rel = os.path.relpath(os.path.join(d, f), ROOT)[:-3].replace(os.sep, ".")
+                mods[rel.removesuffix(".__init__")] = os.path.join(d, f)
+    return mods
+
+
+def _imports(mods: dict) -> tuple[dict, list]:
+    """Module -> the package modules it imports (anywhere in its body), and every
+    ``from janusflow.x import _private`` as (importer, name)."""
+    def owner(name):
+        while name and name not in mods:
+            name = name.rpartition(".")[0]
+        return name
+    edges, private = {m: set() for m in mods}, []
+    for m, path in mods.items():
+        for node in ast.walk(ast.parse(open(path).read())):
+            if isinstance(node, ast.Import):
+                edges[m] |= {owner(a.name) for a in node.names if a.name.startswith("janusflow")}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("janusflow"):
+                for a in node.names:
+                    sub = f"{node.module}.{a.name}"
+                    edges[m].add(owner(sub) if sub in mods else owner(node.module))
+                    if a.name.startswith("_") and not a.name.startswith("__"):
+                        private.append((m, sub))
+        edges[m] -= {m, ""}
+    return edges, private
+
+
+def _cycle(edges: dict) -> list:
+    """One import cycle as a list of modules, or [] (iterative DFS: white/grey/black)."""
+    state = dict.fromkeys(edges, 0)
+    for start in edges:
+        if state[start]:
+            continue
+        stack = [(start, iter(sorted(edges[start])))]
+        state[start] = 1
+        while stack:
+            node, it = stack[-1]
+            nxt = next(it, None)
+            if nxt is None:
+                state[node] = 2
+                stack.pop()
+            elif state.get(nxt) == 1:
+                path = [n for n, _ in stack]
+                return path[path.index(nxt):] + [nxt]
+            elif state.get(nxt) == 0:
+                state[nxt] = 1
+                stack.append((nxt, iter(sorted(edges[nxt]))))
+    return []
+
+
+def test_the_import_graph_has_no_cycle_and_no_private_names_across_modules():
+    edges, private = _imports(_modules())
+    assert _cycle(edges) == []
+    assert private == []
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) == []
+
+
+def _fresh(code: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.mark.slow   # ~90 fresh interpreters, most of them importing jax
+def test_every_module_imports_on_its_own_in_a_fresh_interpreter():
+    # one interpreter per module: an import that only works after another module happens to be
+    # loaded (the symptom of a cycle broken by import order) fails here
+    code = ("import importlib, subprocess, sys\n"
+            "bad = []\n"
+            "for m in sys.argv[1:]:\n"
+            "    r = subprocess.run([sys.executable, '-c', f'import {m}'], capture_output=True, text=True)\n"
+            "    if r.returncode: bad.append(m + ': ' + (r.stderr.strip().splitlines() or ['?'])[-1])\n"
+            "print('\\n'.join(bad)); sys.exit(1 if bad else 0)\n")
+    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+    r = subprocess.run([sys.executable, "-c", code, *sorted(_modules())], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_the_config_schema_imports_nothing_heavy():
+    r = _fresh("import sys\n"
+               "from janusflow.configs import schema, loader, presets  # noqa: F401\n"
+               "print(sorted(m for m in ('jax', 'flax', 'numpy', 'PIL', 'tensorflow_datasets', 'grain', 'torch')"
+               " if m in sys.modules))")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+
+
+def test_conftest_overrides_an_existing_device_count_and_keeps_other_flags():
+    flags = conftest.with_device_count("--xla_cpu_fast=1 --xla_force_host_platform_device_count=1", 8)
+    assert flags.split() == ["--xla_cpu_fast=1", "--xla_force_host_platform_device_count=8"]
+    assert conftest.with_device_count("", 8) == "--xla_force_host_platform_device_count=8"

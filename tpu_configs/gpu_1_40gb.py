@@ -1,0 +1,12 @@
+"""One GPU of 40 GB: NVIDIA A100 40 GB. For fine-tuning (``janusflow:finetune``) on a single
+accelerator: one device, micro-batch 4 (a larger batch becomes gradient accumulation),
+remat per block, bf16 compute. Whether the 1.3B fits is ``janusflow plan``'s answer for the
+optimizer and parameter dtype chosen (README "Fine-tune on your own images")."""
+
+from janusflow.configs.schema import MeshConfig
+from janusflow.perf.platforms import Platform
+
+
+def get_platform():
+    return Platform(name="gpu-1-40gb", chip="a100_40", devices=1, hosts=1, mesh=MeshConfig(data=1),
+                    micro_batch=4, remat="block", dtype="bfloat16")
