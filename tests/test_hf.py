@@ -21,7 +21,7 @@ from safetensors.numpy import save_file
 
 from janusflow import config_io
 from janusflow.checkpoint import hf, model_io
-from janusflow.checkpoint.torch_layout import CheckpointMismatch, _flat_params, to_ours, to_torch
+from janusflow.checkpoint.torch_layout import CheckpointMismatch, flat_params, to_ours, to_torch
 from janusflow.config import ConfigError, ExperimentConfig, LLMConfig, ModelConfig
 from janusflow.presets import janusflow_1_3b, tiny
 
@@ -36,7 +36,7 @@ _SHAPES = {}
 def torch_shapes(cfg):
     """Official key -> torch shape, from the key map and the abstract model."""
     if cfg not in _SHAPES:
-        params = _flat_params(hf.abstract_model(cfg))
+        params = flat_params(hf.abstract_model(cfg))
         _SHAPES[cfg] = {k: to_torch(tr, hf._probe(params[p].get_value().shape)).shape
                         for k, (p, tr) in hf.janusflow_key_map(cfg).items()}
     return _SHAPES[cfg]
@@ -86,7 +86,7 @@ def read_dir(path):
 
 
 def assert_model_equals_sd(model, cfg, sd):
-    params = _flat_params(model)
+    params = flat_params(model)
     for k, (p, tr) in hf.janusflow_key_map(cfg).items():
         got = np.asarray(params[p].get_value())
         want = to_ours(k, tr, sd[k])
@@ -433,7 +433,7 @@ def test_save_and_load_model_roundtrip(tmp_path, loaded):
         model_io.save_model(path, model, cfg)
     m2, c2 = model_io.load_model(path)
     assert c2 == cfg
-    a, b = _flat_params(model), _flat_params(m2)
+    a, b = flat_params(model), flat_params(m2)
     assert set(a) == set(b)
     for k in a:                                   # the REPA projector included
         x, y = np.asarray(a[k].get_value()), np.asarray(b[k].get_value())

@@ -12,7 +12,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from janusflow.checkpoint import hf, model_io
-from janusflow.checkpoint.torch_layout import CheckpointMismatch, _flat_params
+from janusflow.checkpoint.torch_layout import CheckpointMismatch, flat_params
 from janusflow.cli import main
 from janusflow.config import ConfigError, GenCodecConfig, LLMConfig, SiglipConfig
 from janusflow.presets import janusflow_1_3b

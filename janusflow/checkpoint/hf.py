@@ -37,8 +37,8 @@ from numpy.lib.stride_tricks import as_strided
 
 from janusflow import config_io, paths
 from janusflow.checkpoint.precheck import all_finite, check_config_against_headers, weight_files_name
-from janusflow.checkpoint.torch_layout import (CheckpointMismatch, _flat_params, load_state_dict,
-                                               to_ours, to_torch)
+from janusflow.checkpoint.torch_layout import (CheckpointMismatch, flat_params, flush,
+                                               load_state_dict, to_ours, to_torch)
 from janusflow.config import ConfigError, GenCodecConfig, LLMConfig, ModelConfig, SiglipConfig, VAEConfig
 from janusflow.records import RecordError, read_json_object
 from janusflow.models import gen_codec as gen_codec_mod
@@ -265,7 +265,7 @@ def stream_load(module, source, key_map: Mapping, *, dtype=None, ignore=None, re
     ``module`` (which may be abstract) as they are read. ``ignore(key)``: keys to skip
     knowingly; ``rename(key, array) -> (key, array)``: legacy-name normalisation; parameters
     under ``training_only`` path prefixes may be absent from ``key_map``."""
-    params = _flat_params(module)
+    params = flat_params(module)
     rename = rename or (lambda k, a: (k, a))
     seen, unexpected, bad = {}, [], []
     for k, info in source.index.items():
@@ -320,10 +320,11 @@ def stream_load(module, source, key_map: Mapping, *, dtype=None, ignore=None, re
         done, nbytes = done + 1, nbytes + source.index[k].nbytes
         if progress:
             progress(done, len(wanted), nbytes, total)
+    flush(params)
 
 
 def _abstract_leftovers(module, skip=()) -> list:
-    return [".".join(map(str, p)) for p, v in _flat_params(module).items()
+    return [".".join(map(str, p)) for p, v in flat_params(module).items()
             if isinstance(v.get_value(), jax.ShapeDtypeStruct) and not _under(p, skip)]
 
 
@@ -668,9 +669,9 @@ def init_training_only(model, cfg: ModelConfig, dtype=None, seed: int = 0) -> li
     def make():
         fresh = RepaProjector(cfg.llm.hidden_size, cfg.repa_hidden, cfg.siglip.width,
                               rngs=nnx.Rngs(seed), dtype=compute_dtype(cfg.dtype))
-        return {".".join(map(str, p)): v.get_value() for p, v in _flat_params(fresh).items()}
+        return {".".join(map(str, p)): v.get_value() for p, v in flat_params(fresh).items()}
     new = jax.jit(make)()            # one compile instead of one per initialiser
-    for p, var in _flat_params(model.repa_projector).items():
+    for p, var in flat_params(model.repa_projector).items():
         v = new[".".join(map(str, p))]
         var.set_value(v.astype(dtype) if dtype is not None else v)
     return sorted("repa_projector." + k for k in new)
@@ -744,7 +745,7 @@ def export_janusflow_hf(model, cfg: ModelConfig, out_dir: str, *, overwrite: boo
     layout, tensors in the parameters' own dtype. Returns the weight files written."""
     from safetensors.numpy import save_file
     key_map = janusflow_key_map(cfg)
-    params = _flat_params(model)
+    params = flat_params(model)
     targets = {p for p, _ in key_map.values()}
     uncovered = [".".join(map(str, p)) for p in params if p not in targets and not _under(p, TRAINING_ONLY)]
     unknown = [k for k, (p, _) in key_map.items() if p not in params]
