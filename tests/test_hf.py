@@ -23,6 +23,7 @@ from janusflow import config_io
 from janusflow.checkpoint import hf, model_io
 from janusflow.checkpoint.torch_layout import CheckpointMismatch, flat_params, to_ours, to_torch
 from janusflow.config import ConfigError, ExperimentConfig, LLMConfig, ModelConfig
+from janusflow.models.layer_stack import layer
 from janusflow.presets import janusflow_1_3b, tiny
 
 CFG = tiny()
@@ -500,7 +501,7 @@ def test_load_llama_dir(tmp_path, loaded):
     before = np.asarray(model.gen_aligner.kernel.get_value())
     hf.load_llama_into(model, d)
     rsd = ref.state_dict()
-    q = np.asarray(model.language_model.layers[2].self_attn.k_proj.kernel.get_value())
+    q = np.asarray(layer(model.language_model.layers, 2).self_attn.k_proj.kernel.get_value())
     assert np.array_equal(q, rsd["model.layers.2.self_attn.k_proj.weight"].numpy().T)
     assert np.array_equal(np.asarray(model.language_model.lm_head.kernel.get_value()), rsd["lm_head.weight"].numpy().T)
     assert np.array_equal(np.asarray(model.language_model.norm.scale.get_value()), rsd["model.norm.weight"].numpy())

@@ -8,6 +8,7 @@ from flax import nnx
 
 from janusflow import presets
 from janusflow.checkpoint.torch_layout import export_state_dict, load_state_dict
+from janusflow.models.layer_stack import layer
 from janusflow.models.llm import LLM, KVCache, torch_key_map
 
 CFG = presets.tiny().llm
@@ -32,7 +33,7 @@ def test_shapes_and_dtypes(model):
     o = bf(bf.embed(ids))
     assert o.hidden.dtype == jnp.bfloat16
     # master weights stay fp32
-    assert bf.layers[0].mlp.up_proj.kernel[...].dtype == jnp.float32
+    assert layer(bf.layers, 0).mlp.up_proj.kernel[...].dtype == jnp.float32
 
 
 def test_every_param_has_axes(model):

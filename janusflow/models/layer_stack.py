@@ -51,3 +51,23 @@ def scan_layers(stack: nnx.Module, carry, call: Callable, *, start: int, stop: i
 
     rows = jax.tree.map(lambda a: a[start:stop], (params, xs))
     return jax.lax.scan(checkpointed(body, remat, prevent_cse=False), carry, rows)
+
+
+def layer_count(layers) -> int:
+    """Number of blocks in ``layers``: an ``nnx.List`` of blocks or a stacked block."""
+    if isinstance(layers, nnx.List):
+        return len(layers)
+    return jax.tree.leaves(nnx.state(layers, nnx.Param))[0].shape[0]
+
+
+def layer(layers, i: int) -> nnx.Module:
+    """Block ``i`` of ``layers`` (for a stacked block: a copy holding row ``i`` of each
+    parameter, as the unrolled model's block ``i``; writing to it leaves the stack unchanged)."""
+    if isinstance(layers, nnx.List):
+        return layers[i]
+    graphdef, state = nnx.split(layers)
+    row = jax.tree.map(lambda a: a[i], state)
+    for path, var in nnx.to_flat_state(row):
+        meta = var.get_metadata()
+        var.set_metadata(axes=tuple(meta["axes"])[1:], stacked_depth=None)
+    return nnx.merge(graphdef, row)
