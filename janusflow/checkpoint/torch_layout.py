@@ -8,6 +8,7 @@ reshapes only), so import followed by export is bit-identical.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable, Mapping
 
 import jax
@@ -37,9 +38,15 @@ class CheckpointMismatch(ValueError):
     """Missing, unexpected or mis-shaped keys; the message lists them by name."""
 
 
+@partial(jax.jit, donate_argnums=0)
+def _set_row(stack, row, i):
+    return jax.lax.dynamic_update_index_in_dim(stack, row.astype(stack.dtype), i, 0)
+
+
 class _Stacked:
-    """Writes into one stacked parameter (scanned layers), gathered on the host and assigned
-    once by :func:`flush`: assigning layer by layer would copy the whole stack per layer."""
+    """Writes into one stacked parameter (scanned layers). Rows go into a device buffer updated
+    in place (donated), assigned to the variable once by :func:`flush`: neither a host copy of
+    the whole stack nor a copy of it per layer."""
 
     def __init__(self, var: nnx.Variable):
         self.var, self.buf = var, None
@@ -47,17 +54,19 @@ class _Stacked:
     def write(self, i: int, a) -> None:
         if self.buf is None:
             old = self.var.get_value()
-            abstract = isinstance(old, jax.ShapeDtypeStruct)
-            # an abstract model gets the dtype asked for (load's dtype=); a real one keeps its own
-            self.buf = (np.zeros(old.shape, np.asarray(a).dtype) if abstract
-                        else np.array(old))
-        self.buf[i] = np.asarray(a, self.buf.dtype)
+            if isinstance(old, jax.ShapeDtypeStruct):
+                # an abstract model gets the dtype asked for (load's dtype=); a real one keeps its own
+                self.buf = jnp.zeros(old.shape, jnp.asarray(a).dtype)
+            else:
+                # our own copy: the donated updates must not invalidate an array shared elsewhere
+                self.buf = jnp.array(old, copy=True)
+        self.buf = _set_row(self.buf, jnp.asarray(a), jnp.int32(i))
 
     def flush(self) -> None:
         if self.buf is None:
             return
         old = self.var.get_value()
-        new = jnp.asarray(self.buf)
+        new = self.buf
         if getattr(old, "sharding", None) is not None:      # keep a placed model's layout
             new = jax.device_put(new, old.sharding)
         self.var.set_value(new)
