@@ -173,7 +173,8 @@ def test_remat_policies_save_what_their_names_say():
     assert all(n in saved["save_qkv_proj"] for n in ("query_proj", "key_proj", "value_proj"))
     assert "out_proj" not in saved["save_qkv_proj"]
     assert "out_proj" in saved["save_dot_except_mlp"] and "mlp_hidden" not in saved["save_dot_except_mlp"]
-    assert "mlp_hidden" in saved["save_dot_except_mlp_down"]
+    assert "mlp_gate" in saved["save_dot_except_mlp_down"] and "mlp_up" in saved["save_dot_except_mlp_down"]
+    assert "mlp_gate" not in saved["save_dot_except_mlp"]
 
 
 def test_every_remat_policy_gives_the_same_loss_and_grads():

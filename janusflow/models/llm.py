@@ -109,7 +109,9 @@ class MLP(nnx.Module):
         self.down_proj = Linear(f, d, axes=("mlp", "embed"), use_bias=False, rngs=rngs, dtype=dtype)
 
     def __call__(self, x):
-        h = constrain(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x), ("batch", "length", "mlp"))
+        tag = remat_lib.tag
+        gate, up = tag(self.gate_proj(x), remat_lib.MLP_GATE), tag(self.up_proj(x), remat_lib.MLP_UP)
+        h = constrain(jax.nn.silu(gate) * up, ("batch", "length", "mlp"))
         h = remat_lib.tag(h, remat_lib.MLP_HIDDEN)
         return constrain(remat_lib.tag(self.down_proj(h), remat_lib.MLP_OUT), RESIDUAL)
 

@@ -14,8 +14,9 @@ Names (:data:`janusflow.config.REMAT_POLICIES`):
   save_out_proj         keep the attention output projection
   save_dot_except_mlp   keep q/k/v and the attention output projection; recompute the MLP
   save_dot_except_mlp_down
-                        also keep the MLP's hidden activation (gate * up): only the attention
-                        core and the down projection's output are recomputed
+                        also keep the MLP's gate and up projections: only the attention core
+                        (and the elementwise ops) are recomputed. Keeping their product
+                        (mlp_hidden) alone would not do: its backward needs gate and up.
 """
 
 from __future__ import annotations
@@ -27,15 +28,15 @@ from jax.ad_checkpoint import checkpoint_name
 from janusflow.config import REMAT_POLICIES
 
 QUERY, KEY, VALUE, OUT = "query_proj", "key_proj", "value_proj", "out_proj"
-MLP_HIDDEN, MLP_OUT = "mlp_hidden", "mlp_out"
-TAGS = (QUERY, KEY, VALUE, OUT, MLP_HIDDEN, MLP_OUT)
+MLP_GATE, MLP_UP, MLP_HIDDEN, MLP_OUT = "mlp_gate", "mlp_up", "mlp_hidden", "mlp_out"
+TAGS = (QUERY, KEY, VALUE, OUT, MLP_GATE, MLP_UP, MLP_HIDDEN, MLP_OUT)
 
 _cp = jax.checkpoint_policies
 _SAVED_NAMES = {
     "save_qkv_proj": (QUERY, KEY, VALUE),
     "save_out_proj": (OUT,),
     "save_dot_except_mlp": (QUERY, KEY, VALUE, OUT),
-    "save_dot_except_mlp_down": (QUERY, KEY, VALUE, OUT, MLP_HIDDEN),
+    "save_dot_except_mlp_down": (QUERY, KEY, VALUE, OUT, MLP_GATE, MLP_UP),
 }
 
 
