@@ -20,3 +20,25 @@ os.environ["JAX_PLATFORMS"] = "cpu"
 def pytest_configure(config):
     # slow tests still run by default; `-m "not slow"` leaves them out
     config.addinivalue_line("markers", "slow: a test that takes more than ~30 s on CPU")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--scan-layers", action="store_true",
+                     help="build every LLM and SigLIP tower with scanned layers (stacked parameters), "
+                          "whatever the config says: runs the parity tests against the scanned path")
+
+
+def pytest_sessionstart(session):
+    if not session.config.getoption("--scan-layers"):
+        return
+    import functools
+
+    from janusflow.models.llm import LLM
+    from janusflow.models.siglip import SiglipVisionTower
+    for cls in (LLM, SiglipVisionTower):
+        init = cls.__init__
+
+        @functools.wraps(init)
+        def scanned(self, *a, _init=init, **kw):
+            _init(self, *a, **{**kw, "scan": True})
+        cls.__init__ = scanned

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from PIL import Image
 
 from janusflow.configs import presets
@@ -30,9 +31,10 @@ def chain_model():
     normalised embedding of the current token; chain tokens get one-hot embeddings and the LM
     head maps each to its successor with a large margin."""
     model = random_model(CFG, seed=1, std=0.05)
-    for blk in model.language_model.layers:
-        blk.self_attn.o_proj.kernel[...] = jnp.zeros_like(blk.self_attn.o_proj.kernel[...])
-        blk.mlp.down_proj.kernel[...] = jnp.zeros_like(blk.mlp.down_proj.kernel[...])
+    # by path, so stacked (scanned) layers are zeroed alike
+    for path, var in nnx.to_flat_state(nnx.state(model.language_model.layers, nnx.Param)):
+        if path[-2] in ("o_proj", "down_proj"):
+            var[...] = jnp.zeros_like(var[...])
     table = np.asarray(model.language_model.embed_tokens[...]).copy()
     head = np.zeros_like(np.asarray(model.language_model.lm_head.kernel[...]))
     for j, (tok, nxt) in enumerate(CHAINS.items()):

@@ -10,6 +10,7 @@ from janusflow.configs import presets
 from janusflow.checkpoint.torch_layout import export_state_dict, load_state_dict
 from janusflow.checkpoint.key_maps import llm_key_map as torch_key_map
 from janusflow.models.llm import LLM, KVCache
+from janusflow.models.layer_stack import layer
 
 CFG = presets.tiny().llm
 
@@ -33,7 +34,7 @@ def test_shapes_and_dtypes(model):
     o = bf(bf.embed(ids))
     assert o.hidden.dtype == jnp.bfloat16
     # master weights stay fp32
-    assert bf.layers[0].mlp.up_proj.kernel[...].dtype == jnp.float32
+    assert layer(bf.layers, 0).mlp.up_proj.kernel[...].dtype == jnp.float32
 
 
 def test_every_param_has_axes(model):

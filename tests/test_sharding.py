@@ -80,9 +80,11 @@ def _step_cfg(base, *extra):
         "train.mesh.data=1", "train.mesh.fsdp=8", *extra])
 
 
-def test_no_all_gather_of_the_global_batch_tiny():
-    """Tiny widths (fast)."""
-    bad = _global_batch_gathers(_step_cfg("tiny"))
+@pytest.mark.parametrize("scan", ["false", "true"])
+def test_no_all_gather_of_the_global_batch_tiny(scan):
+    """Tiny widths (fast); unrolled and scanned layers (their weights are gathered per layer
+    inside the scan, the activations stay split over the batch)."""
+    bad = _global_batch_gathers(_step_cfg("tiny", f"model.scan_layers={scan}"))
     assert not bad, f"{len(bad)} all-gathers of the global batch, e.g. {bad[:3]}"
 
 

@@ -39,8 +39,8 @@ from janusflow import paths
 from janusflow.configs import io as config_io
 from janusflow.checkpoint import key_maps
 from janusflow.checkpoint.precheck import all_finite, check_config_against_headers, weight_files_name
-from janusflow.checkpoint.torch_layout import (CheckpointMismatch, flat_params, load_state_dict,
-                                               to_ours, to_torch)
+from janusflow.checkpoint.torch_layout import (CheckpointMismatch, flat_params, flush,
+                                               load_state_dict, to_ours, to_torch)
 from janusflow.configs.schema import ConfigError, GenCodecConfig, LLMConfig, ModelConfig, SiglipConfig, VAEConfig
 from janusflow.records import RecordError, read_json_object
 from janusflow.models.build import abstract_model, build_vae
@@ -319,6 +319,7 @@ def stream_load(module, source, key_map: Mapping, *, dtype=None, ignore=None, re
         done, nbytes = done + 1, nbytes + source.index[k].nbytes
         if progress:
             progress(done, len(wanted), nbytes, total)
+    flush(params)
 
 
 def _abstract_leftovers(module, skip=()) -> list:

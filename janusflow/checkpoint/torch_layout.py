@@ -8,8 +8,10 @@ reshapes only), so import followed by export is bit-identical.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable, Mapping
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -36,8 +38,85 @@ class CheckpointMismatch(ValueError):
     """Missing, unexpected or mis-shaped keys; the message lists them by name."""
 
 
+@partial(jax.jit, donate_argnums=0)
+def _set_row(stack, row, i):
+    return jax.lax.dynamic_update_index_in_dim(stack, row.astype(stack.dtype), i, 0)
+
+
+class _Stacked:
+    """Writes into one stacked parameter (scanned layers). Rows go into a device buffer updated
+    in place (donated), assigned to the variable once by :func:`flush`: neither a host copy of
+    the whole stack nor a copy of it per layer."""
+
+    def __init__(self, var: nnx.Variable):
+        self.var, self.buf = var, None
+
+    def write(self, i: int, a) -> None:
+        if self.buf is None:
+            old = self.var.get_value()
+            if isinstance(old, jax.ShapeDtypeStruct):
+                # an abstract model gets the dtype asked for (load's dtype=); a real one keeps its own
+                self.buf = jnp.zeros(old.shape, jnp.asarray(a).dtype)
+            else:
+                # our own copy: the donated updates must not invalidate an array shared elsewhere
+                self.buf = jnp.array(old, copy=True)
+        self.buf = _set_row(self.buf, jnp.asarray(a), jnp.int32(i))
+
+    def flush(self) -> None:
+        if self.buf is None:
+            return
+        old = self.var.get_value()
+        new = self.buf
+        if getattr(old, "sharding", None) is not None:      # keep a placed model's layout
+            new = jax.device_put(new, old.sharding)
+        self.var.set_value(new)
+        self.buf = None
+
+
+class LayerSlice:
+    """Layer ``i`` of a stacked parameter, read and written like the ``nnx.Variable`` of the
+    unrolled model, so key maps name layers as ``layers.i.*`` whether the model scans or not."""
+
+    def __init__(self, stacked: _Stacked, i: int):
+        self.stacked, self.i = stacked, i
+
+    @property
+    def shape(self):
+        return tuple(self.stacked.var.get_value().shape[1:])
+
+    def get_value(self):
+        if self.stacked.buf is not None:
+            return self.stacked.buf[self.i]
+        v = self.stacked.var.get_value()
+        if isinstance(v, jax.ShapeDtypeStruct):
+            return jax.ShapeDtypeStruct(v.shape[1:], v.dtype)
+        return v[self.i]
+
+    def set_value(self, a) -> None:
+        self.stacked.write(self.i, a)
+
+
 def flat_params(module) -> dict[tuple, nnx.Variable]:
-    return {tuple(k): v for k, v in nnx.to_flat_state(nnx.state(module, nnx.Param))}
+    """Parameters by path; a stacked (scanned) parameter appears as one :class:`LayerSlice` per
+    layer under the unrolled path. Call :func:`flush` after writing through the result."""
+    out = {}
+    for k, v in nnx.to_flat_state(nnx.state(module, nnx.Param)):
+        k = tuple(k)
+        depth = v.get_metadata().get("stacked_depth")
+        if depth is None:
+            out[k] = v
+            continue
+        stacked = _Stacked(v)
+        at = len(k) - depth
+        for i in range(v.get_value().shape[0]):
+            out[k[:at] + (i,) + k[at:]] = LayerSlice(stacked, i)
+    return out
+
+
+def flush(params: Mapping) -> None:
+    """Assign what was written into stacked parameters through ``params`` (from flat_params)."""
+    for s in {id(v.stacked): v.stacked for v in params.values() if isinstance(v, LayerSlice)}.values():
+        s.flush()
 
 
 def to_ours(name: str, transform: str, array: np.ndarray) -> np.ndarray:
@@ -97,6 +176,7 @@ def load_state_dict(module, state_dict: Mapping[str, np.ndarray], key_map: KeyMa
         # get_value() also works on abstract (nnx.eval_shape) modules, so a checkpoint can be
         # loaded into a model that never ran its random initialisers.
         var.set_value(jnp.asarray(a, dtype=dtype or var.get_value().dtype))
+    flush(params)
 
 
 def export_state_dict(module, key_map: KeyMap) -> dict[str, np.ndarray]:

@@ -17,6 +17,12 @@ from janusflow.configs.data import DataConfig
 from janusflow.configs.errors import ConfigError
 
 
+# Activation checkpointing policies by name (janusflow/models/remat.py says what each keeps).
+# "block" is the old name of "full".
+REMAT_POLICIES = ("none", "full", "block", "dots", "save_qkv_proj", "save_out_proj",
+                  "save_dot_except_mlp", "save_dot_except_mlp_down")
+
+
 def _check(cond: bool, name: str, msg: str):
     if not cond:
         raise ConfigError(f"{name}: {msg}")
@@ -209,7 +215,10 @@ class ModelConfig:
     repa_hidden: int = 2048
     dtype: str = "float32"                  # compute dtype: "float32" | "bfloat16"
     param_dtype: str = "float32"
-    remat: str = "none"                     # activation checkpointing: "none" | "block" | "dots"
+    remat: str = "none"                     # activation checkpointing policy: REMAT_POLICIES
+    # Stack the LLM's and SigLIP's blocks (a leading "layers" axis on their parameters) and run
+    # them with lax.scan: the compiled program holds one block instead of one per layer.
+    scan_layers: bool = False
     attention_impl: str = "xla"             # "xla": layers.dot_product_attention; else jax.nn's
     # Training refuses to pass images through a randomly initialised KL VAE (train.vae_from
     # names the pretrained one) unless this says a random VAE is intended (tiny test models).
@@ -225,7 +234,10 @@ class ModelConfig:
                f"must be 'official' or 'learned', got {self.beg_of_und_embed!r}")
         _check(self.dtype in ("float32", "bfloat16"), "ModelConfig.dtype", f"got {self.dtype!r}")
         _check(self.param_dtype in ("float32", "bfloat16"), "ModelConfig.param_dtype", f"got {self.param_dtype!r}")
-        _check(self.remat in ("none", "block", "dots"), "ModelConfig.remat", f"got {self.remat!r}")
+        _check(self.remat in REMAT_POLICIES, "ModelConfig.remat",
+               f"must be one of {', '.join(REMAT_POLICIES)}; got {self.remat!r}")
+        _check(isinstance(self.scan_layers, bool), "ModelConfig.scan_layers",
+               f"must be true or false, got {self.scan_layers!r}")
         _check(0 < self.repa_layer <= self.llm.num_layers, "ModelConfig.repa_layer",
                f"must be in 1..{self.llm.num_layers}, got {self.repa_layer}")
         _check(self.image_size % self.vae.downsample == 0, "ModelConfig.image_size",

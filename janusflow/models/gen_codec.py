@@ -22,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 from janusflow.configs.schema import GenCodecConfig
+from janusflow.models import remat as remat_lib
 from janusflow.models.layers import Conv2d, Linear, RMSNorm, einsum, param, pixel_shuffle, zeros
 from janusflow.parallel.rules import IMAGE_FEATURES as FEATURES, constrain
 
@@ -133,7 +134,9 @@ class ConvNextBlock(nnx.Module):
         h = constrain(depthwise_conv(self.depthwise, constrain(x, FEATURES)), FEATURES)
         h = constrain(self.norm(h), FEATURES)
         h = constrain(jax.nn.gelu(self.linear_1(h), approximate=False), FEATURES)
-        h = constrain(self.linear_2(constrain(self.grn(h), FEATURES)), FEATURES)
+        h = remat_lib.tag(h, remat_lib.MLP_HIDDEN)
+        h = constrain(remat_lib.tag(self.linear_2(constrain(self.grn(h), FEATURES)), remat_lib.MLP_OUT),
+                      FEATURES)
         y = x + h.astype(x.dtype)
         cond = constrain(self.cond_embeds_mapper(jax.nn.silu(t_emb)), ("batch", "channels"))
         scale, shift = jnp.split(cond, 2, axis=-1)
@@ -166,10 +169,10 @@ class GenEncoder(nnx.Module):
     Returns (x_emb (B, H/stride, W/stride, channels), t_emb (B, hidden_size))."""
 
     def __init__(self, cfg: GenCodecConfig, *, latent_channels: int, hidden_size: int,
-                 rngs: nnx.Rngs, dtype=None):
+                 rngs: nnx.Rngs, dtype=None, remat: str = "none"):
         c = cfg.channels
         self.cfg, self.latent_channels, self.hidden_size = cfg, latent_channels, hidden_size
-        self.dtype = dtype
+        self.dtype, self.remat = dtype, remat
         self.time_linear_1 = Linear(c, hidden_size, axes=(None, "embed"), use_bias=cfg.use_bias,
                                     rngs=rngs, dtype=dtype)
         self.time_linear_2 = Linear(hidden_size, hidden_size, axes=("embed", None),
@@ -218,8 +221,9 @@ class GenEncoder(nnx.Module):
         dtype = self.dtype or z.dtype
         t_emb = self.time_embedding(t, dtype)
         x = constrain(self.in_conv(z.astype(dtype)), FEATURES)
+        step = remat_lib.call_block(self.remat)
         for block in self.blocks:
-            x = block(x, t_emb)
+            x = step(block, x, t_emb)
         return x, t_emb
 
 
@@ -229,10 +233,10 @@ class GenDecoder(nnx.Module):
     encoder's x_emb; t_emb from the encoder. Returns the velocity (B, g*p^n, g*p^n, latent)."""
 
     def __init__(self, cfg: GenCodecConfig, *, latent_channels: int, hidden_size: int,
-                 rngs: nnx.Rngs, dtype=None):
+                 rngs: nnx.Rngs, dtype=None, remat: str = "none"):
         c = cfg.channels
         self.cfg, self.latent_channels, self.hidden_size = cfg, latent_channels, hidden_size
-        self.dtype = dtype
+        self.dtype, self.remat = dtype, remat
         self.input_norm = RMSNorm(c, cfg.norm_eps, rngs=rngs)
         self.blocks = nnx.List([ConvNextBlock(2 * c, hidden_size, cfg, rngs=rngs, dtype=dtype)
                                 for _ in range(cfg.num_blocks)])
@@ -256,8 +260,9 @@ class GenDecoder(nnx.Module):
         h = constrain(jnp.concatenate([self.input_norm(x.astype(dtype)), skip.astype(dtype)], axis=-1),
                       FEATURES)
         t_emb = t_emb.astype(dtype)
+        step = remat_lib.call_block(self.remat)
         for block in self.blocks:
-            h = block(h, t_emb)
+            h = step(block, h, t_emb)
         for stage in self.out_convs:
             h = stage(h)
         return h

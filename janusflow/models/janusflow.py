@@ -48,7 +48,7 @@ class JanusFlow(nnx.Module):
         dt = compute_dtype(cfg.dtype)
         d = cfg.llm.hidden_size
         self.language_model = LLM(cfg.llm, rngs=rngs, dtype=dt, remat=cfg.remat,
-                                  attention_impl=cfg.attention_impl)
+                                  attention_impl=cfg.attention_impl, scan=cfg.scan_layers)
         gc, lat = cfg.gen_codec, cfg.vae.channels
 
         def opt(cond, build):
@@ -58,9 +58,10 @@ class JanusFlow(nnx.Module):
 
         # SigLIP is built when it encodes images for understanding or serves as REPA target.
         self.und_encoder = opt(cfg.uses_siglip, lambda: SiglipVisionTower(
-            cfg.siglip, rngs=rngs, dtype=dt, remat=cfg.remat, attention_impl=cfg.attention_impl))
+            cfg.siglip, rngs=rngs, dtype=dt, remat=cfg.remat, attention_impl=cfg.attention_impl,
+            scan=cfg.scan_layers))
         self.und_gen_encoder = opt(cfg.und_encoder == "separate_gen", lambda: GenEncoder(
-            gc, latent_channels=lat, hidden_size=d, rngs=rngs, dtype=dt))
+            gc, latent_channels=lat, hidden_size=d, rngs=rngs, dtype=dt, remat=cfg.remat))
         und_in = cfg.siglip.width if cfg.und_encoder == "siglip" else gc.channels
         self.und_aligner = opt(cfg.und_encoder in ("siglip", "separate_gen"), lambda: Linear(
             und_in, d, axes=("vit_embed" if cfg.und_encoder == "siglip" else "conv_out", "embed"),
@@ -71,14 +72,14 @@ class JanusFlow(nnx.Module):
             rngs, zeros if cfg.beg_of_und_embed == "official" else normal(0.02), (d,), ("embed",)))
         needs_gen_encoder = cfg.gen_enabled or cfg.und_encoder == "shared_gen"
         self.gen_encoder = opt(needs_gen_encoder, lambda: GenEncoder(
-            gc, latent_channels=lat, hidden_size=d, rngs=rngs, dtype=dt))
+            gc, latent_channels=lat, hidden_size=d, rngs=rngs, dtype=dt, remat=cfg.remat))
         self.gen_aligner = opt(needs_gen_encoder, lambda: Linear(
             gc.channels, d, axes=("conv_out", "embed"), rngs=rngs, dtype=dt))
         self.gen_decoder_norm = opt(cfg.gen_enabled, lambda: RMSNorm(d, cfg.llm.rms_norm_eps, rngs=rngs))
         self.gen_decoder_aligner = opt(cfg.gen_enabled, lambda: Linear(
             d, gc.channels, axes=("embed", "conv_in"), rngs=rngs, dtype=dt))
         self.gen_decoder = opt(cfg.gen_enabled, lambda: GenDecoder(
-            gc, latent_channels=lat, hidden_size=d, rngs=rngs, dtype=dt))
+            gc, latent_channels=lat, hidden_size=d, rngs=rngs, dtype=dt, remat=cfg.remat))
         self.repa_projector = opt(cfg.gen_enabled and cfg.repa, lambda: RepaProjector(
             d, cfg.repa_hidden, cfg.siglip.width, rngs=rngs, dtype=dt))
 

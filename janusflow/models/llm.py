@@ -19,6 +19,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from janusflow.configs.schema import LLMConfig
+from janusflow.models import remat as remat_lib
+from janusflow.models.layer_stack import scan_layers, stack_layers
 from janusflow.models.layers import Linear, RMSNorm, dot_product_attention, matmul, normal, param
 from janusflow.parallel.rules import constrain
 
@@ -84,11 +86,12 @@ class Attention(nnx.Module):
     def __call__(self, x, positions, mask, cache_kv=None, start=None):
         b, t, _ = x.shape
         c = self.cfg
-        q = constrain(self.q_proj(x).reshape(b, t, c.num_heads, c.dim_per_head),
+        tag = remat_lib.tag
+        q = constrain(tag(self.q_proj(x), remat_lib.QUERY).reshape(b, t, c.num_heads, c.dim_per_head),
                       ("batch", "length", "heads", "head_dim"))
         kv_axes = ("batch", "length", "kv_heads", "head_dim")
-        k = constrain(self.k_proj(x).reshape(b, t, c.num_kv_heads, c.dim_per_head), kv_axes)
-        v = constrain(self.v_proj(x).reshape(b, t, c.num_kv_heads, c.dim_per_head), kv_axes)
+        k = constrain(tag(self.k_proj(x), remat_lib.KEY).reshape(b, t, c.num_kv_heads, c.dim_per_head), kv_axes)
+        v = constrain(tag(self.v_proj(x), remat_lib.VALUE).reshape(b, t, c.num_kv_heads, c.dim_per_head), kv_axes)
         q, k = rope(q, positions, c.rope_theta), rope(k, positions, c.rope_theta)
         new_kv = None
         if cache_kv is not None:
@@ -98,7 +101,7 @@ class Attention(nnx.Module):
             new_kv = (ck, cv)
             k, v = ck.astype(q.dtype), cv.astype(q.dtype)
         out = constrain(attention(q, k, v, mask, self.impl), ("batch", "length", "heads", "head_dim"))
-        return constrain(self.o_proj(out.reshape(b, t, -1)), RESIDUAL), new_kv
+        return constrain(remat_lib.tag(self.o_proj(out.reshape(b, t, -1)), remat_lib.OUT), RESIDUAL), new_kv
 
 
 class MLP(nnx.Module):
@@ -109,8 +112,11 @@ class MLP(nnx.Module):
         self.down_proj = Linear(f, d, axes=("mlp", "embed"), use_bias=False, rngs=rngs, dtype=dtype)
 
     def __call__(self, x):
-        h = constrain(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x), ("batch", "length", "mlp"))
-        return constrain(self.down_proj(h), RESIDUAL)
+        tag = remat_lib.tag
+        gate, up = tag(self.gate_proj(x), remat_lib.MLP_GATE), tag(self.up_proj(x), remat_lib.MLP_UP)
+        h = constrain(jax.nn.silu(gate) * up, ("batch", "length", "mlp"))
+        h = remat_lib.tag(h, remat_lib.MLP_HIDDEN)
+        return constrain(remat_lib.tag(self.down_proj(h), remat_lib.MLP_OUT), RESIDUAL)
 
 
 class Block(nnx.Module):
@@ -127,20 +133,17 @@ class Block(nnx.Module):
         return x, new_kv
 
 
-_REMAT_POLICIES = {
-    "block": None,  # save nothing inside a block: recompute it all in the backward pass
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
-
-
 class LLM(nnx.Module):
     def __init__(self, cfg: LLMConfig, *, rngs: nnx.Rngs, dtype=None, remat: str = "none",
-                 attention_impl: str = "xla"):
-        self.cfg, self.dtype, self.remat = cfg, dtype, remat
+                 attention_impl: str = "xla", scan: bool = False):
+        if remat != "none":
+            remat_lib.policy(remat)          # an unknown name fails here, not at the first step
+        self.cfg, self.dtype, self.remat, self.scan = cfg, dtype, remat, scan
         self.embed_tokens = param(rngs, normal(0.02), (cfg.vocab_size, cfg.hidden_size),
                                   ("vocab", "embed"))
-        self.layers = nnx.List([Block(cfg, rngs=rngs, dtype=dtype, impl=attention_impl)
-                                for _ in range(cfg.num_layers)])
+        blocks = [Block(cfg, rngs=rngs, dtype=dtype, impl=attention_impl) for _ in range(cfg.num_layers)]
+        # scan: one Block with stacked parameters (layer_stack.py); else one Block per layer
+        self.layers = stack_layers(blocks) if scan else nnx.List(blocks)
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, rngs=rngs)
         self.lm_head = (None if cfg.tie_word_embeddings else
                         Linear(cfg.hidden_size, cfg.vocab_size, axes=("embed", "vocab"),
@@ -203,26 +206,47 @@ class LLM(nnx.Module):
         mask = (mask | (k_pos[None, :] == q_pos[:, None])[None])[:, None]
 
         x = constrain(embeds.astype(self.dtype or embeds.dtype), RESIDUAL)
-        layers = {0: x} if 0 in collect else {}
-        new_k, new_v = [], []
         n_run = c.num_layers if stop_after is None else stop_after
+        run = self._scanned if self.scan else self._unrolled
+        x, layers, new_kv = run(x, positions, mask, cache, start, n_run, collect)
+        new_cache = None
+        if cache is not None:
+            new_cache = KVCache(jnp.concatenate([new_kv[0], cache.k[n_run:]]),
+                                jnp.concatenate([new_kv[1], cache.v[n_run:]]), valid)
+        hidden = self.norm(x) if stop_after is None else x
+        return LLMOutput(hidden, layers, new_cache)
+
+    def _unrolled(self, x, positions, mask, cache, start, n_run, collect):
+        """Blocks 0..n_run-1 one by one: (x, {i: output of block i}, (k, v) stacked or None)."""
+        layers = {0: x} if 0 in collect else {}
+        step = remat_lib.call_block(self.remat)
+        new_k, new_v = [], []
         for i in range(n_run):
-            blk = self.layers[i]
             kv = (cache.k[i], cache.v[i]) if cache is not None else None
-            if self.remat != "none":
-                fn = nnx.remat(lambda m, *a: m(*a), policy=_REMAT_POLICIES[self.remat])
-                x, kv_out = fn(blk, x, positions, mask, kv, start)
-            else:
-                x, kv_out = blk(x, positions, mask, kv, start)
+            x, kv_out = step(self.layers[i], x, positions, mask, kv, start)
             if kv_out is not None:
                 new_k.append(kv_out[0])
                 new_v.append(kv_out[1])
             if i + 1 in collect:
                 layers[i + 1] = x
-        new_cache = None
-        if cache is not None:
-            k_rest = [cache.k[i] for i in range(n_run, c.num_layers)]
-            v_rest = [cache.v[i] for i in range(n_run, c.num_layers)]
-            new_cache = KVCache(jnp.stack(new_k + k_rest), jnp.stack(new_v + v_rest), valid)
-        hidden = self.norm(x) if stop_after is None else x
-        return LLMOutput(hidden, layers, new_cache)
+        return x, layers, ((jnp.stack(new_k), jnp.stack(new_v)) if cache is not None else None)
+
+    def _scanned(self, x, positions, mask, cache, start, n_run, collect):
+        """The same with lax.scan over the stacked blocks, one scan per stretch between the
+        blocks whose outputs ``collect`` asks for (REPA reads block ``repa_layer``)."""
+        layers = {0: x} if 0 in collect else {}
+        kv_all = (cache.k, cache.v) if cache is not None else None
+        call = lambda blk, h, kv: blk(h, positions, mask, kv, start)        # noqa: E731
+        ks, vs, lo = [], [], 0
+        for hi in sorted({i for i in collect if 0 < i < n_run} | {n_run}):
+            if hi > lo:
+                x, kv_out = scan_layers(self.layers, x, call, start=lo, stop=hi, xs=kv_all,
+                                        remat=self.remat)
+                if kv_out is not None:
+                    ks.append(kv_out[0])
+                    vs.append(kv_out[1])
+            if hi in collect:
+                layers[hi] = x
+            lo = hi
+        return x, layers, ((jnp.concatenate(ks), jnp.concatenate(vs)) if cache is not None else None)
+

@@ -19,15 +19,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from janusflow.configs.schema import SiglipConfig
+from janusflow.models import remat as remat_lib
+from janusflow.models.layer_stack import scan_layers, stack_layers
 from janusflow.models.layers import Conv2d, LayerNorm, Linear, dot_product_attention, normal, param
 from janusflow.parallel.rules import constrain
 
 TOKENS = ("batch", "vit_length", "vit_embed")
-
-_REMAT_POLICIES = {
-    "block": None,
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
 
 
 def normalize(images01, cfg: SiglipConfig):
@@ -54,7 +51,8 @@ class Mlp(nnx.Module):
 
     def __call__(self, x):
         h = constrain(jax.nn.gelu(self.fc1(x), approximate=False), ("batch", "vit_length", "vit_mlp"))
-        return constrain(self.fc2(h), TOKENS)
+        h = remat_lib.tag(h, remat_lib.MLP_HIDDEN)
+        return constrain(remat_lib.tag(self.fc2(h), remat_lib.MLP_OUT), TOKENS)
 
 
 class Attention(nnx.Module):
@@ -72,11 +70,12 @@ class Attention(nnx.Module):
     def __call__(self, x):
         b, n, d = x.shape
         h = self.num_heads
-        qkv = constrain(self.qkv(x).reshape(b, n, 3, h, d // h),
+        # the fused projection carries all three names' role: it is saved with "query_proj"
+        qkv = constrain(remat_lib.tag(self.qkv(x), remat_lib.QUERY).reshape(b, n, 3, h, d // h),
                         ("batch", "vit_length", None, "vit_heads", None))
         o = _attend(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], self.impl)
         o = constrain(o, ("batch", "vit_length", "vit_heads", None))
-        return constrain(self.proj(o.reshape(b, n, d)), TOKENS)
+        return constrain(remat_lib.tag(self.proj(o.reshape(b, n, d)), remat_lib.OUT), TOKENS)
 
 
 class Block(nnx.Module):
@@ -133,17 +132,20 @@ class SiglipVisionTower(nnx.Module):
     """
 
     def __init__(self, cfg: SiglipConfig, *, rngs: nnx.Rngs, dtype=None,
-                 param_dtype=jnp.float32, remat: str = "none", attention_impl: str = "xla"):
-        if remat not in ("none", *_REMAT_POLICIES):
-            raise ValueError(f"remat must be one of 'none', {', '.join(_REMAT_POLICIES)}; got {remat!r}")
-        self.cfg, self.dtype, self.remat = cfg, dtype, remat
+                 param_dtype=jnp.float32, remat: str = "none", attention_impl: str = "xla",
+                 scan: bool = False):
+        if remat != "none":
+            remat_lib.policy(remat)          # an unknown name fails here, not at the first call
+        self.cfg, self.dtype, self.remat, self.scan = cfg, dtype, remat, scan
         d, p = cfg.width, cfg.patch_size
         self.patch_embed = Conv2d(3, d, p, stride=p, axes=(None, "vit_embed"), rngs=rngs,
                                   dtype=dtype, param_dtype=param_dtype)
         self.pos_embed = param(rngs, normal(0.02), (1, cfg.num_patches, d),
                                (None, None, "vit_embed"), param_dtype)
-        self.blocks = nnx.List([Block(cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype,
-                                      impl=attention_impl) for _ in range(cfg.depth)])
+        blocks = [Block(cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype, impl=attention_impl)
+                  for _ in range(cfg.depth)]
+        # scan: one Block with stacked parameters (layer_stack.py); else one Block per layer
+        self.blocks = stack_layers(blocks) if scan else nnx.List(blocks)
         self.norm = LayerNorm(d, cfg.layer_norm_eps, rngs=rngs, param_dtype=param_dtype)
         self.attn_pool = (AttentionPool(cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype,
                                         impl=attention_impl) if cfg.attn_pool else None)
@@ -167,11 +169,13 @@ class SiglipVisionTower(nnx.Module):
         b = x.shape[0]
         # row-major flatten of the (h, w) grid = torch's flatten(2) of NCHW
         x = constrain(x.reshape(b, -1, self.cfg.width) + self.pos_embed[...].astype(dtype), TOKENS)
+        if self.scan:
+            x, _ = scan_layers(self.blocks, x, lambda blk, y, _: (blk(y), None), start=0,
+                               stop=self.cfg.depth, remat=self.remat)
+            return self.norm(x)
+        step = remat_lib.call_block(self.remat)
         for blk in self.blocks:
-            if self.remat != "none":
-                x = nnx.remat(lambda m, y: m(y), policy=_REMAT_POLICIES[self.remat])(blk, x)
-            else:
-                x = blk(x)
+            x = step(blk, x)
         return self.norm(x)
 
     def pool(self, features):

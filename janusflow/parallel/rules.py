@@ -40,6 +40,7 @@ RULES = {
     "conv_in": None,
     "conv_out": "fsdp",
     "norm": None,
+    "layers": None,         # the stacking axis of scanned layers: each device holds every layer
     None: None,
 }
 

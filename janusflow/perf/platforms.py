@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from janusflow.configs.schema import ConfigError, ExperimentConfig, MeshConfig
+from janusflow.configs.schema import REMAT_POLICIES, ConfigError, ExperimentConfig, MeshConfig
 
 
 @dataclass(frozen=True)
@@ -90,8 +90,9 @@ class Platform:
                               f"over {self.hosts} hosts")
         self.mesh_shape()  # raises ConfigError when the mesh does not cover the devices
         # the same checks ModelConfig applies, so a bad platform fails at load, not at training
-        if self.remat not in ("none", "block", "dots"):
-            raise ConfigError(f"Platform.remat: must be none|block|dots, got {self.remat!r}")
+        if self.remat not in REMAT_POLICIES:
+            raise ConfigError(f"Platform.remat: must be one of {', '.join(REMAT_POLICIES)}; "
+                              f"got {self.remat!r}")
         if self.dtype not in ("float32", "bfloat16"):
             raise ConfigError(f"Platform.dtype: must be float32|bfloat16, got {self.dtype!r}")
         for k, v in self.env.items():

@@ -182,7 +182,7 @@ def _run(cfg: ExperimentConfig, workdir: str, log: Callable, start_over: bool) -
         pcfg = siglip_data_cfg(cfg)
         batches = make_pipeline(pcfg, cfg.data)
         res = pretrain_siglip(cfg.model.siglip, cfg.model.llm.vocab_size, batches, r.siglip_steps,
-                              lr=r.siglip_lr, seed=cfg.train.seed, log=log)
+                              lr=r.siglip_lr, seed=cfg.train.seed, log=log, scan=cfg.model.scan_layers)
         batches.close() if hasattr(batches, "close") else None
         with open(os.path.join(workdir, "siglip_pretrain.json"), "w") as f:
             json.dump({"first_loss": res["first_loss"], "last_loss": res["last_loss"]}, f)

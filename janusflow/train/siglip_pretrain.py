@@ -36,10 +36,10 @@ class TextTower(nnx.Module):
 
 
 class SiglipPair(nnx.Module):
-    def __init__(self, cfg: SiglipConfig, vocab: int, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: SiglipConfig, vocab: int, *, rngs: nnx.Rngs, scan: bool = False):
         if not cfg.attn_pool:
             raise ValueError("SigLIP pre-training uses the attention-pool head: set attn_pool=True")
-        self.image = SiglipVisionTower(cfg, rngs=rngs)
+        self.image = SiglipVisionTower(cfg, rngs=rngs, scan=scan)
         self.text = TextTower(vocab, cfg.width, rngs=rngs)
         self.log_t = nnx.Param(jnp.asarray(jnp.log(10.0)), axes=())
         self.bias = nnx.Param(jnp.asarray(-10.0), axes=())
@@ -54,10 +54,11 @@ def sigmoid_loss(img, txt, log_t, bias):
 
 
 def pretrain_siglip(cfg: SiglipConfig, vocab: int, batches, steps: int, *, lr: float = 1e-3,
-                    seed: int = 0, log: Callable = print) -> dict:
+                    seed: int = 0, log: Callable = print, scan: bool = False) -> dict:
     """Train on ``batches`` of {"repa_pixels", "prompt_ids", "prompt_mask"} (the generation
-    stream's layout); returns the image tower's parameters (pure dict, our layout)."""
-    model = SiglipPair(cfg, vocab, rngs=nnx.Rngs(seed))
+    stream's layout); returns the image tower's parameters (pure dict, our layout; ``scan``:
+    stacked blocks, the layout of a model with ``scan_layers``)."""
+    model = SiglipPair(cfg, vocab, rngs=nnx.Rngs(seed), scan=scan)
     opt = nnx.Optimizer(model, optax.adamw(optax.warmup_cosine_decay_schedule(0, lr, max(steps // 10, 1), steps),
                                            b1=0.9, b2=0.95), wrt=nnx.Param)
 
