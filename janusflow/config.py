@@ -189,6 +189,7 @@ class VAEConfig:
 
 
 UND_ENCODERS = ("siglip", "shared_gen", "separate_gen", "none")
+ATTENTION_IMPLS = ("xla", "cudnn", "auto", "splash")
 
 
 @dataclass(frozen=True)
@@ -215,7 +216,9 @@ class ModelConfig:
     dtype: str = "float32"                  # compute dtype: "float32" | "bfloat16"
     param_dtype: str = "float32"
     remat: str = "none"                     # activation checkpointing: "none" | "block" | "dots"
-    attention_impl: str = "xla"             # passed to jax.nn.dot_product_attention
+    # "xla" (default), "cudnn" (GPU flash attention), "auto" (jax picks), "splash" (the Pallas
+    # kernel on TPU, models/attention.py)
+    attention_impl: str = "xla"
     # Training refuses to pass images through a randomly initialised KL VAE (train.vae_from
     # names the pretrained one) unless this says a random VAE is intended (tiny test models).
     vae_random_ok: bool = False
@@ -231,6 +234,8 @@ class ModelConfig:
         _check(self.dtype in ("float32", "bfloat16"), "ModelConfig.dtype", f"got {self.dtype!r}")
         _check(self.param_dtype in ("float32", "bfloat16"), "ModelConfig.param_dtype", f"got {self.param_dtype!r}")
         _check(self.remat in ("none", "block", "dots"), "ModelConfig.remat", f"got {self.remat!r}")
+        _check(self.attention_impl in ATTENTION_IMPLS, "ModelConfig.attention_impl",
+               f"must be one of {ATTENTION_IMPLS}, got {self.attention_impl!r}")
         _check(0 < self.repa_layer <= self.llm.num_layers, "ModelConfig.repa_layer",
                f"must be in 1..{self.llm.num_layers}, got {self.repa_layer}")
         _check(self.image_size % self.vae.downsample == 0, "ModelConfig.image_size",
@@ -456,3 +461,11 @@ class ExperimentConfig:
         _positive(self, "seq_len")
         _check(self.seq_len <= self.model.llm.max_position_embeddings, "ExperimentConfig.seq_len",
                f"{self.seq_len} exceeds the model context {self.model.llm.max_position_embeddings}")
+        if self.model.attention_impl == "splash":
+            # splash runs per shard on whole rows (models/attention.py): a sequence split would
+            # need the keys of the other shards, which the kernel does not gather
+            for name, target in self.train.activation_rules:
+                _check(name not in ("length", "vit_length") or target is None,
+                       "TrainConfig.activation_rules",
+                       f"{name!r} -> {target!r} shards the sequence, which "
+                       "ModelConfig.attention_impl='splash' does not support (whole rows per shard)")

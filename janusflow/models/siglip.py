@@ -26,6 +26,7 @@ from flax import nnx
 
 from janusflow.checkpoint.torch_layout import CheckpointMismatch, export_state_dict, load_state_dict
 from janusflow.config import SiglipConfig
+from janusflow.models.attention import VIT_AXES, attend
 from janusflow.models.layers import Conv2d, LayerNorm, Linear, normal, param
 from janusflow.parallel.rules import constrain
 
@@ -44,10 +45,6 @@ def normalize(images01, cfg: SiglipConfig):
     mean = jnp.asarray(cfg.pixel_mean, images01.dtype)
     std = jnp.asarray(cfg.pixel_std, images01.dtype)
     return (images01 - mean) / std
-
-
-def _attend(q, k, v, impl):
-    return jax.nn.dot_product_attention(q, k, v, implementation=None if impl == "auto" else impl)
 
 
 class Mlp(nnx.Module):
@@ -79,7 +76,7 @@ class Attention(nnx.Module):
         h = self.num_heads
         qkv = constrain(self.qkv(x).reshape(b, n, 3, h, d // h),
                         ("batch", "vit_length", None, "vit_heads", None))
-        o = _attend(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], self.impl)
+        o = attend(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], None, self.impl, VIT_AXES)
         o = constrain(o, ("batch", "vit_length", "vit_heads", None))
         return constrain(self.proj(o.reshape(b, n, d)), TOKENS)
 
@@ -122,7 +119,7 @@ class AttentionPool(nnx.Module):
         q = self.q(self.latent[...].astype(dtype))                   # (1, 1, d)
         q = jnp.broadcast_to(q, (b, 1, d)).reshape(b, 1, h, d // h)
         kv = self.kv(x.astype(dtype)).reshape(b, n, 2, h, d // h)
-        o = _attend(q, kv[:, :, 0], kv[:, :, 1], self.impl).reshape(b, 1, d)
+        o = attend(q, kv[:, :, 0], kv[:, :, 1], None, self.impl, VIT_AXES).reshape(b, 1, d)
         o = self.proj(o)
         o = o + self.mlp(self.norm(o))
         return o[:, 0]
