@@ -342,3 +342,24 @@ def test_plan_cli_compiles_tiny_with_the_tpu_compiler_for_v4_8(tmp_path):
     m = res["memory_per_device"]
     # the TPU's tiled layouts pad the tiny model's small arrays: arguments >= the raw shards
     assert m["temp"] > 0 and m["argument"] >= m["state"] + m["batch"]
+
+
+@pytest.mark.slow
+def test_plan_cli_compiles_splash_attention_into_mosaic_kernels_for_v4_8(tmp_path):
+    """attention_impl=splash in the TPU-compiled train step: the Pallas kernels are in the
+    program as Mosaic custom calls (forward and backward, LLM and SigLIP); xla has none."""
+    from janusflow.perf.tpu_topology import libtpu_version
+    if libtpu_version() is None:
+        pytest.skip("libtpu is not installed (pip install -e '.[tpu]'): the splash plan is untested here")
+    counts = {}
+    for impl in ("xla", "splash"):
+        out = tmp_path / f"{impl}.json"
+        r = _plan(["--config", "tiny", *sum((["--set", s] for s in SMALL), []),
+                   "--set", "train.und_batch=8", "--set", "train.gen_batch=8", "--set", "train.text_batch=8",
+                   "--set", f"model.attention_impl={impl}",
+                   "--platform", "v4_8:micro_batch=6", "--compiler", "tpu", "--json", str(out)])
+        assert r.returncode == 0, r.stderr[-3000:]
+        res = json.loads(out.read_text())
+        assert res["attention_impl"] == impl
+        counts[impl] = res["mosaic_kernels"]
+    assert counts["xla"] == 0 and counts["splash"] > 0, counts

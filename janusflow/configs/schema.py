@@ -190,6 +190,7 @@ class VAEConfig:
 
 
 UND_ENCODERS = ("siglip", "shared_gen", "separate_gen", "none")
+ATTENTION_IMPLS = ("xla", "cudnn", "auto", "splash")
 
 
 @dataclass(frozen=True)
@@ -219,7 +220,10 @@ class ModelConfig:
     # Stack the LLM's and SigLIP's blocks (a leading "layers" axis on their parameters) and run
     # them with lax.scan: the compiled program holds one block instead of one per layer.
     scan_layers: bool = False
-    attention_impl: str = "xla"             # "xla": layers.dot_product_attention; else jax.nn's
+    # "xla" (default; layers.dot_product_attention: fp32 accumulation, the fast bf16 path on CPU),
+    # "cudnn" (GPU flash attention), "auto" (jax picks), "splash" (the Pallas kernel on TPU,
+    # models/attention.py)
+    attention_impl: str = "xla"
     # Training refuses to pass images through a randomly initialised KL VAE (train.vae_from
     # names the pretrained one) unless this says a random VAE is intended (tiny test models).
     vae_random_ok: bool = False
@@ -238,6 +242,8 @@ class ModelConfig:
                f"must be one of {', '.join(REMAT_POLICIES)}; got {self.remat!r}")
         _check(isinstance(self.scan_layers, bool), "ModelConfig.scan_layers",
                f"must be true or false, got {self.scan_layers!r}")
+        _check(self.attention_impl in ATTENTION_IMPLS, "ModelConfig.attention_impl",
+               f"must be one of {ATTENTION_IMPLS}, got {self.attention_impl!r}")
         _check(0 < self.repa_layer <= self.llm.num_layers, "ModelConfig.repa_layer",
                f"must be in 1..{self.llm.num_layers}, got {self.repa_layer}")
         _check(self.image_size % self.vae.downsample == 0, "ModelConfig.image_size",
@@ -505,3 +511,11 @@ class ExperimentConfig:
         _positive(self, "seq_len")
         _check(self.seq_len <= self.model.llm.max_position_embeddings, "ExperimentConfig.seq_len",
                f"{self.seq_len} exceeds the model context {self.model.llm.max_position_embeddings}")
+        if self.model.attention_impl == "splash":
+            # splash runs per shard on whole rows (models/attention.py): a sequence split would
+            # need the keys of the other shards, which the kernel does not gather
+            for name, target in self.train.activation_rules:
+                _check(name not in ("length", "vit_length") or target is None,
+                       "TrainConfig.activation_rules",
+                       f"{name!r} -> {target!r} shards the sequence, which "
+                       "ModelConfig.attention_impl='splash' does not support (whole rows per shard)")

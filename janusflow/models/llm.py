@@ -5,9 +5,9 @@ input embeddings (so images can be spliced in), a start position and optionally 
 The cache is a plain pytree returned by the call, never mutated in place, so the sampler can
 prefill a prompt once and run every ODE step against the same cached prefix.
 
-Attention goes through :func:`attention` only: ``layers.dot_product_attention`` for "xla" (fp32
-accumulation in both products, the fast bf16 path on CPU), ``jax.nn.dot_product_attention``
-otherwise (cuDNN flash attention on GPU with ``attention_impl="cudnn"``).
+Attention goes through :func:`attention` only, which dispatches on ``attention_impl``
+(``models/attention.py``: XLA with fp32 accumulation, the fast bf16 path on CPU; cuDNN on GPU;
+splash on TPU).
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from flax import nnx
 
 from janusflow.configs.schema import LLMConfig
 from janusflow.models import remat as remat_lib
+from janusflow.models.attention import CausalPaddingMask, attend, causal_padding_mask
 from janusflow.models.layer_stack import scan_layers, stack_layers
-from janusflow.models.layers import Linear, RMSNorm, dot_product_attention, matmul, normal, param
+from janusflow.models.layers import Linear, RMSNorm, matmul, normal, param
 from janusflow.parallel.rules import constrain
 
 RESIDUAL = ("batch", "length", "embed")
@@ -67,11 +68,9 @@ def rope(x, positions, theta: float):
 
 
 def attention(q, k, v, mask, impl: str = "xla"):
-    """q (B,T,H,hd), k/v (B,S,K,hd) with H % K == 0, mask (B,1,T,S) bool (True = attend)."""
-    if impl == "xla":
-        return dot_product_attention(q, k, v, mask)
-    return jax.nn.dot_product_attention(q, k, v, mask=mask,
-                                        implementation=None if impl == "auto" else impl)
+    """q (B,T,H,hd), k/v (B,S,K,hd) with H % K == 0; mask a CausalPaddingMask (no KV cache) or
+    (B,1,T,S) bool (True = attend)."""
+    return attend(q, k, v, mask, impl)
 
 
 class Attention(nnx.Module):
@@ -173,7 +172,7 @@ class LLM(nnx.Module):
         """Run the decoder on ``embeds`` (B, T, D) placed at positions start .. start+T-1.
 
         attention_mask: (B, T) with 1/True for real tokens; masked positions are never attended
-        to (their own outputs are meaningless). With ``cache`` the new keys/values are written at
+        to and see only themselves (their own outputs are meaningless). With ``cache`` the new keys/values are written at
         ``start`` and attention spans the whole cache (positions < start must have been
         written before). ``collect``: block indices whose outputs to return (i = after block i,
         0 = the embeddings). ``stop_after``: run only that many blocks (REPA-only passes).
@@ -198,12 +197,10 @@ class LLM(nnx.Module):
         positions = jnp.broadcast_to(q_pos, (b, t))
         if cache is not None:
             valid = jax.lax.dynamic_update_slice(cache.valid, attention_mask, (0, start))
-            k_pos = jnp.arange(cache.max_len)
+            mask = causal_padding_mask(attention_mask, valid, q_pos, jnp.arange(cache.max_len))
         else:
-            valid, k_pos = attention_mask, q_pos
-        mask = (k_pos[None, :] <= q_pos[:, None])[None] & valid[:, None, :]
-        # A query whose every key is masked (a padded position) would give NaN; let it see itself.
-        mask = (mask | (k_pos[None, :] == q_pos[:, None])[None])[:, None]
+            # kept as the key mask: splash turns it into segment ids, XLA into the dense mask
+            valid, mask = attention_mask, CausalPaddingMask(attention_mask)
 
         x = constrain(embeds.astype(self.dtype or embeds.dtype), RESIDUAL)
         n_run = c.num_layers if stop_after is None else stop_after

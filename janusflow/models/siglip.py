@@ -20,8 +20,9 @@ from flax import nnx
 
 from janusflow.configs.schema import SiglipConfig
 from janusflow.models import remat as remat_lib
+from janusflow.models.attention import VIT_AXES, attend
 from janusflow.models.layer_stack import scan_layers, stack_layers
-from janusflow.models.layers import Conv2d, LayerNorm, Linear, dot_product_attention, normal, param
+from janusflow.models.layers import Conv2d, LayerNorm, Linear, normal, param
 from janusflow.parallel.rules import constrain
 
 TOKENS = ("batch", "vit_length", "vit_embed")
@@ -34,12 +35,6 @@ def normalize(images01, cfg: SiglipConfig):
     mean = jnp.asarray(cfg.pixel_mean, images01.dtype)
     std = jnp.asarray(cfg.pixel_std, images01.dtype)
     return (images01 - mean) / std
-
-
-def _attend(q, k, v, impl):
-    if impl == "xla":
-        return dot_product_attention(q, k, v)
-    return jax.nn.dot_product_attention(q, k, v, implementation=None if impl == "auto" else impl)
 
 
 class Mlp(nnx.Module):
@@ -73,7 +68,7 @@ class Attention(nnx.Module):
         # the fused projection carries all three names' role: it is saved with "query_proj"
         qkv = constrain(remat_lib.tag(self.qkv(x), remat_lib.QUERY).reshape(b, n, 3, h, d // h),
                         ("batch", "vit_length", None, "vit_heads", None))
-        o = _attend(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], self.impl)
+        o = attend(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], None, self.impl, VIT_AXES)
         o = constrain(o, ("batch", "vit_length", "vit_heads", None))
         return constrain(remat_lib.tag(self.proj(o.reshape(b, n, d)), remat_lib.OUT), TOKENS)
 
@@ -116,7 +111,7 @@ class AttentionPool(nnx.Module):
         q = self.q(self.latent[...].astype(dtype))                   # (1, 1, d)
         q = jnp.broadcast_to(q, (b, 1, d)).reshape(b, 1, h, d // h)
         kv = self.kv(x.astype(dtype)).reshape(b, n, 2, h, d // h)
-        o = _attend(q, kv[:, :, 0], kv[:, :, 1], self.impl).reshape(b, 1, d)
+        o = attend(q, kv[:, :, 0], kv[:, :, 1], None, self.impl, VIT_AXES).reshape(b, 1, d)
         o = self.proj(o)
         o = o + self.mlp(self.norm(o))
         return o[:, 0]

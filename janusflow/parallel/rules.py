@@ -144,10 +144,16 @@ def activation_sharding(mesh: Mesh, rules=ACTIVATION_RULES):
         _ACTIVATION_CONTEXT.reset(token)
 
 
+def activation_context():
+    """(mesh, activation rules) of the current :func:`activation_sharding`, or None outside it
+    (kernels that run per shard, e.g. splash attention, read the mesh from here)."""
+    return _ACTIVATION_CONTEXT.get()
+
+
 def constrain(x, axes):
     """``x`` with its sharding pinned to the logical ``axes`` (one name per dimension) under
     the current :func:`activation_sharding`; ``x`` unchanged outside it."""
-    ctx = _ACTIVATION_CONTEXT.get()
+    ctx = activation_context()
     if ctx is None:
         return x
     if len(axes) != x.ndim:

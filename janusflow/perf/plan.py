@@ -149,6 +149,9 @@ def compile_plan(cfg: ExperimentConfig, log: Callable[[str], None] = print,
     log(f"compiled in {t_compile:.0f}s")
 
     mem = compiled.memory_analysis()
+    # Pallas kernels (splash attention) compile to Mosaic custom calls: the plan shows they are in
+    hlo = compiled.as_text() or ""
+    mosaic = hlo.count('custom_call_target="tpu_custom_call"')
     memory = {k: int(getattr(mem, k + "_size_in_bytes", 0) or 0)
               for k in ("argument", "output", "alias", "temp", "generated_code")}
     # Donated state: the outputs reuse the argument buffers (alias), so live memory is
@@ -178,6 +181,7 @@ def compile_plan(cfg: ExperimentConfig, log: Callable[[str], None] = print,
         "accum_steps": accum,
         "micro_batch_per_shard": n_examples // (accum * mesh.shape["data"] * mesh.shape["fsdp"]),
         "remat": cfg.model.remat, "dtype": cfg.model.dtype,
+        "attention_impl": cfg.model.attention_impl, "mosaic_kernels": mosaic,
         "lower_s": t_lower, "compile_s": t_compile,
         "memory_per_device": memory,
         # SPMD: cost analysis describes one device's program. With accumulation the micro-step
@@ -231,7 +235,9 @@ def format_report(r: dict) -> str:
         f"  global batch {r['global_batch']} ({', '.join(f'{k} {v}' for k, v in tb.items())}) = "
         f"micro-batch {r['micro_batch_per_shard']} per batch shard x "
         f"{r['mesh']['data'] * r['mesh']['fsdp']} shards x accum {r['accum_steps']}; "
-        f"remat {r['remat']}, compute {r['dtype']}",
+        f"remat {r['remat']}, compute {r['dtype']}, attention {r.get('attention_impl', 'xla')}"
+        + (f" ({r['mosaic_kernels']} Mosaic kernel calls in the compiled step)"
+           if r.get("mosaic_kernels") else ""),
         "  examples and tokens per step (rows padded, not packed; paper: packed 4096-token sequences)",
         *r.get("budget", []),
         f"  lower {r['lower_s']:.0f}s, compile {r['compile_s']:.0f}s",
