@@ -397,3 +397,16 @@ def test_cpu_depthwise_bf16_sums_in_fp32_and_rounds_once(dense_limit, monkeypatc
     ref = np.asarray(ref + conv.bias[...].astype(jnp.bfloat16).astype(jnp.float32))
     err = np.abs(np.asarray(y, np.float32) - ref)
     assert np.all(err <= 2.0 ** -8 * np.abs(ref) * 1.001 + 1e-6), err.max()
+
+
+def test_bf16_block_keeps_gelu_and_grn_in_fp32():
+    """In a bf16 ConvNeXt block Linear 1's fp32 sum goes through GELU and GRN unrounded (XLA:CPU
+    runs bf16 elementwise ops slower than fp32) and only Linear 2's operands are bf16."""
+    from janusflow.models.gen_codec import ConvNextBlock
+    blk = ConvNextBlock(16, 8, CFG_K2, rngs=nnx.Rngs(0), dtype=jnp.bfloat16)
+    x, t_emb = jnp.ones((2, 4, 4, 16), jnp.bfloat16), jnp.ones((2, 8), jnp.bfloat16)
+    import re
+    text = str(jax.make_jaxpr(lambda x, t: blk(x, t))(x, t_emb))    # nested jaxprs included
+    erfs = re.findall(r":(\w+)\[[\d,]*\] = erfc? ", text)
+    assert erfs and set(erfs) == {"f32"}, erfs
+    assert blk(x, t_emb).dtype == jnp.bfloat16

@@ -126,22 +126,26 @@ class ConvNextBlock(nnx.Module):
         self.cond_embeds_mapper = Linear(cond_dim, 2 * channels, axes=("embed", "conv_out"),
                                          use_bias=cfg.use_bias, rngs=rngs, dtype=dtype)
 
-    def grn(self, x):
+    def grn(self, x, out_dtype=None):
         """ConvNeXt-V2 global response norm (official variant: nx = gx / (mean_c gx + eps),
-        out = gamma * x * nx + beta + x). Statistics in fp32."""
+        out = gamma * x * nx + beta + x). Statistics in fp32; returns ``out_dtype`` (default:
+        x's)."""
         x32 = x.astype(jnp.float32)
         gx = jnp.sqrt(jnp.sum(x32 * x32, axis=(1, 2), keepdims=True))
         nx = gx / (jnp.mean(gx, axis=-1, keepdims=True) + GRN_EPS)
         y = self.grn_gamma[...] * (x32 * nx) + self.grn_beta[...] + x32
-        return y.astype(x.dtype)
+        return y.astype(out_dtype or x.dtype)
 
     def __call__(self, x, t_emb):
         # every intermediate pinned: the conv weights' channel axis is FSDP-sharded, and an
         # unpinned intermediate follows it (full batch, split channels) and is gathered back
         h = constrain(depthwise_conv(self.depthwise, constrain(x, FEATURES)), FEATURES)
         h = constrain(self.norm(h), FEATURES)
-        h = constrain(jax.nn.gelu(self.linear_1(h), approximate=False), FEATURES)
-        h = constrain(self.linear_2(constrain(self.grn(h), FEATURES)), FEATURES)
+        # Linear 1 -> GELU -> GRN stay in fp32 and round once before Linear 2: at 4x width this
+        # is the block's largest elementwise work, which XLA:CPU runs slower in bf16 than fp32
+        h = constrain(jax.nn.gelu(self.linear_1(h, out_dtype=jnp.float32), approximate=False), FEATURES)
+        dtype = self.dtype or x.dtype
+        h = constrain(self.linear_2(constrain(self.grn(h, dtype), FEATURES)), FEATURES)
         y = x + h.astype(x.dtype)
         cond = constrain(self.cond_embeds_mapper(jax.nn.silu(t_emb)), ("batch", "channels"))
         scale, shift = jnp.split(cond, 2, axis=-1)
