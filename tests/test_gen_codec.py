@@ -375,3 +375,39 @@ def test_cpu_depthwise_paths_equal_the_native_convolution(hw, monkeypatch):
         np.testing.assert_allclose(val, ref_val, rtol=1e-5, atol=1e-4)
         for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("dense_limit", ["default", 0])
+def test_cpu_depthwise_bf16_sums_in_fp32_and_rounds_once(dense_limit, monkeypatch):
+    """In bf16 both CPU depthwise paths equal the fp32 convolution of the bf16-rounded operands
+    to within one bf16 rounding (a bf16 running sum of 49 taps is off by several)."""
+    from janusflow.models import gen_codec
+    from janusflow.models.layers import Conv2d
+    if dense_limit == 0:
+        monkeypatch.setattr(gen_codec, "_DENSE_DW_MAX", 0)
+    c = 16
+    conv = Conv2d(c, c, 7, padding=3, groups=c, rngs=nnx.Rngs(0), dtype=jnp.bfloat16)
+    conv.bias.set_value(jax.random.normal(jax.random.key(2), (c,)))
+    x = jax.random.normal(jax.random.key(1), (2, 8, 8, c)).astype(jnp.bfloat16)
+    y = gen_codec.depthwise_conv(conv, x)
+    assert y.dtype == jnp.bfloat16
+    k = conv.kernel[...].astype(jnp.bfloat16).astype(jnp.float32)
+    ref = jax.lax.conv_general_dilated(
+        x.astype(jnp.float32), k, (1, 1), ((3, 3), (3, 3)), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=c, precision="highest")
+    ref = np.asarray(ref + conv.bias[...].astype(jnp.bfloat16).astype(jnp.float32))
+    err = np.abs(np.asarray(y, np.float32) - ref)
+    assert np.all(err <= 2.0 ** -8 * np.abs(ref) * 1.001 + 1e-6), err.max()
+
+
+def test_bf16_block_keeps_gelu_and_grn_in_fp32():
+    """In a bf16 ConvNeXt block Linear 1's fp32 sum goes through GELU and GRN unrounded (XLA:CPU
+    runs bf16 elementwise ops slower than fp32) and only Linear 2's operands are bf16."""
+    from janusflow.models.gen_codec import ConvNextBlock
+    blk = ConvNextBlock(16, 8, CFG_K2, rngs=nnx.Rngs(0), dtype=jnp.bfloat16)
+    x, t_emb = jnp.ones((2, 4, 4, 16), jnp.bfloat16), jnp.ones((2, 8), jnp.bfloat16)
+    import re
+    text = str(jax.make_jaxpr(lambda x, t: blk(x, t))(x, t_emb))    # nested jaxprs included
+    erfs = re.findall(r":(\w+)\[[\d,]*\] = erfc? ", text)
+    assert erfs and set(erfs) == {"f32"}, erfs
+    assert blk(x, t_emb).dtype == jnp.bfloat16

@@ -105,10 +105,10 @@ def einsum(spec: str, a, b, out_dtype=None):
     return _low_precision_product(spec, a, b, out_dtype)
 
 
-def matmul(x, w):
+def matmul(x, w, out_dtype=None):
     """``x @ w`` for x (..., in) and a matrix w (in, out), as :func:`einsum`."""
     lead = "abcdefgh"[:x.ndim - 1]
-    return einsum(f"{lead}i,io->{lead}o", x, w)
+    return einsum(f"{lead}i,io->{lead}o", x, w, out_dtype)
 
 
 def dot_product_attention(q, k, v, mask=None):
@@ -144,13 +144,15 @@ class Linear(nnx.Module):
         self.bias = (param(rngs, zeros, (out_features,), axes[-1:], param_dtype)
                      if use_bias else None)
 
-    def __call__(self, x):
+    def __call__(self, x, out_dtype=None):
+        """``out_dtype`` (default: the compute dtype) lets a caller that continues in fp32 take
+        the fp32 sum as is (XLA:CPU does bf16 elementwise work by converting each op)."""
         if x.shape[-1] != self.in_features:
             raise ValueError(f"Linear expects last dim {self.in_features}, got shape {x.shape}")
         dtype = self.dtype or x.dtype
-        y = matmul(x.astype(dtype), self.kernel[...].astype(dtype))
+        y = matmul(x.astype(dtype), self.kernel[...].astype(dtype), out_dtype or dtype)
         if self.bias is not None:
-            y = y + self.bias[...].astype(dtype)
+            y = y + self.bias[...].astype(dtype).astype(y.dtype)
         return y
 
 
