@@ -21,9 +21,10 @@ from janusflow.configs.schema import REMAT_POLICIES, ConfigError
 from janusflow.models import remat as remat_lib
 from janusflow.models.gen_codec import GenEncoder
 from janusflow.models.janusflow import JanusFlow
-from janusflow.models.llm import LLM, KVCache, torch_key_map
+from janusflow.checkpoint.key_maps import llm_key_map as torch_key_map
+from janusflow.checkpoint.key_maps import siglip_key_map
+from janusflow.models.llm import LLM, KVCache
 from janusflow.models.siglip import SiglipVisionTower
-from janusflow.models.siglip import torch_key_map as siglip_key_map
 from janusflow.parallel.rules import param_shardings
 
 TINY = presets.tiny()
