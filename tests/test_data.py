@@ -9,6 +9,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from janusflow.configs.errors import ConfigError
 from janusflow.configs.schema import ExperimentConfig, TrainConfig
 from janusflow.shapes import world as shapes
 from janusflow.data import preprocess as pp
@@ -288,7 +289,8 @@ def test_bad_input_is_skipped_or_fixed_and_counted(tmp_path, tok):
 
 def test_wrong_key_mapping_and_missing_dataset_are_clear_errors(shapes_dir, tmp_path, tok):
     bad = dataclasses.replace(SourceConfig(name=shapes_dir), caption="prompt")
-    with pytest.raises(KeyError, match="prompt"):
+    # checked before the first batch: one line naming the field and the fields the record has
+    with pytest.raises(ConfigError, match=r"field 'prompt' missing \(data.gen reads it.*'caption'"):
         make_pipeline(_cfg(text=0), DataConfig(und=SourceConfig(shapes_dir), gen=bad), tok,
                       process_index=0, process_count=1)
     with pytest.raises(FileNotFoundError, match="not prepared"):
