@@ -23,11 +23,12 @@ def _run(args, cwd):
 @pytest.mark.slow   # the whole recipe in a subprocess: minutes
 def test_quick_sweep_runs_the_whole_recipe(tmp_path):
     work = tmp_path / "abl"
-    p = _run(["sweep", "--config", "experiments/ablations.py:quick", "--workdir", str(work), "--only", "F"], ROOT)
+    p = _run(["sweep", "--config", "experiments/ablations.py:quick", "--workdir", str(work), "--only", "F",
+              "--keep-runs"], ROOT)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     for phase in ("init", "llm", "stage1", "stage2", "stage3"):
-        assert os.path.isdir(work / "F" / phase), phase
-    f_res = json.loads((work / "F" / "results.json").read_text())["final"]
+        assert os.path.isdir(work / "F" / "seed0" / phase), phase   # <workdir>/<member>/seed<s>
+    f_res = json.loads((work / "F" / "seed0" / "results.json").read_text())["final"]
     assert set(f_res["shapes_bench"]["per_tag"]) == {"single_object", "two_object", "counting", "colors",
                                                     "position", "color_attr"}
     assert 0 <= f_res["understanding"]["overall"] <= 1 and "understanding_error" not in f_res
