@@ -41,11 +41,11 @@ def test_quick_sweep_runs_the_whole_recipe(tmp_path):
     probe = f_res["encoder_probe"]   # the SigLIP's shape/colour probes beside a random tower's
     assert probe["n"] == 1200 and all(0 <= probe[k] <= 1 for k in ("shape", "colour", "random_shape", "random_colour"))
     assert "understanding encoder (SigLIP) probe: shape" in p.stdout
-    assert len(list((work / "F" / "eval_final").glob("grid_*.png"))) == 6
-    assert (work / "F" / "eval_final" / "denoise.png").stat().st_size > 1000
-    assert (work / "F" / "eval_final" / "trajectory.png").stat().st_size > 1000
+    assert len(list((work / "F" / "seed0" / "eval_final").glob("grid_*.png"))) == 6
+    assert (work / "F" / "seed0" / "eval_final" / "denoise.png").stat().st_size > 1000
+    assert (work / "F" / "seed0" / "eval_final" / "trajectory.png").stat().st_size > 1000
     assert len(f_res["denoise"]["mse"]) == 6 and "denoise" not in json.loads(
-        (work / "F" / "results.json").read_text()).get("untrained", {})
+        (work / "F" / "seed0" / "results.json").read_text()).get("untrained", {})
     md = (work / "results.md").read_text()
     assert "| F | full method |" in md
     assert (work / "learning_curves.png").stat().st_size > 1000
@@ -54,10 +54,10 @@ def test_quick_sweep_runs_the_whole_recipe(tmp_path):
     from janusflow.data.tokenizer import Tokenizer, generation_prompt_ids
     ref = generation_prompt_ids(shapes_tokenizer(512), "a photo of a red cross")
     for d in ("init", "stage1/model", "stage3/model_ema"):
-        tok = Tokenizer.load(str(work / "F" / d))
+        tok = Tokenizer.load(str(work / "F" / "seed0" / d))
         assert generation_prompt_ids(tok, "a photo of a red cross") == ref, d
         assert tok.pad_id == shapes_tokenizer(512).pad_id
-    p = _run(["eval", "shapes", "--checkpoint", str(work / "F" / "stage3" / "model_ema"), "--n-per-tag", "1",
+    p = _run(["eval", "shapes", "--checkpoint", str(work / "F" / "seed0" / "stage3" / "model_ema"), "--n-per-tag", "1",
               "--n-images", "1", "--steps", "2", "--outdir", str(tmp_path / "ev")], ROOT)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert json.loads((tmp_path / "ev" / "summary.json").read_text())["n_images"] == 6
