@@ -46,9 +46,11 @@ def test_quick_sweep_runs_the_whole_recipe(tmp_path):
     assert (work / "F" / "seed0" / "eval_final" / "trajectory.png").stat().st_size > 1000
     assert len(f_res["denoise"]["mse"]) == 6 and "denoise" not in json.loads(
         (work / "F" / "seed0" / "results.json").read_text()).get("untrained", {})
-    md = (work / "results.md").read_text()
-    assert "| F | full method |" in md
-    assert (work / "learning_curves.png").stat().st_size > 1000
+    md = (work / "results.md").read_text()   # the report lies beside <workdir>/results.jsonl
+    assert "| F | full method | 1 |" in md
+    assert json.loads((work / "results_summary.json").read_text())["members"]["F"]["seeds"] == [0]
+    for png in ("results_members.png", "results_curves.png", "F/seed0/learning_curves.png"):
+        assert (work / png).stat().st_size > 1000, png
     # every saved model carries its tokenizer: the final model is evaluated on its own
     from janusflow.data.pipeline import shapes_tokenizer
     from janusflow.data.tokenizer import Tokenizer, generation_prompt_ids
