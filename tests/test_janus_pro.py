@@ -1,0 +1,168 @@
+"""Janus-Pro: the model family on tiny configs, the released sizes' parameter counts, and fp32
+parity with the official PyTorch modules from committed fixtures (official layout, seeded
+weights and outputs made by ``tests/fixtures/make_janus_pro_fixtures.py``; neither the official
+repository nor torch is needed here)."""
+
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from safetensors.numpy import load_file
+
+from janusflow.checkpoint import hf, model_io
+from janusflow.checkpoint.janus_pro_keys import CODEBOOK_USED
+from janusflow.checkpoint.torch_layout import flat_params
+from janusflow.configs import presets
+from janusflow.configs.errors import ConfigError
+from janusflow.models.build import build_model
+from janusflow.perf.info import JANUS_PRO_NAMES, param_counts
+
+FIX = os.path.join(os.path.dirname(__file__), "fixtures")
+TINY_DIR = os.path.join(FIX, "janus_pro_tiny")
+RTOL = 1e-4
+
+
+def rel_err(ours, ref):
+    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+    return float(np.abs(ours - ref).max() / np.abs(ref).max())
+
+
+@pytest.fixture(scope="module")
+def official():
+    model, cfg = model_io.load_model(TINY_DIR)
+    return model, cfg, dict(np.load(os.path.join(FIX, "janus_pro_tiny_outputs.npz")))
+
+
+# --------------------------------------------------------------------------- family on tiny sizes
+def test_tiny_family_builds_and_runs():
+    cfg = presets.tiny_janus_pro()
+    m = build_model(cfg)
+    for path, var in nnx.to_flat_state(nnx.state(m, nnx.Param)):
+        axes = var.get_metadata().get("axes")
+        assert axes is not None and len(axes) == var[...].ndim, path
+    images = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3), minval=-1, maxval=1)
+    codes, zq = m.gen_vision.encode(images)
+    assert codes.shape == (2, cfg.num_gen_tokens) and codes.dtype == jnp.int32
+    assert int(codes.min()) >= 0 and int(codes.max()) < cfg.vq.codebook_size
+    # l2-normalised codebook: the quantised latents are unit vectors equal to the looked-up entries
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(zq), axis=-1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(zq).reshape(2, -1, cfg.vq.embed_dim),
+                               np.asarray(m.gen_vision.quantize.lookup(codes)), atol=1e-6)
+    assert m.gen_vision.decode_codes(codes).shape == images.shape
+    logits = m.image_logits(m.language_model(m.gen_image_embeds(codes)).hidden)
+    assert logits.shape == (2, cfg.num_gen_tokens, cfg.vq.codebook_size) and logits.dtype == jnp.float32
+
+
+def test_family_is_one_config_field():
+    with pytest.raises(ConfigError, match="family"):
+        presets.tiny(family="janus_pro_typo")
+    with pytest.raises(ConfigError, match="REPA"):
+        presets.tiny_janus_pro(repa=True)
+    assert type(build_model(presets.tiny_janus_pro(), abstract=True)).__name__ == "JanusPro"
+    assert type(build_model(presets.tiny(), abstract=True)).__name__ == "JanusFlow"
+
+
+@pytest.mark.parametrize("preset", ["janus_pro_1b", "janus_pro_7b"])
+def test_official_parameter_counts(preset):
+    """Counts of the official modules built at the released sizes (the fixture script builds
+    them; eval_shape only here)."""
+    want = json.load(open(os.path.join(FIX, "janus_pro_official_counts.json")))[preset]
+    got = param_counts(getattr(presets, preset)())
+    for ours, official in JANUS_PRO_NAMES.items():
+        assert got[ours] == want[official.split(" ")[0]], ours
+    assert got["und_encoder.attn_pool"] == want["vision_model.attn_pool"]
+    assert got["checkpoint_total"] == want["total"]
+
+
+# ------------------------------------------------------------------------ parity (official code)
+def test_config_json_recognised(official):
+    _, cfg, _ = official
+    assert cfg.family == "janus_pro" and cfg.llm.num_layers == 2 and cfg.vq.codebook_size == 64
+    assert cfg.vq.channel_mult == (1, 1, 1) and cfg.num_gen_tokens == 64
+
+
+def test_understanding_logits_parity(official):
+    m, _, ref = official
+    logits = m.understanding_logits(jnp.asarray(ref["und_ids"]), None, jnp.asarray(ref["und_image_mask"]),
+                                    und_pixels=jnp.asarray(ref["und_pixels"]))
+    assert rel_err(logits, ref["und_logits"]) < RTOL
+
+
+def cfg_image_logits(m, tokens, fed, weight, steps):
+    """The official CFG loop's logits, recomputed without a cache: rows (cond, uncond)
+    interleaved, every row attending to every earlier position (pads included)."""
+    text = m.language_model.embed(jnp.asarray(tokens))
+    fed2 = jnp.repeat(jnp.asarray(fed), 2, axis=0)              # each code to its row pair
+    out = []
+    for i in range(steps):
+        seq = jnp.concatenate([text, m.gen_image_embeds(fed2[:, :i])], axis=1)
+        logits = m.image_logits(m.language_model(seq).hidden[:, -1])
+        cond, uncond = logits[0::2], logits[1::2]
+        out.append(uncond + weight * (cond - uncond))
+    return jnp.stack(out, 1)
+
+
+def test_cfg_image_token_logits_parity(official):
+    m, _, ref = official
+    got = cfg_image_logits(m, ref["cfg_tokens"], ref["cfg_fed"], float(ref["cfg_weight"]),
+                           ref["cfg_logits"].shape[1])
+    assert rel_err(got, ref["cfg_logits"]) < RTOL
+
+
+def test_vq_decode_parity(official):
+    m, _, ref = official
+    assert rel_err(m.gen_vision.decode_codes(jnp.asarray(ref["dec_codes"])), ref["dec_images"]) < RTOL
+
+
+def test_vq_encode_parity(official):
+    m, _, ref = official
+    codes, zq = m.gen_vision.encode(jnp.asarray(ref["enc_images"]))
+    np.testing.assert_array_equal(np.asarray(codes), ref["enc_codes"])
+    assert rel_err(zq, ref["enc_quant"]) < RTOL
+
+
+# ------------------------------------------------------------------------------- conversion
+def test_official_round_trip_is_bit_identical(official, tmp_path):
+    """official files -> ours -> official layout: every tensor bit for bit, the same key set as
+    the official modules' state dict (so the official classes load the export strictly)."""
+    m, cfg, _ = official
+    hf.export_janusflow_hf(m, cfg, str(tmp_path / "out"))
+    src = load_file(os.path.join(TINY_DIR, "model.safetensors"))
+    out = load_file(str(tmp_path / "out" / "model.safetensors"))
+    assert set(out) == set(src)
+    for k, v in src.items():
+        assert out[k].dtype == v.dtype and out[k].shape == v.shape, k
+        if k != CODEBOOK_USED:         # a usage counter (zeros in the release's untrained fixture too)
+            assert out[k].tobytes() == v.tobytes(), k
+    m2, cfg2 = model_io.load_model(str(tmp_path / "out"))
+    assert cfg2 == cfg
+    a, b = flat_params(m), flat_params(m2)
+    assert all(np.asarray(a[k].get_value()).tobytes() == np.asarray(b[k].get_value()).tobytes() for k in a)
+
+
+def test_missing_and_misshaped_keys_are_named(tmp_path):
+    d = tmp_path / "bad"
+    shutil.copytree(TINY_DIR, d)
+    sd = load_file(str(d / "model.safetensors"))
+    del sd["gen_head.vision_head.bias"]
+    sd["gen_embed.weight"] = np.zeros((65, 8), np.float32)
+    from safetensors.numpy import save_file
+    save_file(sd, str(d / "model.safetensors"))
+    with pytest.raises(Exception) as e:
+        model_io.load_model(str(d))
+    assert "gen_head.vision_head.bias" in str(e.value) and "gen_embed.weight" in str(e.value)
+
+
+def test_bad_config_names_the_field(tmp_path):
+    d = tmp_path / "badcfg"
+    shutil.copytree(TINY_DIR, d)
+    c = json.load(open(d / "config.json"))
+    c["gen_head_config"]["params"]["n_embed"] = 65
+    json.dump(c, open(d / "config.json", "w"))
+    with pytest.raises(ConfigError, match="gen_head_config.params.n_embed"):
+        model_io.load_model(str(d))
