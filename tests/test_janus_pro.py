@@ -166,3 +166,15 @@ def test_bad_config_names_the_field(tmp_path):
     json.dump(c, open(d / "config.json", "w"))
     with pytest.raises(ConfigError, match="gen_head_config.params.n_embed"):
         model_io.load_model(str(d))
+
+
+def test_convert_cli_both_ways(tmp_path):
+    """``janusflow convert`` recognises the Janus-Pro directory by its config, both ways."""
+    from janusflow.cli import main as cli
+    native, back = str(tmp_path / "native"), str(tmp_path / "back")
+    assert cli.main(["convert", "--from-hf", TINY_DIR, "--out", native]) == 0
+    assert model_io.load_config(native).family == "janus_pro"
+    assert cli.main(["convert", "--to-hf", native, "--out", back]) == 0
+    src, out = load_file(os.path.join(TINY_DIR, "model.safetensors")), load_file(os.path.join(back, "model.safetensors"))
+    assert set(src) == set(out)
+    assert all(out[k].tobytes() == src[k].tobytes() for k in src)
