@@ -226,3 +226,23 @@ def test_ar_sampler_seeded_and_batch_independent(official):
     np.testing.assert_array_equal(both, again)
     images = generate_ar(m, cfg, [b], seed=1, pad_id=3, key_ids=[1])
     assert images.shape == (1, 32, 32, 3) and images.dtype == np.uint8
+
+
+def test_sample_cli_with_a_janus_pro_checkpoint(official, tmp_path):
+    """``janusflow sample`` takes the family from the checkpoint (no VAE); a rerun samples
+    nothing; the images are the seeded sampler's."""
+    from janusflow.cli import main as cli
+    from janusflow.data.preprocess import decode_image, read_image_file
+    from janusflow.sample.ar_generate import generate_ar
+    m, cfg, ref = official
+    prompt = ",".join(str(int(t)) for t in ref["cfg_tokens"][0])
+    out = str(tmp_path / "samples")
+    args = ["sample", "--checkpoint", TINY_DIR, "--prompt-ids", prompt, "--out", out, "--n", "2",
+            "--seed", "3", "--no-progress"]
+    assert cli.main(args) == 0
+    assert sorted(f for f in os.listdir(out) if f.endswith(".png")) == ["00000_00.png", "00000_01.png", "grid.png"]
+    want = generate_ar(m, cfg, [[int(t) for t in ref["cfg_tokens"][0]]], num_samples=2, seed=3)
+    np.testing.assert_array_equal(decode_image(read_image_file(os.path.join(out, "00000_01.png"))), want[1])
+    settings = json.load(open(os.path.join(out, "sample_config.json")))
+    assert settings["family"] == "janus_pro" and settings["cfg_weight"] == 5.0 and settings["temperature"] == 1.0
+    assert cli.main(args) == 0                                   # everything already there
