@@ -246,3 +246,28 @@ def test_sample_cli_with_a_janus_pro_checkpoint(official, tmp_path):
     settings = json.load(open(os.path.join(out, "sample_config.json")))
     assert settings["family"] == "janus_pro" and settings["cfg_weight"] == 5.0 and settings["temperature"] == 1.0
     assert cli.main(args) == 0                                   # everything already there
+
+
+def test_chat_answers_with_a_janus_pro_model(official):
+    """``answer`` (what ``janusflow chat`` runs) on a Janus-Pro model: <begin_of_image> stays a
+    text token, the N placeholders take the image; greedy tokens equal the argmax of the
+    uncached understanding logits of the same sequence."""
+    from janusflow.sample.chat import UnderstandingTemplate, answer, siglip_pixels
+    m, cfg, ref = official
+    t = UnderstandingTemplate(bos=1, eos=2, begin_of_image=10, image=11, end_of_image=12,
+                              before_image=(20, 21), after_image=(22,), after_question=(23, 24))
+    image = np.asarray(ref["enc_images"][0] * 0.5 + 0.5, np.float32)     # [0, 1], 32 x 32
+    q = [30, 31, 32]
+    got = answer(m, cfg, None, [image], [q], template=t, max_new_tokens=4)[0]
+    assert len(got) > 0          # (an immediate EOS would leave nothing to compare)
+    ids, slots = t.build(q, cfg.num_und_tokens)
+    n = cfg.num_und_tokens
+    mask = np.asarray(slots) & (np.cumsum(slots) > 1)
+    assert mask.sum() == n and ids[int(np.argmax(slots))] == 10
+    pixels = jnp.asarray(siglip_pixels([image], cfg))
+    seq = list(ids)
+    for tok in got:
+        logits = m.understanding_logits(jnp.asarray([seq]), None, jnp.asarray([list(mask) + [False] * (len(seq) - len(ids))]),
+                                        und_pixels=pixels)
+        assert int(jnp.argmax(logits[0, -1])) == tok
+        seq.append(tok)

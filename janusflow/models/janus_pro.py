@@ -73,9 +73,12 @@ class JanusPro(nnx.Module):
         """(B, N, D): aligned SigLIP patch features of SigLIP-normalised images (B, S, S, 3)."""
         return constrain(self.und_aligner(self.und_encoder(und_pixels)), RESIDUAL)
 
-    def understanding_embeds(self, ids, image_mask, und_pixels=None):
+    def understanding_embeds(self, ids, image_mask, und_pixels=None, und_latents=None):
         """Token embeddings with the N image embeddings spliced in, in order, where
-        ``image_mask`` (B, T) is True (exactly N slots per image row, none for text rows)."""
+        ``image_mask`` (B, T) is True (exactly N slots per image row, none for text rows).
+        ``und_latents`` exists for JanusFlow's call signature; Janus-Pro reads pixels only."""
+        if und_latents is not None:
+            raise ValueError("Janus-Pro understanding reads und_pixels, not VAE latents")
         text = self.language_model.embed(ids)
         if image_mask.shape != ids.shape:
             raise ValueError(f"image_mask shape {image_mask.shape} != ids shape {ids.shape}")
@@ -86,8 +89,8 @@ class JanusPro(nnx.Module):
         spliced = jnp.take_along_axis(img, idx[..., None], axis=1)
         return constrain(jnp.where(image_mask[..., None], spliced, text), RESIDUAL)
 
-    def understanding_logits(self, ids, attention_mask, image_mask, und_pixels=None):
-        embeds = self.understanding_embeds(ids, image_mask, und_pixels)
+    def understanding_logits(self, ids, attention_mask, image_mask, und_pixels=None, und_latents=None):
+        embeds = self.understanding_embeds(ids, image_mask, und_pixels, und_latents)
         out = self.language_model(embeds, attention_mask=attention_mask)
         return self.language_model.logits(out.hidden)
 
