@@ -33,7 +33,7 @@ def cmd_sample(args) -> int:
             ids = [run.parse_ids(x) for x in args.prompt_ids]
         out = run.sample_to_dir(
             model, vae, cfg, ids, args.out, prompts_text=texts or None, n=args.n,
-            cfg_weight=args.cfg if args.cfg is not None else (5.0 if janus_pro else 2.0),
+            cfg_weight=run.default_cfg_weight(cfg, args.cfg),
             temperature=args.temperature, steps=args.steps, seed=args.seed, solver=args.solver,
             save_latents=args.save_latents, batch_size=args.batch_size, mesh=run.default_mesh(),
             pad_id=tok.pad_id if tok is not None else 0, grid_max=args.grid_max,

@@ -31,6 +31,14 @@ from janusflow.sample.generate import check_options, check_prompts, iter_generat
 SETTINGS_NAME = "sample_config.json"
 
 
+def default_cfg_weight(cfg: ModelConfig, cfg_weight: Optional[float] = None) -> float:
+    """``cfg_weight``, or when None the family's official default (JanusFlow 2, Janus-Pro 5)."""
+    if cfg_weight is not None:
+        return float(cfg_weight)
+    from janusflow.sample.ar_generate import OFFICIAL_CFG_WEIGHT
+    return OFFICIAL_CFG_WEIGHT if cfg.family == "janus_pro" else 2.0
+
+
 # ------------------------------------------------------------------------------- loading
 def find_vae_dir(checkpoint: str, vae_path: Optional[str] = None) -> Optional[str]:
     if vae_path:
