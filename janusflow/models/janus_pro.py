@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from janusflow.configs.schema import ModelConfig
+from janusflow.models.janusflow import splice_image_embeds
 from janusflow.models.layers import Linear, normal, param
 from janusflow.models.llm import LLM, RESIDUAL
 from janusflow.models.siglip import SiglipVisionTower
@@ -84,10 +85,7 @@ class JanusPro(nnx.Module):
             raise ValueError(f"image_mask shape {image_mask.shape} != ids shape {ids.shape}")
         if und_pixels is None:
             raise ValueError("Janus-Pro understanding needs und_pixels (SigLIP-normalised images)")
-        img = self.und_image_embeds(und_pixels).astype(text.dtype)
-        idx = jnp.clip(jnp.cumsum(image_mask, axis=1) - 1, 0, img.shape[1] - 1)
-        spliced = jnp.take_along_axis(img, idx[..., None], axis=1)
-        return constrain(jnp.where(image_mask[..., None], spliced, text), RESIDUAL)
+        return splice_image_embeds(text, self.und_image_embeds(und_pixels), image_mask)
 
     def understanding_logits(self, ids, attention_mask, image_mask, und_pixels=None, und_latents=None):
         embeds = self.understanding_embeds(ids, image_mask, und_pixels, und_latents)

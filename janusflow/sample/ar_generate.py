@@ -27,8 +27,8 @@ from flax import nnx
 
 from janusflow.configs.schema import ModelConfig
 from janusflow.models.llm import KVCache
-from janusflow.sample.generate import (batch_divisor, bucket_len, constrain_batch, pad_prompts,
-                                       put_batch, split_for_mesh)
+from janusflow.sample.generate import (batch_plan, bucket_len, constrain_batch, pad_prompts, put_batch,
+                                       split_for_mesh)
 
 OFFICIAL_CFG_WEIGHT = 5.0
 OFFICIAL_TEMPERATURE = 1.0
@@ -123,10 +123,9 @@ def iter_generate_ar(model, cfg: ModelConfig, prompt_ids: Sequence[Sequence[int]
     total = len(owner)
     if key_ids is not None and len(key_ids) != total:
         raise ValueError(f"key_ids must give one index per image ({total}), got {len(key_ids)}")
-    div = batch_divisor(mesh)
-    bs = min(batch_size or total, total)
-    bs_padded = -(-bs // div) * div
-    order = sorted(range(total), key=lambda i: len(prompts[owner[i]]))
+    if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    bs, bs_padded, order = batch_plan(prompts, owner, batch_size, mesh)
     graphdef, state = split_for_mesh(model, mesh)
     limit = cfg.llm.max_position_embeddings - cfg.num_gen_tokens
     for s in range(0, total, bs):

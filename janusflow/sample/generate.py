@@ -188,6 +188,15 @@ def batch_divisor(mesh) -> int:
     return 1 if mesh is None else int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
 
 
+def batch_plan(prompts, owner, batch_size, mesh):
+    """(images per batch, that padded to a multiple of the mesh's batch axes, the image order:
+    by prompt length, so a batch holds prompts of similar length). ``owner[i]``: image i's prompt."""
+    total = len(owner)
+    div = batch_divisor(mesh)
+    bs = min(batch_size or total, total)
+    return bs, -(-bs // div) * div, sorted(range(total), key=lambda i: len(prompts[owner[i]]))
+
+
 # ------------------------------------------------------------------------------- public API
 def iter_generate(model, vae, cfg: ModelConfig, prompt_ids, *, num_samples: int = 1,
                   cfg_weight: float = 2.0, steps: int = 30, seed: int = 0, noise=None,
@@ -215,10 +224,7 @@ def iter_generate(model, vae, cfg: ModelConfig, prompt_ids, *, num_samples: int 
         raise ValueError(f"noise_ids must give one index per image ({total}), got {len(noise_ids)}")
     if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    div = batch_divisor(mesh)
-    bs = min(batch_size or total, total)
-    bs_padded = -(-bs // div) * div
-    order = sorted(range(total), key=lambda i: len(prompts[owner[i]]))
+    bs, bs_padded, order = batch_plan(prompts, owner, batch_size, mesh)
     graphdef, state = split_for_mesh(model, mesh)
     if decode:
         vae_graphdef, vae_state = split_for_mesh(vae, mesh)
