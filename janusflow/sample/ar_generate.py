@@ -123,8 +123,6 @@ def iter_generate_ar(model, cfg: ModelConfig, prompt_ids: Sequence[Sequence[int]
     total = len(owner)
     if key_ids is not None and len(key_ids) != total:
         raise ValueError(f"key_ids must give one index per image ({total}), got {len(key_ids)}")
-    if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     bs, bs_padded, order = batch_plan(prompts, owner, batch_size, mesh)
     graphdef, state = split_for_mesh(model, mesh)
     limit = cfg.llm.max_position_embeddings - cfg.num_gen_tokens

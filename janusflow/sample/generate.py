@@ -191,6 +191,8 @@ def batch_divisor(mesh) -> int:
 def batch_plan(prompts, owner, batch_size, mesh):
     """(images per batch, that padded to a multiple of the mesh's batch axes, the image order:
     by prompt length, so a batch holds prompts of similar length). ``owner[i]``: image i's prompt."""
+    if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     total = len(owner)
     div = batch_divisor(mesh)
     bs = min(batch_size or total, total)
@@ -222,8 +224,6 @@ def iter_generate(model, vae, cfg: ModelConfig, prompt_ids, *, num_samples: int 
                              f"(prompts x samples, latent, latent, channels), got {noise.shape}")
     if noise_ids is not None and len(noise_ids) != total:
         raise ValueError(f"noise_ids must give one index per image ({total}), got {len(noise_ids)}")
-    if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     bs, bs_padded, order = batch_plan(prompts, owner, batch_size, mesh)
     graphdef, state = split_for_mesh(model, mesh)
     if decode:
