@@ -303,6 +303,7 @@ class FakeTok:
 
 class FakeCfg:
     image_size, latent_size = 32, 32
+    family = "janusflow"            # ModelConfig.family: the flow sampler
 
     class vae:
         channels = 3

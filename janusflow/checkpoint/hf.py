@@ -38,10 +38,12 @@ from numpy.lib.stride_tricks import as_strided
 from janusflow import paths
 from janusflow.configs import io as config_io
 from janusflow.checkpoint import key_maps
+from janusflow.checkpoint.janus_pro_keys import CODEBOOK_USED, CODEBOOK_USED_SIZE, janus_pro_key_map
 from janusflow.checkpoint.precheck import all_finite, check_config_against_headers, weight_files_name
 from janusflow.checkpoint.torch_layout import (CheckpointMismatch, flat_params, flush,
                                                load_state_dict, to_ours, to_torch)
-from janusflow.configs.schema import ConfigError, GenCodecConfig, LLMConfig, ModelConfig, SiglipConfig, VAEConfig
+from janusflow.configs.schema import (ConfigError, GenCodecConfig, LLMConfig, ModelConfig, SiglipConfig,
+                                      VAEConfig, VQConfig)
 from janusflow.records import RecordError, read_json_object
 from janusflow.models.build import abstract_model, build_vae
 
@@ -541,6 +543,8 @@ def model_config_from_hf(config_json: dict, base: Optional[ModelConfig] = None, 
     ``repa_layer`` clamped to the LLM's depth (the REPA projector is not in the release). The
     VAE's latent channel count follows the gen codec's ``input_channels``.
     """
+    if is_janus_pro_config(config_json):
+        return janus_pro_config_from_hf(config_json, base, preprocessor=preprocessor)
     root = _J(config_json, "")
     default_base = base is None and EXTRA_KEY not in config_json
     if base is None and EXTRA_KEY in config_json:
@@ -573,6 +577,8 @@ def _official_check(cfg: ModelConfig):
 
 def hf_config_from_model_config(cfg: ModelConfig, torch_dtype: str = "float32") -> dict:
     """The official ``config.json`` structure for ``cfg`` (inverse of :func:`model_config_from_hf`)."""
+    if cfg.family == "janus_pro":
+        return janus_pro_hf_config(cfg, torch_dtype)
     _official_check(cfg)
     l, s, g = cfg.llm, cfg.siglip, cfg.gen_codec
     if g.decoder_patch != 2 or g.res_ffn_factor != 4:
@@ -609,9 +615,108 @@ def hf_config_from_model_config(cfg: ModelConfig, torch_dtype: str = "float32") 
     }
 
 
+# ------------------------------------------------------------------- Janus / Janus-Pro config.json
+def is_janus_pro_config(config_json: dict) -> bool:
+    """An official Janus / Janus-Pro ``config.json`` (VQ image tokens), told apart from
+    JanusFlow's by its ``gen_head_config``."""
+    return isinstance(config_json, dict) and "gen_head_config" in config_json
+
+
+# gen_vision_config.params beyond the official ones (which fix VQ-16's sizes in code): our
+# extension for reduced test models, written only when they differ from VQ-16
+_VQ_EXTRA = ("z_channels", "base_channels", "channel_mult", "num_res_blocks", "norm_groups")
+
+
+def _mlp_gelu(j: _J, input_dim: int, n_embed: int):
+    if "MlpProjector" not in j.get("cls", "a string"):
+        raise j.err("cls", f"{j.d['cls']!r}: expected MlpProjector")
+    p = j.sub("params", {})
+    p.require("projector_type", "mlp_gelu", "mlp_gelu")
+    p.require("depth", 2, 1)
+    for k, want in (("input_dim", input_dim), ("n_embed", n_embed)):
+        if p.get(k, "a positive int") != want:
+            raise p.err(k, f"{p.d[k]} != {want} (the width it connects)")
+
+
+def janus_pro_config_from_hf(config_json: dict, base: Optional[ModelConfig] = None, *,
+                             preprocessor: Optional[dict] = None) -> ModelConfig:
+    """Official Janus / Janus-Pro ``config.json`` -> :class:`ModelConfig` (family janus_pro)."""
+    root = _J(config_json, "")
+    if base is None and EXTRA_KEY in config_json:
+        base = config_io.from_dict(ModelConfig, root.sub(EXTRA_KEY).d.get("model", {}),
+                                   f"config.json: {EXTRA_KEY}.model")
+    base = base or ModelConfig(family="janus_pro", repa=False)
+    llm = llm_config_from_hf(root.sub("language_config"))
+    siglip = _siglip_from_hf(root.sub("vision_config"), base.siglip, preprocessor)
+    g = root.sub("gen_vision_config")
+    if g.get("cls", "a string") != "VQ-16":
+        raise g.err("cls", f"{g.d['cls']!r}: only VQ-16 is supported")
+    gp = g.sub("params", {})
+    vq_fields = {"codebook_size": gp.get("image_token_size", "a positive int", 16384),
+                 "embed_dim": gp.get("n_embed", "a positive int", 8)}
+    for k in _VQ_EXTRA:
+        if k in gp.d:
+            vq_fields[k] = gp.get(k, "a non-empty list of positive ints" if k == "channel_mult"
+                                  else "a positive int")
+    h = root.sub("gen_head_config")
+    if h.get("cls", "a string") != "vision_head":
+        raise h.err("cls", f"{h.d['cls']!r}: expected vision_head")
+    hp = h.sub("params")
+    if hp.get("n_embed", "a positive int") != llm.hidden_size:
+        raise hp.err("n_embed", f"{hp.d['n_embed']} != language_config.hidden_size {llm.hidden_size}")
+    if hp.get("image_token_size", "a positive int") != vq_fields["codebook_size"]:
+        raise hp.err("image_token_size", f"{hp.d['image_token_size']} != gen_vision_config.params."
+                                         f"image_token_size {vq_fields['codebook_size']}")
+    _mlp_gelu(root.sub("aligner_config"), siglip.width, llm.hidden_size)
+    _mlp_gelu(root.sub("gen_aligner_config"), vq_fields["embed_dim"], llm.hidden_size)
+    try:
+        vq = dataclasses.replace(base.vq, **vq_fields)
+        hidden = hp.get("image_token_embed", "a positive int")
+        return dataclasses.replace(base, family="janus_pro", llm=llm, siglip=siglip, vq=vq,
+                                   gen_head_hidden=0 if hidden == llm.hidden_size else hidden,
+                                   und_encoder="siglip", gen_enabled=True, repa=False,
+                                   image_size=siglip.image_size,
+                                   repa_layer=min(base.repa_layer, llm.num_layers))
+    except ConfigError as e:
+        raise ConfigError(f"config.json: {e}") from None
+
+
+def janus_pro_hf_config(cfg: ModelConfig, torch_dtype: str = "float32") -> dict:
+    """The official Janus-Pro ``config.json`` for ``cfg`` (JanusFlow's language/vision parts)."""
+    flow = hf_config_from_model_config(dataclasses.replace(cfg, family="janusflow", repa=False,
+                                                           gen_codec=GenCodecConfig()), torch_dtype)
+    d, v = cfg.llm.hidden_size, cfg.vq
+    gparams = {"image_token_size": v.codebook_size, "n_embed": v.embed_dim}
+    default = dataclasses.replace(VQConfig(), codebook_size=v.codebook_size, embed_dim=v.embed_dim)
+    gparams.update({k: (list(getattr(v, k)) if k == "channel_mult" else getattr(v, k))
+                    for k in _VQ_EXTRA if getattr(v, k) != getattr(default, k)})
+
+    def mlp(kind, din):
+        return {"cls": "MlpProjector", "model_type": kind, "params": {
+            "depth": 2, "input_dim": din, "n_embed": d, "projector_type": "mlp_gelu"}}
+    return {
+        "architectures": ["MultiModalityCausalLM"], "model_type": "multi_modality",
+        "torch_dtype": torch_dtype, "language_config": flow["language_config"],
+        "vision_config": {**flow["vision_und_enc_config"], "model_type": "vision"},
+        "aligner_config": mlp("aligner", cfg.siglip.width),
+        "gen_vision_config": {"cls": "VQ-16", "model_type": "gen_vision", "params": gparams},
+        "gen_aligner_config": mlp("gen_aligner", v.embed_dim),
+        "gen_head_config": {"cls": "vision_head", "model_type": "gen_head", "params": {
+            "image_token_embed": cfg.gen_head_hidden or d, "image_token_size": v.codebook_size,
+            "n_embed": d}},
+        EXTRA_KEY: {"version": 1, "model": config_io.to_dict(cfg)},
+    }
+
+
+def janus_pro_extra_tensors(cfg: ModelConfig) -> dict:
+    return {CODEBOOK_USED: np.zeros((CODEBOOK_USED_SIZE,), np.float32)}
+
+
 # ---------------------------------------------------------------------------------- key map
 def janusflow_key_map(cfg: ModelConfig) -> dict:
     """Every official checkpoint key -> (our parameter path, transform), whole model."""
+    if cfg.family == "janus_pro":
+        return janus_pro_key_map(cfg)
     _official_check(cfg)
     m: dict = {}
 
@@ -702,8 +807,13 @@ def load_janusflow_hf(path: str, dtype: str = "float32", *, base: Optional[Model
                                                 if not _derived_buffer(k)},
                                  os.path.join(path, "config.json"), weight_files_name(source.files))
     model = abstract_model(cfg)
+    ignore = _derived_buffer
+    if cfg.family == "janus_pro":
+        ignore = lambda k: _derived_buffer(k) or k == CODEBOOK_USED          # noqa: E731
+        if CODEBOOK_USED in source.index and log:
+            log(f"skipped {CODEBOOK_USED} (a training-time usage counter, not a weight)")
     stream_load(model, source, key_map, dtype=jdt, training_only=TRAINING_ONLY,
-                ignore=_derived_buffer, progress=progress)
+                ignore=ignore, progress=progress)
     skipped = [k for k in source.index if _derived_buffer(k)]
     if skipped and log:
         log(f"skipped {len(skipped)} derived RoPE buffers (rotary_emb.inv_freq), recomputed at run time")
@@ -757,6 +867,9 @@ def export_janusflow_hf(model, cfg: ModelConfig, out_dir: str, *, overwrite: boo
         cur.append(k)
         cur_bytes += sizes[k]
     shards.append(cur)
+    # tensors of the official layout that are no parameter of ours (Janus-Pro's codebook usage
+    # counter), written with the last shard so the official class loads the export strictly
+    extra = janus_pro_extra_tensors(cfg) if cfg.family == "janus_pro" else {}
     dtypes = [str(params[p].get_value().dtype) for p, _ in key_map.values()]
     torch_dtype = max(set(dtypes), key=dtypes.count)
     hf_cfg = hf_config_from_model_config(cfg, torch_dtype if torch_dtype in ("float32", "bfloat16") else "float32")
@@ -769,6 +882,8 @@ def export_janusflow_hf(model, cfg: ModelConfig, out_dir: str, *, overwrite: boo
         for k in keys:
             p, tr = key_map[k]
             tensors[k] = np.ascontiguousarray(to_torch(tr, np.asarray(params[p].get_value())))
+        if name == names[-1]:
+            tensors.update(extra)
         save_file(tensors, os.path.join(out_dir, name), metadata={"format": "pt"})
         done += len(keys)
         nbytes += sum(sizes[k] for k in keys)
@@ -777,7 +892,8 @@ def export_janusflow_hf(model, cfg: ModelConfig, out_dir: str, *, overwrite: boo
             progress(done, len(key_map), nbytes, total)
     if len(shards) > 1:
         index = {"metadata": {"total_size": total},
-                 "weight_map": {k: n for n, keys in zip(names, shards) for k in keys}}
+                 "weight_map": {**{k: n for n, keys in zip(names, shards) for k in keys},
+                                **{k: names[-1] for k in extra}}}
         with open(os.path.join(out_dir, "model.safetensors.index.json"), "w") as fh:
             json.dump(index, fh, indent=2)
     with open(os.path.join(out_dir, "config.json"), "w") as fh:

@@ -134,7 +134,8 @@ def register(sub) -> None:
     gsub = g.add_subparsers(dest="geneval_command", required=True)
 
     def sampling_args(q):
-        q.add_argument("--cfg", type=float, default=2.0, help="CFG weight w (paper FID protocol: 2)")
+        q.add_argument("--cfg", type=float, default=None,
+                       help="CFG weight w (default: JanusFlow 2, the paper's FID protocol; Janus-Pro 5)")
         q.add_argument("--steps", type=int, default=30, help="ODE steps (paper: 30 Euler)")
         q.add_argument("--solver", choices=("euler", "heun"), default="euler")
         q.add_argument("--seed", type=int, default=0)

@@ -23,14 +23,18 @@ def cmd_sample(args) -> int:
         if args.compute_dtype:
             model, cfg = with_compute_dtype(model, cfg, args.compute_dtype)
         vae = run.load_vae_for(cfg, args.checkpoint, args.vae, args.dtype)
+        janus_pro = cfg.family == "janus_pro"
         if tok is not None:
             from janusflow.data.tokenizer import generation_prompt_ids
-            ids = [generation_prompt_ids(tok, t) for t in texts]
+            # Janus-Pro's sequence ends in <begin_of_image>; JanusFlow's t_emb takes that slot
+            ids = [generation_prompt_ids(tok, t) + ([tok.image_start_id] if janus_pro else [])
+                   for t in texts]
         else:
             ids = [run.parse_ids(x) for x in args.prompt_ids]
         out = run.sample_to_dir(
             model, vae, cfg, ids, args.out, prompts_text=texts or None, n=args.n,
-            cfg_weight=args.cfg, steps=args.steps, seed=args.seed, solver=args.solver,
+            cfg_weight=run.default_cfg_weight(cfg, args.cfg),
+            temperature=args.temperature, steps=args.steps, seed=args.seed, solver=args.solver,
             save_latents=args.save_latents, batch_size=args.batch_size, mesh=run.default_mesh(),
             pad_id=tok.pad_id if tok is not None else 0, grid_max=args.grid_max,
             progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr),
@@ -52,10 +56,13 @@ def register(sub) -> None:
     p.add_argument("--prompt", action="append", default=[], help="a text prompt (repeatable)")
     p.add_argument("--prompts-file", default=None, help=".txt (a prompt a line) or .jsonl with 'prompt'")
     p.add_argument("--prompt-ids", action="append", default=[], metavar="1,2,3",
-                   help="a tokenised prompt without the generation tag (repeatable; no tokenizer needed)")
+                   help="a tokenised prompt without the generation tag (repeatable; no tokenizer "
+                        "needed); for Janus-Pro ending in <begin_of_image>, as the official sequence")
     p.add_argument("--out", required=True, help="output directory (rerun: only missing images are sampled)")
     p.add_argument("--n", type=int, default=4, help="images per prompt")
-    p.add_argument("--cfg", type=float, default=2.0, help="CFG weight w (1 = no guidance)")
+    p.add_argument("--cfg", type=float, default=None,
+                   help="CFG weight w (1 = no guidance; default 2 for JanusFlow, 5 for Janus-Pro)")
+    p.add_argument("--temperature", type=float, default=1.0, help="Janus-Pro image-token temperature")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--solver", choices=("euler", "heun"), default="euler")

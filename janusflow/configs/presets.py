@@ -7,7 +7,7 @@ fields marked UNCONFIRMED there are overwritten from ``config.json`` when weight
 from __future__ import annotations
 
 from janusflow.configs.schema import (ConfigError, GenCodecConfig, LLMConfig, ModelConfig, SiglipConfig,
-                              VAEConfig)
+                              VAEConfig, VQConfig)
 
 
 def _build(overrides, **fields) -> ModelConfig:
@@ -54,7 +54,42 @@ def tiny_kl(**overrides) -> ModelConfig:
                 **{"vae_random_ok": True, **overrides})   # no pretrained VAE of this size exists
 
 
-PRESETS = {"tiny": tiny, "tiny_kl": tiny_kl, "janusflow_1_3b": janusflow_1_3b}
+# ------------------------------------------------------------------------------- Janus-Pro
+# Sizes of the released config.json files (deepseek-ai/Janus-Pro-1B, -7B): the language_config
+# (LLaMA layout, context 16384), SigLIP-L/16-384 (select_layer -1), VQ-16, mlp_gelu aligners of
+# depth 2 and gen_head's hidden width equal to the LLM's. Fields the release settles are
+# overwritten from config.json on import.
+_SIGLIP_L_384 = SiglipConfig(image_size=384, patch_size=16, width=1024, num_layers=24, num_heads=16,
+                             mlp_ratio=4.0, select_layer=-1, attn_pool=True)
+
+
+def janus_pro_1b(**overrides) -> ModelConfig:
+    return _build(
+        llm=LLMConfig(vocab_size=102400, hidden_size=2048, intermediate_size=5632, num_layers=24,
+                      num_heads=16, num_kv_heads=16, rms_norm_eps=1e-6, rope_theta=10000.0,
+                      max_position_embeddings=16384),
+        family="janus_pro", siglip=_SIGLIP_L_384, vq=VQConfig(), image_size=384, repa=False,
+        scan_layers=True, overrides=overrides)
+
+
+def janus_pro_7b(**overrides) -> ModelConfig:
+    return janus_pro_1b(**{"llm": LLMConfig(
+        vocab_size=102400, hidden_size=4096, intermediate_size=11008, num_layers=30, num_heads=32,
+        num_kv_heads=32, rms_norm_eps=1e-6, rope_theta=10000.0, max_position_embeddings=16384),
+        **overrides})
+
+
+def tiny_janus_pro(**overrides) -> ModelConfig:
+    """``tiny``'s LLM and SigLIP with a 3-level VQ tokenizer (4x downsampling, 64 codes):
+    32 px images are 8x8 = 64 image tokens."""
+    return tiny(**{"family": "janus_pro", "repa": False, "beg_of_und_embed": "official",
+                   "vq": VQConfig(codebook_size=64, embed_dim=8, z_channels=32, base_channels=32,
+                                  channel_mult=(1, 1, 2), num_res_blocks=1, norm_groups=8),
+                   **overrides})
+
+
+PRESETS = {"tiny": tiny, "tiny_kl": tiny_kl, "janusflow_1_3b": janusflow_1_3b,
+           "janus_pro_1b": janus_pro_1b, "janus_pro_7b": janus_pro_7b, "tiny_janus_pro": tiny_janus_pro}
 
 
 def get_preset(name: str, **overrides) -> ModelConfig:

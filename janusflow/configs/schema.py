@@ -189,12 +189,43 @@ class VAEConfig:
         return self.in_channels if self.kind == "pixel" else self.latent_channels
 
 
+@dataclass(frozen=True)
+class VQConfig:
+    """Janus-Pro's VQ-16 image tokenizer (official ``vq_model.py``, ``VQ_16``): a conv encoder
+    downsampling 2^(len(channel_mult)-1) times, a codebook of ``codebook_size`` l2-normalised
+    ``embed_dim``-vectors, a mirrored decoder. GroupNorm(32, eps 1e-6) everywhere."""
+    codebook_size: int = 16384
+    embed_dim: int = 8
+    z_channels: int = 256
+    base_channels: int = 128
+    channel_mult: tuple = (1, 1, 2, 2, 4)
+    num_res_blocks: int = 2
+    norm_groups: int = 32
+    l2_norm: bool = True
+
+    def __post_init__(self):
+        _positive(self, "codebook_size", "embed_dim", "z_channels", "base_channels",
+                  "num_res_blocks", "norm_groups")
+        for m in self.channel_mult:
+            _check(isinstance(m, int) and m > 0 and (self.base_channels * m) % self.norm_groups == 0,
+                   "VQConfig.channel_mult", f"{m}: base_channels*{m} must be a positive multiple "
+                   f"of norm_groups={self.norm_groups}")
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** (len(self.channel_mult) - 1)
+
+
 UND_ENCODERS = ("siglip", "shared_gen", "separate_gen", "none")
+# The one switch between model families: "janusflow" (rectified-flow head over VAE latents) or
+# "janus_pro" (VQ image tokens predicted autoregressively, models/janus_pro.py).
+FAMILIES = ("janusflow", "janus_pro")
 ATTENTION_IMPLS = ("xla", "cudnn", "auto", "splash")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
+    family: str = "janusflow"               # FAMILIES
     llm: LLMConfig = field(default_factory=LLMConfig)
     siglip: SiglipConfig = field(default_factory=SiglipConfig)
     gen_codec: GenCodecConfig = field(default_factory=GenCodecConfig)
@@ -227,9 +258,19 @@ class ModelConfig:
     # Training refuses to pass images through a randomly initialised KL VAE (train.vae_from
     # names the pretrained one) unless this says a random VAE is intended (tiny test models).
     vae_random_ok: bool = False
+    # janus_pro only: the VQ tokenizer and the width of gen_head's hidden layer (0: the LLM's)
+    vq: VQConfig = field(default_factory=VQConfig)
+    gen_head_hidden: int = 0
 
     def __post_init__(self):
         _finite(self)
+        _check(self.family in FAMILIES, "ModelConfig.family", f"must be one of {FAMILIES}, got {self.family!r}")
+        if self.family == "janus_pro":
+            _check(self.und_encoder == "siglip" and self.gen_enabled and not self.repa,
+                   "ModelConfig.family", "janus_pro has SigLIP understanding, the AR image head and no "
+                   "REPA: set und_encoder='siglip', gen_enabled=True, repa=False")
+            _check(self.image_size % self.vq.downsample == 0, "ModelConfig.image_size",
+                   f"{self.image_size} not divisible by the VQ downsampling {self.vq.downsample}")
         _check(self.und_encoder in UND_ENCODERS, "ModelConfig.und_encoder",
                f"must be one of {UND_ENCODERS}, got {self.und_encoder!r}")
         _check(self.und_encoder != "none" or self.gen_enabled, "ModelConfig.und_encoder",
@@ -266,6 +307,8 @@ class ModelConfig:
     @property
     def gen_grid(self) -> int:
         """Side of the generation token grid (24 for 384 px)."""
+        if self.family == "janus_pro":
+            return self.image_size // self.vq.downsample
         return self.latent_size // self.gen_codec.stride
 
     @property

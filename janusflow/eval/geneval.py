@@ -255,7 +255,9 @@ def load_generator(checkpoint: str, vae_path: Optional[str] = None, dtype: Optio
     from janusflow.data.tokenizer import Tokenizer
     from janusflow.models.vae import make_vae
     model, cfg = model_io.load_model(checkpoint, dtype)
-    if cfg.vae.kind == "pixel":
+    if cfg.family == "janus_pro":
+        vae = None                     # the VQ tokenizer inside the model makes the images
+    elif cfg.vae.kind == "pixel":
         vae = make_vae(cfg.vae, rngs=nnx.Rngs(0))
     else:
         vae_path = vae_path or os.path.join(checkpoint, "vae")
@@ -266,14 +268,27 @@ def load_generator(checkpoint: str, vae_path: Optional[str] = None, dtype: Optio
     return model, vae, cfg, Tokenizer.from_checkpoint_dir(checkpoint)
 
 
-def model_generate_fn(model, vae, cfg, tokenizer, *, cfg_weight: float = 2.0, steps: int = 30,
+def model_generate_fn(model, vae, cfg, tokenizer, *, cfg_weight: Optional[float] = None, steps: int = 30,
                       solver: str = "euler", generate: Optional[Callable] = None) -> Callable:
     """``fn(items) -> uint8 (B, H, W, 3)`` for :func:`geneval_layout.generate_layout`: each
     item's initial noise is ``numpy default_rng(item['seed']).standard_normal(latent shape)``,
     so an image depends only on its own seed. ``generate`` defaults to
-    :func:`janusflow.sample.generate.generate` (injectable for tests)."""
+    :func:`janusflow.sample.generate.generate` (injectable for tests). A Janus-Pro model samples
+    image tokens (``sample/ar_generate.py``) keyed by the item's seed; ``steps``/``solver`` do
+    not apply. ``cfg_weight`` None: the family's official weight."""
     from janusflow.data.tokenizer import generation_prompt_ids
     from janusflow.sample.generate import latent_shape
+    from janusflow.sample.run import default_cfg_weight
+    cfg_weight = default_cfg_weight(cfg, cfg_weight)
+    if cfg.family == "janus_pro":
+        from janusflow.sample.ar_generate import generate_ar
+
+        def fn_ar(items):
+            # the image's random stream is keyed by its own seed alone, as the flow noise is
+            ids = [generation_prompt_ids(tokenizer, it["prompt"]) + [tokenizer.image_start_id] for it in items]
+            return generate_ar(model, cfg, ids, cfg_weight=cfg_weight, seed=0, pad_id=tokenizer.pad_id,
+                               key_ids=[it["seed"] for it in items], batch_size=len(items))
+        return fn_ar
     if generate is None:
         from janusflow.sample.generate import generate
     shape = latent_shape(cfg)
@@ -297,7 +312,8 @@ def make_protocol(checkpoint: str, metadata_md5: str, *, cfg_weight: float, step
             "resolution": int(resolution), "solver": solver, "n": int(n)}
 
 
-def run_generate(checkpoint: str, metadata: Optional[str], outdir: str, *, n: int = 4, cfg_weight: float = 2.0,
+def run_generate(checkpoint: str, metadata: Optional[str], outdir: str, *, n: int = 4,
+                 cfg_weight: Optional[float] = None,
                  steps: int = 30, seed: int = 0, batch_size: int = 8, solver: str = "euler",
                  vae_path: Optional[str] = None, dtype: Optional[str] = None,
                  progress: bool = True, generator=None, generate: Optional[Callable] = None) -> dict:
@@ -309,8 +325,13 @@ def run_generate(checkpoint: str, metadata: Optional[str], outdir: str, *, n: in
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
     model, vae, cfg, tok = generator or load_generator(checkpoint, vae_path, dtype)
+    from janusflow.sample.run import default_cfg_weight
+    cfg_weight = default_cfg_weight(cfg, cfg_weight)
     protocol = make_protocol(checkpoint, md5, cfg_weight=cfg_weight, steps=steps, seed=seed,
                              resolution=cfg.image_size, solver=solver, n=n, n_prompts=len(prompts))
+    if cfg.family == "janus_pro":
+        protocol.update(family="janus_pro", steps=None, solver=None, temperature=1.0,
+                        noise="image tokens drawn with fold_in(fold_in(key(0), image seed), token index)")
     fn = model_generate_fn(model, vae, cfg, tok, cfg_weight=cfg_weight, steps=steps, solver=solver,
                            generate=generate)
     return layout.generate_layout(outdir, prompts, protocol, fn, n=n, seed=seed,

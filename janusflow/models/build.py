@@ -8,17 +8,24 @@ from __future__ import annotations
 from flax import nnx
 
 from janusflow.configs.schema import ModelConfig, VAEConfig
+from janusflow.models.janus_pro import JanusPro
 from janusflow.models.janusflow import JanusFlow
 from janusflow.models.vae import make_vae
 
 
-def build_model(cfg: ModelConfig, *, seed=0, abstract: bool = False) -> JanusFlow:
+# ModelConfig.family -> the composed model (the one place a family is decided)
+FAMILY_MODELS = {"janusflow": JanusFlow, "janus_pro": JanusPro}
+
+
+def build_model(cfg: ModelConfig, *, seed=0, abstract: bool = False):
+    family = FAMILY_MODELS[cfg.family]
+
     def make():
-        return JanusFlow(cfg, rngs=nnx.Rngs(seed))
+        return family(cfg, rngs=nnx.Rngs(seed))
     return nnx.eval_shape(make) if abstract else make()
 
 
-def abstract_model(cfg: ModelConfig) -> JanusFlow:
+def abstract_model(cfg: ModelConfig):
     """The model with abstract parameters (shapes only; nothing initialised or allocated)."""
     return build_model(cfg, abstract=True)
 

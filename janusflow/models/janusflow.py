@@ -36,6 +36,14 @@ def compute_dtype(name: str):
     return jnp.bfloat16 if name == "bfloat16" else None
 
 
+def splice_image_embeds(text, img, image_mask):
+    """``text`` (B, T, D) with ``img`` (B, N, D)'s rows written, in order, at the True slots of
+    ``image_mask`` (B, T) (Janus-Pro shares this)."""
+    idx = jnp.clip(jnp.cumsum(image_mask, axis=1) - 1, 0, img.shape[1] - 1)
+    spliced = jnp.take_along_axis(img.astype(text.dtype), idx[..., None], axis=1)
+    return constrain(jnp.where(image_mask[..., None], spliced, text), RESIDUAL)
+
+
 class GenOutput(NamedTuple):
     velocity: jax.Array                     # (B, latent, latent, C), fp32
     repa_pred: Optional[jax.Array]          # (B, N, siglip width) or None
@@ -124,11 +132,7 @@ class JanusFlow(nnx.Module):
         text = self.language_model.embed(ids)
         if image_mask.shape != ids.shape:
             raise ValueError(f"image_mask shape {image_mask.shape} != ids shape {ids.shape}")
-        img = self.und_image_embeds(und_pixels, und_latents).astype(text.dtype)
-        n = img.shape[1]
-        idx = jnp.clip(jnp.cumsum(image_mask, axis=1) - 1, 0, n - 1)
-        spliced = jnp.take_along_axis(img, idx[..., None], axis=1)
-        return constrain(jnp.where(image_mask[..., None], spliced, text), RESIDUAL)
+        return splice_image_embeds(text, self.und_image_embeds(und_pixels, und_latents), image_mask)
 
     def understanding_logits(self, ids, attention_mask, image_mask, und_pixels=None, und_latents=None):
         embeds = self.understanding_embeds(ids, image_mask, und_pixels, und_latents)

@@ -24,6 +24,19 @@ OFFICIAL_NAMES = {
     "und_gen_encoder": "(ablation C: separate gen-style und encoder)",
     "repa_projector": "(training only, not in the checkpoint)",
 }
+JANUS_PRO_NAMES = {
+    "language_model": "language_model",
+    "und_encoder": "vision_model",
+    "und_aligner": "aligner",
+    "gen_vision": "gen_vision_model (VQ-16 tokenizer)",
+    "gen_embed": "gen_embed",
+    "gen_aligner": "gen_aligner",
+    "gen_head": "gen_head",
+}
+
+
+def official_names(cfg: ModelConfig) -> dict:
+    return JANUS_PRO_NAMES if cfg.family == "janus_pro" else OFFICIAL_NAMES
 
 
 
@@ -43,7 +56,7 @@ def param_counts(cfg: ModelConfig) -> dict[str, int]:
     model = abstract_model(cfg)
     state = nnx.state(model, nnx.Param)
     counts = {}
-    for name in OFFICIAL_NAMES:
+    for name in official_names(cfg):
         if name in state:
             counts[name] = _size(state[name])
     if "und_encoder" in state and "attn_pool" in state["und_encoder"]:
@@ -56,18 +69,18 @@ def param_counts(cfg: ModelConfig) -> dict[str, int]:
 def report(cfg: ModelConfig, seq_len: int = 4096, prompt_len: int = 64) -> str:
     counts = param_counts(cfg)
     lines = [f"{'component':22s} {'official name':42s} {'parameters':>15s}"]
-    for name, official in OFFICIAL_NAMES.items():
+    for name, official in official_names(cfg).items():
         if name in counts:
             lines.append(f"{name:22s} {official:42s} {counts[name]:>15,}")
     if "und_encoder.attn_pool" in counts:
-        lines.append(f"{'  of which attn_pool':22s} {'(unused by JanusFlow)':42s} "
+        lines.append(f"{'  of which attn_pool':22s} {'(unused by JanusFlow / Janus-Pro)':42s} "
                      f"{counts['und_encoder.attn_pool']:>15,}")
     lines.append(f"{'checkpoint total':65s} {counts['checkpoint_total']:>15,}")
     lines.append(f"{'total incl. training-only':65s} {counts['total']:>15,}")
     lines.append("")
     text = flops.text_training_flops_per_token(cfg, seq_len)
     lines.append(f"training FLOPs per text/understanding token (context {seq_len}): {text:.4g}")
-    if cfg.gen_enabled:
+    if cfg.gen_enabled and cfg.family == "janusflow":
         g = flops.generation_sample_training_flops(cfg, prompt_len)
         lines.append(f"training FLOPs per generation sample ({g['tokens']} tokens, prompt {prompt_len}): "
                      f"{g['total']:.4g} = {g['per_token']:.4g} per token")

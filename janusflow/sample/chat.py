@@ -247,6 +247,9 @@ def _inputs(cfg, tokenizer, images, questions, max_new_tokens, template, system_
         ids[r, length - len(row):] = row
         mask[r, length - len(row):] = True
         image_mask[r, length - len(row):] = img_slots
+    if cfg.family == "janus_pro":
+        # Janus-Pro keeps <begin_of_image> a text token: only the N placeholders take the image
+        image_mask &= np.cumsum(image_mask, axis=1) > 1
     pixels = latents = None
     if cfg.und_encoder == "siglip":
         pixels = jnp.asarray(siglip_pixels(imgs, cfg))

@@ -114,7 +114,7 @@ def bucket_len(n: int, limit: int) -> int:
 
 
 # ------------------------------------------------------------------------- compiled program
-def _constrain(x, mesh, axis=0):
+def constrain_batch(x, mesh, axis=0):
     if mesh is None:
         return x
     spec = [None] * x.ndim
@@ -130,11 +130,11 @@ def integrate(graphdef, state, ids, mask, z0, cfg_weight, *, steps, solver, use_
     b, length = ids.shape
     ids2 = jnp.repeat(ids, 2, axis=0)
     mask2 = jnp.stack([mask, uncond_prompt_mask(mask)], axis=1).reshape(2 * b, length)
-    embeds = _constrain(lm.embed(ids2), mesh)
+    embeds = constrain_batch(lm.embed(ids2), mesh)
     if use_cache:
         cache = KVCache.init(cfg.llm, 2 * b, length + 1 + cfg.num_gen_tokens, embeds.dtype)
         prefix = lm(embeds, attention_mask=mask2, cache=cache, start=0).cache
-        prefix = jax.tree.map(lambda a: _constrain(a, mesh, 1 if a.ndim == 5 else 0), prefix)
+        prefix = jax.tree.map(lambda a: constrain_batch(a, mesh, 1 if a.ndim == 5 else 0), prefix)
 
         def rows_velocity(z2, t2):
             return model.generate_velocity(None, None, z2, t2, cache=prefix, start=length).velocity
@@ -145,7 +145,7 @@ def integrate(graphdef, state, ids, mask, z0, cfg_weight, *, steps, solver, use_
     w = cfg_weight.astype(jnp.float32)
 
     def velocity(z, t):
-        z2 = _constrain(jnp.repeat(z, 2, axis=0), mesh)
+        z2 = constrain_batch(jnp.repeat(z, 2, axis=0), mesh)
         v = rows_velocity(z2, jnp.full((2 * b,), t, jnp.float32)).reshape((b, 2) + z.shape[1:])
         return w * v[:, 0] - (w - 1.0) * v[:, 1]
 
@@ -169,7 +169,7 @@ def decode_images(graphdef, state, z, *, vae_cfg):
     return ((jnp.clip(x, -1.0, 1.0) + 1.0) / 2.0 * 255.0).astype(jnp.uint8)
 
 
-def _split(module, mesh):
+def split_for_mesh(module, mesh):
     graphdef, state = nnx.split(module)
     if mesh is not None:
         pure = nnx.to_pure_dict(state)
@@ -177,15 +177,26 @@ def _split(module, mesh):
     return graphdef, state
 
 
-def _put_batch(x, mesh):
+def put_batch(x, mesh):
     x = jnp.asarray(x)
     if mesh is None:
         return x
     return jax.device_put(x, NamedSharding(mesh, P(BATCH_AXES, *([None] * (x.ndim - 1)))))
 
 
-def _batch_divisor(mesh) -> int:
+def batch_divisor(mesh) -> int:
     return 1 if mesh is None else int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
+
+
+def batch_plan(prompts, owner, batch_size, mesh):
+    """(images per batch, that padded to a multiple of the mesh's batch axes, the image order:
+    by prompt length, so a batch holds prompts of similar length). ``owner[i]``: image i's prompt."""
+    if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    total = len(owner)
+    div = batch_divisor(mesh)
+    bs = min(batch_size or total, total)
+    return bs, -(-bs // div) * div, sorted(range(total), key=lambda i: len(prompts[owner[i]]))
 
 
 # ------------------------------------------------------------------------------- public API
@@ -213,15 +224,10 @@ def iter_generate(model, vae, cfg: ModelConfig, prompt_ids, *, num_samples: int 
                              f"(prompts x samples, latent, latent, channels), got {noise.shape}")
     if noise_ids is not None and len(noise_ids) != total:
         raise ValueError(f"noise_ids must give one index per image ({total}), got {len(noise_ids)}")
-    if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    div = _batch_divisor(mesh)
-    bs = min(batch_size or total, total)
-    bs_padded = -(-bs // div) * div
-    order = sorted(range(total), key=lambda i: len(prompts[owner[i]]))
-    graphdef, state = _split(model, mesh)
+    bs, bs_padded, order = batch_plan(prompts, owner, batch_size, mesh)
+    graphdef, state = split_for_mesh(model, mesh)
     if decode:
-        vae_graphdef, vae_state = _split(vae, mesh)
+        vae_graphdef, vae_state = split_for_mesh(vae, mesh)
         vae_cfg = getattr(vae, "cfg", cfg.vae)
     weight = jnp.asarray(cfg_weight, jnp.float32)
     bar = _progress_bar(total, progress)
@@ -236,8 +242,8 @@ def iter_generate(model, vae, cfg: ModelConfig, prompt_ids, *, num_samples: int 
                 z0 = noise[fill]
             else:
                 z0 = initial_noise(cfg, seed, fill if noise_ids is None else [noise_ids[i] for i in fill])
-            z = integrate(graphdef, state, _put_batch(ids, mesh), _put_batch(mask, mesh),
-                           _put_batch(z0, mesh), weight, steps=steps, solver=solver,
+            z = integrate(graphdef, state, put_batch(ids, mesh), put_batch(mask, mesh),
+                           put_batch(z0, mesh), weight, steps=steps, solver=solver,
                            use_cache=use_cache, mesh=mesh)
             images = None
             if decode:

@@ -25,9 +25,18 @@ import numpy as np
 from janusflow.configs.schema import ModelConfig
 from janusflow.records import RecordError, iter_jsonl, iter_text_lines, read_json_object
 from janusflow.sample import grid as grid_mod
+from janusflow.sample.ar_generate import iter_generate_ar
 from janusflow.sample.generate import check_options, check_prompts, iter_generate
 
 SETTINGS_NAME = "sample_config.json"
+
+
+def default_cfg_weight(cfg: ModelConfig, cfg_weight: Optional[float] = None) -> float:
+    """``cfg_weight``, or when None the family's official default (JanusFlow 2, Janus-Pro 5)."""
+    if cfg_weight is not None:
+        return float(cfg_weight)
+    from janusflow.sample.ar_generate import OFFICIAL_CFG_WEIGHT
+    return OFFICIAL_CFG_WEIGHT if cfg.family == "janus_pro" else 2.0
 
 
 # ------------------------------------------------------------------------------- loading
@@ -45,6 +54,8 @@ def load_vae_for(cfg: ModelConfig, checkpoint: str, vae_path: Optional[str] = No
 
     from janusflow.checkpoint import hf
     from janusflow.models.vae import make_vae
+    if cfg.family == "janus_pro":
+        return None                    # images come from the VQ tokenizer inside the model
     if cfg.vae.kind == "pixel":
         return make_vae(cfg.vae, rngs=nnx.Rngs(0))
     path = find_vae_dir(checkpoint, vae_path)
@@ -142,16 +153,22 @@ def sample_to_dir(model, vae, cfg: ModelConfig, prompt_ids: Sequence[Sequence[in
                   prompts_text: Optional[Sequence[str]] = None, n: int = 4, cfg_weight: float = 2.0,
                   steps: int = 30, seed: int = 0, solver: str = "euler", save_latents: bool = False,
                   batch_size: Optional[int] = 8, mesh=None, pad_id: int = 0, grid_max: int = 64,
-                  progress: bool = True, log=print, model_id: Optional[dict] = None) -> dict:
+                  progress: bool = True, log=print, model_id: Optional[dict] = None,
+                  temperature: float = 1.0) -> dict:
     """Sample ``n`` images per prompt into ``out_dir``, writing each batch as it finishes and
-    skipping images already there. ``model_id`` (e.g. :func:`model_identity`) is recorded and
+    skipping images already there. A Janus-Pro model samples image tokens autoregressively
+    (``sample/ar_generate.py``: ``cfg_weight`` and ``temperature`` apply, ``steps`` and ``solver``
+    do not; ``save_latents`` saves its image codes). ``model_id`` (e.g. :func:`model_identity`) is recorded and
     must match on a rerun. Returns counts and the grid path."""
     prompts = check_prompts(cfg, prompt_ids)
     check_options(steps, cfg_weight, solver, n)
     os.makedirs(out_dir, exist_ok=True)
-    _check_settings(out_dir, {"prompt_ids": [list(p) for p in prompts], "n": n,
-                              "cfg_weight": float(cfg_weight), "steps": steps, "seed": seed,
-                              "solver": solver, "image_size": cfg.image_size, "model": model_id})
+    settings = {"prompt_ids": [list(p) for p in prompts], "n": n,
+                "cfg_weight": float(cfg_weight), "steps": steps, "seed": seed,
+                "solver": solver, "image_size": cfg.image_size, "model": model_id}
+    if cfg.family == "janus_pro":
+        settings.update(family=cfg.family, temperature=float(temperature), steps=None, solver=None)
+    _check_settings(out_dir, settings)
     if prompts_text is not None:
         with open(os.path.join(out_dir, "prompts.jsonl"), "w", encoding="utf-8") as fh:
             for i, t in enumerate(prompts_text):
@@ -168,10 +185,15 @@ def sample_to_dir(model, vae, cfg: ModelConfig, prompt_ids: Sequence[Sequence[in
         log(f"{len(names) - len(missing)} of {len(names)} images already in {out_dir}: skipped")
     if missing:
         rows = [prompts[i // n] for i in missing]
-        for idx, latents, images in iter_generate(
-                model, vae, cfg, rows, cfg_weight=cfg_weight, steps=steps, seed=seed,
-                solver=solver, batch_size=batch_size, mesh=mesh, pad_id=pad_id,
-                noise_ids=missing, progress=progress):
+        if cfg.family == "janus_pro":
+            batches = iter_generate_ar(model, cfg, rows, cfg_weight=cfg_weight, temperature=temperature,
+                                       seed=seed, pad_id=pad_id, batch_size=batch_size, mesh=mesh,
+                                       key_ids=missing)
+        else:
+            batches = iter_generate(model, vae, cfg, rows, cfg_weight=cfg_weight, steps=steps, seed=seed,
+                                    solver=solver, batch_size=batch_size, mesh=mesh, pad_id=pad_id,
+                                    noise_ids=missing, progress=progress)
+        for idx, latents, images in batches:
             for j, local in enumerate(idx):
                 name = names[missing[local]]
                 if save_latents:
