@@ -26,7 +26,7 @@ MIN_SIZE = 4096
 class ScaleByAdam8bitState(NamedTuple):
     count: jax.Array
     mu: dict          # uint8 codes (or fp32 moments of small tensors), shaped as the parameters
-    mu_scale: dict    # per-block scales (shape (0,) for small tensors)
+    mu_scale: dict    # per-block scales (an unused (1,) for small tensors)
     nu: dict
     nu_scale: dict
 
@@ -36,7 +36,8 @@ def _quantized(p, min_size) -> bool:
 
 
 def _empty_scale():
-    return jnp.zeros((0,), jnp.float32)
+    # one unused value, not shape (0,): orbax refuses to save zero-size arrays
+    return jnp.zeros((1,), jnp.float32)
 
 
 def _init_moment(p, book, min_size, block):

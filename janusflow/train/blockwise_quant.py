@@ -67,10 +67,11 @@ def quantize(x: jax.Array, code_book: np.ndarray, block: int = BLOCK) -> Quantiz
     xb = _blocks(x.astype(jnp.float32), block)
     scale = jnp.max(jnp.abs(xb), axis=-1)
     xn = xb / jnp.where(scale > 0, scale, 1.0)[..., None]
-    book = jnp.asarray(code_book)
-    hi = jnp.clip(jnp.searchsorted(book, xn, method="scan"), 1, book.shape[0] - 1)
-    lo = hi - 1
-    idx = jnp.where(xn - book[lo] < book[hi] - xn, lo, hi)
+    # the nearest code's index = how many midpoints between neighbouring codes lie below the
+    # value: an elementwise compare-and-count that XLA fuses into one pass, where a search
+    # (jnp.searchsorted) loops and keeps whole-tensor temporaries per step
+    mids = jnp.asarray((code_book[1:] + code_book[:-1]) / 2)
+    idx = jnp.sum(xn[..., None] > mids, axis=-1, dtype=jnp.int32)
     if code_book[0] == 0:                                  # unsigned book
         idx = jnp.where((xn > 0) & (idx == 0), 1, idx)
     return Quantized(idx.astype(jnp.uint8).reshape(x.shape), scale)
