@@ -96,3 +96,19 @@ def test_8bit_codes_are_sharded_as_their_parameters():
     assert codes == param and any(a is not None for a in param.spec)     # really sharded
     assert abstract.opt_state[1][0].mu["language_model"]["embed_tokens"].dtype == jnp.uint8
     assert all(s is None for s in inner.mu_scale["language_model"]["embed_tokens"].spec)
+
+
+def test_nearest_code_is_the_brute_force_nearest():
+    """The elementwise index (band from log10, place from the band's step, then the two
+    neighbours) picks the same code as an argmin over the whole book, at codes, just either
+    side of midpoints, and over nine decades of magnitude."""
+    for book in (bq.SIGNED, bq.UNSIGNED):
+        mids = (book[1:] + book[:-1]) / 2
+        lo = -1.0 if book[0] < 0 else 0.0
+        sign = jnp.sign(jax.random.normal(jax.random.key(2), (20000,))) if lo < 0 else 1.0
+        x = jnp.concatenate([jnp.asarray(book), jnp.asarray(mids * 1.0001), jnp.asarray(mids * 0.9999),
+                             jax.random.uniform(jax.random.key(0), (20000,), minval=lo, maxval=1) ** 5,
+                             10.0 ** jax.random.uniform(jax.random.key(1), (20000,), minval=-9, maxval=0) * sign])
+        x = np.asarray(jnp.clip(x, book[0], 1))
+        want = np.argmin(np.abs(x[:, None] - book[None, :]), axis=1)
+        np.testing.assert_array_equal(np.asarray(bq._nearest(jnp.asarray(x), book)), want)

@@ -67,14 +67,33 @@ def quantize(x: jax.Array, code_book: np.ndarray, block: int = BLOCK) -> Quantiz
     xb = _blocks(x.astype(jnp.float32), block)
     scale = jnp.max(jnp.abs(xb), axis=-1)
     xn = xb / jnp.where(scale > 0, scale, 1.0)[..., None]
-    # the nearest code's index = how many midpoints between neighbouring codes lie below the
-    # value: an elementwise compare-and-count that XLA fuses into one pass, where a search
-    # (jnp.searchsorted) loops and keeps whole-tensor temporaries per step
-    mids = jnp.asarray((code_book[1:] + code_book[:-1]) / 2)
-    idx = jnp.sum(xn[..., None] > mids, axis=-1, dtype=jnp.int32)
+    idx = _nearest(xn, code_book)
     if code_book[0] == 0:                                  # unsigned book
         idx = jnp.where((xn > 0) & (idx == 0), 1, idx)
     return Quantized(idx.astype(jnp.uint8).reshape(x.shape), scale)
+
+
+def _nearest(xn, code_book: np.ndarray):
+    """Index of the code nearest to each value in [-1, 1]. Elementwise, so XLA fuses it into
+    one pass with no whole-tensor temporaries (a search loop, or comparing with every code,
+    keeps one per step or per code). The book's layout gives the index up to one place: the
+    exponent band from log10, the place in the band from its uniform step; comparing with the
+    two neighbours then makes it exact."""
+    signed = code_book[0] < 0
+    bits = 7 if signed else 8
+    zero = (len(code_book) - 1) // 2 if signed else 0      # the index of 0
+    a = jnp.abs(xn)
+    e = jnp.clip(jnp.floor(-jnp.log10(jnp.maximum(a, 1e-30))), 0, bits - 1)
+    n = jnp.exp2(bits - 1 - e)                             # codes in band e: 10^-e (0.1, 1]
+    k = jnp.clip(jnp.round((a - 10.0 ** -(e + 1)) / (0.9 * 10.0 ** -e / n)), 0, n)
+    pos = n - 1 + k                                        # 1 + index among the positive codes
+    guess = (zero + jnp.where(xn < 0, -pos, pos)).astype(jnp.int32)
+    book = jnp.asarray(code_book)
+    best = jnp.clip(guess, 0, len(code_book) - 1)
+    for d in (-1, 1):
+        c = jnp.clip(guess + d, 0, len(code_book) - 1)
+        best = jnp.where(jnp.abs(book[c] - xn) < jnp.abs(book[best] - xn), c, best)
+    return best
 
 
 def dequantize(q: Quantized, code_book: np.ndarray, block: int = BLOCK) -> jax.Array:
