@@ -111,4 +111,4 @@ def test_nearest_code_is_the_brute_force_nearest():
                              10.0 ** jax.random.uniform(jax.random.key(1), (20000,), minval=-9, maxval=0) * sign])
         x = np.asarray(jnp.clip(x, book[0], 1))
         want = np.argmin(np.abs(x[:, None] - book[None, :]), axis=1)
-        np.testing.assert_array_equal(np.asarray(bq._nearest(jnp.asarray(x), book)), want)
+        np.testing.assert_array_equal(np.asarray(bq.nearest_code(jnp.asarray(x), book)), want)

@@ -67,13 +67,13 @@ def quantize(x: jax.Array, code_book: np.ndarray, block: int = BLOCK) -> Quantiz
     xb = _blocks(x.astype(jnp.float32), block)
     scale = jnp.max(jnp.abs(xb), axis=-1)
     xn = xb / jnp.where(scale > 0, scale, 1.0)[..., None]
-    idx = _nearest(xn, code_book)
+    idx = nearest_code(xn, code_book)
     if code_book[0] == 0:                                  # unsigned book
         idx = jnp.where((xn > 0) & (idx == 0), 1, idx)
     return Quantized(idx.astype(jnp.uint8).reshape(x.shape), scale)
 
 
-def _nearest(xn, code_book: np.ndarray):
+def nearest_code(xn, code_book: np.ndarray):
     """Index of the code nearest to each value in [-1, 1]. Elementwise, so XLA fuses it into
     one pass with no whole-tensor temporaries (a search loop, or comparing with every code,
     keeps one per step or per code). The book's layout gives the index up to one place: the
