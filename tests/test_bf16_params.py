@@ -78,7 +78,11 @@ def test_bf16_params_8bit_state_fine_tune_trains_checkpoints_and_resumes(tmp_pat
     assert _dtypes(p_tuned) == {"bfloat16"}
     moved = jax.tree.map(lambda a, b: bool(jnp.any(a.astype(jnp.float32) != b.astype(jnp.float32))),
                          p_tuned, p_base)
-    assert sum(jax.tree.leaves(moved)) > 0.9 * len(jax.tree.leaves(moved))    # it trained
+    # it trained: every generation-path tensor moved (task=gen: SigLIP, the understanding aligner
+    # and the LM head get no gradient)
+    gen = {k: v for k, v in moved.items() if k.startswith("gen_")}
+    assert all(jax.tree.leaves(gen)) and sum(jax.tree.leaves(moved)) > 0.7 * len(jax.tree.leaves(moved))
+    assert losses[-1] < losses[0]
     # the same command again restores the step-4 checkpoint (bf16 params, uint8 moments) and
     # writes the same model
     ckpts = sorted(p.name for p in (wd / "checkpoints").iterdir() if p.name.isdigit())
