@@ -20,8 +20,8 @@ and each row's loss mask says which tokens it is trained on.
 from __future__ import annotations
 
 import collections
-import math
 import dataclasses
+import math
 
 import numpy as np
 

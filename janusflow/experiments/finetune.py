@@ -16,7 +16,7 @@ Base data, only when named: ``base`` a TFDS name or prepared dataset directory (
 its data root, for a ``janusflow data build --out`` folder) mixed into every task stream the
 run reads, ``base_share`` (0.2) of its rows over the run. Memory: ``optim`` adamw | adamw8bit
 (8-bit block-wise moments) | adafactor; ``params`` float32 | bfloat16 (bf16 weights, fp32
-optimizer math, stochastic rounding). ``janusflow plan`` rows for one GPU: README.
+optimizer math, stochastic rounding; default the checkpoint's). ``janusflow plan`` rows for one GPU: README.
 
 The model config comes from ``init`` (so it matches the weights); the tokenizer too when the
 checkpoint holds one. Grids of four of the dataset's own captions, from fixed noise, go to
@@ -132,7 +132,8 @@ def get_config(arg=None) -> ExperimentConfig:
         raise ConfigError(f"{WHERE}: optim={optim_name!r}; expected one of {', '.join(OPTIMIZERS)}")
     if args.get("params", "float32") not in PARAM_DTYPES:
         raise ConfigError(f"{WHERE}: params={args['params']!r}; expected float32 or bfloat16")
-    model = dataclasses.replace(model, param_dtype=PARAM_DTYPES[args.get("params", "float32")])
+    if "params" in args:      # otherwise the checkpoint's own
+        model = dataclasses.replace(model, param_dtype=PARAM_DTYPES[args["params"]])
     prompts = sample_captions(src) if gen else ()
     every = _number(args, "sample_every", int, max(steps // 5, 1) if prompts else 0, 0)
     # the paper's stage-3 warm-up (1000 of 26k steps) scaled to the run's length
