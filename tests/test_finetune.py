@@ -1,6 +1,7 @@
 """Fine-tune on your own images (issue #25): the packaged config, the data check, the sample
 grids, and the one-command fine-tune raising the conditioning gap on the new captions."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -137,3 +138,83 @@ def test_adafactor_state_is_factored():
     assert float(jnp.abs(upd["w"]).mean()) == pytest.approx(1e-2, rel=0.2)
     with pytest.raises(ConfigError, match="OptimConfig.name"):
         dataclasses.replace(OptimConfig(), name="sgd")
+
+
+def _fake_stream(tag):
+    """Processed examples marked with their source (what MixedIterator stacks)."""
+    def gen():
+        i = 0
+        while True:
+            yield {"src": np.array(tag), "i": np.array(i)}
+            i += 1
+    return gen()
+
+
+@pytest.mark.parametrize("rows,share", [(4, 0.25), (8, 0.2), (1, 0.2), (3, 0.5)])
+def test_base_rows_are_the_share_of_every_task_stream(rows, share):
+    from janusflow.data.mixing import MixedIterator, base_stream
+    its = {"gen": _fake_stream(0), base_stream("gen"): _fake_stream(1),
+           "und": _fake_stream(0), base_stream("und"): _fake_stream(1)}
+    mixed = MixedIterator(its, {"und": rows, "gen": rows, "text": 0}, base_share=share)
+    steps = 40
+    per_step = [[int(b[t]["src"].sum()) for t in ("und", "gen")] for b in (next(mixed) for _ in range(steps))]
+    for t in (0, 1):
+        base = [s[t] for s in per_step]
+        assert sum(base) == int(steps * rows * share + 1e-9)           # the share, exactly
+        # spread over the run: every batch holds floor or ceil of its share
+        assert min(base) == int(rows * share + 1e-9) and max(base) == -int(-rows * share // 1)
+    assert mixed.metrics()["data/gen_base/examples"] == int(steps * rows * share + 1e-9)
+
+
+def test_no_base_named_no_base_rows():
+    from janusflow.data.mixing import MixedIterator
+    mixed = MixedIterator({"gen": _fake_stream(0)}, {"und": 0, "gen": 4, "text": 0})
+    assert all(int(next(mixed)["gen"]["src"].sum()) == 0 for _ in range(10))
+    assert not any("base" in k for k in mixed.metrics())
+
+
+def _white_folder(tmp_path, n=16):
+    """Base data: white images, captioned 'a white circle'."""
+    d = tmp_path / "base_imgs"
+    d.mkdir()
+    for i in range(n):
+        Image.fromarray(np.full((32, 32, 3), 255, np.uint8)).save(d / f"{i}.png")
+    caps = tmp_path / "base_caps.jsonl"
+    caps.write_text("".join(json.dumps({"image": f"{i}.png", "caption": "a white circle"}) + "\n" for i in range(n)))
+    out = tmp_path / "base_data"
+    assert main(["data", "build", "--images", str(d), "--captions", str(caps), "--out", str(out),
+                 "--name", "white"]) == 0
+    return out
+
+
+def test_finetune_mixes_base_data_only_when_named(tmp_path):
+    from janusflow.data.check import check_data
+    from janusflow.data.pipeline import make_pipeline
+    data, ckpt, base = _build(tmp_path), _base_checkpoint(tmp_path), _white_folder(tmp_path)
+    spec = f"janusflow:finetune:data={data},name=colors,init={ckpt}"
+    plain = load_config(spec)
+    assert not plain.data.base.enabled and plain.data.base_share == 0
+    mixed_cfg = load_config(f"{spec},base=white,base_data={base},base_share=0.25")
+    assert mixed_cfg.data.base.name == "white" and mixed_cfg.data.base_share == 0.25
+    assert load_config(f"{spec},base=white,base_data={base}").data.base_share == 0.2     # the default share
+    with pytest.raises(ConfigError, match="names no base data"):
+        load_config(f"{spec},base_share=0.3")
+    with pytest.raises(ConfigError, match="must be < 1"):
+        load_config(f"{spec},base=white,base_data={base},base_share=1")
+
+    def white_rows(cfg, steps=8):
+        with make_pipeline(cfg, cfg.data, process_index=0, process_count=1) as it:
+            out = []
+            for _ in range(steps):
+                images = next(it)["gen"]["images"]                # (8, H, W, 3) in [-1, 1]
+                out.append(int((images.reshape(len(images), -1).min(-1) > 0.9).sum()))
+            return out
+    assert white_rows(plain) == [0] * 8                           # only the user's images
+    rows = white_rows(mixed_cfg)
+    assert rows == [2] * 8, rows                                  # 0.25 of 8 rows: 2 white, 6 coloured
+    assert check_data(mixed_cfg).ok
+    # the base data is checked like the user's: a field it lacks is one line naming data.base
+    bad = dataclasses.replace(mixed_cfg, data=dataclasses.replace(
+        mixed_cfg.data, base=dataclasses.replace(mixed_cfg.data.base, caption="prompt")))
+    errors = check_data(bad).errors
+    assert len(errors) == 1 and "field 'prompt' missing (data.base reads it" in errors[0], errors

@@ -68,6 +68,11 @@ class DataConfig:
     prefetch: int = 64              # examples buffered per task stream
     workers: int = 0                # >0: grain worker processes per task stream (mp_prefetch)
     und_vae_images: str = "auto"    # "auto" | "yes" | "no"
+    # Base data mixed into every task stream that is read (a fine-tune keeping some of what the
+    # model was trained on): base_share of each stream's rows over the run come from ``base``
+    # (its own field names), the rest from the stream's own dataset. Off unless named.
+    base: SourceConfig = SourceConfig()
+    base_share: float = 0.0
 
     def __post_init__(self):
         for n in ("und_text_len", "prompt_len", "text_len"):
@@ -75,6 +80,9 @@ class DataConfig:
                 raise ConfigError(f"DataConfig.{n}: must be >= 1, got {getattr(self, n)!r}")
         if self.und_vae_images not in ("auto", "yes", "no"):
             raise ConfigError(f"DataConfig.und_vae_images: must be auto|yes|no, got {self.und_vae_images!r}")
+        if not (0 <= self.base_share < 1) or bool(self.base_share) != self.base.enabled:
+            raise ConfigError(f"DataConfig.base_share: {self.base_share!r} with data.base.name={self.base.name!r}; "
+                              "a base dataset needs a share in (0, 1), no base dataset a share of 0")
         for n in ("und", "text"):
             if getattr(self, n).latents:
                 raise ConfigError(f"DataConfig.{n}.latents: only the gen stream reads precomputed "

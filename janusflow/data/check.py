@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from janusflow.data.pipeline import dataset_label, load_tokenizer, missing_fields, per_process_batch_sizes
+from janusflow.data.pipeline import (dataset_label, load_tokenizer, missing_fields, per_process_batch_sizes,
+                                     task_sources)
 from janusflow.data.sources import as_text_list, get_field, open_source
 from janusflow.data.tokenizer import generation_prompt_ids
 
@@ -45,47 +46,52 @@ def check_data(cfg, tokenizer=None, *, max_records: int = MAX_RECORDS) -> DataRe
     errors, warnings = [], []
     batches = per_process_batch_sizes(cfg, 1)
     for task, rows in batches.items():
-        keys = getattr(cfg.data, task)
-        if not rows or not keys.enabled:
-            continue
-        try:
-            try:  # images left encoded: only their presence is checked here
-                source = open_source(keys, keys.image)
-            except KeyError:
-                source = open_source(keys)
-        except (FileNotFoundError, ValueError) as e:
-            errors.append(f"data.{task}: {e}")
-            continue
-        n = len(source)
-        if n == 0:
-            errors.append(f"{dataset_label(keys)}: no records (data.{task})")
-            continue
-        first = source[0]
-        missing = missing_fields(task, keys, first)
-        errors += missing
-        if n < rows:
-            errors.append(f"{dataset_label(keys)}: {n} records, fewer than the {rows} train.{task}_batch takes "
-                          f"per step (lower train.{task}_batch)")
-        if task != "gen" or missing:
-            continue
-        tok = tokenizer or load_tokenizer(cfg.data, cfg.model)
-        long, lines = 0, []
-        for i in range(min(n, max_records)):
-            rec = source[i]
-            for path in keys.caption.split("|"):
-                for cap in as_text_list(get_field(rec, path)):
-                    length = len(generation_prompt_ids(tok, cap))
-                    if length > cfg.data.prompt_len:
-                        long += 1
-                        if len(lines) < MAX_LINES:
-                            lines.append(f"{dataset_label(keys)}: record {i}{_file_name(rec)}: field {path!r}: "
-                                         f"{length} tokens > data.prompt_len={cfg.data.prompt_len} "
-                                         "(cut; raise data.prompt_len or shorten it)")
-        warnings += lines
-        if long > len(lines):
-            warnings.append(f"{dataset_label(keys)}: {long - len(lines)} more captions over "
-                            f"data.prompt_len={cfg.data.prompt_len} tokens")
+        for where, keys in task_sources(cfg.data, task) if rows else ():
+            if not keys.enabled:
+                continue
+            try:
+                try:  # images left encoded: only their presence is checked here
+                    source = open_source(keys, keys.image)
+                except KeyError:
+                    source = open_source(keys)
+            except (FileNotFoundError, ValueError) as e:
+                errors.append(f"{where}: {e}")
+                continue
+            n = len(source)
+            if n == 0:
+                errors.append(f"{dataset_label(keys)}: no records ({where})")
+                continue
+            first = source[0]
+            missing = missing_fields(task, keys, first, where)
+            errors += missing
+            if n < rows:
+                errors.append(f"{dataset_label(keys)}: {n} records, fewer than the {rows} train.{task}_batch "
+                              f"takes per step (lower train.{task}_batch)")
+            if task == "gen" and not missing:
+                warnings += _long_captions(cfg, keys, source, tokenizer, max_records)
     return DataReport(errors, warnings)
+
+
+def _long_captions(cfg, keys, source, tokenizer, max_records) -> list:
+    """Warnings for captions over ``data.prompt_len`` tokens: the first few named, the rest counted."""
+    n = len(source)
+    tok = tokenizer or load_tokenizer(cfg.data, cfg.model)
+    long, lines = 0, []
+    for i in range(min(n, max_records)):
+        rec = source[i]
+        for path in keys.caption.split("|"):
+            for cap in as_text_list(get_field(rec, path)):
+                length = len(generation_prompt_ids(tok, cap))
+                if length > cfg.data.prompt_len:
+                    long += 1
+                    if len(lines) < MAX_LINES:
+                        lines.append(f"{dataset_label(keys)}: record {i}{_file_name(rec)}: field {path!r}: "
+                                     f"{length} tokens > data.prompt_len={cfg.data.prompt_len} "
+                                     "(cut; raise data.prompt_len or shorten it)")
+    if long > len(lines):
+        lines.append(f"{dataset_label(keys)}: {long - len(lines)} more captions over "
+                     f"data.prompt_len={cfg.data.prompt_len} tokens")
+    return lines
 
 
 def check_or_refuse(cfg, log=print, warn=None) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import math
 
 import numpy as np
 
@@ -94,6 +95,11 @@ def with_ratio_schedule(cfg, schedule, multiple_of: int = 1):
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, task_batch_schedule=entries))
 
 
+def base_stream(task: str) -> str:
+    """The iterator key of the base data mixed into ``task`` (``data.base``)."""
+    return f"{task}_base"
+
+
 class MixedIterator:
     """Pulls fixed-size task batches from per-task example iterators (grain iterators yielding
     processed examples or ``{"_skip": reason}`` markers) and stacks them into the step's dict.
@@ -105,7 +111,8 @@ class MixedIterator:
 
     STATE_VERSION = 1
 
-    def __init__(self, iterators: dict, batch_sizes: dict, max_consecutive_skips: int = 10000):
+    def __init__(self, iterators: dict, batch_sizes: dict, max_consecutive_skips: int = 10000,
+                 base_share: float = 0.0):
         unknown = set(batch_sizes) - set(TASKS)
         if unknown:
             raise ValueError(f"unknown tasks {sorted(unknown)}; expected {TASKS}")
@@ -115,6 +122,7 @@ class MixedIterator:
         self._its = iterators
         self.batch_sizes = {t: int(batch_sizes.get(t, 0)) for t in TASKS}
         self.max_consecutive_skips = max_consecutive_skips
+        self.base_share = base_share
         self.stats = collections.Counter()
         self.steps = 0
 
@@ -140,12 +148,20 @@ class MixedIterator:
         self.stats[f"{task}/examples"] += n
         return out
 
+    def base_rows(self, n: int) -> int:
+        """Rows of a task's ``n`` this step takes from its base stream: the running total is
+        floor(steps x n x base_share), so the share over a run is exact even when it is not a
+        whole number of rows per batch (1 row in 5 at n=1, share 0.2)."""
+        total = lambda k: math.floor(k * n * self.base_share + 1e-9)  # noqa: E731
+        return total(self.steps + 1) - total(self.steps)
+
     def __next__(self) -> dict:
         batch = {}
         for task in TASKS:
             n = self.batch_sizes[task]
             if n:
-                rows = self._take(task, n)
+                nb = self.base_rows(n) if base_stream(task) in self._its else 0
+                rows = self._take(task, n - nb) + (self._take(base_stream(task), nb) if nb else [])
                 batch[task] = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
         self.steps += 1
         return batch

@@ -31,7 +31,7 @@ from janusflow.data import preprocess as pp
 from janusflow.data.latents import FEATURE as LATENTS_FEATURE
 from janusflow.data.latents import check_source as check_latents_source
 from janusflow.data.latents import latent_shape
-from janusflow.data.mixing import TASKS, MixedIterator, batch_phases, task_batches_at
+from janusflow.data.mixing import TASKS, MixedIterator, base_stream, batch_phases, task_batches_at
 from janusflow.data.sources import (as_text, as_text_list, get_field, open_source,
                                     task_dataset)
 from janusflow.data.tokenizer import Tokenizer, conversation_example, generation_prompt_ids
@@ -283,20 +283,28 @@ def needed_fields(task: str, keys: SourceConfig) -> tuple:
     return need + ((LATENTS_FEATURE,) if keys.latents else ())
 
 
+def task_sources(data: DataConfig, task: str) -> list:
+    """(config name, SourceConfig) of every dataset a task stream reads: its own, and the base
+    data mixed into it when ``data.base`` names one."""
+    return [(f"data.{task}", getattr(data, task))] + ([("data.base", data.base)] if data.base.enabled else [])
+
+
 def dataset_label(keys: SourceConfig) -> str:
     where = f" in {keys.data_dir}" if keys.data_dir else ""
     return f"dataset {keys.name!r} ({keys.split}){where}"
 
 
-def missing_fields(task: str, keys: SourceConfig, record: dict) -> list[str]:
-    """One line per field the task reads that ``record`` lacks."""
+def missing_fields(task: str, keys: SourceConfig, record: dict, where: str = "") -> list[str]:
+    """One line per field the task reads that ``record`` lacks (``where``: the config naming
+    the dataset, default ``data.<task>``)."""
+    where = where or f"data.{task}"
     out = []
     for path in needed_fields(task, keys):
         try:
             get_field(record, path)
         except KeyError:
-            out.append(f"{dataset_label(keys)}: record 0: field {path!r} missing (data.{task} reads it; the "
-                       f"record has {sorted(record)}; set data.{task}.{_key_name(task, keys, path)} to one of them)")
+            out.append(f"{dataset_label(keys)}: record 0: field {path!r} missing ({where} reads it; the "
+                       f"record has {sorted(record)}; set {where}.{_key_name(task, keys, path)} to one of them)")
     return out
 
 
@@ -307,9 +315,9 @@ def _key_name(task, keys: SourceConfig, path: str) -> str:
     return "latents"
 
 
-def _check_fields(task, source, keys: SourceConfig):
+def _check_fields(task, source, keys: SourceConfig, where: str = ""):
     """A field the stream reads that its dataset lacks: one line naming it (data/check.py)."""
-    missing = missing_fields(task, keys, source[0])
+    missing = missing_fields(task, keys, source[0], where)
     if missing:
         raise ConfigError(missing[0])
 
@@ -330,16 +338,16 @@ def make_pipeline(cfg, data: DataConfig = DataConfig(), tokenizer: Tokenizer | N
     needed = {t for start, _, _ in batch_phases(cfg.train)
               for t, n in per_process_batch_sizes(cfg, process_count, start).items() if n}
     procs = processors(cfg, data, tok)
-    iters = {}
-    for k, task in enumerate(TASKS):
-        if task not in needed:
-            continue
-        src_cfg = getattr(data, task)
+    if data.base.enabled and data.base.latents != data.gen.latents and "gen" in needed:
+        raise ConfigError(f"data.base.latents={data.base.latents} but data.gen.latents={data.gen.latents}: "
+                          "mixed rows must carry the same inputs (images or precomputed latents)")
+
+    def stream(task, src_cfg, where, salt):
         if src_cfg.latents:
             check_latents_source(src_cfg, cfg.model)   # VAE config + latent shape == the model's
         source = open_source(src_cfg, src_cfg.image if task != "text" else None)
-        _check_fields(task, source, src_cfg)
-        seed = (data.seed * 1_000_003 + 7919 * (k + 1)) % 2**32
+        _check_fields(task, source, src_cfg, where)
+        seed = (data.seed * 1_000_003 + 7919 * salt) % 2**32
         ds = task_dataset(source, seed=seed, shard_index=process_index, shard_count=process_count,
                           shuffle=data.shuffle)
         ds = ds.random_map(procs[task], seed=(seed + 104729 * (process_index + 1)) % 2**32)
@@ -352,5 +360,12 @@ def make_pipeline(cfg, data: DataConfig = DataConfig(), tokenizer: Tokenizer | N
             # Processes sidestep the GIL for the Python/numpy parts of preprocessing; the
             # output (and the checkpointed position) stays deterministic for a fixed count.
             ids = ids.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.workers))
-        iters[task] = iter(ids)
-    return MixedIterator(iters, sizes)
+        return iter(ids)
+
+    iters = {}
+    for k, task in enumerate(TASKS):
+        if task not in needed:
+            continue
+        for j, (where, src_cfg) in enumerate(task_sources(data, task)):
+            iters[base_stream(task) if j else task] = stream(task, src_cfg, where, k + 1 + j * len(TASKS))
+    return MixedIterator(iters, sizes, base_share=data.base_share)

@@ -12,6 +12,12 @@ stage-3 rate), ``batch`` (8 examples per step), ``task`` gen|und|both (gen), ``p
 (tokens of a generation prompt; default the model's context allows, at most the paper's 256),
 ``sample_every`` (steps between sample grids; default 5 grids per run, 0 = none).
 
+Base data, only when named: ``base`` a TFDS name or prepared dataset directory (``base_data``
+its data root, for a ``janusflow data build --out`` folder) mixed into every task stream the
+run reads, ``base_share`` (0.2) of its rows over the run. Memory: ``optim`` adamw | adamw8bit
+(8-bit block-wise moments) | adafactor; ``params`` float32 | bfloat16 (bf16 weights, fp32
+optimizer math, stochastic rounding; default the checkpoint's). ``janusflow plan`` rows for one GPU: README.
+
 The model config comes from ``init`` (so it matches the weights); the tokenizer too when the
 checkpoint holds one. Grids of four of the dataset's own captions, from fixed noise, go to
 ``WORKDIR/samples/`` and TensorBoard every ``sample_every`` steps, starting before step 1.
@@ -20,6 +26,7 @@ A model whose VAE is pretrained (the 1.3B) needs ``--vae DIR`` (the SDXL-VAE).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from janusflow.configs.data import DataConfig, SourceConfig
@@ -27,7 +34,11 @@ from janusflow.configs.errors import ConfigError
 from janusflow.configs.schema import ExperimentConfig, OptimConfig, TrainConfig
 
 WHERE = "janusflow:finetune"
-KEYS = ("data", "name", "init", "steps", "lr", "batch", "task", "prompt_len", "sample_every")
+KEYS = ("data", "name", "init", "steps", "lr", "batch", "task", "prompt_len", "sample_every",
+        "base", "base_data", "base_share", "optim", "params")
+BASE_SHARE = 0.2
+OPTIMIZERS = ("adamw", "adamw8bit", "adafactor")
+PARAM_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16"}
 # und:gen:text per task choice: stage 3's 21:70 between understanding and generation (paper
 # Table 1), no text stream (the user's data holds none)
 TASK_RATIOS = {"gen": (0, 1), "und": (1, 0), "both": (21, 70)}
@@ -110,10 +121,23 @@ def get_config(arg=None) -> ExperimentConfig:
     if task == "both":
         und_batch = min(max(und_batch, 1), batch - 1)
     src = source(args)
+    base = SourceConfig(name=args["base"], data_dir=args.get("base_data", "")) if args.get("base") else SourceConfig()
+    if args.get("base_share") and not base.enabled:
+        raise ConfigError(f"{WHERE}: base_share={args['base_share']} names no base data (add base=DIR_OR_NAME)")
+    share = _number(args, "base_share", float, BASE_SHARE, 1e-6) if base.enabled else 0.0
+    if share >= 1:
+        raise ConfigError(f"{WHERE}: base_share={share} must be < 1 (the rest is your data)")
+    optim_name = args.get("optim", "adamw")
+    if optim_name not in OPTIMIZERS:
+        raise ConfigError(f"{WHERE}: optim={optim_name!r}; expected one of {', '.join(OPTIMIZERS)}")
+    if args.get("params", "float32") not in PARAM_DTYPES:
+        raise ConfigError(f"{WHERE}: params={args['params']!r}; expected float32 or bfloat16")
+    if "params" in args:      # otherwise the checkpoint's own
+        model = dataclasses.replace(model, param_dtype=PARAM_DTYPES[args["params"]])
     prompts = sample_captions(src) if gen else ()
     every = _number(args, "sample_every", int, max(steps // 5, 1) if prompts else 0, 0)
     # the paper's stage-3 warm-up (1000 of 26k steps) scaled to the run's length
-    optim = OptimConfig(lr=lr, warmup_steps=min(1000, steps // 10), b1=0.9, b2=0.95, weight_decay=0.0,
+    optim = OptimConfig(name=optim_name, lr=lr, warmup_steps=min(1000, steps // 10), b1=0.9, b2=0.95, weight_decay=0.0,
                         grad_clip=1.0, ema_decay=0.99)
     train = TrainConfig(stage=3, steps=steps, und_batch=und_batch, gen_batch=batch - und_batch, text_batch=0,
                         optim=optim, init_from=init, log_every=max(1, min(10, steps // 10)),
@@ -121,6 +145,7 @@ def get_config(arg=None) -> ExperimentConfig:
                         sample_every=every if prompts else 0, sample_prompts=prompts)
     tokenizer = init if os.path.isfile(os.path.join(init, "tokenizer.json")) else ""
     data = DataConfig(und=src if und else SourceConfig(), gen=src if gen else SourceConfig(),
-                      text=SourceConfig(), tokenizer=tokenizer, prompt_len=prompt_len, und_text_len=und_text_len)
+                      text=SourceConfig(), base=base, base_share=share, tokenizer=tokenizer, prompt_len=prompt_len,
+                      und_text_len=und_text_len)
     return ExperimentConfig(name=f"finetune_{args.get('name') or os.path.basename(args['data'].rstrip('/'))}",
                             model=model, seq_len=seq_len, train=train, data=data)

@@ -5,6 +5,7 @@ the benchmarks all build through here, so a new model family is added in one pla
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 from flax import nnx
 
 from janusflow.configs.schema import ModelConfig, VAEConfig
@@ -21,8 +22,19 @@ def build_model(cfg: ModelConfig, *, seed=0, abstract: bool = False):
     family = FAMILY_MODELS[cfg.family]
 
     def make():
-        return family(cfg, rngs=nnx.Rngs(seed))
+        return cast_params(family(cfg, rngs=nnx.Rngs(seed)), cfg.param_dtype)
     return nnx.eval_shape(make) if abstract else make()
+
+
+def cast_params(model, param_dtype: str):
+    """Every parameter of ``model`` stored in ``param_dtype`` (``model.param_dtype``). Drawn in
+    float32 and then cast, so a bfloat16 model is the float32 one of the same seed, rounded."""
+    if param_dtype != "float32":
+        dt = jnp.dtype(param_dtype)
+        for _, var in nnx.iter_graph(model):
+            if isinstance(var, nnx.Param) and jnp.issubdtype(var.value.dtype, jnp.floating):
+                var.set_value(var.get_value().astype(dt))
+    return model
 
 
 def abstract_model(cfg: ModelConfig):

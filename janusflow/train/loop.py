@@ -95,7 +95,9 @@ def _warm_start(cfg: ExperimentConfig, mesh, vae, log):
     path = cfg.train.init_from
     if paths.as_path(paths.join(path, "model")).is_dir():
         path = paths.join(path, "model")
-    model, model_cfg = load_model(path, log=log)
+    # loaded in the experiment's parameter dtype: a float32 checkpoint fine-tunes in bfloat16
+    # with model.param_dtype=bfloat16 (and back)
+    model, model_cfg = load_model(path, dtype=cfg.model.param_dtype, log=log)
     if model_cfg != cfg.model:
         raise ValueError(f"train.init_from={cfg.train.init_from!r} holds a model whose config differs "
                          f"from the experiment's in: {', '.join(config_diff(model_cfg, cfg.model))}")

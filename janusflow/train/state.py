@@ -21,6 +21,8 @@ from janusflow.configs.schema import ExperimentConfig, OptimConfig
 from janusflow.models.janusflow import JanusFlow
 from janusflow.models import build as model_build
 from janusflow.parallel.rules import experiment_rules, param_shardings, replicated
+from janusflow.train.adam8bit import adamw_8bit
+from janusflow.train.low_precision import fp32_math
 from janusflow.train.lora import LORA_KEY, LORA_STREAM, apply_lora, init_lora
 
 # Paper Table 1. Stage 1 trains what is newly initialised (aligners, gen codec, and the new
@@ -79,9 +81,14 @@ def make_optimizer(o: OptimConfig):
         chain.append(optax.adafactor(schedule, clipping_threshold=None, eps=o.eps,
                                      multiply_by_parameter_scale=False,
                                      weight_decay_rate=o.weight_decay or None))
+    elif o.name == "adamw8bit":
+        # both moments block-wise quantized to 8 bits (train/adam8bit.py): ~4x less state
+        chain.append(adamw_8bit(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay))
     else:
         chain.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay))
-    return optax.chain(*chain), schedule
+    # gradients and parameters reach the optimizer in float32 whatever model.param_dtype is
+    # (a no-op for float32): clipping's norm, moments and update are float32 math
+    return fp32_math(optax.chain(*chain)), schedule
 
 
 # The VAE's random init draws from its own stream (train.seed folded with this), so it does not
@@ -159,8 +166,8 @@ def state_shardings(cfg: ExperimentConfig, mesh: Mesh):
     rep = replicated(mesh)
     if LORA_KEY in abstract.params:  # the factors are small: replicated
         p_sh = {**p_sh, LORA_KEY: jax.tree.map(lambda _: rep, abstract.params[LORA_KEY])}
-    # a moment shaped as its parameter is sharded as it; Adafactor's factored rows/columns
-    # (and its placeholders) are not, and are small: replicated
+    # a moment shaped as its parameter is sharded as it (8-bit codes too); Adafactor's factored
+    # rows/columns, the 8-bit block scales (and placeholders) are not, and are small: replicated
     opt_sh = optax.tree_map_params(
         optimizer, lambda x, s, p: s if x.shape == p.shape else rep, abstract.opt_state, p_sh, abstract.params,
         transform_non_params=lambda _: rep,

@@ -33,9 +33,12 @@ from janusflow.models.vae import encode_latents
 from janusflow.objectives import ar, cfg_dropout, flow, repa
 from janusflow.parallel.rules import (activation_sharding, batch_sharding, constrain_like,
                                       experiment_rules, replicated)
+from janusflow.train import low_precision
 from janusflow.train.state import Parts, TrainState, merge_model, merge_vae
 
 TERMS = ("ar", "rf", "repa")
+# the step key folded with this draws the stochastic rounding of bfloat16 parameters
+ROUNDING_STREAM = 0xB16
 
 
 def gen_batch_size(g) -> int:
@@ -201,11 +204,12 @@ def make_train_step(cfg: ExperimentConfig, parts: Parts, param_shardings=None):
 
         def apply(st):
             updates, opt_state = parts.optimizer.update(grads, st.opt_state, st.params)
-            params = optax.apply_updates(st.params, updates)
+            # float32 sums; bfloat16 parameters (model.param_dtype) are rounded stochastically
+            round_key = jax.random.fold_in(key, ROUNDING_STREAM)
+            params = low_precision.apply_updates(st.params, updates, jax.random.fold_in(round_key, 0))
             ema = st.ema
             if ema is not None:
-                d = oc.ema_decay
-                ema = jax.tree.map(lambda e, p: d * e + (1 - d) * p, ema, params)
+                ema = low_precision.ema_update(ema, params, oc.ema_decay, jax.random.fold_in(round_key, 1))
             return st._replace(step=st.step + 1, params=params, opt_state=opt_state, ema=ema)
 
         new = jax.lax.cond(ok, apply, lambda st: st, state)
