@@ -165,7 +165,7 @@ class GenProcessor(_Processor):
             out["images"] = pp.to_vae(crop)
         if self.repa is not None:
             size, mean, std = self.repa
-            out["repa_pixels"] = pp.to_siglip(pp._resize(crop, size, size), mean, std)
+            out["repa_pixels"] = pp.to_siglip(pp.resize(crop, size, size), mean, std)
         return out
 
 
