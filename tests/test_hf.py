@@ -21,9 +21,11 @@ from safetensors.numpy import save_file
 
 from janusflow.configs import io as config_io
 from janusflow.checkpoint import hf, model_io
+from janusflow.checkpoint.tensor_io import shape_probe
 from janusflow.checkpoint.torch_layout import CheckpointMismatch, flat_params, to_ours, to_torch
 from janusflow.configs.schema import ConfigError, ExperimentConfig, LLMConfig, ModelConfig
 from janusflow.configs.presets import janusflow_1_3b, tiny
+from janusflow.models.build import build_model
 from janusflow.models.layer_stack import layer
 
 CFG = tiny()
@@ -39,8 +41,8 @@ _SHAPES = {}
 def torch_shapes(cfg):
     """Official key -> torch shape, from the key map and the abstract model."""
     if cfg not in _SHAPES:
-        params = flat_params(hf.abstract_model(cfg))
-        _SHAPES[cfg] = {k: to_torch(tr, hf._probe(params[p].get_value().shape)).shape
+        params = flat_params(build_model(cfg, abstract=True))
+        _SHAPES[cfg] = {k: to_torch(tr, shape_probe(params[p].get_value().shape)).shape
                         for k, (p, tr) in hf.janusflow_key_map(cfg).items()}
     return _SHAPES[cfg]
 
@@ -322,10 +324,10 @@ def test_streaming_load_does_not_materialise_the_state_dict(tmp_path):
     assert total > 5e6
     d = write_hf_dir(str(tmp_path / "big"), big, cfg)
     source = hf.TensorSource(d)
-    model = hf.abstract_model(cfg)
+    model = build_model(cfg, abstract=True)
     # warm-up load: jax's first-call compilations (a scanned model's row writer) are traced by
     # tracemalloc too, and are not host staging of tensors
-    hf.stream_load(hf.abstract_model(cfg), source, hf.janusflow_key_map(cfg), training_only=hf.TRAINING_ONLY)
+    hf.stream_load(build_model(cfg, abstract=True), source, hf.janusflow_key_map(cfg), training_only=hf.TRAINING_ONLY)
     tracemalloc.start()
     try:
         # control: the measurement sees a materialised state dict

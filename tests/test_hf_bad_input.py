@@ -91,9 +91,9 @@ def test_bad_tokenizer_json_fails_before_reading_weights(tmp_path, sd, capsys, m
 
 # -------------------------------------------------------------------------- config.json
 def _no_model_build(monkeypatch):
-    def refuse(cfg):
+    def refuse(cfg, **kw):
         raise AssertionError(f"built the model for {cfg.llm.num_layers} LLM layers before checking the keys")
-    monkeypatch.setattr(hf, "abstract_model", refuse)
+    monkeypatch.setattr(hf, "build_model", refuse)
 
 
 def test_config_claiming_1000_layers_is_refused_from_the_headers(tmp_path, sd, capsys, monkeypatch):

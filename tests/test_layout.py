@@ -32,17 +32,28 @@ def _imports(mods: dict) -> tuple[dict, list]:
         while name and name not in mods:
             name = name.rpartition(".")[0]
         return name
+    def is_private(name):
+        return name.startswith("_") and not name.startswith("__")
     edges, private = {m: set() for m in mods}, []
     for m, path in mods.items():
-        for node in ast.walk(ast.parse(open(path).read())):
+        tree = ast.parse(open(path).read())
+        aliases = {}                # local name -> one of our modules (``from janusflow.x import y``)
+        for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 edges[m] |= {owner(a.name) for a in node.names if a.name.startswith("janusflow")}
+                aliases.update({a.asname: a.name for a in node.names if a.asname and a.name in mods})
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("janusflow"):
                 for a in node.names:
                     sub = f"{node.module}.{a.name}"
                     edges[m].add(owner(sub) if sub in mods else owner(node.module))
-                    if a.name.startswith("_") and not a.name.startswith("__"):
+                    if sub in mods:
+                        aliases[a.asname or a.name] = sub
+                    if is_private(a.name):
                         private.append((m, sub))
+        # ``hf._jnp_dtype(...)``: a private name reached through an imported module
+        private += [(m, f"{aliases[n.value.id]}.{n.attr}") for n in ast.walk(tree)
+                    if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)
+                    and n.value.id in aliases and is_private(n.attr) and aliases[n.value.id] != m]
         edges[m] -= {m, ""}
     return edges, private
 
@@ -74,6 +85,14 @@ def test_the_import_graph_has_no_cycle_and_no_private_names_across_modules():
     edges, private = _imports(_modules())
     assert _cycle(edges) == []
     assert private == []
+
+
+def test_a_private_name_reached_through_a_module_counts(tmp_path):
+    (tmp_path / "a.py").write_text("def _x(): pass\n")
+    (tmp_path / "b.py").write_text("from janusflow import a\nfrom janusflow import a as c\na._x()\nc._y\na.__name__\n")
+    mods = {"janusflow.a": str(tmp_path / "a.py"), "janusflow.b": str(tmp_path / "b.py")}
+    _, private = _imports(mods)
+    assert sorted(private) == [("janusflow.b", "janusflow.a._x"), ("janusflow.b", "janusflow.a._y")]
 
 
 def test_the_cycle_finder_finds_a_cycle():

@@ -10,6 +10,7 @@ transforms in :mod:`janusflow.checkpoint.torch_layout`). The models know nothing
   gen codec  the official ShallowUViT encoder / decoder     :func:`gen_encoder_key_map`, :func:`gen_decoder_key_map`
   VAE        diffusers ``AutoencoderKL``                    :func:`vae_key_map` (old attention names:
              :func:`normalize_vae_keys`)
+  JanusFlow  the official release, whole model              :func:`janusflow_key_map`
 """
 
 from __future__ import annotations
@@ -21,11 +22,18 @@ from typing import Mapping
 import numpy as np
 
 from janusflow.checkpoint.torch_layout import CheckpointMismatch, export_state_dict, load_state_dict
-from janusflow.configs.schema import GenCodecConfig, LLMConfig, SiglipConfig, VAEConfig
+from janusflow.checkpoint.hf_config import check_official_layout
+from janusflow.checkpoint.tensor_io import to_numpy
+from janusflow.configs.schema import GenCodecConfig, LLMConfig, ModelConfig, SiglipConfig, VAEConfig
 from janusflow.models.siglip import SiglipVisionTower
 
 
 # ------------------------------------------------------------------------------------ LLM
+def derived_buffer(key: str) -> bool:
+    # RoPE tables that transformers < 4.31 saved in checkpoints: recomputed, not weights.
+    return key.endswith("rotary_emb.inv_freq")
+
+
 def llm_key_map(cfg: LLMConfig, prefix: str = "") -> dict:
     """HF ``LlamaForCausalLM`` keys (``prefix`` = "language_model." inside JanusFlow)."""
     m = {f"{prefix}model.embed_tokens.weight": (("embed_tokens",), "plain"),
@@ -128,17 +136,6 @@ def hf_siglip_key_map(cfg: SiglipConfig, prefix: str = "") -> dict:
     return m
 
 
-def _to_numpy(a) -> np.ndarray:
-    if hasattr(a, "detach"):                                   # torch tensor, without importing torch
-        a = a.detach().cpu()
-        if str(a.dtype) == "torch.bfloat16":
-            import ml_dtypes
-            import torch
-            return a.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
-        return a.numpy()
-    return np.asarray(a)
-
-
 def _rows(a, r):
     return a if r is None else a[r[0]:r[1]]
 
@@ -190,7 +187,7 @@ def hf_siglip_to_timm_state_dict(sd: Mapping, cfg: SiglipConfig, *, hf_prefix: s
                         ("unexpected keys: " + ", ".join(unexpected)) if unexpected else "") if s))
     pieces = defaultdict(list)
     for hk, targets in kmap.items():
-        a = _to_numpy(sd[hk])
+        a = to_numpy(sd[hk])
         for tk, t_rows, h_rows in targets:
             pieces[tk].append((t_rows, _rows(a, h_rows)))
     out = {}
@@ -222,7 +219,7 @@ def timm_to_hf_siglip_state_dict(sd: Mapping, cfg: SiglipConfig, *, timm_prefix:
     for hk, targets in kmap.items():
         parts = []
         for tk, t_rows, h_rows in targets:
-            a = _to_numpy(sd[timm_prefix + tk])
+            a = to_numpy(sd[timm_prefix + tk])
             if tk == "pos_embed":
                 a = a.reshape(a.shape[1:])
             parts.append((h_rows, _rows(a, t_rows)))
@@ -381,3 +378,29 @@ def normalize_vae_keys(state_dict: Mapping) -> dict:
             raise ValueError(f"state dict has both the old and the new name for {k}")
         out[k] = v
     return out
+
+
+# ------------------------------------------------------------------- the whole model
+def janusflow_key_map(cfg: ModelConfig) -> dict:
+    """Every official checkpoint key -> (our parameter path, transform), whole model."""
+    check_official_layout(cfg)
+    m: dict = {}
+
+    def add(sub: Mapping, root: str):
+        for k, (p, tr) in sub.items():
+            m[k] = ((root,) + tuple(p), tr)
+
+    def linear(tkey: str, root: str):
+        m[f"{tkey}.weight"] = ((root, "kernel"), "linear")
+        m[f"{tkey}.bias"] = ((root, "bias"), "plain")
+
+    add(llm_key_map(cfg.llm, "language_model."), "language_model")
+    add(siglip_key_map(cfg.siglip, "vision_und_enc_model.vision_tower."), "und_encoder")
+    linear("vision_und_enc_aligner", "und_aligner")
+    m["beg_of_und_embed"] = (("beg_of_und_embed",), "squeeze:1,-1")
+    add(gen_encoder_key_map(cfg.gen_codec, "vision_gen_enc_model."), "gen_encoder")
+    linear("vision_gen_enc_aligner", "gen_aligner")
+    add(gen_decoder_key_map(cfg.gen_codec, "vision_gen_dec_model."), "gen_decoder")
+    m["vision_gen_dec_aligner_norm.weight"] = (("gen_decoder_norm", "scale"), "plain")
+    linear("vision_gen_dec_aligner", "gen_decoder_aligner")
+    return m

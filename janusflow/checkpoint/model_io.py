@@ -30,8 +30,10 @@ from flax import nnx
 from janusflow import paths
 from janusflow.configs import io as config_io
 from janusflow.checkpoint import hf
+from janusflow.checkpoint.streaming import abstract_leftovers, load_dtype
 from janusflow.checkpoint.torch_layout import CheckpointMismatch
 from janusflow.configs.schema import RECIPE_PHASES, ConfigError, ModelConfig
+from janusflow.models.build import build_model
 
 CONFIG_NAME = "janusflow_config.json"
 PARAMS_DIR = "params"
@@ -130,7 +132,7 @@ def load_model(path: str, dtype: Optional[str] = None, *,
             return hf.load_janusflow_hf(path, dtype or "float32", log=log, progress=progress)
         raise FileNotFoundError(_not_a_checkpoint(path))
     import orbax.checkpoint as ocp
-    jdt = hf._jnp_dtype(dtype)
+    jdt = load_dtype(dtype)
     cfg = load_config(path)
     params_path = paths.as_path(path) / PARAMS_DIR
     ckpt = ocp.StandardCheckpointer()
@@ -142,7 +144,7 @@ def load_model(path: str, dtype: Optional[str] = None, *,
             cfg = dataclasses.replace(cfg, param_dtype=kinds.pop())
     else:
         cfg = dataclasses.replace(cfg, param_dtype=dtype)
-    model = hf.abstract_model(cfg)
+    model = build_model(cfg, abstract=True)
     state = nnx.state(model, nnx.Param)
     pure = nnx.to_pure_dict(state)
     flat = {_key(p): v for p, v in jax.tree_util.tree_flatten_with_path(pure)[0]}
@@ -167,7 +169,7 @@ def load_model(path: str, dtype: Optional[str] = None, *,
                                  + "; refusing to load a corrupt checkpoint")
     nnx.replace_by_pure_dict(state, restored)
     nnx.update(model, state)
-    left = hf._abstract_leftovers(model)
+    left = abstract_leftovers(model)
     if left:
         raise CheckpointMismatch(f"{params_path}: parameters not restored: {', '.join(left)}")
     return model, cfg

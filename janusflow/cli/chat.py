@@ -19,7 +19,7 @@ def cmd_chat(args) -> int:
         tok = run.load_tokenizer(args.checkpoint, args.tokenizer)
         model, cfg = model_io.load_model(args.checkpoint, args.dtype)
         vae = (run.load_vae_for(cfg, args.checkpoint, args.vae, args.dtype)
-               if cfg.und_encoder in ("shared_gen", "separate_gen") else None)
+               if cfg.und.reads_latents else None)
         text = answer(model, cfg, tok, [image], [args.question], max_new_tokens=args.max_new_tokens,
                       temperature=args.temperature, top_p=args.top_p, seed=args.seed, vae=vae)[0]
     except (CheckpointMismatch, FileNotFoundError, ValueError) as e:

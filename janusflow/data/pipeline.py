@@ -2,8 +2,8 @@
 threads) -> fixed-size task batches in exactly the layout of ``janusflow/train/step.py``.
 
   und:  ids, attention_mask, image_mask, loss_mask (B_u, und_len); pixels (B_u, S, S, 3)
-        SigLIP-normalised [when und_encoder == 'siglip']; vae_images (B_u, H, W, 3) in [-1, 1]
-        [when und_encoder is one of the gen-encoder ablations, or und_vae_images='yes']
+        SigLIP-normalised [when the und encoder reads pixels]; vae_images (B_u, H, W, 3) in [-1, 1]
+        [when it reads latents (the gen-encoder ablations), or und_vae_images='yes']
   gen:  prompt_ids, prompt_mask (B_g, prompt_len), LEFT-padded so the prompt ends right before
         the t_emb slot (positions are contiguous, as at sampling time); images (B_g, H, W, 3) in
         [-1, 1], or latents (B_g, h, w, C) when ``gen.latents`` (a ``janusflow data latents``
@@ -165,7 +165,7 @@ class GenProcessor(_Processor):
             out["images"] = pp.to_vae(crop)
         if self.repa is not None:
             size, mean, std = self.repa
-            out["repa_pixels"] = pp.to_siglip(pp._resize(crop, size, size), mean, std)
+            out["repa_pixels"] = pp.to_siglip(pp.resize(crop, size, size), mean, std)
         return out
 
 
@@ -222,10 +222,10 @@ def load_tokenizer(data: DataConfig, model_cfg) -> Tokenizer:
 def task_outputs(cfg, data: DataConfig):
     m = cfg.model
     sig = (m.siglip.image_size, tuple(m.siglip.pixel_mean), tuple(m.siglip.pixel_std))
-    und_vae = (m.und_encoder in ("shared_gen", "separate_gen") if data.und_vae_images == "auto"
+    und_vae = (m.und.reads_latents if data.und_vae_images == "auto"
                else data.und_vae_images == "yes")
     use_repa = m.repa and cfg.train.loss.repa_weight > 0
-    return {"und_pixels": sig if m.und_encoder == "siglip" else None,
+    return {"und_pixels": sig if m.und.reads_pixels else None,
             "und_vae": m.image_size if und_vae else None, "repa": sig if use_repa else None}
 
 
@@ -258,7 +258,7 @@ def per_process_batch_sizes(cfg, process_count: int, step: int = 0) -> dict:
     """This process's rows per task at ``step`` (``train.task_batch_schedule`` applies)."""
     m = cfg.model
     g = task_batches_at(cfg.train, step)
-    sizes = {"und": g["und"] if m.und_encoder != "none" else 0,
+    sizes = {"und": g["und"] if m.und.understands else 0,
              "gen": g["gen"] if m.gen_enabled else 0, "text": g["text"]}
     for k, v in sizes.items():
         if v % process_count:

@@ -169,7 +169,8 @@ def decode_image(data, flags: list | None = None, *, max_pixels: int = MAX_PIXEL
     return out
 
 
-def _resize(img: np.ndarray, w: int, h: int) -> np.ndarray:
+def resize(img: np.ndarray, w: int, h: int) -> np.ndarray:
+    """``img`` resampled to w x h (the shared filter); unchanged when already that size."""
     if img.shape[1] == w and img.shape[0] == h:
         return img
     return np.asarray(Image.fromarray(img).resize((w, h), _RESAMPLE))
@@ -205,7 +206,7 @@ def resize_long_side_pad(img: np.ndarray, size: int, fill) -> np.ndarray:
     long = max(h, w)
     min_side = min(MIN_SIDE, size)
     nh, nw = max(int(h / long * size), min_side), max(int(w / long * size), min_side)
-    img = _resize(img, nw, nh)
+    img = resize(img, nw, nh)
     if nh == nw == size:
         return img
     out = np.empty((size, size, 3), np.uint8)

@@ -178,7 +178,7 @@ class DemoSession:
         tok = run.load_tokenizer(path, tokenizer)
         log(f"loading {path}")
         model, cfg = model_io.load_model(path, dtype)
-        needs_vae = cfg.gen_enabled or cfg.und_encoder in ("shared_gen", "separate_gen")
+        needs_vae = cfg.gen_enabled or cfg.und.reads_latents
         vae_model = run.load_vae_for(cfg, path, vae, dtype) if needs_vae else None
         return cls(model, cfg, tok, vae_model, name=path, limits=limits)
 
@@ -188,7 +188,7 @@ class DemoSession:
 
     @property
     def can_understand(self) -> bool:
-        return self.cfg.und_encoder != "none"
+        return self.cfg.und.understands
 
     def generate(self, req: GenerationRequest, progress: Callable[[int, int], None] = lambda done, total: None):
         """Images for a checked request: (list of (uint8 image, caption), trajectory grid of

@@ -249,16 +249,15 @@ def load_generator(checkpoint: str, vae_path: Optional[str] = None, dtype: Optio
     """``(model, vae, cfg, tokenizer)`` for sampling. The VAE: none needed for the pixel VAE of
     tiny configs; otherwise ``vae_path`` or ``<checkpoint>/vae`` (a diffusers AutoencoderKL
     directory)."""
-    from flax import nnx
 
     from janusflow.checkpoint import hf, model_io
     from janusflow.data.tokenizer import Tokenizer
-    from janusflow.models.vae import make_vae
+    from janusflow.models.build import build_vae
     model, cfg = model_io.load_model(checkpoint, dtype)
     if cfg.family == "janus_pro":
         vae = None                     # the VQ tokenizer inside the model makes the images
     elif cfg.vae.kind == "pixel":
-        vae = make_vae(cfg.vae, rngs=nnx.Rngs(0))
+        vae = build_vae(cfg.vae)
     else:
         vae_path = vae_path or os.path.join(checkpoint, "vae")
         if not os.path.isdir(vae_path):

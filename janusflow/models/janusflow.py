@@ -1,6 +1,6 @@
 """JanusFlow: one LLM, two image paths (paper section 3, official ``modeling_vlm.py``).
 
-Understanding: und_encoder (SigLIP) -> und_aligner -> [beg_of_und_embed, 576 embeddings]
+Understanding (``model.und_encoder``, configs/variants.py): und_encoder (SigLIP) -> und_aligner -> [beg_of_und_embed, 576 embeddings]
 spliced into the text embeddings at the image slots.
 Generation: z_t -> gen_encoder -> gen_aligner -> [prompt, t_emb, 576 image tokens] -> LLM ->
 final norm -> gen_decoder_norm -> gen_decoder_aligner -> gen_decoder (+ skip) -> velocity.
@@ -22,11 +22,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from janusflow.configs.schema import ModelConfig
-from janusflow.models.gen_codec import GenDecoder, GenEncoder
-from janusflow.models.layers import Linear, RMSNorm, normal, param, zeros
 from janusflow.models.llm import LLM, RESIDUAL, KVCache
-from janusflow.models.repa_projector import RepaProjector
-from janusflow.models.siglip import SiglipVisionTower
+from janusflow.models.parts import PARTS, build_part
 from janusflow.parallel.rules import constrain
 
 TIME_SCALE = 1000.0
@@ -54,42 +51,12 @@ class JanusFlow(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         dt = compute_dtype(cfg.dtype)
-        d = cfg.llm.hidden_size
         self.language_model = LLM(cfg.llm, rngs=rngs, dtype=dt, remat=cfg.remat,
                                   attention_impl=cfg.attention_impl, scan=cfg.scan_layers)
-        gc, lat = cfg.gen_codec, cfg.vae.channels
-
-        def opt(cond, build):
-            # Optional parts are None when an ablation removes them; nnx.data keeps the
-            # attribute a pytree node either way.
-            return nnx.data(build() if cond else None)
-
-        # SigLIP is built when it encodes images for understanding or serves as REPA target.
-        self.und_encoder = opt(cfg.uses_siglip, lambda: SiglipVisionTower(
-            cfg.siglip, rngs=rngs, dtype=dt, remat=cfg.remat, attention_impl=cfg.attention_impl,
-            scan=cfg.scan_layers))
-        self.und_gen_encoder = opt(cfg.und_encoder == "separate_gen", lambda: GenEncoder(
-            gc, latent_channels=lat, hidden_size=d, rngs=rngs, dtype=dt, remat=cfg.remat))
-        und_in = cfg.siglip.width if cfg.und_encoder == "siglip" else gc.channels
-        self.und_aligner = opt(cfg.und_encoder in ("siglip", "separate_gen"), lambda: Linear(
-            und_in, d, axes=("vit_embed" if cfg.und_encoder == "siglip" else "conv_out", "embed"),
-            rngs=rngs, dtype=dt))
-        # "official": zeros and no gradient, as the released module initialises and detaches it
-        # (config.py, ModelConfig.beg_of_und_embed); "learned": a trained vector.
-        self.beg_of_und_embed = opt(cfg.und_encoder != "none", lambda: param(
-            rngs, zeros if cfg.beg_of_und_embed == "official" else normal(0.02), (d,), ("embed",)))
-        needs_gen_encoder = cfg.gen_enabled or cfg.und_encoder == "shared_gen"
-        self.gen_encoder = opt(needs_gen_encoder, lambda: GenEncoder(
-            gc, latent_channels=lat, hidden_size=d, rngs=rngs, dtype=dt, remat=cfg.remat))
-        self.gen_aligner = opt(needs_gen_encoder, lambda: Linear(
-            gc.channels, d, axes=("conv_out", "embed"), rngs=rngs, dtype=dt))
-        self.gen_decoder_norm = opt(cfg.gen_enabled, lambda: RMSNorm(d, cfg.llm.rms_norm_eps, rngs=rngs))
-        self.gen_decoder_aligner = opt(cfg.gen_enabled, lambda: Linear(
-            d, gc.channels, axes=("embed", "conv_in"), rngs=rngs, dtype=dt))
-        self.gen_decoder = opt(cfg.gen_enabled, lambda: GenDecoder(
-            gc, latent_channels=lat, hidden_size=d, rngs=rngs, dtype=dt, remat=cfg.remat))
-        self.repa_projector = opt(cfg.gen_enabled and cfg.repa, lambda: RepaProjector(
-            d, cfg.repa_hidden, cfg.siglip.width, rngs=rngs, dtype=dt))
+        # The variant's parts (configs/variants.py), in PARTS order (the init order); the rest
+        # are None, which nnx.data keeps a pytree node either way.
+        for name in PARTS:
+            setattr(self, name, nnx.data(build_part(name, cfg, rngs, dt)))
 
     # ----------------------------------------------------------------------------- understanding
     def und_image_embeds(self, und_pixels=None, und_latents=None):
@@ -99,23 +66,20 @@ class JanusFlow(nnx.Module):
         ``und_latents``: scaled VAE latents for the gen-encoder variants (exp. B/C), which see
         the clean image, i.e. t = 1.
         """
-        cfg = self.cfg
-        if cfg.und_encoder == "none":
-            raise ValueError("this model has no understanding encoder (und_encoder='none')")
-        if cfg.und_encoder == "siglip":
+        cfg, und = self.cfg, self.cfg.und
+        if not und.understands:
+            raise ValueError(f"this model has no understanding encoder (und_encoder={cfg.und_encoder!r})")
+        encoder, aligner = getattr(self, und.encoder), getattr(self, und.aligner)
+        if und.reads_pixels:
             if und_pixels is None:
-                raise ValueError("und_encoder='siglip' needs und_pixels (SigLIP-normalised images)")
-            emb = self.und_aligner(self.und_encoder(und_pixels))
+                raise ValueError(f"und_encoder={cfg.und_encoder!r} needs und_pixels (SigLIP-normalised images)")
+            emb = aligner(encoder(und_pixels))
         else:
             if und_latents is None:
                 raise ValueError(f"und_encoder={cfg.und_encoder!r} needs und_latents (VAE latents)")
             t = jnp.full((und_latents.shape[0],), TIME_SCALE, jnp.float32)
-            if cfg.und_encoder == "shared_gen":
-                x, _ = self.gen_encoder(und_latents, t)
-                emb = self.gen_aligner(x.reshape(x.shape[0], -1, x.shape[-1]))
-            else:
-                x, _ = self.und_gen_encoder(und_latents, t)
-                emb = self.und_aligner(x.reshape(x.shape[0], -1, x.shape[-1]))
+            x, _ = encoder(und_latents, t)
+            emb = aligner(x.reshape(x.shape[0], -1, x.shape[-1]))
         beg = self.beg_of_und_embed[...]
         if cfg.beg_of_und_embed == "official":
             beg = jax.lax.stop_gradient(beg)

@@ -84,7 +84,7 @@ def train_step_flops(cfg, batch) -> dict:
         if task in batch:
             b, t = batch[task]["ids"].shape
             out["llm"] += 3 * b * t * llm_forward_per_token(m.llm, t // 2, with_lm_head=True)
-            if task == "und" and m.und_encoder == "siglip":
+            if task == "und" and m.und.reads_pixels:
                 out["siglip"] += b * siglip_mult * siglip_forward_per_image(m.siglip)
     if "gen" in batch:
         b, prompt = batch["gen"]["prompt_ids"].shape
@@ -144,7 +144,7 @@ def train_step_vae_encode_flops(cfg, batch) -> float:
     m, n = cfg.model, 0
     if "gen" in batch and "latents" not in batch["gen"] and "images" in batch["gen"]:
         n += batch["gen"]["images"].shape[0]
-    if ("und" in batch and m.und_encoder in ("shared_gen", "separate_gen")
+    if ("und" in batch and m.und.reads_latents
             and "vae_latents" not in batch["und"] and "vae_images" in batch["und"]):
         n += batch["und"]["vae_images"].shape[0]
     return n * vae_encode_forward_per_image(m)

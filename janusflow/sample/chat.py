@@ -251,9 +251,9 @@ def _inputs(cfg, tokenizer, images, questions, max_new_tokens, template, system_
         # Janus-Pro keeps <begin_of_image> a text token: only the N placeholders take the image
         image_mask &= np.cumsum(image_mask, axis=1) > 1
     pixels = latents = None
-    if cfg.und_encoder == "siglip":
+    if cfg.und.reads_pixels:
         pixels = jnp.asarray(siglip_pixels(imgs, cfg))
-    elif cfg.und_encoder in ("shared_gen", "separate_gen"):
+    elif cfg.und.reads_latents:
         if vae is None:
             raise ValueError(f"und_encoder={cfg.und_encoder!r} encodes images with the VAE: pass vae=...")
         squares = square_images(imgs, cfg.image_size, preprocess.mean_color((0.5, 0.5, 0.5)))

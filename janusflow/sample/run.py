@@ -50,14 +50,13 @@ def find_vae_dir(checkpoint: str, vae_path: Optional[str] = None) -> Optional[st
 def load_vae_for(cfg: ModelConfig, checkpoint: str, vae_path: Optional[str] = None,
                  dtype: Optional[str] = None):
     """The VAE that decodes ``cfg``'s latents (see the module docstring for where from)."""
-    from flax import nnx
 
     from janusflow.checkpoint import hf
-    from janusflow.models.vae import make_vae
+    from janusflow.models.build import build_vae
     if cfg.family == "janus_pro":
         return None                    # images come from the VQ tokenizer inside the model
     if cfg.vae.kind == "pixel":
-        return make_vae(cfg.vae, rngs=nnx.Rngs(0))
+        return build_vae(cfg.vae)
     path = find_vae_dir(checkpoint, vae_path)
     if path is None:
         raise FileNotFoundError(

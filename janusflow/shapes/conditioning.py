@@ -171,15 +171,14 @@ def evaluate_checkpoint(model_dir: str, cfg, *, n: int = 64, ts: Sequence[float]
     instead (its own one-object scenes; the checkpoint's tokenizer)."""
     import dataclasses
 
-    from flax import nnx
 
     from janusflow.checkpoint.model_io import load_model
-    from janusflow.models.vae import make_vae
+    from janusflow.models.build import build_vae
     model, mcfg = load_model(model_dir)
     if not mcfg.gen_enabled:
         raise ValueError(f"{model_dir}: the model has no generation path (gen_enabled=False)")
     cfg = dataclasses.replace(cfg, model=mcfg)
-    vae = make_vae(mcfg.vae, rngs=nnx.Rngs(0))   # as train/recipe.py::evaluate
+    vae = build_vae(mcfg.vae)   # as train/recipe.py::evaluate
     if shape_swap:
         from janusflow.data.tokenizer import Tokenizer
         return shape_gap(model, vae, cfg, Tokenizer.load(model_dir), n=n, ts=ts, seed=seed)

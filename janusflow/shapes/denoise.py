@@ -194,12 +194,11 @@ def evaluate_checkpoint(model_dir: str, cfg, *, n: int = 8, ts: Sequence[float] 
     config is replaced by the checkpoint's (as ``eval conditioning``)."""
     import dataclasses
 
-    from flax import nnx
 
     from janusflow.checkpoint.model_io import load_model
-    from janusflow.models.vae import make_vae
+    from janusflow.models.build import build_vae
     model, mcfg = load_model(model_dir)
-    vae = make_vae(mcfg.vae, rngs=nnx.Rngs(0))
+    vae = build_vae(mcfg.vae)
     return denoise_report(model, vae, dataclasses.replace(cfg, model=mcfg), n=n, ts=ts, seed=seed, out_png=out_png)
 
 
@@ -211,13 +210,12 @@ SHAPES_PROMPTS = ("a photo of a circle", "a photo of a red square", "a photo of 
 
 def trajectory_checkpoint(model_dir: str, prompts: Sequence[str] = SHAPES_PROMPTS, **kw) -> list:
     """:func:`trajectory_report` of a saved model (its own tokenizer and config)."""
-    from flax import nnx
 
     from janusflow.checkpoint.model_io import load_model
     from janusflow.data.tokenizer import Tokenizer
-    from janusflow.models.vae import make_vae
+    from janusflow.models.build import build_vae
     model, mcfg = load_model(model_dir)
     if not mcfg.gen_enabled:
         raise ValueError(f"{model_dir}: the model has no generation path (gen_enabled=False)")
-    return trajectory_report(model, make_vae(mcfg.vae, rngs=nnx.Rngs(0)), mcfg, Tokenizer.load(model_dir),
+    return trajectory_report(model, build_vae(mcfg.vae), mcfg, Tokenizer.load(model_dir),
                              prompts, **kw)

@@ -107,11 +107,11 @@ def evaluate(cfg: ExperimentConfig, model_dir: str, outdir: str, log, denoise_pn
     from janusflow.data.pipeline import load_tokenizer
     from janusflow.shapes import bench as shapes_bench
     from janusflow.eval.geneval import model_generate_fn
-    from janusflow.models.vae import make_vae
+    from janusflow.models.build import build_vae
     r = cfg.recipe
     model, mcfg = load_model(model_dir)
     tok = load_tokenizer(cfg.data, mcfg)
-    vae = make_vae(mcfg.vae, rngs=nnx.Rngs(0))
+    vae = build_vae(mcfg.vae)
     out = {}
     if mcfg.uses_siglip:   # what REPA's target and the understanding path can see at all
         from janusflow.shapes import encoder_probe
@@ -141,12 +141,12 @@ def evaluate(cfg: ExperimentConfig, model_dir: str, outdir: str, log, denoise_pn
             denoise.trajectory_report(model, vae, mcfg, tok, denoise.SHAPES_PROMPTS, steps=r.sample_steps,
                                       cfg_weight=r.cfg_weight, show=_trajectory_steps(r.sample_steps),
                                       out_png=os.path.join(os.path.dirname(denoise_png), "trajectory.png"))
-    if mcfg.und_encoder != "none":   # not for the generation-only ablation (E)
+    if mcfg.und.understands:   # not for the generation-only ablation (E)
         try:
             from janusflow.eval.understanding import model_answer_fn, understanding_accuracy
             # The gen-encoder ablations (B, C) see images through the VAE.
             # asked with the system prompt the model was trained with
-            fn = model_answer_fn(model, mcfg, tok, vae=vae if mcfg.und_encoder != "siglip" else None,
+            fn = model_answer_fn(model, mcfg, tok, vae=vae if mcfg.und.reads_latents else None,
                                  system_prompt=cfg.data.system_prompt)
             out["understanding"] = understanding_accuracy(fn, r.eval_questions, seed=0)
         except Exception as e:  # reported, not fatal: one broken evaluation must not lose the other

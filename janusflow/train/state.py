@@ -96,20 +96,16 @@ def make_optimizer(o: OptimConfig):
 VAE_STREAM = 0x5DA1
 
 
-def build_model(cfg: ExperimentConfig, seed: int) -> JanusFlow:
-    return model_build.build_model(cfg.model, seed=seed)
+def build_model(cfg: ExperimentConfig, seed: int, abstract: bool = False) -> JanusFlow:
+    return model_build.build_model(cfg.model, seed=seed, abstract=abstract)
 
 
-def build_vae(cfg: ExperimentConfig, seed: int):
+def build_vae(cfg: ExperimentConfig, seed: int, abstract: bool = False):
     """The frozen VAE module, randomly initialised (its weights are replaced when
     ``train.vae_from`` names the pretrained one), computing in ``train.vae_dtype``."""
     key = jax.random.fold_in(jax.random.key(seed), VAE_STREAM)
     dtype = jnp.bfloat16 if cfg.train.vae_dtype == "bfloat16" else None
-    return model_build.build_vae(cfg.model.vae, seed=key, dtype=dtype)
-
-
-def _build(cfg: ExperimentConfig, seed: int):
-    return build_model(cfg, seed), build_vae(cfg, seed)
+    return model_build.build_vae(cfg.model.vae, seed=key, dtype=dtype, abstract=abstract)
 
 
 def vae_params(vae) -> dict:
@@ -150,7 +146,7 @@ def _state_from_model(model, vae: dict, cfg: ExperimentConfig, parts_opt) -> Tra
 
 def abstract_parts(cfg: ExperimentConfig):
     """(abstract model, abstract vae) built with eval_shape: no memory, no RNG work."""
-    return nnx.eval_shape(lambda: _build(cfg, 0))
+    return build_model(cfg, 0, abstract=True), build_vae(cfg, 0, abstract=True)
 
 
 def state_shardings(cfg: ExperimentConfig, mesh: Mesh):

@@ -111,7 +111,7 @@ def loss_sums(model, vae, batch, noise, cfg: ExperimentConfig):
         b = batch[task]
         if task == "und":
             latents = (vae_input(vae, mc.vae, b, "vae_images", "vae_latents")
-                       if mc.und_encoder in ("shared_gen", "separate_gen") else None)
+                       if mc.und.reads_latents else None)
             embeds = model.understanding_embeds(b["ids"], b["image_mask"], b.get("pixels"), latents)
         else:
             embeds = lm.embed(b["ids"])

@@ -23,7 +23,7 @@ def synthetic_batch(cfg: ExperimentConfig, seed: int = 0, prompt_len: int = 16,
     r = np.random.RandomState(seed)
     v, s = m.llm.vocab_size, m.image_size
     out = {}
-    if t.und_batch and m.und_encoder != "none":
+    if t.und_batch and m.und.understands:
         n_img = 1 + m.num_und_tokens
         T = 2 + n_img + prompt_len + answer_len
         image_mask = np.zeros((t.und_batch, T), bool)

@@ -16,7 +16,6 @@ from typing import Optional
 
 from janusflow.configs.schema import ConfigError, ExperimentConfig, VAEConfig
 
-GEN_ENCODER_ABLATIONS = ("shared_gen", "separate_gen")
 
 
 def streams_through_vae(cfg: ExperimentConfig) -> list[str]:
@@ -27,7 +26,7 @@ def streams_through_vae(cfg: ExperimentConfig) -> list[str]:
     out = []
     if m.gen_enabled and t.gen_batch and not cfg.data.gen.latents:
         out.append("gen")
-    if m.und_encoder in GEN_ENCODER_ABLATIONS and t.und_batch:
+    if m.und.reads_latents and t.und_batch:
         out.append("und")          # understanding images are never precomputed
     return out
 

@@ -1,0 +1,118 @@
+"""The model variants, chosen in one place: which understanding encoder turns an image into the
+LLM's understanding tokens (``model.und_encoder``, the encoders of the paper's Table 6
+ablation) and which generation head makes images (``model.gen_head``).
+
+A variant is a record of what the rest of the system needs to know about it: which image input
+it reads and which model parts (attributes of the JanusFlow module) it needs. The parts
+themselves are built by name in ``models/parts.py``. The rest of the code asks these records
+(``cfg.und.reads_latents``, ``cfg.parts``), never the variant's name.
+
+Adding a variant: one ``register_*`` call here naming its parts, plus the builders of any new
+part in ``models/parts.py`` (appended there: the build order fixes every existing variant's
+random initialisation). A new generation head also brings its forward and its objective.
+
+Imports nothing heavy: the config schema validates against this registry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+IMAGE_INPUTS = ("pixels", "latents")   # SigLIP-normalised images | scaled VAE latents
+
+
+@dataclass(frozen=True)
+class UndEncoder:
+    """An understanding encoder: ``encoder`` and ``aligner`` (part names) map the image to the
+    LLM width; ``image_input`` is what the encoder reads (None: the model does not understand
+    images); ``grid`` is whose patch grid sets the number of understanding tokens."""
+    name: str
+    image_input: Optional[str]
+    encoder: Optional[str]
+    aligner: Optional[str]
+    grid: Optional[str]            # "siglip" | "gen" | None
+    paper: str                     # where the paper uses it
+
+    @property
+    def understands(self) -> bool:
+        return self.image_input is not None
+
+    @property
+    def reads_pixels(self) -> bool:
+        return self.image_input == "pixels"
+
+    @property
+    def reads_latents(self) -> bool:
+        """Understanding images pass through the VAE first (the VAE is needed to answer)."""
+        return self.image_input == "latents"
+
+    @property
+    def parts(self) -> tuple:
+        if not self.understands:
+            return ()
+        return (self.encoder, self.aligner, "beg_of_und_embed")
+
+
+@dataclass(frozen=True)
+class GenHead:
+    """A generation head: the parts it needs when ``model.gen_enabled``, what its images are
+    made of (``image_input``), and whether REPA can align its hidden states (``repa``)."""
+    name: str
+    image_input: str
+    parts: tuple
+    repa: bool
+    paper: str
+
+
+UND_ENCODERS: dict[str, UndEncoder] = {}
+GEN_HEADS: dict[str, GenHead] = {}
+
+
+def register_und_encoder(spec: UndEncoder) -> UndEncoder:
+    if spec.name in UND_ENCODERS:
+        raise ValueError(f"understanding encoder {spec.name!r} is registered twice")
+    if spec.image_input not in IMAGE_INPUTS + (None,):
+        raise ValueError(f"{spec.name}: image_input must be one of {IMAGE_INPUTS} or None")
+    UND_ENCODERS[spec.name] = spec
+    return spec
+
+
+def register_gen_head(spec: GenHead) -> GenHead:
+    if spec.name in GEN_HEADS:
+        raise ValueError(f"generation head {spec.name!r} is registered twice")
+    GEN_HEADS[spec.name] = spec
+    return spec
+
+
+# The SigLIP tower is the part "und_encoder" (the official checkpoint's vision_und_enc_model).
+SIGLIP = register_und_encoder(UndEncoder(
+    "siglip", "pixels", encoder="und_encoder", aligner="und_aligner", grid="siglip",
+    paper="JanusFlow (Table 6 F): decoupled encoders, SigLIP for understanding"))
+register_und_encoder(UndEncoder(
+    "shared_gen", "latents", encoder="gen_encoder", aligner="gen_aligner", grid="gen",
+    paper="Table 6 B: understanding reuses the generation encoder and its aligner"))
+register_und_encoder(UndEncoder(
+    "separate_gen", "latents", encoder="und_gen_encoder", aligner="und_aligner", grid="gen",
+    paper="Table 6 C: a second copy of the generation encoder for understanding"))
+register_und_encoder(UndEncoder(
+    "none", None, encoder=None, aligner=None, grid=None,
+    paper="Table 6 E: generation only"))
+
+RECTIFIED_FLOW = register_gen_head(GenHead(
+    "rectified_flow", "latents",
+    parts=("gen_encoder", "gen_aligner", "gen_decoder_norm", "gen_decoder_aligner", "gen_decoder"),
+    repa=True, paper="JanusFlow: velocity prediction in the VAE latent space (section 3)"))
+
+
+def model_parts(und: UndEncoder, head: GenHead, *, gen_enabled: bool, repa: bool) -> frozenset:
+    """The names of the model parts a configuration builds."""
+    parts = set(und.parts)
+    if gen_enabled:
+        parts |= set(head.parts)
+        if repa and head.repa:
+            parts.add("repa_projector")
+    if repa:
+        # SigLIP is REPA's target (it is built whenever REPA is on, gen or not, as before)
+        parts.add(SIGLIP.encoder)
+    return frozenset(parts)
