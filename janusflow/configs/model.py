@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from janusflow.configs.checks import check, finite, positive
-from janusflow.configs.variants import GEN_HEADS, UND_ENCODERS, GenHead, UndEncoder, model_parts
+from janusflow.configs.variants import GEN_HEADS, SIGLIP, UND_ENCODERS, GenHead, UndEncoder, model_parts
 
 # Activation checkpointing policies by name (janusflow/models/remat.py says what each keeps).
 # "block" is the old name of "full".
@@ -236,16 +236,16 @@ class ModelConfig:
     def __post_init__(self):
         finite(self)
         check(self.family in FAMILIES, "ModelConfig.family", f"must be one of {FAMILIES}, got {self.family!r}")
-        if self.family == "janus_pro":
-            check(self.und_encoder == "siglip" and self.gen_enabled and not self.repa,
-                  "ModelConfig.family", "janus_pro has SigLIP understanding, the AR image head and no "
-                  "REPA: set und_encoder='siglip', gen_enabled=True, repa=False")
-            check(self.image_size % self.vq.downsample == 0, "ModelConfig.image_size",
-                  f"{self.image_size} not divisible by the VQ downsampling {self.vq.downsample}")
         check(self.und_encoder in UND_ENCODERS, "ModelConfig.und_encoder",
                f"must be one of {tuple(UND_ENCODERS)}, got {self.und_encoder!r}")
         check(self.gen_head in GEN_HEADS, "ModelConfig.gen_head",
                f"must be one of {tuple(GEN_HEADS)}, got {self.gen_head!r}")
+        if self.family == "janus_pro":
+            check(self.und is SIGLIP and self.gen_enabled and not self.repa,
+                  "ModelConfig.family", "janus_pro has SigLIP understanding, the AR image head and no "
+                  "REPA: set und_encoder='siglip', gen_enabled=True, repa=False")
+            check(self.image_size % self.vq.downsample == 0, "ModelConfig.image_size",
+                  f"{self.image_size} not divisible by the VQ downsampling {self.vq.downsample}")
         check(self.und.understands or self.gen_enabled, "ModelConfig.und_encoder",
                "und_encoder='none' with gen_enabled=False leaves no task")
         check(self.beg_of_und_embed in ("official", "learned"), "ModelConfig.beg_of_und_embed",
