@@ -24,13 +24,16 @@ def get_config(arg=None):
     # one-object scenes first ("a photo of a red circle" / "One object: a red circle."),
     # generation only: on them the tiny model's shape right went 0.23 -> 0.42 from 80k to 160k
     # examples, where on the mixed scenes 156k examples left it at chance (docs/default_run.md)
-    one_object = CurriculumPhase(name="one_object", steps=12000, lr=2e-3, ratios=(0, 1, 0),
+    one_object = CurriculumPhase(name="one_object", steps=9000, lr=2e-3, ratios=(0, 1, 0),
                                  gen=dataclasses.replace(gen, name=SHAPES_32_ONE_OBJECT))
+    # Sized for 60 minutes on 2 idle cores by an estimate, not a measurement: under load the
+    # one-object step cost 0.32-0.37 CPU-seconds per 32 examples (experiments/shapes_small.md).
+    # The constant learning rate after warm-up makes a shorter phase a prefix of a longer one.
     # batch 32 (the default run: 16): fewer dispatches of a step whose matrices are tiny.
     # CFG 4 (default 2): on one-object data it drew exactly one object in 0.97 of images
     # (CFG 2: 0.90) with shape right 0.24 (0.21) (docs/default_run.md).
     recipe = RecipeConfig(enabled=True, batch=32, siglip_steps=400, siglip_batch=32, siglip_lr=2e-3,
-                          text_steps=200, stage_steps=(150, 10000, 500), stage_lrs=(1e-3, 2e-3, 3e-4),
+                          text_steps=200, stage_steps=(150, 6000, 500), stage_lrs=(1e-3, 2e-3, 3e-4),
                           curriculum=(one_object,), curve_every=1000, curve_prompts_per_tag=12,
                           eval_prompts_per_tag=32, cfg_weight=4.0)
     if arg == "quick":

@@ -63,6 +63,7 @@ def test_one_object_dataset_holds_one_object_scenes_and_the_default_all_six():
         shapes_config(32, 12, 4, tags=("one",))
 
 
+@pytest.mark.slow   # compiles a train step and the sampler: minutes on the shared machine
 def test_one_object_phase_trains_a_few_steps_and_records_the_curve(tmp_path):
     data = build_shapes(str(tmp_path / "tfds"), shapes_config(32, 64, 16, tags=world.ONE_OBJECT_TAGS))
     cfg = load_config(os.path.join(ROOT, "experiments/shapes_small.py:quick"))
