@@ -84,6 +84,7 @@ def test_one_object_phase_trains_a_few_steps_and_records_the_curve(tmp_path):
     for x in rows:   # 1 prompt x 1 image per tag: 2 one-object images
         assert x["n_images"] == 6 and x["one_object"]["n"] == 2 and 0 <= x["overall"] <= 1
     assert os.path.getsize(os.path.join(work, curve_lib.CURVE_PNG)) > 1000
+    assert len(os.listdir(os.path.join(work, curve_lib.CURVE_DIR, "one_object_000002"))) >= 6   # grids + results
 
 
 def test_curve_rows_keep_the_last_score_of_a_point_and_name_bad_lines(tmp_path, capsys):

@@ -1,7 +1,8 @@
 """The shapes learning curve of a recipe run (``recipe.curve_every``): every so many steps of
 the generation phases, the EMA model's shapes benchmark and its one-object diagnostic (shape
 right, colour right, exactly one object), against the generation examples trained on so far,
-appended to ``workdir/curve.jsonl`` and drawn as ``workdir/curve.png``."""
+appended to ``workdir/curve.jsonl`` and drawn as ``workdir/curve.png``, with each point's
+sample grids in ``workdir/curve/<phase>_<step>/``."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import time
 
 CURVE_JSONL = "curve.jsonl"
 CURVE_PNG = "curve.png"
+CURVE_DIR = "curve"     # each point's sample grids: curve/<phase>_<step>/grid_<tag>.png
 
 
 class ShapesCurve:
@@ -23,7 +25,7 @@ class ShapesCurve:
 
     def probe(self, phase: str, gen_examples_before: int, gen_batch: int):
         def fn(step, model, vae):
-            row = self.score(model, vae)
+            row = self.score(model, vae, os.path.join(self.workdir, CURVE_DIR, f"{phase}_{step:06d}"))
             row.update(phase=phase, step=step, gen_examples=gen_examples_before + step * gen_batch,
                        minutes=(time.perf_counter() - self.t0) / 60)
             append_row(self.workdir, row)
@@ -34,7 +36,8 @@ class ShapesCurve:
             plot(self.workdir)
         return fn
 
-    def score(self, model, vae) -> dict:
+    def score(self, model, vae, outdir: str | None = None) -> dict:
+        """The benchmark's report; with ``outdir`` its sample grids and per-image results too."""
         from janusflow.eval.geneval import model_generate_fn
         from janusflow.shapes import bench as shapes_bench
         r = self.cfg.recipe
@@ -42,7 +45,7 @@ class ShapesCurve:
         fn = model_generate_fn(model, vae, self.cfg.model, self.tok, cfg_weight=r.cfg_weight, steps=r.sample_steps)
         # the same prompts and noise at every point, other prompts' order than the final eval's
         res = shapes_bench.run_shapes_bench(fn, r.curve_prompts_per_tag, r.eval_images, seed=0, batch_size=64,
-                                            sample_seed=self.cfg.train.seed)
+                                            sample_seed=self.cfg.train.seed, outdir=outdir)
         return {"overall": res["overall"], "per_tag": res["per_tag"], "one_object": res["one_object"],
                 "n_images": len(res["per_tag"]) * r.curve_prompts_per_tag * r.eval_images,
                 "eval_seconds": time.perf_counter() - t}
