@@ -85,7 +85,7 @@ def register(sub) -> None:
     q.set_defaults(func=cmd_data)
     q = dsub.add_parser("shapes", help="generate the built-in janusflow_shapes dataset")
     q.add_argument("--out", required=True, metavar="DATA_DIR")
-    q.add_argument("--config", default="32px", help="32px | 64px | 384px")
+    q.add_argument("--config", default="32px", help="32px | 32px_one_object | 64px | 384px")
     q.add_argument("--train", type=int, default=None, help="custom number of train examples")
     q.add_argument("--validation", type=int, default=None, help="custom number of validation examples")
     q.set_defaults(func=cmd_data)

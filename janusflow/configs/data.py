@@ -45,6 +45,7 @@ class SourceConfig:
 
 
 SHAPES_32 = "janusflow_shapes/32px"
+SHAPES_32_ONE_OBJECT = "janusflow_shapes/32px_one_object"   # single_object + colors scenes only
 
 
 @dataclass(frozen=True)

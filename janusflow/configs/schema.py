@@ -18,11 +18,12 @@ from janusflow.configs.data import DataConfig
 from janusflow.configs.errors import ConfigError
 from janusflow.configs.model import (ATTENTION_IMPLS, FAMILIES, REMAT_POLICIES, GenCodecConfig, LLMConfig,
                                      ModelConfig, SiglipConfig, VAEConfig, VQConfig)
-from janusflow.configs.training import (OPTIMIZERS, RECIPE_PHASES, LoraConfig, LossConfig, MeshConfig, OptimConfig,
-                                        RecipeConfig, TrainConfig)
+from janusflow.configs.training import (OPTIMIZERS, RECIPE_PHASES, CurriculumPhase, LoraConfig, LossConfig,
+                                        MeshConfig, OptimConfig, RecipeConfig, TrainConfig)
 
-__all__ = ["ConfigError", "DataConfig", "ATTENTION_IMPLS", "FAMILIES", "VQConfig", "OPTIMIZERS", "REMAT_POLICIES", "GenCodecConfig", "LLMConfig",
-           "ModelConfig", "SiglipConfig", "VAEConfig", "RECIPE_PHASES", "LoraConfig", "LossConfig",
+__all__ = ["ConfigError", "DataConfig", "ATTENTION_IMPLS", "FAMILIES", "VQConfig", "OPTIMIZERS", "REMAT_POLICIES",
+           "GenCodecConfig", "LLMConfig",
+           "ModelConfig", "SiglipConfig", "VAEConfig", "RECIPE_PHASES", "CurriculumPhase", "LoraConfig", "LossConfig",
            "MeshConfig", "OptimConfig", "RecipeConfig", "TrainConfig", "ExperimentConfig", "replace"]
 
 

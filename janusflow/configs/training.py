@@ -5,6 +5,7 @@ and :class:`RecipeConfig` (the default run's phases). Plain dataclasses; imports
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 from janusflow.configs.checks import check, finite, positive
 
@@ -187,6 +188,28 @@ RECIPE_PHASES = ("llm", "stage1", "stage2", "stage3")
 
 
 @dataclass(frozen=True)
+class CurriculumPhase:
+    """A stage-2 phase of the recipe run before the paper's stage 2 on its own generation data
+    (e.g. one-object scenes first, ``experiments/shapes_small.py``), in ``workdir/<name>``."""
+    name: str
+    steps: int
+    lr: float
+    ratios: tuple = (0, 1, 0)                # und:gen:text
+    gen: Optional[object] = None             # a data.SourceConfig for the gen stream; None: the run's
+
+    def __post_init__(self):
+        finite(self)
+        check(self.name not in RECIPE_PHASES + ("siglip", "init", "eval_final", "eval_untrained")
+              and self.name.replace("_", "").isalnum(), "CurriculumPhase.name",
+              f"{self.name!r} must be a new word (letters, digits, _), not a phase of the recipe")
+        check(isinstance(self.steps, int) and self.steps > 0, "CurriculumPhase.steps",
+              f"must be an int > 0, got {self.steps!r}")
+        check(self.lr > 0, "CurriculumPhase.lr", f"must be > 0, got {self.lr}")
+        check(len(self.ratios) == 3 and all(x >= 0 for x in self.ratios) and sum(self.ratios) > 0,
+              "CurriculumPhase.ratios", f"need 3 values >= 0 (und, gen, text), not all 0, got {self.ratios}")
+
+
+@dataclass(frozen=True)
 class RecipeConfig:
     """The default run's phases (``train/recipe.py``); off for single-stage experiments."""
     enabled: bool = False
@@ -205,6 +228,12 @@ class RecipeConfig:
     sample_steps: int = 30
     cfg_weight: float = 2.0
     eval_untrained: bool = True             # also score the untrained model (the "random" baseline)
+    # stage-2 phases before the paper's stage 2, each on its own data (CurriculumPhase)
+    curriculum: tuple = ()
+    # every this many steps of the curriculum, stage 2 and stage 3 (0: never), the EMA model's
+    # shapes benchmark on curve_prompts_per_tag x eval_images images -> workdir/curve.jsonl
+    curve_every: int = 0
+    curve_prompts_per_tag: int = 8
 
     def __post_init__(self):
         finite(self)
@@ -221,3 +250,10 @@ class RecipeConfig:
         check(all(x >= 0 for x in self.stage_ratios), "RecipeConfig.stage_ratios",
                f"must be >= 0, got {self.stage_ratios}")
         check(self.cfg_weight >= 0, "RecipeConfig.cfg_weight", f"must be >= 0, got {self.cfg_weight}")
+        check(all(isinstance(p, CurriculumPhase) for p in self.curriculum), "RecipeConfig.curriculum",
+              "must be a tuple of CurriculumPhase")
+        names = [p.name for p in self.curriculum]
+        check(len(set(names)) == len(names), "RecipeConfig.curriculum", f"phase names repeat: {names}")
+        check(isinstance(self.curve_every, int) and self.curve_every >= 0, "RecipeConfig.curve_every",
+              f"must be an int >= 0, got {self.curve_every!r}")
+        positive(self, "curve_prompts_per_tag")

@@ -23,7 +23,7 @@ from janusflow.eval.geneval_score import ScoreParams, score_image, summarize
 from janusflow.shapes.detector import ShapesColorClassifier, ShapesDetector, classify_mask
 
 # Tags whose prompts ask for exactly one object: where the attribute diagnostic applies.
-ONE_OBJECT_TAGS = ("single_object", "colors")
+ONE_OBJECT_TAGS = shapes.ONE_OBJECT_TAGS
 
 
 def ground_truth_generate_fn(size: int = 32, *, antialias: bool = False, noise: bool = False) -> Callable:

@@ -3,7 +3,8 @@
 Each example is one scene of :mod:`janusflow.shapes.world` (1-4 flat shapes, 6 classes, the 10
 GenEval colours) with its generation caption in a GenEval category, understanding QA pairs,
 a plain-text description (for the text stream), the ground-truth objects and the GenEval
-metadata. Examples cycle through the six categories, so each is 1/6 of a split.
+metadata. Examples cycle through the six categories (or the config's ``tags``), so each is an
+equal share of a split.
 
 Splits: ``train`` scenes only use training prompts; ``validation`` scenes only use held-out
 prompts for the compositional categories (``shapes.is_heldout``), so generation evaluation on
@@ -37,18 +38,25 @@ class ShapesConfig(tfds.core.BuilderConfig):
     validation_examples: int = 1200
     seed: int = 0
     noise: bool = True          # colour jitter + pixel noise of shapes.render(rng=...)
+    # GenEval categories the scenes cycle through (empty: all six); shapes.ONE_OBJECT_TAGS gives the
+    # one-object scenes a curriculum starts on (experiments/shapes_small.py)
+    tags: tuple = ()
 
 
 def shapes_config(size: int, train_examples: int, validation_examples: int, seed: int = 0,
-                  noise: bool = True) -> ShapesConfig:
+                  noise: bool = True, tags: tuple = ()) -> ShapesConfig:
     """A config outside the registered ones (tests, custom sizes); its name encodes every field."""
     for flag, v in (("--config", size), ("--train", train_examples), ("--validation", validation_examples)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:   # TFDS refuses an empty split only at its end
             raise ValueError(f"{flag} {v}: must be a positive integer"
                              + (" (the image size, e.g. 32px)" if flag == "--config" else ""))
-    name = f"{size}px_{train_examples}_{validation_examples}_s{seed}{'' if noise else '_clean'}"
+    bad = [t for t in tags if t not in shapes.TAGS]
+    if bad:
+        raise ValueError(f"tags {bad}: not GenEval categories; expected some of {shapes.TAGS}")
+    name = (f"{size}px_{train_examples}_{validation_examples}_s{seed}{'' if noise else '_clean'}"
+            + "".join(f"_{t}" for t in tags))
     return ShapesConfig(name=name, size=size, train_examples=train_examples,
-                        validation_examples=validation_examples, seed=seed, noise=noise,
+                        validation_examples=validation_examples, seed=seed, noise=noise, tags=tuple(tags),
                         description=f"{size}px shapes, {train_examples} train / "
                                     f"{validation_examples} validation examples")
 
@@ -70,7 +78,8 @@ def describe(objects) -> str:
 def make_example(cfg: ShapesConfig, split: str, index: int) -> dict:
     """Example ``index`` of ``split`` (raw, before TFDS encoding)."""
     rng = np.random.default_rng([cfg.seed, SPLIT_IDS[split], index])
-    tag = shapes.TAGS[index % len(shapes.TAGS)]
+    tags = cfg.tags or shapes.TAGS
+    tag = tags[index % len(tags)]
     objects, meta = shapes.sample_scene(rng, cfg.size, tag, "train" if split == "train" else "val")
     image = shapes.render(objects, cfg.size, rng if cfg.noise else None)
     qa = shapes.questions(objects, rng)
@@ -100,6 +109,9 @@ class JanusflowShapes(tfds.core.GeneratorBasedBuilder):
     BUILDER_CONFIGS = [
         ShapesConfig(name="32px", size=32, train_examples=20000, validation_examples=1200,
                      description="32x32 images (tiny configs)"),
+        ShapesConfig(name="32px_one_object", size=32, train_examples=20000, validation_examples=1200,
+                     tags=shapes.ONE_OBJECT_TAGS, description="32x32 one-object scenes (single_object and colors "
+                                                       "categories only): a curriculum's first data"),
         ShapesConfig(name="64px", size=64, train_examples=20000, validation_examples=1200,
                      description="64x64 images"),
         ShapesConfig(name="384px", size=384, train_examples=10000, validation_examples=1200,

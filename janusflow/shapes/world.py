@@ -43,6 +43,7 @@ PALETTE = {
 }
 BACKGROUND = (128, 128, 128)
 TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
+ONE_OBJECT_TAGS = ("single_object", "colors")   # the categories whose prompts ask for one object
 RELATIONS = ("left of", "right of", "above", "below")
 OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")

@@ -170,12 +170,15 @@ def _compiled_step(cfg, parts, shardings, mesh, batch):
 
 
 def train(cfg: ExperimentConfig, workdir: str, *, data_iter=None, log: Callable = print,
-          stop_at: Optional[int] = None, devices=None, start_over: bool = False) -> dict:
+          stop_at: Optional[int] = None, devices=None, start_over: bool = False,
+          probe: Optional[tuple] = None) -> dict:
     """Run (or resume) training. ``data_iter``: an iterator of host batches with
     ``get_state()``/``set_state()``; default: built from ``cfg`` (see ``train/data.py``).
     ``stop_at``: stop after this global step; ``devices``: a subset of devices for the mesh
     (tests); default all. ``start_over``: when no checkpoint of the workdir restores, move them
-    aside and train from step 0 (default: refuse). Returns the last metrics."""
+    aside and train from step 0 (default: refuse). ``probe``: ``(every, fn)``, ``fn(step, model,
+    vae)`` called with the EMA model (the raw one without EMA) every ``every`` steps, e.g. a
+    learning curve (single-process runs). Returns the last metrics."""
     # refusals that need no jax and touch no workdir first
     check_vae_source(cfg)
     if data_iter is None and not cfg.synthetic_data:
@@ -187,7 +190,7 @@ def train(cfg: ExperimentConfig, workdir: str, *, data_iter=None, log: Callable 
     check_workdir(workdir)
     with workdir_lib.hold(workdir, jax.process_index() == 0, replaces=final_model_names(cfg), log=log) as manifest:
         return _train(cfg, workdir, manifest, data_iter=data_iter, log=log, stop_at=stop_at, devices=devices,
-                      start_over=start_over)
+                      start_over=start_over, probe=probe)
 
 
 def _restore_or_start_over(ckpt: Checkpointer, target, meta, workdir: str, keep: int, start_over: bool, log):
@@ -209,7 +212,8 @@ def _restore_or_start_over(ckpt: Checkpointer, target, meta, workdir: str, keep:
         return Checkpointer(paths.join(workdir, "checkpoints"), keep=keep), None
 
 
-def _train(cfg: ExperimentConfig, workdir: str, manifest, *, data_iter, log, stop_at, devices, start_over):
+def _train(cfg: ExperimentConfig, workdir: str, manifest, *, data_iter, log, stop_at, devices, start_over,
+           probe=None):
     t = cfg.train
     mesh = make_mesh(t.mesh, devices=devices)
     # task batches that do not divide over the mesh: re-rounded as --platform does, said once
@@ -299,6 +303,9 @@ def _train(cfg: ExperimentConfig, workdir: str, manifest, *, data_iter, log, sto
                 done = step + 1
                 if sampler is not None and sampler.due(done):
                     sampler(done, merge_model(parts, state.params, state.frozen), merge_vae(parts, state.vae))
+                if probe is not None and done % probe[0] == 0:
+                    params = state.ema if state.ema is not None else state.params
+                    probe[1](done, merge_model(parts, params, state.frozen), merge_vae(parts, state.vae))
                 stop = sig.received is not None
                 log_now = done % t.log_every == 0 or done == end
                 save_now = done % t.ckpt_every == 0 or done == end or stop

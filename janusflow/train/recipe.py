@@ -32,10 +32,22 @@ from janusflow.train import workdir as workdir_lib
 
 
 
+def phases(recipe) -> tuple:
+    """The run's training phases in order: the paper's, with the curriculum before stage 2."""
+    cur = tuple(p.name for p in recipe.curriculum)
+    return PHASES[:2] + cur + PHASES[2:]
+
+
 def _phase_cfg(cfg: ExperimentConfig, phase: str, init_from: str) -> ExperimentConfig:
     r = cfg.recipe
+    cur = {p.name: p for p in r.curriculum}
     if phase == "llm":
         steps, lr, stage, ratios = r.text_steps, r.text_lr, 2, (0, 0, 1)
+    elif phase in cur:
+        p = cur[phase]
+        steps, lr, stage, ratios = p.steps, p.lr, 2, p.ratios
+        if p.gen is not None:
+            cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, gen=p.gen))
     else:
         k = int(phase[-1]) - 1
         steps, lr, stage = r.stage_steps[k], r.stage_lrs[k], k + 1
@@ -71,13 +83,13 @@ def _save_init(cfg: ExperimentConfig, siglip_params: dict, out: str, log):
     log(f"saved the initial model with the pre-trained SigLIP to {out}")
 
 
-def _learning_curves(workdir: str, out_png: str):
+def _learning_curves(workdir: str, out_png: str, run_phases=PHASES):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     offset = 0
-    for phase in PHASES:
+    for phase in run_phases:
         path = os.path.join(workdir, phase, "metrics.jsonl")
         if not os.path.exists(path):
             continue
@@ -188,14 +200,23 @@ def _run(cfg: ExperimentConfig, workdir: str, log: Callable, start_over: bool) -
             json.dump({"first_loss": res["first_loss"], "last_loss": res["last_loss"]}, f)
         _save_init(cfg, res["params"], init_dir, log)
     prev = init_dir
-    for phase in PHASES:
+    curve, gen_seen = None, 0
+    if r.curve_every:
+        from janusflow.train.curve import ShapesCurve
+        curve = ShapesCurve(cfg, workdir, loop.run_tokenizer(cfg), log=log)
+    for phase in phases(r):
         pdir = os.path.join(workdir, phase)
         pcfg = _phase_cfg(cfg, phase, prev)
+        b = pcfg.train
         if not os.path.isdir(os.path.join(pdir, "model")):
-            b = pcfg.train
             log(f"== phase {phase}: stage {b.stage}, {b.steps} steps, batch und/gen/text "
-                f"{b.und_batch}/{b.gen_batch}/{b.text_batch}, lr {b.optim.lr}")
-            loop.train(pcfg, pdir, log=log, start_over=start_over)
+                f"{b.und_batch}/{b.gen_batch}/{b.text_batch}, lr {b.optim.lr}"
+                + (f", generation data {pcfg.data.gen.name}" if pcfg.data.gen != cfg.data.gen else ""))
+            probe = None
+            if curve is not None and phase not in PHASES[:2]:   # the phases that train generation
+                probe = (r.curve_every, curve.probe(phase, gen_seen, b.gen_batch))
+            loop.train(pcfg, pdir, log=log, start_over=start_over, probe=probe)
+        gen_seen += b.steps * b.gen_batch
         prev = pdir
     results = {"train_minutes": (time.perf_counter() - t_start) / 60}
     log("== eval: shapes benchmark and understanding accuracy of the final EMA model"
@@ -205,7 +226,7 @@ def _run(cfg: ExperimentConfig, workdir: str, log: Callable, start_over: bool) -
                                 denoise_png=os.path.join(workdir, "eval_final", "denoise.png"))
     if r.eval_untrained:
         results["untrained"] = evaluate(cfg, init_dir, os.path.join(workdir, "eval_untrained"), log)
-    _learning_curves(workdir, os.path.join(workdir, "learning_curves.png"))
+    _learning_curves(workdir, os.path.join(workdir, "learning_curves.png"), phases(r))
     results["total_minutes"] = (time.perf_counter() - t_start) / 60
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
