@@ -29,20 +29,10 @@ def _conv(m, tkey, path):
     m[f"{tkey}.bias"] = (path + ("bias",), "plain")
 
 
-def _norm(m, tkey, path):
-    m[f"{tkey}.weight"] = (path + ("scale",), "plain")
-    m[f"{tkey}.bias"] = (path + ("bias",), "plain")
-
-
-def _linear(m, tkey, path, transform="linear"):
-    m[f"{tkey}.weight"] = (path + ("kernel",), transform)
-    m[f"{tkey}.bias"] = (path + ("bias",), "plain")
-
-
 def _resnet(m, tkey, path, cin, cout):
-    _norm(m, f"{tkey}.norm1", path + ("norm1",))
+    key_maps.norm_keys(m, f"{tkey}.norm1", path + ("norm1",))
     _conv(m, f"{tkey}.conv1", path + ("conv1",))
-    _norm(m, f"{tkey}.norm2", path + ("norm2",))
+    key_maps.norm_keys(m, f"{tkey}.norm2", path + ("norm2",))
     _conv(m, f"{tkey}.conv2", path + ("conv2",))
     if cin != cout:
         _conv(m, f"{tkey}.nin_shortcut", path + ("conv_shortcut",))
@@ -50,10 +40,10 @@ def _resnet(m, tkey, path, cin, cout):
 
 def _attn(m, tkey, path):
     # official q/k/v/proj_out are 1x1 convs; ours are the VAE's Linear layers
-    _norm(m, f"{tkey}.norm", path + ("group_norm",))
+    key_maps.norm_keys(m, f"{tkey}.norm", path + ("group_norm",))
     for t, ours in (("q", "to_q"), ("k", "to_k"), ("v", "to_v")):
-        _linear(m, f"{tkey}.{t}", path + (ours,), "conv1x1_linear")
-    _linear(m, f"{tkey}.proj_out", path + ("to_out", 0), "conv1x1_linear")
+        key_maps.linear_keys(m, f"{tkey}.{t}", path + (ours,), "conv1x1_linear")
+    key_maps.linear_keys(m, f"{tkey}.proj_out", path + ("to_out", 0), "conv1x1_linear")
 
 
 def _mid(m, tkey, path, c):
@@ -80,7 +70,7 @@ def vq_key_map(cfg: VQConfig, prefix: str = "") -> dict:
             _conv(m, f"{t}.downsample.conv", p + ("downsample", "conv"))
         cin = c
     _mid(m, f"{E}.mid", ("encoder", "mid"), ch[-1])
-    _norm(m, f"{E}.norm_out", ("encoder", "norm_out"))
+    key_maps.norm_keys(m, f"{E}.norm_out", ("encoder", "norm_out"))
     _conv(m, f"{E}.conv_out", ("encoder", "conv_out"))
 
     rev = ch[::-1]
@@ -96,7 +86,7 @@ def vq_key_map(cfg: VQConfig, prefix: str = "") -> dict:
         if i < last:
             _conv(m, f"{t}.upsample.conv", p + ("upsample", "conv"))
         cin = c
-    _norm(m, f"{D}.norm_out", ("decoder", "norm_out"))
+    key_maps.norm_keys(m, f"{D}.norm_out", ("decoder", "norm_out"))
     _conv(m, f"{D}.conv_out", ("decoder", "conv_out"))
     m[f"{prefix}quantize.embedding.weight"] = (("quantize", "embedding"), "plain")
     _conv(m, f"{prefix}quant_conv", ("quant_conv",))
@@ -115,10 +105,10 @@ def janus_pro_key_map(cfg: ModelConfig) -> dict:
     add(key_maps.llm_key_map(cfg.llm, "language_model."), "language_model")
     add(key_maps.siglip_key_map(cfg.siglip, "vision_model.vision_tower."), "und_encoder")
     for official, ours in (("aligner", "und_aligner"), ("gen_aligner", "gen_aligner")):
-        _linear(m, f"{official}.layers.0", (ours, "fc1"))
-        _linear(m, f"{official}.layers.2", (ours, "fc2"))
+        key_maps.linear_keys(m, f"{official}.layers.0", (ours, "fc1"))
+        key_maps.linear_keys(m, f"{official}.layers.2", (ours, "fc2"))
     add(vq_key_map(cfg.vq, "gen_vision_model."), "gen_vision")
     m["gen_embed.weight"] = (("gen_embed",), "plain")
-    _linear(m, "gen_head.output_mlp_projector", ("gen_head", "output_mlp_projector"))
-    _linear(m, "gen_head.vision_head", ("gen_head", "vision_head"))
+    key_maps.linear_keys(m, "gen_head.output_mlp_projector", ("gen_head", "output_mlp_projector"))
+    key_maps.linear_keys(m, "gen_head.vision_head", ("gen_head", "vision_head"))
     return m

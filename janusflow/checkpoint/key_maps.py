@@ -52,12 +52,14 @@ def llm_key_map(cfg: LLMConfig, prefix: str = "") -> dict:
 
 
 # --------------------------------------------------------------------------------- SigLIP
-def _linear(m, tkey, path):
-    m[f"{tkey}.weight"] = (path + ("kernel",), "linear")
+def linear_keys(m, tkey, path, transform="linear"):
+    """A Linear's weight and bias: torch ``tkey.weight/bias`` -> our ``path/kernel, bias``."""
+    m[f"{tkey}.weight"] = (path + ("kernel",), transform)
     m[f"{tkey}.bias"] = (path + ("bias",), "plain")
 
 
-def _norm(m, tkey, path):
+def norm_keys(m, tkey, path):
+    """A LayerNorm/GroupNorm's weight and bias -> our ``scale, bias``."""
     m[f"{tkey}.weight"] = (path + ("scale",), "plain")
     m[f"{tkey}.bias"] = (path + ("bias",), "plain")
 
@@ -71,21 +73,21 @@ def siglip_key_map(cfg: SiglipConfig, prefix: str = "") -> dict:
     m[f"{P}pos_embed"] = (("pos_embed",), "plain")
     for i in range(cfg.depth):
         t, o = f"{P}blocks.{i}", ("blocks", i)
-        _norm(m, f"{t}.norm1", o + ("norm1",))
-        _linear(m, f"{t}.attn.qkv", o + ("attn", "qkv"))
-        _linear(m, f"{t}.attn.proj", o + ("attn", "proj"))
-        _norm(m, f"{t}.norm2", o + ("norm2",))
-        _linear(m, f"{t}.mlp.fc1", o + ("mlp", "fc1"))
-        _linear(m, f"{t}.mlp.fc2", o + ("mlp", "fc2"))
-    _norm(m, f"{P}norm", ("norm",))
+        norm_keys(m, f"{t}.norm1", o + ("norm1",))
+        linear_keys(m, f"{t}.attn.qkv", o + ("attn", "qkv"))
+        linear_keys(m, f"{t}.attn.proj", o + ("attn", "proj"))
+        norm_keys(m, f"{t}.norm2", o + ("norm2",))
+        linear_keys(m, f"{t}.mlp.fc1", o + ("mlp", "fc1"))
+        linear_keys(m, f"{t}.mlp.fc2", o + ("mlp", "fc2"))
+    norm_keys(m, f"{P}norm", ("norm",))
     if cfg.attn_pool:
         t, o = f"{P}attn_pool", ("attn_pool",)
         m[f"{t}.latent"] = (o + ("latent",), "plain")
         for name in ("q", "kv", "proj"):
-            _linear(m, f"{t}.{name}", o + (name,))
-        _norm(m, f"{t}.norm", o + ("norm",))
-        _linear(m, f"{t}.mlp.fc1", o + ("mlp", "fc1"))
-        _linear(m, f"{t}.mlp.fc2", o + ("mlp", "fc2"))
+            linear_keys(m, f"{t}.{name}", o + (name,))
+        norm_keys(m, f"{t}.norm", o + ("norm",))
+        linear_keys(m, f"{t}.mlp.fc1", o + ("mlp", "fc1"))
+        linear_keys(m, f"{t}.mlp.fc2", o + ("mlp", "fc2"))
     return m
 
 
