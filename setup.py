@@ -37,6 +37,9 @@ setup(
     extras_require={
         "test": [
             "pytest>=8",
+            # the suite runs in two worker processes (2 cores; compile-bound tests overlap, and
+            # no single process accumulates the whole suite's compiled programs)
+            "pytest-xdist>=3",
             # the sweep statistics' tests check their t-intervals against scipy.stats
             "scipy>=1.10",
             # PyTorch references for parity tests. torch is pinned to the CPU build; a bare
