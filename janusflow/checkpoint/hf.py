@@ -45,6 +45,7 @@ from janusflow.checkpoint.streaming import Progress, abstract_leftovers, load_dt
 from janusflow.checkpoint.tensor_io import TensorSource, is_hf_dir, iter_tensors
 from janusflow.checkpoint.torch_layout import CheckpointMismatch, flat_params, to_torch
 from janusflow.configs.schema import ModelConfig
+from janusflow.configs.variants import AUTOREGRESSIVE, RECTIFIED_FLOW
 from janusflow.models.build import build_model
 from janusflow.models.janusflow import compute_dtype
 from janusflow.models.parts import build_part
@@ -93,7 +94,8 @@ def _janus_pro_extras() -> dict:
                             np.zeros((CODEBOOK_USED_SIZE,), np.float32))}
 
 
-LAYOUTS = {"janusflow": Layout(janusflow_key_map, dict), "janus_pro": Layout(janus_pro_key_map, _janus_pro_extras)}
+LAYOUTS = {RECTIFIED_FLOW.layout: Layout(janusflow_key_map, dict),
+           AUTOREGRESSIVE.layout: Layout(janus_pro_key_map, _janus_pro_extras)}
 
 
 def model_key_map(cfg: ModelConfig) -> dict:

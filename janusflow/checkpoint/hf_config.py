@@ -468,7 +468,7 @@ def vae_config_from_diffusers(d: dict) -> VAEConfig:
 
 
 # The official config.json of each checkpoint layout (a generation head's ``layout``)
-HF_CONFIGS = {"janusflow": janusflow_hf_config, "janus_pro": janus_pro_hf_config}
+HF_CONFIGS = {RECTIFIED_FLOW.layout: janusflow_hf_config, AUTOREGRESSIVE.layout: janus_pro_hf_config}
 
 
 def hf_config_from_model_config(cfg: ModelConfig, torch_dtype: str = "float32") -> dict:

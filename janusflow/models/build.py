@@ -16,7 +16,7 @@ from janusflow.models.vae import make_vae
 
 # The model classes by name: a generation head's record (configs/variants.py) names the one
 # that builds it.
-MODELS = {"JanusFlow": JanusFlow, "JanusPro": JanusPro}
+MODELS = {cls.__name__: cls for cls in (JanusFlow, JanusPro)}
 
 
 def model_class(cfg: ModelConfig):

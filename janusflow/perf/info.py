@@ -8,6 +8,7 @@ from flax import nnx
 
 from janusflow.perf import flops
 from janusflow.configs.schema import ModelConfig
+from janusflow.configs.variants import AUTOREGRESSIVE, RECTIFIED_FLOW
 from janusflow.models.build import abstract_model
 
 # attribute in our module -> the official checkpoint prefix it corresponds to
@@ -36,7 +37,7 @@ JANUS_PRO_NAMES = {
 
 
 # each official checkpoint layout's names (a generation head's ``layout``)
-LAYOUT_NAMES = {"janusflow": OFFICIAL_NAMES, "janus_pro": JANUS_PRO_NAMES}
+LAYOUT_NAMES = {RECTIFIED_FLOW.layout: OFFICIAL_NAMES, AUTOREGRESSIVE.layout: JANUS_PRO_NAMES}
 
 
 def official_names(cfg: ModelConfig) -> dict:
