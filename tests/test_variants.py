@@ -122,7 +122,7 @@ def test_the_heads_answer_as_the_families_did():
     assert (ar.family, ar.model, ar.layout, ar.cfg_weight) == ("janus_pro", "JanusPro", "janus_pro", 5.0)
     assert ar.needs_vq and ar.autoregressive and not ar.composable
     assert HEAD_CFGS["rectified_flow"].und_begin_slot and not HEAD_CFGS["autoregressive"].und_begin_slot
-    with pytest.raises(ValueError, match="JanusFlow builds"):
+    with pytest.raises(ValueError, match="is built by JanusPro, not JanusFlow"):
         JanusFlow(HEAD_CFGS["autoregressive"], rngs=nnx.Rngs(0))
 
 

@@ -231,7 +231,8 @@ class ModelConfig:
     # Training refuses to pass images through a randomly initialised KL VAE (train.vae_from
     # names the pretrained one) unless this says a random VAE is intended (tiny test models).
     vae_random_ok: bool = False
-    # the autoregressive head only (Janus-Pro): the VQ tokenizer and the width of gen_head's hidden layer (0: the LLM's)
+    # the autoregressive head only (Janus-Pro): the VQ tokenizer and the width of gen_head's
+    # hidden layer (0: the LLM's)
     vq: VQConfig = field(default_factory=VQConfig)
     gen_head_hidden: int = 0
 
@@ -321,7 +322,7 @@ class ModelConfig:
         gen_head = d.get("gen_head", RECTIFIED_FLOW.name)
         if gen_head == RECTIFIED_FLOW.name:
             d["gen_head"] = head.name
-        elif gen_head in GEN_HEADS and GEN_HEADS[gen_head] is not head:
+        elif isinstance(gen_head, str) and gen_head in GEN_HEADS and GEN_HEADS[gen_head] is not head:
             raise ConfigError(f"{where}: {family!r} but gen_head {gen_head!r} is of family "
                               f"{GEN_HEADS[gen_head].family!r}")
         return d

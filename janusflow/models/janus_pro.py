@@ -55,8 +55,8 @@ class GenHead(nnx.Module):
 class JanusPro(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         if cfg.head.model != type(self).__name__:
-            raise ValueError(f"JanusPro builds the {type(self).__name__} generation heads, "
-                             f"not gen_head={cfg.gen_head!r} (family {cfg.family!r})")
+            raise ValueError(f"gen_head={cfg.gen_head!r} (family {cfg.family!r}) is built by "
+                             f"{cfg.head.model}, not {type(self).__name__}")
         self.cfg = cfg
         dt = jnp.bfloat16 if cfg.dtype == "bfloat16" else None
         d, vq = cfg.llm.hidden_size, cfg.vq
