@@ -152,6 +152,8 @@ def test_a_bad_written_family_is_one_config_error_naming_it():
         config_io.from_dict(schema.ModelConfig, {**d, "family": "janus_pro_typo"}, "model")
     with pytest.raises(ConfigError, match=r"^model\.family: 'janusflow' but gen_head 'autoregressive'"):
         config_io.from_dict(schema.ModelConfig, {**d, "family": "janusflow"}, "model")
+    with pytest.raises(ConfigError, match=r"^model\.gen_head: expected a string"):
+        config_io.from_dict(schema.ModelConfig, {**d, "family": "janus_pro", "gen_head": [1]}, "model")
 
 
 def test_understanding_reads_the_input_its_encoder_names():
