@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from janusflow.configs.variants import RECTIFIED_FLOW
 from janusflow.shapes import world as S
 from janusflow.eval import geneval, geneval_layout as L
 from janusflow.eval.geneval_score import (Det, IncompleteResultsError, ScoreParams, evaluate,
@@ -303,7 +304,7 @@ class FakeTok:
 
 class FakeCfg:
     image_size, latent_size = 32, 32
-    family = "janusflow"            # ModelConfig.family: the flow sampler
+    head = RECTIFIED_FLOW           # ModelConfig.head: the flow sampler, its CFG weight
 
     class vae:
         channels = 3

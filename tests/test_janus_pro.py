@@ -59,8 +59,9 @@ def test_tiny_family_builds_and_runs():
 
 
 def test_family_is_one_config_field():
-    with pytest.raises(ConfigError, match="family"):
-        presets.tiny(family="janus_pro_typo")
+    # the family is the generation head's (configs/variants.py): model.gen_head is the field
+    with pytest.raises(ConfigError, match="gen_head"):
+        presets.tiny(gen_head="autoregressive_typo")
     with pytest.raises(ConfigError, match="REPA"):
         presets.tiny_janus_pro(repa=True)
     assert type(build_model(presets.tiny_janus_pro(), abstract=True)).__name__ == "JanusPro"

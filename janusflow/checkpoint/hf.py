@@ -45,6 +45,7 @@ from janusflow.checkpoint.streaming import Progress, abstract_leftovers, load_dt
 from janusflow.checkpoint.tensor_io import TensorSource, is_hf_dir, iter_tensors
 from janusflow.checkpoint.torch_layout import CheckpointMismatch, flat_params, to_torch
 from janusflow.configs.schema import ModelConfig
+from janusflow.configs.variants import AUTOREGRESSIVE, RECTIFIED_FLOW
 from janusflow.models.build import build_model
 from janusflow.models.janusflow import compute_dtype
 from janusflow.models.parts import build_part
@@ -79,9 +80,27 @@ def init_training_only(model, cfg: ModelConfig, dtype=None, seed: int = 0) -> li
     return sorted(new)
 
 
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """An official checkpoint layout (a generation head's ``layout``): its key map, and the
+    tensors it holds that are no parameter of ours (``extras()``: name -> (why, the value an
+    export writes so the official class loads it strictly))."""
+    key_map: Callable[[ModelConfig], dict]
+    extras: Callable[[], dict]
+
+
+def _janus_pro_extras() -> dict:
+    return {CODEBOOK_USED: ("a training-time usage counter, not a weight",
+                            np.zeros((CODEBOOK_USED_SIZE,), np.float32))}
+
+
+LAYOUTS = {RECTIFIED_FLOW.layout: Layout(janusflow_key_map, dict),
+           AUTOREGRESSIVE.layout: Layout(janus_pro_key_map, _janus_pro_extras)}
+
+
 def model_key_map(cfg: ModelConfig) -> dict:
-    """Every official checkpoint key -> (our parameter path, transform), for ``cfg``'s family."""
-    return janus_pro_key_map(cfg) if cfg.family == "janus_pro" else janusflow_key_map(cfg)
+    """Every official checkpoint key -> (our parameter path, transform), in ``cfg``'s layout."""
+    return LAYOUTS[cfg.head.layout].key_map(cfg)
 
 
 def load_janusflow_hf(path: str, dtype: str = "float32", *, base: Optional[ModelConfig] = None,
@@ -97,11 +116,11 @@ def load_janusflow_hf(path: str, dtype: str = "float32", *, base: Optional[Model
                                                 if not derived_buffer(k)},
                                  os.path.join(path, "config.json"), weight_files_name(source.files))
     model = build_model(cfg, abstract=True)
-    ignore = derived_buffer
-    if cfg.family == "janus_pro":
-        ignore = lambda k: derived_buffer(k) or k == CODEBOOK_USED          # noqa: E731
-        if CODEBOOK_USED in source.index and log:
-            log(f"skipped {CODEBOOK_USED} (a training-time usage counter, not a weight)")
+    extras = LAYOUTS[cfg.head.layout].extras()
+    ignore = lambda k: derived_buffer(k) or k in extras          # noqa: E731
+    for k, (why, _) in extras.items():
+        if k in source.index and log:
+            log(f"skipped {k} ({why})")
     stream_load(model, source, key_map, dtype=jdt, training_only=TRAINING_ONLY,
                 ignore=ignore, progress=progress)
     skipped = [k for k in source.index if derived_buffer(k)]
@@ -159,7 +178,7 @@ def export_janusflow_hf(model, cfg: ModelConfig, out_dir: str, *, overwrite: boo
     shards.append(cur)
     # tensors of the official layout that are no parameter of ours (Janus-Pro's codebook usage
     # counter), written with the last shard so the official class loads the export strictly
-    extra = ({CODEBOOK_USED: np.zeros((CODEBOOK_USED_SIZE,), np.float32)} if cfg.family == "janus_pro" else {})
+    extra = {k: value for k, (_, value) in LAYOUTS[cfg.head.layout].extras().items()}
     dtypes = [str(params[p].get_value().dtype) for p, _ in key_map.values()]
     torch_dtype = max(set(dtypes), key=dtypes.count)
     hf_cfg = hf_config_from_model_config(cfg, torch_dtype if torch_dtype in ("float32", "bfloat16") else "float32")

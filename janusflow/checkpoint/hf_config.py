@@ -15,7 +15,7 @@ import os
 from typing import Optional
 
 from janusflow.configs import io as config_io
-from janusflow.configs.variants import RECTIFIED_FLOW, SIGLIP
+from janusflow.configs.variants import AUTOREGRESSIVE, RECTIFIED_FLOW, SIGLIP
 from janusflow.configs.schema import (ConfigError, GenCodecConfig, LLMConfig, ModelConfig, SiglipConfig, VAEConfig,
                                       VQConfig)
 
@@ -270,10 +270,8 @@ def check_official_layout(cfg: ModelConfig):
                           f"und_encoder={SIGLIP.name!r}, gen_head={RECTIFIED_FLOW.name!r}, gen_enabled=True")
 
 
-def hf_config_from_model_config(cfg: ModelConfig, torch_dtype: str = "float32") -> dict:
-    """The official ``config.json`` structure for ``cfg`` (inverse of :func:`model_config_from_hf`)."""
-    if cfg.family == "janus_pro":
-        return janus_pro_hf_config(cfg, torch_dtype)
+def janusflow_hf_config(cfg: ModelConfig, torch_dtype: str = "float32") -> dict:
+    """The official JanusFlow ``config.json`` for ``cfg``."""
     check_official_layout(cfg)
     l, s, g = cfg.llm, cfg.siglip, cfg.gen_codec
     if g.decoder_patch != 2 or g.res_ffn_factor != 4:
@@ -340,7 +338,7 @@ def janus_pro_config_from_hf(config_json: dict, base: Optional[ModelConfig] = No
     if base is None and EXTRA_KEY in config_json:
         base = config_io.from_dict(ModelConfig, root.sub(EXTRA_KEY).d.get("model", {}),
                                    f"config.json: {EXTRA_KEY}.model")
-    base = base or ModelConfig(family="janus_pro", repa=False)
+    base = base or ModelConfig(gen_head=AUTOREGRESSIVE.name, repa=False)
     llm = llm_config_from_hf(root.sub("language_config"))
     siglip = _siglip_from_hf(root.sub("vision_config"), base.siglip, preprocessor)
     g = root.sub("gen_vision_config")
@@ -367,7 +365,7 @@ def janus_pro_config_from_hf(config_json: dict, base: Optional[ModelConfig] = No
     try:
         vq = dataclasses.replace(base.vq, **vq_fields)
         hidden = hp.get("image_token_embed", "a positive int")
-        return dataclasses.replace(base, family="janus_pro", llm=llm, siglip=siglip, vq=vq,
+        return dataclasses.replace(base, gen_head=AUTOREGRESSIVE.name, llm=llm, siglip=siglip, vq=vq,
                                    gen_head_hidden=0 if hidden == llm.hidden_size else hidden,
                                    und_encoder="siglip", gen_enabled=True, repa=False,
                                    image_size=siglip.image_size,
@@ -378,8 +376,8 @@ def janus_pro_config_from_hf(config_json: dict, base: Optional[ModelConfig] = No
 
 def janus_pro_hf_config(cfg: ModelConfig, torch_dtype: str = "float32") -> dict:
     """The official Janus-Pro ``config.json`` for ``cfg`` (JanusFlow's language/vision parts)."""
-    flow = hf_config_from_model_config(dataclasses.replace(cfg, family="janusflow", repa=False,
-                                                           gen_codec=GenCodecConfig()), torch_dtype)
+    flow = janusflow_hf_config(dataclasses.replace(cfg, gen_head=RECTIFIED_FLOW.name, repa=False,
+                                                   gen_codec=GenCodecConfig()), torch_dtype)
     d, v = cfg.llm.hidden_size, cfg.vq
     gparams = {"image_token_size": v.codebook_size, "n_embed": v.embed_dim}
     default = dataclasses.replace(VQConfig(), codebook_size=v.codebook_size, embed_dim=v.embed_dim)
@@ -467,3 +465,13 @@ def vae_config_from_diffusers(d: dict) -> VAEConfig:
             mid_block_add_attention=j.get("mid_block_add_attention", "a bool", True))
     except ConfigError as e:
         raise ConfigError(f"config.json: {e}") from None
+
+
+# The official config.json of each checkpoint layout (a generation head's ``layout``)
+HF_CONFIGS = {RECTIFIED_FLOW.layout: janusflow_hf_config, AUTOREGRESSIVE.layout: janus_pro_hf_config}
+
+
+def hf_config_from_model_config(cfg: ModelConfig, torch_dtype: str = "float32") -> dict:
+    """The official ``config.json`` structure for ``cfg`` in its generation head's layout
+    (inverse of :func:`model_config_from_hf`)."""
+    return HF_CONFIGS[cfg.head.layout](cfg, torch_dtype)

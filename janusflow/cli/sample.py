@@ -23,7 +23,7 @@ def cmd_sample(args) -> int:
         if args.compute_dtype:
             model, cfg = with_compute_dtype(model, cfg, args.compute_dtype)
         vae = run.load_vae_for(cfg, args.checkpoint, args.vae, args.dtype)
-        janus_pro = cfg.family == "janus_pro"
+        janus_pro = cfg.head.autoregressive
         if tok is not None:
             from janusflow.data.tokenizer import generation_prompt_ids
             # Janus-Pro's sequence ends in <begin_of_image>; JanusFlow's t_emb takes that slot

@@ -4,7 +4,8 @@
 ``from_dict`` rebuilds it and rejects anything it does not understand: an unknown key, or a
 value of the wrong type, raises :class:`~janusflow.configs.schema.ConfigError` naming the dotted path
 (``model.llm.num_layers``). Fields absent from the dict take their defaults, so a checkpoint
-written before a field existed still loads. Value checks (positivity, divisibility...) are the
+written before a field existed still loads; a class with an ``upgrade_dict(d, path)`` rewrites
+the keys it has retired first. Value checks (positivity, divisibility...) are the
 dataclasses' own ``__post_init__``; this module checks types only.
 """
 
@@ -38,6 +39,9 @@ def from_dict(cls, d: Any, path: str = ""):
     where = path or cls.__name__
     if not isinstance(d, dict):
         raise ConfigError(f"{where}: expected an object/dict, got {type(d).__name__}")
+    upgrade = getattr(cls, "upgrade_dict", None)      # keys a config class has retired
+    if upgrade is not None:
+        d = upgrade(d, path)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = [k for k in d if k not in fields]

@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from janusflow.configs.checks import check, finite, positive
-from janusflow.configs.variants import GEN_HEADS, SIGLIP, UND_ENCODERS, GenHead, UndEncoder, model_parts
+from janusflow.configs.errors import ConfigError
+from janusflow.configs.variants import (GEN_HEADS, RECTIFIED_FLOW, SIGLIP, UND_ENCODERS, GenHead, UndEncoder,
+                                        families, family_head, model_parts)
 
 # Activation checkpointing policies by name (janusflow/models/remat.py says what each keeps).
 # "block" is the old name of "full".
@@ -186,15 +188,15 @@ class VQConfig:
         return 2 ** (len(self.channel_mult) - 1)
 
 
-# The one switch between model families: "janusflow" (rectified-flow head over VAE latents) or
-# "janus_pro" (VQ image tokens predicted autoregressively, models/janus_pro.py).
-FAMILIES = ("janusflow", "janus_pro")
+# The model families: "janusflow" (rectified-flow head over VAE latents) or "janus_pro" (VQ image
+# tokens predicted autoregressively, models/janus_pro.py): ModelConfig.family, the generation
+# head's (``model.gen_head`` is the switch).
+FAMILIES = families()
 ATTENTION_IMPLS = ("xla", "cudnn", "auto", "splash")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    family: str = "janusflow"               # FAMILIES
     llm: LLMConfig = field(default_factory=LLMConfig)
     siglip: SiglipConfig = field(default_factory=SiglipConfig)
     gen_codec: GenCodecConfig = field(default_factory=GenCodecConfig)
@@ -206,7 +208,7 @@ class ModelConfig:
     # The registry (configs/variants.py) says what each one reads and builds.
     und_encoder: str = "siglip"
     gen_enabled: bool = True                # False: understanding only (exp. D)
-    gen_head: str = "rectified_flow"        # the generation head (configs/variants.py GEN_HEADS)
+    gen_head: str = RECTIFIED_FLOW.name     # the generation head (configs/variants.py GEN_HEADS)
     # The vector in the <begin_of_image> slot before the understanding image embeddings.
     # "official": initialised to zeros and given no gradient, as the released module does
     # (nn.Parameter(torch.zeros(1, 2048)), used as beg_of_und_embed[0].detach()), so it keeps
@@ -229,21 +231,22 @@ class ModelConfig:
     # Training refuses to pass images through a randomly initialised KL VAE (train.vae_from
     # names the pretrained one) unless this says a random VAE is intended (tiny test models).
     vae_random_ok: bool = False
-    # janus_pro only: the VQ tokenizer and the width of gen_head's hidden layer (0: the LLM's)
+    # the autoregressive head only (Janus-Pro): the VQ tokenizer and the width of gen_head's
+    # hidden layer (0: the LLM's)
     vq: VQConfig = field(default_factory=VQConfig)
     gen_head_hidden: int = 0
 
     def __post_init__(self):
         finite(self)
-        check(self.family in FAMILIES, "ModelConfig.family", f"must be one of {FAMILIES}, got {self.family!r}")
         check(self.und_encoder in UND_ENCODERS, "ModelConfig.und_encoder",
                f"must be one of {tuple(UND_ENCODERS)}, got {self.und_encoder!r}")
         check(self.gen_head in GEN_HEADS, "ModelConfig.gen_head",
                f"must be one of {tuple(GEN_HEADS)}, got {self.gen_head!r}")
-        if self.family == "janus_pro":
-            check(self.und is SIGLIP and self.gen_enabled and not self.repa,
-                  "ModelConfig.family", "janus_pro has SigLIP understanding, the AR image head and no "
-                  "REPA: set und_encoder='siglip', gen_enabled=True, repa=False")
+        if not self.head.composable:
+            check(self.und is SIGLIP and self.gen_enabled and not self.repa, "ModelConfig.gen_head",
+                  f"{self.gen_head!r} ({self.family}) is one fixed model with SigLIP understanding, "
+                  f"generation and no REPA: set und_encoder='siglip', gen_enabled=True, repa=False")
+        if self.head.needs_vq:
             check(self.image_size % self.vq.downsample == 0, "ModelConfig.image_size",
                   f"{self.image_size} not divisible by the VQ downsampling {self.vq.downsample}")
         check(self.und.understands or self.gen_enabled, "ModelConfig.und_encoder",
@@ -280,7 +283,7 @@ class ModelConfig:
     @property
     def gen_grid(self) -> int:
         """Side of the generation token grid (24 for 384 px)."""
-        if self.family == "janus_pro":
+        if self.head.needs_vq:
             return self.image_size // self.vq.downsample
         return self.latent_size // self.gen_codec.stride
 
@@ -299,6 +302,32 @@ class ModelConfig:
         return GEN_HEADS[self.gen_head]
 
     @property
+    def family(self) -> str:
+        """The model family ("janusflow" | "janus_pro"): the generation head's."""
+        return self.head.family
+
+    @staticmethod
+    def upgrade_dict(d: dict, path: str) -> dict:
+        """A config dict from before the generation head decided the family: its ``family``
+        key (written by every checkpoint until then) names the head. Janus-Pro's were written
+        with the head at its default (the flow head's name), as the AR head was not registered."""
+        if "family" not in d:
+            return d
+        d = dict(d)
+        family = d.pop("family")
+        head = family_head(family) if isinstance(family, str) else None
+        where = f"{path}.family" if path else "ModelConfig.family"
+        if head is None:
+            raise ConfigError(f"{where}: must be one of {FAMILIES}, got {family!r}")
+        gen_head = d.get("gen_head", RECTIFIED_FLOW.name)
+        if gen_head == RECTIFIED_FLOW.name:
+            d["gen_head"] = head.name
+        elif isinstance(gen_head, str) and gen_head in GEN_HEADS and GEN_HEADS[gen_head] is not head:
+            raise ConfigError(f"{where}: {family!r} but gen_head {gen_head!r} is of family "
+                              f"{GEN_HEADS[gen_head].family!r}")
+        return d
+
+    @property
     def parts(self) -> frozenset:
         """The model parts (JanusFlow attributes) this configuration builds."""
         return model_parts(self.und, self.head, gen_enabled=self.gen_enabled, repa=self.repa)
@@ -306,6 +335,12 @@ class ModelConfig:
     @property
     def num_und_tokens(self) -> int:
         return self.siglip.num_patches if self.und.grid == "siglip" else self.num_gen_tokens
+
+    @property
+    def und_begin_slot(self) -> bool:
+        """The model fills the <begin_of_image> slot before the understanding image with its own
+        vector (JanusFlow's beg_of_und_embed); otherwise (Janus-Pro) that token stays text."""
+        return "beg_of_und_embed" in self.parts
 
     @property
     def uses_siglip(self) -> bool:

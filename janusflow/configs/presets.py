@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from janusflow.configs.schema import (ConfigError, GenCodecConfig, LLMConfig, ModelConfig, SiglipConfig,
                               VAEConfig, VQConfig)
+from janusflow.configs.variants import AUTOREGRESSIVE
 
 
 def _build(overrides, **fields) -> ModelConfig:
@@ -68,7 +69,7 @@ def janus_pro_1b(**overrides) -> ModelConfig:
         llm=LLMConfig(vocab_size=102400, hidden_size=2048, intermediate_size=5632, num_layers=24,
                       num_heads=16, num_kv_heads=16, rms_norm_eps=1e-6, rope_theta=10000.0,
                       max_position_embeddings=16384),
-        family="janus_pro", siglip=_SIGLIP_L_384, vq=VQConfig(), image_size=384, repa=False,
+        gen_head=AUTOREGRESSIVE.name, siglip=_SIGLIP_L_384, vq=VQConfig(), image_size=384, repa=False,
         scan_layers=True, overrides=overrides)
 
 
@@ -82,7 +83,7 @@ def janus_pro_7b(**overrides) -> ModelConfig:
 def tiny_janus_pro(**overrides) -> ModelConfig:
     """``tiny``'s LLM and SigLIP with a 3-level VQ tokenizer (4x downsampling, 64 codes):
     32 px images are 8x8 = 64 image tokens."""
-    return tiny(**{"family": "janus_pro", "repa": False, "beg_of_und_embed": "official",
+    return tiny(**{"gen_head": AUTOREGRESSIVE.name, "repa": False, "beg_of_und_embed": "official",
                    "vq": VQConfig(codebook_size=64, embed_dim=8, z_channels=32, base_channels=32,
                                   channel_mult=(1, 1, 2), num_res_blocks=1, norm_groups=8),
                    **overrides})

@@ -254,7 +254,7 @@ def load_generator(checkpoint: str, vae_path: Optional[str] = None, dtype: Optio
     from janusflow.data.tokenizer import Tokenizer
     from janusflow.models.build import build_vae
     model, cfg = model_io.load_model(checkpoint, dtype)
-    if cfg.family == "janus_pro":
+    if not cfg.head.needs_vae:
         vae = None                     # the VQ tokenizer inside the model makes the images
     elif cfg.vae.kind == "pixel":
         vae = build_vae(cfg.vae)
@@ -274,12 +274,12 @@ def model_generate_fn(model, vae, cfg, tokenizer, *, cfg_weight: Optional[float]
     so an image depends only on its own seed. ``generate`` defaults to
     :func:`janusflow.sample.generate.generate` (injectable for tests). A Janus-Pro model samples
     image tokens (``sample/ar_generate.py``) keyed by the item's seed; ``steps``/``solver`` do
-    not apply. ``cfg_weight`` None: the family's official weight."""
+    not apply. ``cfg_weight`` None: the generation head's official weight."""
     from janusflow.data.tokenizer import generation_prompt_ids
     from janusflow.sample.generate import latent_shape
     from janusflow.sample.run import default_cfg_weight
     cfg_weight = default_cfg_weight(cfg, cfg_weight)
-    if cfg.family == "janus_pro":
+    if cfg.head.autoregressive:
         from janusflow.sample.ar_generate import generate_ar
 
         def fn_ar(items):
@@ -328,8 +328,8 @@ def run_generate(checkpoint: str, metadata: Optional[str], outdir: str, *, n: in
     cfg_weight = default_cfg_weight(cfg, cfg_weight)
     protocol = make_protocol(checkpoint, md5, cfg_weight=cfg_weight, steps=steps, seed=seed,
                              resolution=cfg.image_size, solver=solver, n=n, n_prompts=len(prompts))
-    if cfg.family == "janus_pro":
-        protocol.update(family="janus_pro", steps=None, solver=None, temperature=1.0,
+    if cfg.head.autoregressive:
+        protocol.update(family=cfg.family, steps=None, solver=None, temperature=1.0,
                         noise="image tokens drawn with fold_in(fold_in(key(0), image seed), token index)")
     fn = model_generate_fn(model, vae, cfg, tok, cfg_weight=cfg_weight, steps=steps, solver=solver,
                            generate=generate)

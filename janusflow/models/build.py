@@ -14,15 +14,21 @@ from janusflow.models.janusflow import JanusFlow
 from janusflow.models.vae import make_vae
 
 
-# ModelConfig.family -> the composed model (the one place a family is decided)
-FAMILY_MODELS = {"janusflow": JanusFlow, "janus_pro": JanusPro}
+# The model classes by name: a generation head's record (configs/variants.py) names the one
+# that builds it.
+MODELS = {cls.__name__: cls for cls in (JanusFlow, JanusPro)}
+
+
+def model_class(cfg: ModelConfig):
+    """The class that builds ``cfg``'s model (its generation head's ``model``)."""
+    return MODELS[cfg.head.model]
 
 
 def build_model(cfg: ModelConfig, *, seed=0, abstract: bool = False):
-    family = FAMILY_MODELS[cfg.family]
+    model = model_class(cfg)
 
     def make():
-        return cast_params(family(cfg, rngs=nnx.Rngs(seed)), cfg.param_dtype)
+        return cast_params(model(cfg, rngs=nnx.Rngs(seed)), cfg.param_dtype)
     return nnx.eval_shape(make) if abstract else make()
 
 

@@ -54,8 +54,9 @@ class GenHead(nnx.Module):
 
 class JanusPro(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        if cfg.family != "janus_pro":
-            raise ValueError(f"JanusPro needs ModelConfig.family='janus_pro', got {cfg.family!r}")
+        if cfg.head.model != type(self).__name__:
+            raise ValueError(f"gen_head={cfg.gen_head!r} (family {cfg.family!r}) is built by "
+                             f"{cfg.head.model}, not {type(self).__name__}")
         self.cfg = cfg
         dt = jnp.bfloat16 if cfg.dtype == "bfloat16" else None
         d, vq = cfg.llm.hidden_size, cfg.vq

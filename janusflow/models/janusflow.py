@@ -49,6 +49,9 @@ class GenOutput(NamedTuple):
 
 class JanusFlow(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        if cfg.head.model != type(self).__name__:
+            raise ValueError(f"gen_head={cfg.gen_head!r} (family {cfg.family!r}) is built by "
+                             f"{cfg.head.model}, not {type(self).__name__}")
         self.cfg = cfg
         dt = compute_dtype(cfg.dtype)
         self.language_model = LLM(cfg.llm, rngs=rngs, dtype=dt, remat=cfg.remat,

@@ -8,6 +8,7 @@ in stages 1-2, the VAE). Norms, activations and softmax are left out (a few perc
 from __future__ import annotations
 
 from janusflow.configs.schema import GenCodecConfig, LLMConfig, ModelConfig, SiglipConfig
+from janusflow.configs.variants import RECTIFIED_FLOW
 
 
 def llm_forward_per_token(c: LLMConfig, context: int, with_lm_head: bool) -> float:
@@ -65,6 +66,10 @@ def generation_sample_training_flops(cfg: ModelConfig, prompt_len: int = 64,
     out["total"] = sum(v for k, v in out.items() if k != "tokens")
     out["per_token"] = out["total"] / seq
     return out
+
+
+# each generation head's FLOPs per generation sample (heads not here: not modelled yet)
+GENERATION_SAMPLE_FLOPS = {RECTIFIED_FLOW.name: generation_sample_training_flops}
 
 
 def text_training_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:

@@ -8,6 +8,7 @@ from flax import nnx
 
 from janusflow.perf import flops
 from janusflow.configs.schema import ModelConfig
+from janusflow.configs.variants import AUTOREGRESSIVE, RECTIFIED_FLOW
 from janusflow.models.build import abstract_model
 
 # attribute in our module -> the official checkpoint prefix it corresponds to
@@ -35,8 +36,12 @@ JANUS_PRO_NAMES = {
 }
 
 
+# each official checkpoint layout's names (a generation head's ``layout``)
+LAYOUT_NAMES = {RECTIFIED_FLOW.layout: OFFICIAL_NAMES, AUTOREGRESSIVE.layout: JANUS_PRO_NAMES}
+
+
 def official_names(cfg: ModelConfig) -> dict:
-    return JANUS_PRO_NAMES if cfg.family == "janus_pro" else OFFICIAL_NAMES
+    return LAYOUT_NAMES[cfg.head.layout]
 
 
 
@@ -80,8 +85,9 @@ def report(cfg: ModelConfig, seq_len: int = 4096, prompt_len: int = 64) -> str:
     lines.append("")
     text = flops.text_training_flops_per_token(cfg, seq_len)
     lines.append(f"training FLOPs per text/understanding token (context {seq_len}): {text:.4g}")
-    if cfg.gen_enabled and cfg.family == "janusflow":
-        g = flops.generation_sample_training_flops(cfg, prompt_len)
+    sample_flops = flops.GENERATION_SAMPLE_FLOPS.get(cfg.gen_head)
+    if cfg.gen_enabled and sample_flops is not None:
+        g = sample_flops(cfg, prompt_len)
         lines.append(f"training FLOPs per generation sample ({g['tokens']} tokens, prompt {prompt_len}): "
                      f"{g['total']:.4g} = {g['per_token']:.4g} per token")
         parts = ", ".join(f"{k} {v:.3g}" for k, v in g.items() if k not in ("total", "per_token", "tokens"))

@@ -26,11 +26,12 @@ import numpy as np
 from flax import nnx
 
 from janusflow.configs.schema import ModelConfig
+from janusflow.configs.variants import AUTOREGRESSIVE
 from janusflow.models.llm import KVCache
 from janusflow.sample.generate import (batch_plan, bucket_len, constrain_batch, pad_prompts, put_batch,
                                        split_for_mesh)
 
-OFFICIAL_CFG_WEIGHT = 5.0
+OFFICIAL_CFG_WEIGHT = AUTOREGRESSIVE.cfg_weight      # the official generation script's
 OFFICIAL_TEMPERATURE = 1.0
 
 
@@ -93,8 +94,9 @@ def image_keys(seed: int, indices) -> jax.Array:
 
 
 def check_ar_options(cfg: ModelConfig, prompts, cfg_weight, temperature, num_samples):
-    if cfg.family != "janus_pro":
-        raise ValueError(f"AR image sampling needs a janus_pro model, got family {cfg.family!r}")
+    if not cfg.head.autoregressive:
+        raise ValueError(f"AR image sampling needs an autoregressive generation head (a janus_pro "
+                         f"model), got gen_head {cfg.gen_head!r} (family {cfg.family!r})")
     if not prompts or any(len(p) < 2 for p in prompts):
         raise ValueError("each prompt needs at least BOS and <begin_of_image> (2 tokens)")
     if not np.isfinite(cfg_weight):

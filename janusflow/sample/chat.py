@@ -247,7 +247,7 @@ def _inputs(cfg, tokenizer, images, questions, max_new_tokens, template, system_
         ids[r, length - len(row):] = row
         mask[r, length - len(row):] = True
         image_mask[r, length - len(row):] = img_slots
-    if cfg.family == "janus_pro":
+    if not cfg.und_begin_slot:
         # Janus-Pro keeps <begin_of_image> a text token: only the N placeholders take the image
         image_mask &= np.cumsum(image_mask, axis=1) > 1
     pixels = latents = None

@@ -32,11 +32,11 @@ SETTINGS_NAME = "sample_config.json"
 
 
 def default_cfg_weight(cfg: ModelConfig, cfg_weight: Optional[float] = None) -> float:
-    """``cfg_weight``, or when None the family's official default (JanusFlow 2, Janus-Pro 5)."""
+    """``cfg_weight``, or when None the generation head's official default (JanusFlow 2,
+    Janus-Pro 5)."""
     if cfg_weight is not None:
         return float(cfg_weight)
-    from janusflow.sample.ar_generate import OFFICIAL_CFG_WEIGHT
-    return OFFICIAL_CFG_WEIGHT if cfg.family == "janus_pro" else 2.0
+    return float(cfg.head.cfg_weight)
 
 
 # ------------------------------------------------------------------------------- loading
@@ -53,7 +53,7 @@ def load_vae_for(cfg: ModelConfig, checkpoint: str, vae_path: Optional[str] = No
 
     from janusflow.checkpoint import hf
     from janusflow.models.build import build_vae
-    if cfg.family == "janus_pro":
+    if not cfg.head.needs_vae:
         return None                    # images come from the VQ tokenizer inside the model
     if cfg.vae.kind == "pixel":
         return build_vae(cfg.vae)
@@ -165,7 +165,7 @@ def sample_to_dir(model, vae, cfg: ModelConfig, prompt_ids: Sequence[Sequence[in
     settings = {"prompt_ids": [list(p) for p in prompts], "n": n,
                 "cfg_weight": float(cfg_weight), "steps": steps, "seed": seed,
                 "solver": solver, "image_size": cfg.image_size, "model": model_id}
-    if cfg.family == "janus_pro":
+    if cfg.head.autoregressive:
         settings.update(family=cfg.family, temperature=float(temperature), steps=None, solver=None)
     _check_settings(out_dir, settings)
     if prompts_text is not None:
@@ -184,7 +184,7 @@ def sample_to_dir(model, vae, cfg: ModelConfig, prompt_ids: Sequence[Sequence[in
         log(f"{len(names) - len(missing)} of {len(names)} images already in {out_dir}: skipped")
     if missing:
         rows = [prompts[i // n] for i in missing]
-        if cfg.family == "janus_pro":
+        if cfg.head.autoregressive:
             batches = iter_generate_ar(model, cfg, rows, cfg_weight=cfg_weight, temperature=temperature,
                                        seed=seed, pad_id=pad_id, batch_size=batch_size, mesh=mesh,
                                        key_ids=missing)
