@@ -7,7 +7,9 @@ setup(
     packages=find_packages(include=["janusflow", "janusflow.*"]),
     # the official GenEval prompt list (MIT, with its LICENSE): the default completeness check
     package_data={"janusflow.eval": ["geneval_data/*.jsonl", "geneval_data/*.txt",
-                                     "geneval_data/LICENSE", "geneval_data/README.md"]},
+                                     "geneval_data/LICENSE", "geneval_data/README.md"],
+                  # the vendor CPU matmul's handler, compiled on first use (kernels/cpu_gemm.py)
+                  "janusflow.kernels": ["cpu_gemm.cc"]},
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.10",
@@ -64,6 +66,9 @@ setup(
         # gs:// workdirs: etils.epath reaches GCS through fsspec/gcsfs, orbax lists and deletes
         # checkpoint steps with google-cloud-storage (tpu_configs/launch_tpu.sh installs these)
         "gcs": ["gcsfs", "google-cloud-storage"],
+        # model.matmul_impl="vendor": Intel MKL's library and headers (the handler is compiled
+        # with the system g++ on first use)
+        "vendor-gemm": ["mkl", "mkl-include"],
     },
     entry_points={"console_scripts": ["janusflow=janusflow.cli.main:main"]},
 )

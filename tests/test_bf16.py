@@ -14,6 +14,7 @@ from flax import nnx
 
 from janusflow.perf import peak as perf
 from janusflow.configs import presets
+from janusflow.configs.schema import ConfigError
 from janusflow.perf.bench_sample import random_model
 from janusflow.models import layers
 from janusflow.sample.generate import initial_noise, integrate, with_compute_dtype
@@ -140,6 +141,22 @@ def test_compare_official_same_weights_same_latents():
     assert rows["float32"]["latent_rel_diff"] < 1e-4
     assert rows["bfloat16"]["latent_rel_diff"] < 5e-2        # both in bf16, rounded differently
     assert all(r["speedup"] > 0 for r in out["rows"])
+
+
+def test_compare_official_times_each_matmul_kernel():
+    """``matmul_impls``: ours with XLA's dot and with the vendor GEMM in one run, same latents."""
+    from janusflow.perf import bench_official
+    src = os.environ.get("JANUSFLOW_OFFICIAL_SRC")
+    if bench_official.load_official_uvit(src)[0] is None:
+        pytest.skip("reference code (deepseek-ai/Janus) or torch not available")
+    out = bench_official.run(_tiny_official_cfg(), batches=(1,), dtypes=("float32",), steps=1, repeats=1,
+                             prompt_len=4, official_src=src, matmul_impls=("xla", "vendor"))
+    (row,) = out["rows"]
+    assert row["ours_xla_s_per_step"] > 0 and row["ours_vendor_s_per_step"] > 0
+    assert row["speedup_ours_xla"] > 0 and row["speedup_ours_vendor"] > 0
+    assert row["ours_vendor_rel_diff_vs_ours_xla"] < 1e-4 and row["latent_rel_diff"] < 1e-4
+    with pytest.raises(ConfigError, match="matmul_impl"):
+        bench_official.run(_tiny_official_cfg(), matmul_impls=("mkl",), official_src=src)
 
 
 @pytest.mark.slow

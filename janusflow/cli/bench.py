@@ -53,7 +53,7 @@ def cmd_bench_sample(args) -> int:
         from janusflow.perf import bench_official
         bench_official.run(load_config_args(args).model, batches=args.batches, dtypes=args.dtypes,
                            steps=args.steps, repeats=args.repeats, prompt_len=args.prompt_len,
-                           official_src=args.official_src)
+                           official_src=args.official_src, matmul_impls=args.matmul_impls)
         return 0
     from janusflow.perf import bench_sample
     bench_sample.run(load_config_args(args).model, batch=args.batch, steps=args.steps, repeats=args.repeats,
@@ -100,4 +100,6 @@ def register(sub) -> None:
                    help="with --compare-official: batch sizes")
     p.add_argument("--dtypes", type=dtype_list, default=("float32", "bfloat16"), metavar="float32,bfloat16",
                    help="with --compare-official: compute dtypes")
+    p.add_argument("--matmul-impls", type=lambda s: tuple(s.split(",")), default=None, metavar="xla,vendor",
+                   help="with --compare-official: time ours with each LLM matmul kernel (ModelConfig.matmul_impl)")
     p.set_defaults(func=cmd_bench_sample)

@@ -193,6 +193,7 @@ class VQConfig:
 # head's (``model.gen_head`` is the switch).
 FAMILIES = families()
 ATTENTION_IMPLS = ("xla", "cudnn", "auto", "splash")
+MATMUL_IMPLS = ("xla", "vendor")
 
 
 @dataclass(frozen=True)
@@ -228,6 +229,9 @@ class ModelConfig:
     # "cudnn" (GPU flash attention), "auto" (jax picks), "splash" (the Pallas kernel on TPU,
     # models/attention.py)
     attention_impl: str = "xla"
+    # The LLM's and SigLIP's dense layers: "xla" (XLA's dot) or "vendor" (Intel MKL's GEMM as a
+    # CPU custom call, janusflow/kernels/cpu_gemm.py; XLA's dot off CPU or without MKL/g++)
+    matmul_impl: str = "xla"
     # Training refuses to pass images through a randomly initialised KL VAE (train.vae_from
     # names the pretrained one) unless this says a random VAE is intended (tiny test models).
     vae_random_ok: bool = False
@@ -261,6 +265,8 @@ class ModelConfig:
                f"must be true or false, got {self.scan_layers!r}")
         check(self.attention_impl in ATTENTION_IMPLS, "ModelConfig.attention_impl",
                f"must be one of {ATTENTION_IMPLS}, got {self.attention_impl!r}")
+        check(self.matmul_impl in MATMUL_IMPLS, "ModelConfig.matmul_impl",
+               f"must be one of {MATMUL_IMPLS}, got {self.matmul_impl!r}")
         check(0 < self.repa_layer <= self.llm.num_layers, "ModelConfig.repa_layer",
                f"must be in 1..{self.llm.num_layers}, got {self.repa_layer}")
         check(self.image_size % self.vae.downsample == 0, "ModelConfig.image_size",

@@ -61,9 +61,11 @@ class JanusPro(nnx.Module):
         dt = jnp.bfloat16 if cfg.dtype == "bfloat16" else None
         d, vq = cfg.llm.hidden_size, cfg.vq
         self.language_model = LLM(cfg.llm, rngs=rngs, dtype=dt, remat=cfg.remat,
-                                  attention_impl=cfg.attention_impl, scan=cfg.scan_layers)
+                                  attention_impl=cfg.attention_impl, scan=cfg.scan_layers,
+                                  matmul_impl=cfg.matmul_impl)
         self.und_encoder = SiglipVisionTower(cfg.siglip, rngs=rngs, dtype=dt, remat=cfg.remat,
-                                             attention_impl=cfg.attention_impl, scan=cfg.scan_layers)
+                                             attention_impl=cfg.attention_impl, scan=cfg.scan_layers,
+                                             matmul_impl=cfg.matmul_impl)
         self.und_aligner = MlpAligner(cfg.siglip.width, d, "vit_embed", rngs=rngs, dtype=dt)
         self.gen_vision = VQTokenizer(vq, rngs=rngs, dtype=dt)
         self.gen_embed = param(rngs, normal(1.0), (vq.codebook_size, vq.embed_dim), ("vocab", None))

@@ -55,7 +55,8 @@ class JanusFlow(nnx.Module):
         self.cfg = cfg
         dt = compute_dtype(cfg.dtype)
         self.language_model = LLM(cfg.llm, rngs=rngs, dtype=dt, remat=cfg.remat,
-                                  attention_impl=cfg.attention_impl, scan=cfg.scan_layers)
+                                  attention_impl=cfg.attention_impl, scan=cfg.scan_layers,
+                                  matmul_impl=cfg.matmul_impl)
         # The variant's parts (configs/variants.py), in PARTS order (the init order); the rest
         # are None, which nnx.data keeps a pytree node either way.
         for name in PARTS:

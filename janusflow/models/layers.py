@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from janusflow.kernels import cpu_gemm
+
 Axes = tuple
 
 
@@ -105,8 +107,14 @@ def einsum(spec: str, a, b, out_dtype=None):
     return _low_precision_product(spec, a, b, out_dtype)
 
 
-def matmul(x, w, out_dtype=None):
-    """``x @ w`` for x (..., in) and a matrix w (in, out), as :func:`einsum`."""
+def matmul(x, w, out_dtype=None, impl: str = "xla"):
+    """``x @ w`` for x (..., in) and a matrix w (in, out), as :func:`einsum`. ``impl="vendor"``
+    runs it on the vendor CPU GEMM (:mod:`janusflow.kernels.cpu_gemm`; XLA's dot off CPU or
+    where that cannot be built)."""
+    if impl == "vendor":
+        dtype = jnp.result_type(x, w)
+        out = cpu_gemm.dot(x.astype(dtype), w.astype(dtype))
+        return out.astype(dtype if out_dtype is None else out_dtype)
     lead = "abcdefgh"[:x.ndim - 1]
     return einsum(f"{lead}i,io->{lead}o", x, w, out_dtype)
 
@@ -137,9 +145,9 @@ def _cast(x, dtype):
 class Linear(nnx.Module):
     def __init__(self, in_features: int, out_features: int, *, axes: Axes = (None, None),
                  use_bias: bool = True, rngs: nnx.Rngs, dtype=None, init=None,
-                 param_dtype=jnp.float32):
+                 param_dtype=jnp.float32, impl: str = "xla"):
         self.in_features, self.out_features = in_features, out_features
-        self.dtype = dtype
+        self.dtype, self.impl = dtype, impl
         self.kernel = param(rngs, init or lecun(), (in_features, out_features), axes, param_dtype)
         self.bias = (param(rngs, zeros, (out_features,), axes[-1:], param_dtype)
                      if use_bias else None)
@@ -150,10 +158,17 @@ class Linear(nnx.Module):
         if x.shape[-1] != self.in_features:
             raise ValueError(f"Linear expects last dim {self.in_features}, got shape {x.shape}")
         dtype = self.dtype or x.dtype
-        y = matmul(x.astype(dtype), self.kernel[...].astype(dtype), out_dtype or dtype)
+        y = matmul(x.astype(dtype), self.kernel[...].astype(dtype), out_dtype or dtype, self.impl)
         if self.bias is not None:
             y = y + self.bias[...].astype(dtype).astype(y.dtype)
         return y
+
+
+def use_matmul(module: nnx.Module, impl: str) -> None:
+    """Run every :class:`Linear` inside ``module`` with ``impl`` ("xla" | "vendor")."""
+    for _, m in nnx.iter_modules(module):
+        if isinstance(m, Linear):
+            m.impl = impl
 
 
 class RMSNorm(nnx.Module):

@@ -22,7 +22,7 @@ from janusflow.configs.schema import LLMConfig
 from janusflow.models import remat as remat_lib
 from janusflow.models.attention import CausalPaddingMask, attend, causal_padding_mask
 from janusflow.models.layer_stack import scan_layers, stack_layers
-from janusflow.models.layers import Linear, RMSNorm, matmul, normal, param
+from janusflow.models.layers import Linear, RMSNorm, matmul, normal, param, use_matmul
 from janusflow.parallel.rules import constrain
 
 RESIDUAL = ("batch", "length", "embed")
@@ -134,7 +134,7 @@ class Block(nnx.Module):
 
 class LLM(nnx.Module):
     def __init__(self, cfg: LLMConfig, *, rngs: nnx.Rngs, dtype=None, remat: str = "none",
-                 attention_impl: str = "xla", scan: bool = False):
+                 attention_impl: str = "xla", scan: bool = False, matmul_impl: str = "xla"):
         if remat != "none":
             remat_lib.policy(remat)          # an unknown name fails here, not at the first step
         self.cfg, self.dtype, self.remat, self.scan = cfg, dtype, remat, scan
@@ -147,6 +147,7 @@ class LLM(nnx.Module):
         self.lm_head = (None if cfg.tie_word_embeddings else
                         Linear(cfg.hidden_size, cfg.vocab_size, axes=("embed", "vocab"),
                                use_bias=False, rngs=rngs, dtype=dtype, init=normal(0.02)))
+        use_matmul(self, matmul_impl)
 
     def embed(self, ids):
         if ids.ndim != 2:

@@ -24,7 +24,8 @@ Builder = Callable[[ModelConfig, nnx.Rngs, object], nnx.Module]
 
 def _siglip(cfg, rngs, dt):
     return SiglipVisionTower(cfg.siglip, rngs=rngs, dtype=dt, remat=cfg.remat,
-                             attention_impl=cfg.attention_impl, scan=cfg.scan_layers)
+                             attention_impl=cfg.attention_impl, scan=cfg.scan_layers,
+                             matmul_impl=cfg.matmul_impl)
 
 
 def _gen_encoder(cfg, rngs, dt):

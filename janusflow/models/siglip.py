@@ -22,7 +22,7 @@ from janusflow.configs.schema import SiglipConfig
 from janusflow.models import remat as remat_lib
 from janusflow.models.attention import VIT_AXES, attend
 from janusflow.models.layer_stack import scan_layers, stack_layers
-from janusflow.models.layers import Conv2d, LayerNorm, Linear, normal, param
+from janusflow.models.layers import Conv2d, LayerNorm, Linear, normal, param, use_matmul
 from janusflow.parallel.rules import constrain
 
 TOKENS = ("batch", "vit_length", "vit_embed")
@@ -128,7 +128,7 @@ class SiglipVisionTower(nnx.Module):
 
     def __init__(self, cfg: SiglipConfig, *, rngs: nnx.Rngs, dtype=None,
                  param_dtype=jnp.float32, remat: str = "none", attention_impl: str = "xla",
-                 scan: bool = False):
+                 scan: bool = False, matmul_impl: str = "xla"):
         if remat != "none":
             remat_lib.policy(remat)          # an unknown name fails here, not at the first call
         self.cfg, self.dtype, self.remat, self.scan = cfg, dtype, remat, scan
@@ -144,6 +144,7 @@ class SiglipVisionTower(nnx.Module):
         self.norm = LayerNorm(d, cfg.layer_norm_eps, rngs=rngs, param_dtype=param_dtype)
         self.attn_pool = (AttentionPool(cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype,
                                         impl=attention_impl) if cfg.attn_pool else None)
+        use_matmul(self, matmul_impl)
 
     def _check_pixels(self, pixels):
         s = self.cfg.image_size

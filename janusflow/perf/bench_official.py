@@ -35,6 +35,7 @@ from janusflow.perf.bench_sample import random_model
 from janusflow.checkpoint.hf import hf_config_from_model_config, janusflow_key_map
 from janusflow.checkpoint.torch_layout import export_state_dict
 from janusflow.configs.schema import ModelConfig
+from janusflow.models.layers import use_matmul
 from janusflow.sample.generate import initial_noise, integrate, with_compute_dtype
 
 UVIT = os.path.join("janus", "janusflow", "models", "uvit.py")
@@ -141,11 +142,18 @@ def _bf16_params(model):
 
 def run(cfg: ModelConfig, batches=(1, 8), dtypes=("float32", "bfloat16"), steps: int = 4,
         repeats: int = 3, prompt_len: int = 24, cfg_weight: float = 2.0,
-        official_src: str | None = None, log=print) -> dict:
+        official_src: str | None = None, matmul_impls=None, log=print) -> dict:
+    """``matmul_impls`` (default: the config's): our sampler with each LLM matmul kernel
+    (``ModelConfig.matmul_impl``), timed alternately with the official loop in one run. With
+    more than one, our timings are keyed ``ours_<impl>``."""
+    impls = tuple(matmul_impls or (cfg.matmul_impl,))
+    for impl in impls:      # the config checks the name the same way
+        dataclasses.replace(cfg, matmul_impl=impl)
+    whos = ["ours"] if len(impls) == 1 else [f"ours_{i}" for i in impls]
     uvit, why = load_official_uvit(official_src)
     log(f"device {jax.devices()[0].device_kind} x {jax.device_count()}; LLM {cfg.llm.num_layers} layers x "
         f"{cfg.llm.hidden_size}, gen codec {cfg.gen_codec.channels} ch, {cfg.num_gen_tokens} image tokens; "
-        f"{steps} Euler steps, CFG {cfg_weight}, {prompt_len}-token prompt")
+        f"{steps} Euler steps, CFG {cfg_weight}, {prompt_len}-token prompt; LLM matmul {', '.join(impls)}")
     if uvit is None:
         log(f"official loop unavailable: {why}; timing ours only")
     peaks = perf.peaks_per_device()
@@ -163,7 +171,10 @@ def run(cfg: ModelConfig, batches=(1, 8), dtypes=("float32", "bfloat16"), steps:
         ours, ocfg = with_compute_dtype(model32, cfg, dtype)
         if dtype == "bfloat16":
             ours = _bf16_params(ours)
-        graphdef, state = nnx.split(ours)
+        graphdefs = {}
+        for who, impl in zip(whos, impls):
+            use_matmul(ours.language_model, impl)       # the kernel is static: one graph each
+            graphdefs[who], state = nnx.split(ours)
         official = OfficialLoop(uvit, cfg, state_dict, dtype) if uvit is not None else None
         for b in batches:
             # the same prompts and noise for every dtype: their latents are compared below
@@ -171,42 +182,48 @@ def run(cfg: ModelConfig, batches=(1, 8), dtypes=("float32", "bfloat16"), steps:
             mask = jnp.ones((b, prompt_len), bool)
             z0 = initial_noise(cfg, 0, range(b))
             w = jnp.float32(cfg_weight)
-            compiled = integrate.lower(graphdef, state, jnp.asarray(ids), mask, z0, w, steps=steps,
-                                       solver="euler", use_cache=True, mesh=None).compile()
-            z_ours = np.asarray(compiled(state, jnp.asarray(ids), mask, z0, w))      # warm-up
-            times = {"ours": [], "official": []}
+            compiled = {who: integrate.lower(g, state, jnp.asarray(ids), mask, z0, w, steps=steps,
+                                             solver="euler", use_cache=True, mesh=None).compile()
+                        for who, g in graphdefs.items()}
+            z = {who: np.asarray(c(state, jnp.asarray(ids), mask, z0, w)) for who, c in compiled.items()}  # warm-up
+            times = {who: [] for who in whos + ["official"]}
             row = {"dtype": dtype, "batch": b}
             if official is not None:
-                z_off = official.generate(table[ids], np.asarray(z0), steps, cfg_weight)  # warm-up
-                row["latent_rel_diff"] = _rel(z_ours, z_off)
-                first.setdefault(("official", b), (dtype, z_off))
-            first.setdefault(("ours", b), (dtype, z_ours))
-            for who, z in (("ours", z_ours), ("official", z_off if official is not None else None)):
-                if z is not None and first[(who, b)][0] != dtype:
-                    row[f"{who}_rel_diff_vs_{first[(who, b)][0]}"] = _rel(z, first[(who, b)][1])
+                z["official"] = official.generate(table[ids], np.asarray(z0), steps, cfg_weight)  # warm-up
+                row["latent_rel_diff"] = _rel(z[whos[0]], z["official"])
+            for who in whos[1:]:
+                row[f"{who}_rel_diff_vs_{whos[0]}"] = _rel(z[who], z[whos[0]])
+            for who, zw in z.items():
+                first.setdefault((who, b), (dtype, zw))
+                if first[(who, b)][0] != dtype:
+                    row[f"{who}_rel_diff_vs_{first[(who, b)][0]}"] = _rel(zw, first[(who, b)][1])
             for r in range(repeats):
-                order = ("ours", "official") if r % 2 == 0 else ("official", "ours")
+                order = list(times) if r % 2 == 0 else list(times)[::-1]
                 for who in order:
                     if who == "official" and official is None:
                         continue
                     t0 = time.perf_counter()
-                    if who == "ours":
-                        jax.block_until_ready(compiled(state, jnp.asarray(ids), mask, z0, w))
-                    else:
+                    if who == "official":
                         official.generate(table[ids], np.asarray(z0), steps, cfg_weight)
+                    else:
+                        jax.block_until_ready(compiled[who](state, jnp.asarray(ids), mask, z0, w))
                     times[who].append((time.perf_counter() - t0) / steps)
             for who in times:
                 if times[who]:
                     row[f"{who}_s_per_step"] = statistics.median(times[who])
                     row[f"{who}_samples"] = times[who]
-            msg = f"{dtype:8s} batch {b}: ours {row['ours_s_per_step']:.3f} s/step"
+            msg = f"{dtype:8s} batch {b}: " + ", ".join(f"{who} {row[f'{who}_s_per_step']:.3f}"
+                                                        for who in whos) + " s/step"
             if official is not None:
-                row["speedup"] = row["official_s_per_step"] / row["ours_s_per_step"]
-                msg += (f", official {row['official_s_per_step']:.3f} s/step -> ours {row['speedup']:.2f}x "
-                        f"faster (medians of {repeats} alternating runs); latents differ by "
+                for who in whos:
+                    key = "speedup" if who == "ours" else f"speedup_{who}"
+                    row[key] = row["official_s_per_step"] / row[f"{who}_s_per_step"]
+                msg += (f", official {row['official_s_per_step']:.3f} s/step -> "
+                        + ", ".join(f"{who} {row['speedup' if who == 'ours' else 'speedup_' + who]:.2f}x"
+                                    for who in whos)
+                        + f" faster (medians of {repeats} alternating runs); latents differ by "
                         f"{100 * row['latent_rel_diff']:.2f}% (relative L2)")
             msg += "".join(f"; {k.replace('_', ' ')} {100 * v:.2f}%" for k, v in row.items() if "_vs_" in k)
             log(msg)
             out["rows"].append(row)
     return out
-

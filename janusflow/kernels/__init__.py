@@ -1,0 +1,1 @@
+"""Hand-written kernels called from the models as XLA custom calls (``jax.ffi``)."""
