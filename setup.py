@@ -42,6 +42,10 @@ setup(
             # the suite runs in two worker processes (2 cores; compile-bound tests overlap, and
             # no single process accumulates the whole suite's compiled programs)
             "pytest-xdist>=3",
+            # the vendor-GEMM custom call's tests build and run it against Intel MKL (same as
+            # the "vendor-gemm" extra); without MKL they skip with a printed reason
+            "mkl",
+            "mkl-include",
             # the sweep statistics' tests check their t-intervals against scipy.stats
             "scipy>=1.10",
             # PyTorch references for parity tests. torch is pinned to the CPU build; a bare
