@@ -6,6 +6,8 @@ experiments/README.md; here only their cheap parts (data views) are checked."""
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 
@@ -14,10 +16,12 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _run(args, cwd):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    return subprocess.run([sys.executable, "-c", "import sys; from janusflow.cli.main import main; sys.exit(main())",
-                           *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
+CLI = [sys.executable, "-c", "import sys; from janusflow.cli.main import main; sys.exit(main())"]
+ENV = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+
+
+def _run(args, cwd, timeout=1200):
+    return subprocess.run(CLI + list(args), cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.slow   # the whole recipe in a subprocess: minutes
@@ -100,3 +104,57 @@ def test_siglip_batch_sets_the_pair_count_apart_from_the_stage_batch():
         assert s.und_batch + s.gen_batch + s.text_batch == cfg.recipe.batch
     with pytest.raises(ConfigError, match="siglip_batch"):
         RecipeConfig(siglip_batch=-1)
+
+
+@pytest.mark.slow   # the quick recipe in subprocesses, stopped once and resumed: minutes
+def test_a_signalled_phase_stops_the_recipe_and_the_same_command_resumes_it(tmp_path):
+    """SIGTERM in the middle of stage 2: the phase saves a checkpoint and the recipe stops there
+    in one line (exit 75), instead of starting stage 3 on a stage 2 without its final model; the
+    same command then resumes stage 2 from that checkpoint and finishes the recipe."""
+    work = tmp_path / "run"
+    args = ["train", "--config", "experiments/shapes_tiny.py:quick", "--workdir", str(work),
+            "--set", "recipe.stage_steps=5,60,5", "--set", "train.log_every=1", "--set", "recipe.eval_untrained=false"]
+    proc = subprocess.Popen(CLI + args, cwd=ROOT, env={**ENV, "PYTHONUNBUFFERED": "1"}, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    lines, in_stage2 = [], False
+    for line in proc.stdout:
+        lines.append(line)
+        in_stage2 = in_stage2 or line.startswith("== phase stage2")
+        if in_stage2 and line.startswith("step "):   # stage 2's loop is running: its first steps
+            proc.send_signal(signal.SIGTERM)
+            break
+    out = "".join(lines) + proc.communicate(timeout=1800)[0]
+    assert proc.returncode == 75, out[-3000:]
+    saved = re.search(r"received signal 15: saved step (\d+) and stopping", out)
+    assert saved and 0 < int(saved.group(1)) < 60, out[-3000:]
+    stopped = [ln for ln in out.splitlines() if ln.startswith("janusflow train:")]
+    assert stopped == [f"janusflow train: the recipe stopped in phase stage2, which ended without its final model "
+                       f"({work / 'stage2'}/model); the same command resumes it from its last checkpoint"], out[-3000:]
+    assert not (work / "stage2" / "model").exists() and not (work / "stage3").exists()
+    assert "not a checkpoint" not in out
+
+    p = _run(args, ROOT, timeout=1800)   # the same command
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert f"resumed from step {saved.group(1)} in {work / 'stage2'}" in p.stdout
+    ran = [ln.split(":")[0] for ln in p.stdout.splitlines() if ln.startswith("== phase")]
+    assert ran == ["== phase stage2", "== phase stage3"], ran   # the finished phases are skipped
+    steps = [json.loads(ln)["step"] for ln in (work / "stage2" / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1] == 60 and steps == sorted(set(steps))   # resumed, not started over
+    assert (work / "results.json").is_file() and (work / "stage3" / "model_ema").is_dir()
+
+
+def test_a_phase_is_finished_only_when_its_final_models_are_complete(tmp_path):
+    """A final-model folder without its config (written last) is a save cut short by a kill:
+    the phase runs again (and, having reached its last step, only saves its models)."""
+    from janusflow.checkpoint.model_io import CONFIG_NAME
+    from janusflow.configs.loader import load_config
+    from janusflow.train.recipe import _phase_cfg, phase_finished
+    pcfg = _phase_cfg(load_config(os.path.join(ROOT, "experiments/shapes_tiny.py:quick")), "stage2", "prev")
+    assert not phase_finished(pcfg, str(tmp_path))
+    for name in ("model", "model_ema"):
+        (tmp_path / name / "params").mkdir(parents=True)
+    assert not phase_finished(pcfg, str(tmp_path))
+    (tmp_path / "model" / CONFIG_NAME).write_text("{}")
+    assert not phase_finished(pcfg, str(tmp_path))   # the EMA model was being written
+    (tmp_path / "model_ema" / CONFIG_NAME).write_text("{}")
+    assert phase_finished(pcfg, str(tmp_path))

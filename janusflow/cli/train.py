@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+
 from janusflow.cli.common import add_config_args, load_config_args
+
+# a recipe stopped before its end (e.g. SIGTERM), to be resumed: sysexits' EX_TEMPFAIL ("try
+# again"), so a sweep or a scheduler sees it unfinished, not failed with an error
+STOPPED_EXIT = 75
 
 
 def cmd_train(args) -> int:
@@ -20,8 +26,12 @@ def cmd_train(args) -> int:
     # here or in the environment (parallel/mesh.py)
     init_distributed(coordinator=args.coordinator, num_processes=args.num_processes, process_id=args.process_id)
     if cfg.recipe.enabled:  # the multi-phase default run (train/recipe.py)
-        from janusflow.train.recipe import run
-        run(cfg, args.workdir, start_over=args.start_over)
+        from janusflow.train.recipe import PhaseStopped, run
+        try:
+            run(cfg, args.workdir, start_over=args.start_over)
+        except PhaseStopped as e:   # stopped by a signal, resumable: said in one line, not an error
+            print(f"janusflow train: {e}", file=sys.stderr)
+            return STOPPED_EXIT
     else:
         from janusflow.train.loop import train
         train(cfg, args.workdir, start_over=args.start_over)
@@ -31,7 +41,8 @@ def cmd_train(args) -> int:
 def register(sub) -> None:
     p = sub.add_parser("train", help="train (or resume) an experiment in --workdir")
     add_config_args(p)
-    p.add_argument("--workdir", required=True, help="checkpoints, metrics, samples; resumed if it holds a run")
+    p.add_argument("--workdir", required=True, help="checkpoints, metrics, samples; resumed if it holds a run (a recipe stopped by "
+                   "SIGTERM/SIGINT exits with 75 and resumes with the same command)")
     p.add_argument("--platform", default=None, metavar="FILE[:k=v,...]",
                    help="tpu_configs/<name>.py: mesh, micro-batch (sets accumulation), remat, dtype, flags")
     p.add_argument("--start-over", action="store_true",

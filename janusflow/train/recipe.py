@@ -8,7 +8,9 @@
               the untrained model, understanding accuracy, what the SigLIP encoder knows
               (shape/colour probes against a random tower), sample grids, learning curves.
 Each phase lives in ``workdir/<phase>`` and is skipped when its final model exists, so the
-recipe resumes where it stopped (a phase itself resumes from its checkpoints).
+recipe resumes where it stopped (a phase itself resumes from its checkpoints). A phase that
+ends without its final model (SIGTERM/SIGINT: it saved a checkpoint and returned) stops the
+recipe there with :class:`PhaseStopped`, not the next phase with a missing model.
 """
 
 from __future__ import annotations
@@ -30,6 +32,17 @@ from janusflow.data.mixing import with_task_ratios
 from janusflow.train import loop
 from janusflow.train import workdir as workdir_lib
 
+
+class PhaseStopped(RuntimeError):
+    """A phase returned without its final model (a signal made it checkpoint and stop); the
+    same command resumes the recipe from that checkpoint."""
+
+
+def phase_finished(pcfg: ExperimentConfig, pdir: str) -> bool:
+    """Every final model of the phase complete (its config is written last), so a folder left
+    half-written by a kill during the save is not taken for a finished phase."""
+    from janusflow.checkpoint.model_io import is_model_dir
+    return all(is_model_dir(os.path.join(pdir, name)) for name in loop.final_model_names(pcfg))
 
 
 def phases(recipe) -> tuple:
@@ -208,7 +221,7 @@ def _run(cfg: ExperimentConfig, workdir: str, log: Callable, start_over: bool) -
         pdir = os.path.join(workdir, phase)
         pcfg = _phase_cfg(cfg, phase, prev)
         b = pcfg.train
-        if not os.path.isdir(os.path.join(pdir, "model")):
+        if not phase_finished(pcfg, pdir):
             log(f"== phase {phase}: stage {b.stage}, {b.steps} steps, batch und/gen/text "
                 f"{b.und_batch}/{b.gen_batch}/{b.text_batch}, lr {b.optim.lr}"
                 + (f", generation data {pcfg.data.gen.name}" if pcfg.data.gen != cfg.data.gen else ""))
@@ -216,6 +229,9 @@ def _run(cfg: ExperimentConfig, workdir: str, log: Callable, start_over: bool) -
             if curve is not None and phase not in PHASES[:2]:   # the phases that train generation
                 probe = (r.curve_every, curve.probe(phase, gen_seen, b.gen_batch))
             loop.train(pcfg, pdir, log=log, start_over=start_over, probe=probe)
+            if not phase_finished(pcfg, pdir):
+                raise PhaseStopped(f"the recipe stopped in phase {phase}, which ended without its final model "
+                                   f"({pdir}/model); the same command resumes it from its last checkpoint")
         gen_seen += b.steps * b.gen_batch
         prev = pdir
     results = {"train_minutes": (time.perf_counter() - t_start) / 60}
