@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import optax
 
 from janusflow.train.blockwise_quant import BLOCK, SIGNED, UNSIGNED, Quantized, dequantize, quantize
+from janusflow.train.chunked import by_chunks
 
 MIN_SIZE = 4096
 
@@ -58,22 +59,14 @@ def _write(x, codes, book, block):
     return q.codes, q.scales
 
 
-def by_slice(fn, *xs):
-    """``fn`` applied to ``xs[i]`` for each index i of their common leading axis, one slice after
-    the other (``lax.map``), results stacked: the float32 working copies ``fn`` makes then exist
-    for one slice at a time, not for the whole tensor. Equal to ``fn(*xs)`` when ``fn`` treats
-    the slices independently (elementwise math, blocks along the last axis)."""
-    return jax.lax.map(lambda s: fn(*s), xs)
-
-
 def scale_by_adam_8bit(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, *,
                        block: int = BLOCK, min_size: int = MIN_SIZE,
-                       layerwise: bool = True) -> optax.GradientTransformation:
+                       chunked: bool = True) -> optax.GradientTransformation:
     """Adam's direction m_hat / (sqrt(v_hat) + eps) with 8-bit block-wise moments; float32
-    math whatever the gradients' and parameters' dtype. ``layerwise``: tensors of 3 or more
-    axes (a scanned model's stacked layers [layers, in, out], conv kernels) are updated one
-    leading index at a time, so the dequantized moments and the new ones live for one layer,
-    not for the whole stack (the same numbers: the blocks run along the last axis)."""
+    math whatever the gradients' and parameters' dtype. ``chunked``: a big tensor (a scanned
+    model's stacked layers [layers, in, out], an embedding) is updated a chunk of its leading
+    axis at a time (``train/chunked.py``), so its dequantized and new moments live for one
+    chunk, not for the whole tensor; the same numbers, since the blocks run along the last axis."""
 
     def init(params):
         mu = jax.tree.map(lambda p: _init_moment(p, SIGNED, min_size, block), params)
@@ -96,8 +89,8 @@ def scale_by_adam_8bit(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, *,
             return u, _write(m, mc, SIGNED, block), _write(v, vc, UNSIGNED, block)
 
         def tensor(g, mc, ms, vc, vs):
-            return (by_slice(leaf, g, mc, ms, vc, vs) if layerwise and g.ndim >= 3 and mc.dtype == jnp.uint8
-                    else leaf(g, mc, ms, vc, vs))
+            # chunks of whole leading-axis slices: the blocks (last axis) are the same
+            return by_chunks(leaf, g, mc, ms, vc, vs) if chunked and mc.dtype == jnp.uint8 else leaf(g, mc, ms, vc, vs)
 
         out = jax.tree.map(tensor, updates, state.mu, state.mu_scale, state.nu, state.nu_scale)
         pick = lambda f: jax.tree.map(lambda _, o: f(o), updates, out)  # noqa: E731
@@ -108,9 +101,9 @@ def scale_by_adam_8bit(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, *,
 
 
 def adamw_8bit(learning_rate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
-               weight_decay: float = 0.0, *, block: int = BLOCK, min_size: int = MIN_SIZE, layerwise: bool = True):
+               weight_decay: float = 0.0, *, block: int = BLOCK, min_size: int = MIN_SIZE, chunked: bool = True):
     """``optax.adamw`` with 8-bit moments (decoupled weight decay, then the learning rate)."""
-    return optax.chain(scale_by_adam_8bit(b1, b2, eps, block=block, min_size=min_size, layerwise=layerwise),
+    return optax.chain(scale_by_adam_8bit(b1, b2, eps, block=block, min_size=min_size, chunked=chunked),
                        optax.add_decayed_weights(weight_decay),
                        optax.scale_by_learning_rate(learning_rate))
 
