@@ -20,7 +20,7 @@ optimizer math, stochastic rounding; default the checkpoint's); ``lora`` a rank 
 the LLM's attention and MLP, LLM and SigLIP frozen); ``ema`` the EMA decay (0.99; 0 = no EMA
 copy of the weights). What fits one GPU (``janusflow plan`` rows: README,
 experiments/finetune_memory.md): 80 GB ``params=bf16,optim=adamw8bit,ema=0``; 40 GB also
-``params=bf16,optim=adafactor,ema=0``; 24 GB ``params=bf16,lora=16,ema=0``.
+``optim=adafactor,ema=0`` (fp32 or ``params=bf16``); 24 GB ``lora=16,ema=0``.
 
 The model config comes from ``init`` (so it matches the weights); the tokenizer too when the
 checkpoint holds one. Grids of four of the dataset's own captions, from fixed noise, go to
