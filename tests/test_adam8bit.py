@@ -112,3 +112,29 @@ def test_nearest_code_is_the_brute_force_nearest():
         x = np.asarray(jnp.clip(x, book[0], 1))
         want = np.argmin(np.abs(x[:, None] - book[None, :]), axis=1)
         np.testing.assert_array_equal(np.asarray(bq.nearest_code(jnp.asarray(x), book)), want)
+
+
+def test_chunked_update_equals_the_whole_tensor_update(monkeypatch):
+    """Big tensors updated a chunk of their leading axis at a time (stacked layers [layers, in,
+    out], an embedding's rows, 4-axis kernels) give bit for bit the whole-tensor update and
+    state, over steps whose gradients change scale along the leading axis (each chunk's blocks
+    are its own); small tensors keep fp32 moments and the plain path."""
+    from janusflow.train import chunked
+    from janusflow.train.adam8bit import scale_by_adam_8bit
+    monkeypatch.setattr(chunked, "MAX_VALUES", 4096)      # chunk the test's small tensors
+    assert [chunked.chunk_count(s, 4096) for s in ((3, 16, 2816), (64, 128), (2, 2, 8, 300), (7, 4096))] == [3, 2, 2, 7]
+    params = {"stack": jnp.zeros((3, 16, 2816)), "conv": jnp.zeros((2, 2, 8, 300)),
+              "embed": jnp.zeros((64, 128)), "bias": jnp.zeros((5,))}
+    by_chunk, whole = scale_by_adam_8bit(0.9, 0.95, chunked=True), scale_by_adam_8bit(0.9, 0.95, chunked=False)
+    s_chunk, s_whole = by_chunk.init(params), whole.init(params)
+    for i in range(4):
+        grads = jax.tree.map(lambda p: jax.random.normal(jax.random.fold_in(jax.random.key(3), i), p.shape)
+                             * 10.0 ** -jnp.arange(p.shape[0]).reshape((-1,) + (1,) * (p.ndim - 1)), params)
+        u_chunk, s_chunk = jax.jit(by_chunk.update)(grads, s_chunk)
+        u_whole, s_whole = jax.jit(whole.update)(grads, s_whole)
+        for a, b in zip(jax.tree.leaves((u_chunk, s_chunk)), jax.tree.leaves((u_whole, s_whole))):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert s_chunk.mu["stack"].dtype == jnp.uint8 and s_chunk.mu_scale["stack"].shape == (3, 16, 2)
+    # the big tensors really go through a loop over their chunks (one chunk's copies live)
+    hlo = jax.jit(by_chunk.update).lower(grads, s_chunk).as_text()
+    assert hlo.count("stablehlo.while") == 3 and "while" not in jax.jit(whole.update).lower(grads, s_whole).as_text()

@@ -56,6 +56,33 @@ def test_small_updates_accumulate_in_bf16_weights():
     assert moved == pytest.approx(100 * 2e-5, rel=0.05), moved
 
 
+def test_chunked_rounding_stays_within_the_rounding_of_the_whole_tensor(monkeypatch):
+    """A big bf16 leaf is summed and rounded a chunk of rows at a time (its own key per chunk):
+    every value is the exact float32 sum rounded down or up to a neighbouring bf16 value, as
+    the whole-tensor rounding's is, and the rounding stays unbiased; a small leaf and float32
+    leaves are computed exactly as before."""
+    from janusflow.train import chunked
+    from janusflow.train.low_precision import stochastic_round
+    monkeypatch.setattr(chunked, "MAX_VALUES", 4096)
+    params = {"big": jnp.full((16, 2048), 0.02, jnp.bfloat16), "small": jnp.full((64,), 0.02, jnp.bfloat16),
+              "fp32": jnp.full((16, 2048), 0.02, jnp.float32)}
+    updates = jax.tree.map(lambda p: jax.random.uniform(jax.random.key(5), p.shape, minval=-4e-4, maxval=4e-4), params)
+    key = jax.random.key(9)
+    out = jax.jit(apply_updates)(params, updates, key)
+    exact = np.asarray(params["big"].astype(jnp.float32) + updates["big"])
+    got = np.asarray(out["big"].astype(jnp.float32))
+    down = np.asarray(jnp.asarray(exact).astype(jnp.bfloat16).astype(jnp.float32))   # nearest, then its neighbour
+    up = np.asarray(jnp.nextafter(jnp.asarray(down, jnp.bfloat16), jnp.bfloat16(np.sign(exact - down) * np.inf)).astype(jnp.float32))
+    assert np.all((got == down) | (got == up))
+    assert abs(float(np.mean(got - exact))) < 2e-6          # unbiased: the mean error is ~0
+    assert len(np.unique(got)) > 2                           # and the chunks are not one repeated pattern
+    # the small leaf: the same key and the same bits as the unchunked rounding (leaf order: big, fp32, small)
+    keys = jax.random.split(key, 3)
+    want = stochastic_round(params["small"].astype(jnp.float32) + updates["small"], keys[2], jnp.bfloat16)
+    np.testing.assert_array_equal(np.asarray(out["small"]), np.asarray(want))
+    np.testing.assert_array_equal(np.asarray(out["fp32"]), np.asarray(params["fp32"] + updates["fp32"]))
+
+
 @pytest.mark.slow
 def test_bf16_params_8bit_state_fine_tune_trains_checkpoints_and_resumes(tmp_path):
     from test_finetune import _base_checkpoint, _build

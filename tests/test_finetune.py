@@ -218,3 +218,20 @@ def test_finetune_mixes_base_data_only_when_named(tmp_path):
         mixed_cfg.data, base=dataclasses.replace(mixed_cfg.data.base, caption="prompt")))
     errors = check_data(bad).errors
     assert len(errors) == 1 and "field 'prompt' missing (data.base reads it" in errors[0], errors
+
+
+def test_memory_switches_reach_the_planned_configs(tmp_path):
+    """The one-GPU rows of the README's fine-tune memory table are args of the one command:
+    bf16 weights + 8-bit AdamW or Adafactor, LoRA, and the EMA off (the plans' setting)."""
+    data, ckpt = _build(tmp_path), _base_checkpoint(tmp_path)
+    spec = f"janusflow:finetune:data={data},name=colors,init={ckpt}"
+    plain = load_config(spec)
+    assert plain.train.lora.rank == 0 and plain.train.optim.ema_decay == 0.99 and plain.train.optim.name == "adamw"
+    full = load_config(f"{spec},params=bf16,optim=adamw8bit,ema=0")
+    assert (full.model.param_dtype, full.train.optim.name, full.train.optim.ema_decay) == ("bfloat16", "adamw8bit", 0)
+    assert load_config(f"{spec},params=bf16,optim=adafactor,ema=0").train.optim.name == "adafactor"
+    lora = load_config(f"{spec},params=bf16,lora=16,ema=0")
+    assert lora.train.lora.rank == 16 and lora.model.param_dtype == "bfloat16"
+    for bad, msg in (("ema=1", "must be < 1"), ("lora=-1", "must be >= 0"), ("lora=x", "not an int")):
+        with pytest.raises(ConfigError, match=msg):
+            load_config(f"{spec},{bad}")

@@ -16,7 +16,11 @@ Base data, only when named: ``base`` a TFDS name or prepared dataset directory (
 its data root, for a ``janusflow data build --out`` folder) mixed into every task stream the
 run reads, ``base_share`` (0.2) of its rows over the run. Memory: ``optim`` adamw | adamw8bit
 (8-bit block-wise moments) | adafactor; ``params`` float32 | bfloat16 (bf16 weights, fp32
-optimizer math, stochastic rounding; default the checkpoint's). ``janusflow plan`` rows for one GPU: README.
+optimizer math, stochastic rounding; default the checkpoint's); ``lora`` a rank (0: off; LoRA on
+the LLM's attention and MLP, LLM and SigLIP frozen); ``ema`` the EMA decay (0.99; 0 = no EMA
+copy of the weights). What fits one GPU (``janusflow plan`` rows: README,
+experiments/finetune_memory.md): 80 GB ``params=bf16,optim=adamw8bit,ema=0``; 40 GB also
+``optim=adafactor,ema=0`` (fp32 or ``params=bf16``); 24 GB ``lora=16,ema=0``.
 
 The model config comes from ``init`` (so it matches the weights); the tokenizer too when the
 checkpoint holds one. Grids of four of the dataset's own captions, from fixed noise, go to
@@ -31,11 +35,11 @@ import os
 
 from janusflow.configs.data import DataConfig, SourceConfig
 from janusflow.configs.errors import ConfigError
-from janusflow.configs.schema import ExperimentConfig, OptimConfig, TrainConfig
+from janusflow.configs.schema import ExperimentConfig, LoraConfig, OptimConfig, TrainConfig
 
 WHERE = "janusflow:finetune"
 KEYS = ("data", "name", "init", "steps", "lr", "batch", "task", "prompt_len", "sample_every",
-        "base", "base_data", "base_share", "optim", "params")
+        "base", "base_data", "base_share", "optim", "params", "lora", "ema")
 BASE_SHARE = 0.2
 OPTIMIZERS = ("adamw", "adamw8bit", "adafactor")
 PARAM_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16"}
@@ -134,13 +138,17 @@ def get_config(arg=None) -> ExperimentConfig:
         raise ConfigError(f"{WHERE}: params={args['params']!r}; expected float32 or bfloat16")
     if "params" in args:      # otherwise the checkpoint's own
         model = dataclasses.replace(model, param_dtype=PARAM_DTYPES[args["params"]])
+    lora = _number(args, "lora", int, 0, 0)
+    ema = _number(args, "ema", float, 0.99, 0.0)
+    if ema >= 1:
+        raise ConfigError(f"{WHERE}: ema={ema} must be < 1 (0 = no EMA)")
     prompts = sample_captions(src) if gen else ()
     every = _number(args, "sample_every", int, max(steps // 5, 1) if prompts else 0, 0)
     # the paper's stage-3 warm-up (1000 of 26k steps) scaled to the run's length
     optim = OptimConfig(name=optim_name, lr=lr, warmup_steps=min(1000, steps // 10), b1=0.9, b2=0.95, weight_decay=0.0,
-                        grad_clip=1.0, ema_decay=0.99)
+                        grad_clip=1.0, ema_decay=ema)
     train = TrainConfig(stage=3, steps=steps, und_batch=und_batch, gen_batch=batch - und_batch, text_batch=0,
-                        optim=optim, init_from=init, log_every=max(1, min(10, steps // 10)),
+                        optim=optim, lora=LoraConfig(rank=lora), init_from=init, log_every=max(1, min(10, steps // 10)),
                         ckpt_every=max(1, min(500, steps // 2)), keep_checkpoints=2,
                         sample_every=every if prompts else 0, sample_prompts=prompts)
     tokenizer = init if os.path.isfile(os.path.join(init, "tokenizer.json")) else ""

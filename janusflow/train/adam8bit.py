@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import optax
 
 from janusflow.train.blockwise_quant import BLOCK, SIGNED, UNSIGNED, Quantized, dequantize, quantize
+from janusflow.train.chunked import by_chunks
 
 MIN_SIZE = 4096
 
@@ -59,9 +60,13 @@ def _write(x, codes, book, block):
 
 
 def scale_by_adam_8bit(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, *,
-                       block: int = BLOCK, min_size: int = MIN_SIZE) -> optax.GradientTransformation:
+                       block: int = BLOCK, min_size: int = MIN_SIZE,
+                       chunked: bool = True) -> optax.GradientTransformation:
     """Adam's direction m_hat / (sqrt(v_hat) + eps) with 8-bit block-wise moments; float32
-    math whatever the gradients' and parameters' dtype."""
+    math whatever the gradients' and parameters' dtype. ``chunked``: a big tensor (a scanned
+    model's stacked layers [layers, in, out], an embedding) is updated a chunk of its leading
+    axis at a time (``train/chunked.py``), so its dequantized and new moments live for one
+    chunk, not for the whole tensor; the same numbers, since the blocks run along the last axis."""
 
     def init(params):
         mu = jax.tree.map(lambda p: _init_moment(p, SIGNED, min_size, block), params)
@@ -83,7 +88,11 @@ def scale_by_adam_8bit(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, *,
             u = (m / c1) / (jnp.sqrt(v / c2) + eps)
             return u, _write(m, mc, SIGNED, block), _write(v, vc, UNSIGNED, block)
 
-        out = jax.tree.map(leaf, updates, state.mu, state.mu_scale, state.nu, state.nu_scale)
+        def tensor(g, mc, ms, vc, vs):
+            # chunks of whole leading-axis slices: the blocks (last axis) are the same
+            return by_chunks(leaf, g, mc, ms, vc, vs) if chunked and mc.dtype == jnp.uint8 else leaf(g, mc, ms, vc, vs)
+
+        out = jax.tree.map(tensor, updates, state.mu, state.mu_scale, state.nu, state.nu_scale)
         pick = lambda f: jax.tree.map(lambda _, o: f(o), updates, out)  # noqa: E731
         return pick(lambda o: o[0]), ScaleByAdam8bitState(
             count, pick(lambda o: o[1][0]), pick(lambda o: o[1][1]), pick(lambda o: o[2][0]), pick(lambda o: o[2][1]))
@@ -92,9 +101,9 @@ def scale_by_adam_8bit(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, *,
 
 
 def adamw_8bit(learning_rate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
-               weight_decay: float = 0.0, *, block: int = BLOCK, min_size: int = MIN_SIZE):
+               weight_decay: float = 0.0, *, block: int = BLOCK, min_size: int = MIN_SIZE, chunked: bool = True):
     """``optax.adamw`` with 8-bit moments (decoupled weight decay, then the learning rate)."""
-    return optax.chain(scale_by_adam_8bit(b1, b2, eps, block=block, min_size=min_size),
+    return optax.chain(scale_by_adam_8bit(b1, b2, eps, block=block, min_size=min_size, chunked=chunked),
                        optax.add_decayed_weights(weight_decay),
                        optax.scale_by_learning_rate(learning_rate))
 

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from janusflow.train.chunked import by_chunks
+
 
 def fp32_math(inner: optax.GradientTransformation) -> optax.GradientTransformation:
     """``inner`` fed float32 gradients and parameters (its state is then float32, or whatever
@@ -44,21 +46,28 @@ def stochastic_round(x: jax.Array, key: jax.Array, dtype) -> jax.Array:
     return jnp.where(jnp.isfinite(x), out, x).astype(dtype)
 
 
-def round_tree(new: dict, like: dict, key: jax.Array) -> dict:
-    """Every leaf of float32 ``new`` in the dtype of ``like``'s leaf, stochastically rounded,
-    each leaf with its own key."""
+def round_tree(fn, like: dict, *others: dict, key: jax.Array) -> dict:
+    """Every leaf of ``fn(leaf of like, leaves of others)`` (float32) in the dtype of ``like``'s
+    leaf, stochastically rounded, each leaf with its own key. A big bfloat16 leaf is computed
+    and rounded a chunk of its leading axis at a time (``train/chunked.py``; chunk i rounds
+    with ``fold_in(leaf key, i)``), so its float32 sum and random bits exist for one chunk."""
     leaves, treedef = jax.tree.flatten(like)
     keys = jax.random.split(key, max(len(leaves), 1))
-    out = [stochastic_round(n, k, l.dtype) for n, k, l in zip(treedef.flatten_up_to(new), keys, leaves)]
-    return jax.tree.unflatten(treedef, out)
+    rest = [treedef.flatten_up_to(t) for t in others]
+
+    def leaf(x, k, *xs):
+        if jnp.dtype(x.dtype) != jnp.bfloat16:      # a plain cast: XLA fuses it, nothing to bound
+            return stochastic_round(fn(x, *xs), k, x.dtype)
+        return by_chunks(lambda *a: stochastic_round(fn(*a[:-1]), a[-1], x.dtype), x, *xs, key=k)
+    return jax.tree.unflatten(treedef, [leaf(x, k, *xs) for x, k, *xs in zip(leaves, keys, *rest)])
 
 
 def apply_updates(params: dict, updates: dict, key: jax.Array) -> dict:
     """``optax.apply_updates`` summing in float32, rounded stochastically into bfloat16 leaves."""
-    return round_tree(jax.tree.map(lambda p, u: p.astype(jnp.float32) + u, params, updates), params, key)
+    return round_tree(lambda p, u: p.astype(jnp.float32) + u, params, updates, key=key)
 
 
 def ema_update(ema: dict, params: dict, decay: float, key: jax.Array) -> dict:
     """decay * ema + (1 - decay) * params in float32, stochastically rounded into ema's dtypes."""
-    new = jax.tree.map(lambda e, p: decay * e.astype(jnp.float32) + (1 - decay) * p.astype(jnp.float32), ema, params)
-    return round_tree(new, ema, key)
+    return round_tree(lambda e, p: decay * e.astype(jnp.float32) + (1 - decay) * p.astype(jnp.float32),
+                      ema, params, key=key)
