@@ -158,3 +158,66 @@ def test_image_token_training_lowers_the_loss_on_a_fixed_batch():
                optim=OptimConfig(lr=3e-3, warmup_steps=1, ema_decay=0.0))
     _, m, _ = _run(cfg, MeshConfig(data=1), 1, steps=25)
     assert m[-1]["loss_img"] < 0.7 * m[0]["loss_img"], (m[0]["loss_img"], m[-1]["loss_img"])
+
+
+def _shapes_images(n, seed):
+    from janusflow.shapes import world
+    rng = np.random.default_rng(seed)
+    tags = ("single_object", "two_object", "colors", "counting")
+    imgs = [world.render(world.sample_scene(rng, 32, tags[i % 4])[0], 32, rng) for i in range(n)]
+    return np.stack(imgs).astype(np.float32) / 127.5 - 1.0
+
+
+def test_vq_training_lowers_the_reconstruction_loss():
+    from janusflow.objectives.vq import vq_losses
+    from janusflow.train.vq_pretrain import pretrain_vq
+    from janusflow.models.vq_tokenizer import VQTokenizer
+    cfg = presets.tiny_janus_pro().vq
+    batches = iter([{"gen": {"images": _shapes_images(8, s)}} for s in range(40)])
+    res = pretrain_vq(cfg, batches, 40, lr=2e-3, seed=0, log=lambda m: None)
+    held = jnp.asarray(_shapes_images(16, 1000))          # images no step saw
+    before = vq_losses(VQTokenizer(cfg, rngs=nnx.Rngs(0)), held)
+    tok = VQTokenizer(cfg, rngs=nnx.Rngs(1))
+    state = nnx.state(tok, nnx.Param)
+    nnx.replace_by_pure_dict(state, res["params"])
+    nnx.update(tok, state)
+    after = vq_losses(tok, held)
+    assert float(after["rec"]) < 0.5 * float(before["rec"]), (float(before["rec"]), float(after["rec"]))
+    assert res["last"]["rec"] < res["first"]["rec"] and 1 <= res["codes_used"] <= cfg.codebook_size
+    # the codebook and commitment terms are the distances between z and its entry, as written
+    z = tok.encode_latents(held)
+    codes, zf, zq = tok.quantize.nearest(z)
+    np.testing.assert_allclose(float(after["codebook"]), float(jnp.mean((zq - zf) ** 2)), rtol=1e-5)
+    np.testing.assert_allclose(float(after["commit"]), float(after["codebook"]), rtol=1e-6)
+
+
+@pytest.mark.slow   # the whole recipe (vq, siglip, llm, stages 1-3, eval) in a subprocess: minutes
+def test_tiny_janus_pro_config_trains_end_to_end(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    work = tmp_path / "run"
+    p = subprocess.run([sys.executable, "-c", "import sys; from janusflow.cli.main import main; sys.exit(main())",
+                        "train", "--config", "experiments/shapes_tiny_janus_pro.py:quick", "--workdir", str(work)],
+                       cwd=root, env=env, capture_output=True, text=True, timeout=1800)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    vq = json.loads((work / "vq_pretrain.json").read_text())
+    assert vq["codebook_size"] == 256 and vq["last"]["rec"] > 0
+    res = json.loads((work / "results.json").read_text())["final"]
+    assert set(res["shapes_bench"]["per_tag"]) == {"single_object", "two_object", "counting", "colors",
+                                                  "position", "color_attr"}
+    assert "conditioning" not in res and 0 <= res["understanding"]["overall"] <= 1
+    rows = [json.loads(line) for line in open(work / "stage2" / "metrics.jsonl")]
+    assert rows and all(r["loss_img"] > 0 and r["loss_rf"] == 0 for r in rows)
+
+
+def test_bench_sample_times_the_ar_sampler():
+    from janusflow.perf import bench_ar
+    lines = []
+    out = bench_ar.run(presets.tiny_janus_pro(), batch=1, repeats=2, prompt_len=8, log=lines.append)
+    assert out["num_tokens"] == 64 and len(out["samples_s"]) == 2 and out["sample_s"] > 0
+    assert out["per_image_s"] >= out["sample_s"] and out["vq_decode_s"] > 0
+    assert any("ms per image token" in x for x in lines)
