@@ -28,6 +28,6 @@ def get_config(arg=None):
         raise ConfigError(f"experiments/shapes_tiny_janus_pro.py: unknown arg {arg!r} (expected '' or 'quick')")
     base = load_config(os.path.join(os.path.dirname(os.path.abspath(__file__)), "shapes_tiny.py")
                        + (":quick" if arg == "quick" else ""))
-    recipe = dataclasses.replace(base.recipe, cfg_weight=5.0, vq_steps=5 if arg == "quick" else 600,
-                                 vq_batch=32, vq_lr=2e-3)
+    recipe = dataclasses.replace(base.recipe, cfg_weight=5.0, vq_steps=5 if arg == "quick" else 200,
+                                 vq_batch=32, vq_lr=3e-3)
     return dataclasses.replace(base, name="shapes_tiny_janus_pro", model=tiny_janus_pro(vq=VQ), recipe=recipe)
