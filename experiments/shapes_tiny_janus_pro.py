@@ -30,4 +30,6 @@ def get_config(arg=None):
                        + (":quick" if arg == "quick" else ""))
     recipe = dataclasses.replace(base.recipe, cfg_weight=5.0, vq_steps=5 if arg == "quick" else 200,
                                  vq_batch=32, vq_lr=3e-3)
-    return dataclasses.replace(base, name="shapes_tiny_janus_pro", model=tiny_janus_pro(vq=VQ), recipe=recipe)
+    # gen_codec is JanusFlow's (unused by this family): kept as the base's so the two differ only in the head
+    model = tiny_janus_pro(vq=VQ, gen_codec=base.model.gen_codec)
+    return dataclasses.replace(base, name="shapes_tiny_janus_pro", model=model, recipe=recipe)
