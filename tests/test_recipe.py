@@ -70,7 +70,7 @@ def test_quick_sweep_runs_the_whole_recipe(tmp_path):
     # (a second command skipping the finished member: tests/test_sweep.py::test_failing_member_does_not_stop_the_sweep)
 
 
-@pytest.mark.parametrize("member", ["A", "D", "E"])
+@pytest.mark.parametrize("member", ["A", "D", "E", "AR"])
 def test_siglip_pretraining_gets_caption_image_pairs_for_every_ablation(member):
     """SigLIP pre-training reads the gen stream; A (no REPA) and D (no generation) have none of
     their own, so the recipe reads it through a data view (this broke D once)."""

@@ -39,6 +39,11 @@ TINY_EXPECTED = {
     "D": {"model.gen_enabled", "recipe.stage_ratios"},
     "E": {"model.und_encoder", "recipe.stage_ratios"},
     "F": set(),
+    # the Janus-Pro family: its model (VQ tokenizer, no REPA, the official <begin_of_image> slot)
+    # and its recipe's VQ phase and official CFG weight
+    "AR": {"model.family", "model.repa", "model.beg_of_und_embed", "model.vq.base_channels",
+           "model.vq.channel_mult", "model.vq.codebook_size", "model.vq.norm_groups", "model.vq.num_res_blocks",
+           "model.vq.z_channels", "recipe.cfg_weight", "recipe.vq_steps", "recipe.vq_batch", "recipe.vq_lr"},
     "repa_layer_1": {"model.repa_layer"},
     "repa_layer_3": {"model.repa_layer"},
     "repa_weight_0.25": {"train.loss.repa_weight"},

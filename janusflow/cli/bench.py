@@ -49,6 +49,15 @@ def cmd_bench_train(args) -> int:
 
 
 def cmd_bench_sample(args) -> int:
+    cfg = load_config_args(args)
+    if cfg.model.generates_image_tokens:   # Janus-Pro: the AR image-token sampler
+        if args.compare_official:
+            raise SystemExit("janusflow bench sample: --compare-official is not implemented for the "
+                             "image-token (Janus-Pro) family yet")
+        from janusflow.perf import bench_ar
+        bench_ar.run(cfg.model, batch=args.batch, repeats=args.repeats, prompt_len=args.prompt_len,
+                     decode=not args.no_decode)
+        return 0
     if args.compare_official:
         from janusflow.perf import bench_official
         bench_official.run(load_config_args(args).model, batches=args.batches, dtypes=args.dtypes,

@@ -294,6 +294,12 @@ class ModelConfig:
         return self.latent_size // self.gen_codec.stride
 
     @property
+    def generates_image_tokens(self) -> bool:
+        """Images are generated as discrete VQ tokens by next-token prediction (Janus-Pro), not
+        by a velocity field (JanusFlow): the one question training and data ask of the family."""
+        return self.head.autoregressive
+
+    @property
     def num_gen_tokens(self) -> int:
         return self.gen_grid ** 2
 

@@ -47,6 +47,9 @@ class ExperimentConfig:
         positive(self, "seq_len")
         check(self.seq_len <= self.model.llm.max_position_embeddings, "ExperimentConfig.seq_len",
                f"{self.seq_len} exceeds the model context {self.model.llm.max_position_embeddings}")
+        check(not (self.recipe.enabled and self.model.generates_image_tokens and self.recipe.vq_steps == 0),
+              "RecipeConfig.vq_steps", "a recipe run of a model that generates VQ image tokens trains its "
+              "tokenizer first: set vq_steps > 0")
         if self.model.attention_impl == "splash":
             # splash runs per shard on whole rows (models/attention.py): a sequence split would
             # need the keys of the other shards, which the kernel does not gather

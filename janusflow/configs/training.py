@@ -77,6 +77,7 @@ class LossConfig:
     ar_weight: float = 1.0
     rf_weight: float = 1.0
     repa_weight: float = 1.0                # JanusFlow: 1 (REPA paper: 0.5)
+    img_weight: float = 1.0                 # Janus-Pro's image-token cross entropy
     t_sampling: str = "logit_normal"        # "logit_normal" | "uniform"
     t_mean: float = 0.0
     t_std: float = 1.0
@@ -93,7 +94,7 @@ class LossConfig:
         check(0 <= self.cfg_drop_prob <= 1, "LossConfig.cfg_drop_prob", "must be in [0, 1]")
         check(self.task_weighting in ("task", "example"), "LossConfig.task_weighting",
                f"must be 'task' or 'example', got {self.task_weighting!r}")
-        for n in ("ar_weight", "rf_weight", "repa_weight"):
+        for n in ("ar_weight", "rf_weight", "repa_weight", "img_weight"):
             check(getattr(self, n) >= 0, f"LossConfig.{n}", "must be >= 0")
 
 
@@ -222,6 +223,10 @@ class RecipeConfig:
     stage_steps: tuple = (300, 1200, 300)
     stage_lrs: tuple = (1e-3, 1e-3, 3e-4)
     stage_ratios: tuple = (50, 50, 0, 14, 80, 6, 21, 70, 9)   # und:gen:text per stage (paper Table 1)
+    # Janus-Pro: the VQ tokenizer trained first (phase vq, train/vq_pretrain.py); 0 steps for JanusFlow
+    vq_steps: int = 0
+    vq_lr: float = 1e-3
+    vq_batch: int = 0                       # images per VQ step; 0 = ``batch``
     eval_prompts_per_tag: int = 8
     eval_images: int = 2
     eval_questions: int = 300
@@ -238,6 +243,8 @@ class RecipeConfig:
     def __post_init__(self):
         finite(self)
         positive(self, "batch", "siglip_steps", "text_steps", "eval_prompts_per_tag", "eval_images", "sample_steps")
+        check(isinstance(self.vq_steps, int) and self.vq_steps >= 0 and self.vq_batch >= 0 and self.vq_lr > 0,
+              "RecipeConfig.vq_steps/vq_batch/vq_lr", "steps and batch must be ints >= 0, lr > 0")
         check(self.siglip_batch >= 0, "RecipeConfig.siglip_batch", f"must be >= 0 (0 = batch), got {self.siglip_batch}")
         check(len(self.stage_steps) == 3 and len(self.stage_lrs) == 3, "RecipeConfig.stage_steps/stage_lrs",
                "need 3 values each")

@@ -122,19 +122,24 @@ class GenProcessor(_Processor):
     image_size: int
     repa: tuple | None       # (size, mean, std) or None
     latent_shape: tuple | None = None   # (h, w, C): read precomputed latents instead of images
+    # Janus-Pro: the prompt ends in <begin_of_image> (the official sequence) and each example
+    # carries its official unconditional row too (uncond_prompt_ids), which CFG dropout reads
+    image_tag: bool = False
 
     def prompt_ids(self, caption: str, flags) -> list:
+        tag = [self.tok.image_start_id] if self.image_tag else []
+        room = self.length - len(tag)
         ids = generation_prompt_ids(self.tok, caption)
-        if len(ids) <= self.length:
-            return ids
+        if len(ids) <= room:
+            return ids + tag
         flags.append("truncated")
         body = self.tok.encode(caption, add_bos=False)
-        budget = len(body) - (len(ids) - self.length)
+        budget = len(body) - (len(ids) - room)
         while budget > 0:
             ids = generation_prompt_ids(self.tok, self.tok.decode(body[:budget]))
-            if len(ids) <= self.length:
-                return ids
-            budget -= max(1, len(ids) - self.length)
+            if len(ids) <= room:
+                return ids + tag
+            budget -= max(1, len(ids) - room)
         raise pp.BadExample("too_long")                  # the template alone does not fit
 
     def process(self, record, rng, flags):
@@ -149,6 +154,10 @@ class GenProcessor(_Processor):
         ids = self.prompt_ids(caption, flags)
         out = {"prompt_ids": _pad(np.asarray(ids, np.int32), self.length, self.tok.pad_id, left=True),
                "prompt_mask": _pad(np.ones(len(ids), bool), self.length, False, left=True)}
+        if self.image_tag:
+            from janusflow.sample.ar_generate import uncond_prompt_ids
+            out["uncond_prompt_ids"] = uncond_prompt_ids(out["prompt_ids"][None], out["prompt_mask"][None],
+                                                         self.tok.pad_id)[0]
         if self.latent_shape is not None:
             z = np.asarray(get_field(record, LATENTS_FEATURE), np.float32)
             if z.shape != self.latent_shape:
@@ -250,7 +259,7 @@ def processors(cfg, data: DataConfig, tok: Tokenizer) -> dict:
     return {"und": UndProcessor(tok, data.und, und_len, m.num_und_tokens, o["und_pixels"], o["und_vae"],
                                 data.max_turns, data.system_prompt),
             "gen": GenProcessor(tok, data.gen, data.prompt_len, m.image_size, o["repa"],
-                                latent_shape(m) if data.gen.latents else None),
+                                latent_shape(m) if data.gen.latents else None, m.generates_image_tokens),
             "text": TextProcessor(tok, data.text, data.text_len)}
 
 

@@ -119,17 +119,23 @@ class VectorQuantizer(nnx.Module):
         e = self.embedding[...]
         return _l2_normalize(e) if self.cfg.l2_norm else e
 
-    def quantize(self, z):
-        """z (..., embed_dim) -> (codes (...), int32; z_q (...), embed_dim) with the
-        straight-through gradient to z."""
+    def nearest(self, z):
+        """z (..., embed_dim) -> (codes (...) int32, z as compared (fp32, l2-normalised with
+        ``l2_norm``), its codebook entries (fp32, differentiable in the codebook)): what the
+        codebook and commitment losses of VQ training compare (``objectives/vq.py``)."""
         e = self.codebook().astype(jnp.float32)
         zf = z.astype(jnp.float32)
         if self.cfg.l2_norm:
             zf = _l2_normalize(zf)
         d = (jnp.sum(zf ** 2, -1, keepdims=True) + jnp.sum(e ** 2, -1)
              - 2 * jnp.einsum("...d,nd->...n", zf, e, precision=jax.lax.Precision.HIGHEST))
-        codes = jnp.argmin(d, axis=-1).astype(jnp.int32)
-        zq = e[codes]
+        codes = jnp.argmin(jax.lax.stop_gradient(d), axis=-1).astype(jnp.int32)
+        return codes, zf, e[codes]
+
+    def quantize(self, z):
+        """z (..., embed_dim) -> (codes (...), int32; z_q (...), embed_dim) with the
+        straight-through gradient to z."""
+        codes, zf, zq = self.nearest(z)
         return codes, zf + jax.lax.stop_gradient(zq - zf)
 
     def lookup(self, codes):
@@ -154,9 +160,13 @@ class VQTokenizer(nnx.Module):
     def encode(self, images):
         """Images (B, H, W, 3) in [-1, 1] -> (codes (B, H/f * W/f) int32 in raster order,
         quantised latents (B, H/f, W/f, embed_dim))."""
-        self._check(images)
-        codes, zq = self.quantize.quantize(self.quant_conv(self.encoder(images)))
+        codes, zq = self.quantize.quantize(self.encode_latents(images))
         return codes.reshape(codes.shape[0], -1), zq
+
+    def encode_latents(self, images):
+        """Images -> the encoder's output after quant_conv, before quantisation (B, h, w, embed_dim)."""
+        self._check(images)
+        return self.quant_conv(self.encoder(images))
 
     def decode_latents(self, zq):
         return self.decoder(self.post_quant_conv(zq.astype(self.post_quant_conv.kernel.dtype)))

@@ -37,11 +37,14 @@ OFFICIAL_TEMPERATURE = 1.0
 
 def uncond_prompt_ids(ids, mask, pad_id: int):
     """The official unconditional rows: each row's first and last real token kept, the real
-    tokens between them replaced by ``pad_id`` (left padding stays as it is)."""
-    rank = jnp.cumsum(mask, axis=1)
+    tokens between them replaced by ``pad_id`` (left padding stays as it is). numpy in, numpy
+    out (the data pipeline makes training's CFG-dropout rows with it); jax arrays likewise."""
+    xp = np if isinstance(ids, np.ndarray) and isinstance(mask, np.ndarray) else jnp
+    mask = mask.astype(bool)
+    rank = xp.cumsum(mask, axis=1)
     first = mask & (rank == 1)
-    last = jnp.arange(ids.shape[1])[None] == ids.shape[1] - 1          # prompts are left-padded
-    return jnp.where(mask & ~first & ~last, pad_id, ids)
+    last = xp.arange(ids.shape[1])[None] == ids.shape[1] - 1          # prompts are left-padded
+    return xp.where(mask & ~first & ~last, pad_id, ids).astype(ids.dtype)
 
 
 @partial(jax.jit, static_argnames=("graphdef", "num_tokens", "mesh"))

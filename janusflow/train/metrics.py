@@ -134,6 +134,7 @@ class Progress:
         elapsed = time.perf_counter() - self.t0
         rate = (step - self.start) / max(elapsed, 1e-9)
         eta = (self.end - step) / max(rate, 1e-9)
-        terms = " ".join(f"{k[5:]}={m[k]:.4f}" for k in ("loss_ar", "loss_rf", "loss_repa") if k in m)
+        terms = " ".join(f"{k[5:]}={m[k]:.4f}" for k in ("loss_ar", "loss_rf", "loss_repa", "loss_img")
+                         if k in m and (m[k] or k != "loss_img"))
         self.log(f"step {step}/{self.end} loss={m['loss']:.4f} {terms} lr={m['lr']:.2e} "
                  f"{m['examples_per_s']:.1f} ex/s mfu={100 * m['mfu']:.1f}% eta {eta / 60:.1f} min")

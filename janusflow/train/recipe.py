@@ -28,6 +28,7 @@ from flax import nnx
 from janusflow import paths
 from janusflow.configs.schema import RECIPE_PHASES as PHASES
 from janusflow.configs.schema import ConfigError, ExperimentConfig, OptimConfig
+from janusflow.configs.variants import RECTIFIED_FLOW
 from janusflow.data.mixing import with_task_ratios
 from janusflow.train import loop
 from janusflow.train import workdir as workdir_lib
@@ -75,16 +76,22 @@ def siglip_data_cfg(cfg: ExperimentConfig) -> ExperimentConfig:
     """The data view of SigLIP pre-training: caption + image pairs (+ SigLIP pixels) of the
     generation stream, which the pipeline only produces for a model with generation and REPA
     -- not so for the ablations without them (A, D), whose SigLIP is pre-trained all the same."""
-    view = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, gen_enabled=True, und_encoder="siglip",
-                                                              repa=True))
+    # the JanusFlow family's view of the model: its pipeline emits the REPA pixels (Janus-Pro has no REPA)
+    view = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, gen_head=RECTIFIED_FLOW.name, gen_enabled=True,
+                                                              und_encoder="siglip", repa=True))
     return with_task_ratios(view, (0, 1, 0), cfg.recipe.siglip_batch or cfg.recipe.batch)
 
 
-def _save_init(cfg: ExperimentConfig, siglip_params: dict, out: str, log):
-    """A fresh model whose SigLIP tower holds the pre-trained weights."""
+def _save_init(cfg: ExperimentConfig, siglip_params: dict, out: str, log, vq_params: dict | None = None):
+    """A fresh model whose SigLIP tower (and Janus-Pro's VQ tokenizer) holds the pre-trained weights."""
     from janusflow.checkpoint.model_io import save_model
     from janusflow.models.build import build_model
     model = nnx.jit(lambda: build_model(cfg.model, seed=cfg.train.seed))()
+    if vq_params is not None:
+        state = nnx.state(model.gen_vision, nnx.Param)
+        nnx.replace_by_pure_dict(state, vq_params)
+        nnx.update(model.gen_vision, state)
+        log("the initial model's VQ tokenizer is the one trained in phase vq")
     if siglip_params is None:   # a model without SigLIP: nothing was pre-trained
         save_model(out, model, cfg.model, loop.run_tokenizer(cfg))
         log(f"saved the initial model to {out}")
@@ -108,12 +115,14 @@ def _learning_curves(workdir: str, out_png: str, run_phases=PHASES):
             continue
         rows = [json.loads(line) for line in open(path)]
         steps = [offset + r["step"] for r in rows]
-        for ax, key in zip(axes, ("loss_ar", "loss_rf", "loss_repa")):
-            vals = [r.get(key) for r in rows]
-            if any(v for v in vals):
-                ax.plot(steps, vals, label=phase)
+        # the middle panel is the generation loss: velocity MSE (JanusFlow) or image-token CE (Janus-Pro)
+        for ax, keys in zip(axes, (("loss_ar",), ("loss_rf", "loss_img"), ("loss_repa",))):
+            for key in keys:
+                vals = [r.get(key) for r in rows]
+                if any(v for v in vals):
+                    ax.plot(steps, vals, label=phase)
         offset = steps[-1] if steps else offset
-    for ax, title in zip(axes, ("AR (next-token)", "rectified flow (velocity MSE)", "REPA (-cos)")):
+    for ax, title in zip(axes, ("AR (next-token)", "generation: RF velocity MSE | image-token CE", "REPA (-cos)")):
         ax.set_title(title)
         ax.set_xlabel("step (phases concatenated)")
         ax.legend()
@@ -150,6 +159,7 @@ def evaluate(cfg: ExperimentConfig, model_dir: str, outdir: str, log, denoise_pn
                                                             outdir=outdir, batch_size=64,
                                                             sample_seed=cfg.train.seed)
         log(shapes_bench.format_one_object(out["shapes_bench"]["one_object"]))
+    if mcfg.gen_enabled and not mcfg.generates_image_tokens:   # the RF-loss probes (JanusFlow)
         # does the generator read its prompt at all? (smooth where the benchmark is coarse)
         from janusflow.shapes import conditioning
         out["conditioning"] = conditioning.conditioning_gap(
@@ -193,6 +203,22 @@ def run(cfg: ExperimentConfig, workdir: str, *, log: Callable = print, start_ove
         return _run(cfg, workdir, log, start_over)
 
 
+def _train_vq(cfg: ExperimentConfig, workdir: str, log: Callable) -> dict:
+    """Phase vq (Janus-Pro): the VQ tokenizer trained on the generation stream's images; its
+    losses and codebook usage go to workdir/vq_pretrain.json."""
+    from janusflow.data.pipeline import make_pipeline
+    from janusflow.train.vq_pretrain import pretrain_vq
+    r = cfg.recipe
+    log(f"== phase vq: {r.vq_steps} steps of VQ tokenizer training (reconstruction + codebook + commitment)")
+    batches = make_pipeline(with_task_ratios(cfg, (0, 1, 0), r.vq_batch or r.batch), cfg.data)
+    res = pretrain_vq(cfg.model.vq, batches, r.vq_steps, lr=r.vq_lr, seed=cfg.train.seed, log=log)
+    batches.close() if hasattr(batches, "close") else None
+    log(f"vq: {res['codes_used']} of {res['codebook_size']} codes used over the last tenth of the steps")
+    with open(os.path.join(workdir, "vq_pretrain.json"), "w") as f:
+        json.dump({k: res[k] for k in ("first", "last", "codes_used", "codebook_size")}, f, indent=2)
+    return res["params"]
+
+
 def _run(cfg: ExperimentConfig, workdir: str, log: Callable, start_over: bool) -> dict:
     from janusflow.data.pipeline import make_pipeline
     from janusflow.train.siglip_pretrain import pretrain_siglip
@@ -202,6 +228,9 @@ def _run(cfg: ExperimentConfig, workdir: str, log: Callable, start_over: bool) -
     init_dir = os.path.join(workdir, "init")
     if not os.path.isdir(init_dir) and not cfg.model.uses_siglip:
         _save_init(cfg, None, init_dir, log)
+    vq_params = None
+    if not os.path.isdir(init_dir) and cfg.model.generates_image_tokens:
+        vq_params = _train_vq(cfg, workdir, log)
     if not os.path.isdir(init_dir):
         log(f"== phase siglip: {r.siglip_steps} steps of sigmoid-loss pre-training")
         pcfg = siglip_data_cfg(cfg)
@@ -211,7 +240,7 @@ def _run(cfg: ExperimentConfig, workdir: str, log: Callable, start_over: bool) -
         batches.close() if hasattr(batches, "close") else None
         with open(os.path.join(workdir, "siglip_pretrain.json"), "w") as f:
             json.dump({"first_loss": res["first_loss"], "last_loss": res["last_loss"]}, f)
-        _save_init(cfg, res["params"], init_dir, log)
+        _save_init(cfg, res["params"], init_dir, log, vq_params)
     prev = init_dir
     curve, gen_seen = None, 0
     if r.curve_every:

@@ -27,8 +27,10 @@ from janusflow.train.lora import LORA_KEY, LORA_STREAM, apply_lora, init_lora
 
 # Paper Table 1. Stage 1 trains what is newly initialised (aligners, gen codec, and the new
 # small pieces: beg_of_und_embed, REPA projector, the ablation-C encoder); stage 2 adds the LLM;
-# stage 3 adds SigLIP.
-FROZEN_BY_STAGE = {1: ("language_model", "und_encoder"), 2: ("und_encoder",), 3: ()}
+# stage 3 adds SigLIP. Janus-Pro's VQ tokenizer (``gen_vision``) is trained on its own
+# (``train/vq_pretrain.py``) and stays frozen in every stage, as Janus keeps it.
+FROZEN_BY_STAGE = {1: ("language_model", "und_encoder", "gen_vision"), 2: ("und_encoder", "gen_vision"),
+                   3: ("gen_vision",)}
 # LoRA (train.lora.rank > 0): the LLM trains through its factors only, SigLIP stays as it is
 FROZEN_BY_LORA = ("language_model", "und_encoder")
 

@@ -9,6 +9,9 @@ sub-batch is optional:
   gen:  prompt_ids, prompt_mask (B_g, L) -- the prompt without the generation tag token;
         images (B_g, H, W, 3) in [-1, 1]  or  latents (B_g, h, w, C);
         repa_pixels (B_g, S, S, 3) SigLIP-normalised
+        Janus-Pro (image tokens): prompt_ids end in <begin_of_image>; uncond_prompt_ids (B_g, L),
+        the official unconditional row of each prompt (CFG dropout picks it); images (encoded
+        by the model's frozen VQ tokenizer in the step) or precomputed codes (B_g, N) int
   text: ids, attention_mask, loss_mask (B_t, T)
 ``latents`` / ``vae_latents`` are what ``encode_latents`` returns (posterior mean, shifted and
 multiplied by the VAE scaling factor; h = w = image_size / VAE downsampling, C = latent
@@ -16,7 +19,8 @@ channels). The VAE is frozen and deterministic, so precomputed latents (``janusf
 latents``) give the same loss as encoding in the step, without the encoder's FLOPs (about 0.62
 TFLOP per 384 px image for the SDXL-VAE, more than the rest of a 2-layer model's step).
 ``loss_mask`` marks tokens to be predicted (answer tokens). Losses: L_AR (mean over all
-predicted tokens of und + text), L_RF and L_REPA (means over generation examples); the total
+predicted tokens of und + text), L_RF and L_REPA (means over generation examples), or for a
+model that generates image tokens (Janus-Pro) L_IMG (mean over the image tokens); the total
 is their weighted sum, each task's mean counted once (``loss.task_weighting="task"``, the
 default), or each weighted by its share of the batch's examples (``"example"``: every example
 weighs the same whatever its task; the paper states neither). Every term is reported separately.
@@ -30,24 +34,39 @@ import optax
 
 from janusflow.configs.schema import ExperimentConfig
 from janusflow.models.vae import encode_latents
-from janusflow.objectives import ar, cfg_dropout, flow, repa
+from janusflow.objectives import ar, cfg_dropout, flow, image_tokens, repa
 from janusflow.parallel.rules import (activation_sharding, batch_sharding, constrain_like,
                                       experiment_rules, replicated)
 from janusflow.train import low_precision
 from janusflow.train.state import Parts, TrainState, merge_model, merge_vae
 
-TERMS = ("ar", "rf", "repa")
+TERMS = ("ar", "rf", "repa", "img")
 # the step key folded with this draws the stochastic rounding of bfloat16 parameters
 ROUNDING_STREAM = 0xB16
 
 
 def gen_batch_size(g) -> int:
-    """Rows of a gen sub-batch (it carries images or precomputed latents)."""
-    for k in ("latents", "images"):
+    """Rows of a gen sub-batch (it carries images, precomputed latents or precomputed codes)."""
+    for k in ("latents", "codes", "images"):
         if k in g:
             return g[k].shape[0]
-    raise ValueError(f"the gen batch needs 'images' (encoded in the step) or precomputed 'latents'; "
-                     f"it has {sorted(g)}")
+    raise ValueError(f"the gen batch needs 'images' (encoded in the step) or precomputed 'latents' / "
+                     f"'codes'; it has {sorted(g)}")
+
+
+def image_codes(model, mc, g):
+    """Precomputed codes when the batch carries them, else the frozen VQ tokenizer encodes the
+    images here (codes are integers: nothing flows back into the tokenizer)."""
+    if "codes" in g:
+        codes = g["codes"].astype(jnp.int32)
+    elif "images" in g:
+        codes, _ = model.gen_vision.encode(g["images"])
+    else:
+        raise ValueError(f"the gen batch needs 'images' or precomputed 'codes'; it has {sorted(g)}")
+    if codes.shape[1:] != (mc.num_gen_tokens,):
+        raise ValueError(f"image codes of shape {codes.shape}, expected (batch, {mc.num_gen_tokens}) "
+                         f"(image_size={mc.image_size}, VQ downsampling {mc.vq.downsample})")
+    return jax.lax.stop_gradient(codes)
 
 
 def vae_input(vae, vae_cfg, b, images_key: str, latents_key: str):
@@ -62,7 +81,7 @@ def vae_input(vae, vae_cfg, b, images_key: str, latents_key: str):
     return jax.lax.stop_gradient(x)
 
 
-def _global_counts(batch, loss_cfg):
+def _global_counts(batch, loss_cfg, num_gen_tokens: int):
     """Denominators of the three means, from the whole (not micro-) batch, so gradient
     accumulation gives exactly the gradient of the full-batch loss."""
     ar_count = jnp.zeros((), jnp.float32)
@@ -72,7 +91,7 @@ def _global_counts(batch, loss_cfg):
             ar_count += jnp.sum(m, dtype=jnp.float32)
     n_gen = jnp.asarray(gen_batch_size(batch["gen"]) if "gen" in batch else 0, jnp.float32)
     n_ar = jnp.asarray(sum(batch[t]["ids"].shape[0] for t in ("und", "text") if t in batch), jnp.float32)
-    return {"ar": ar_count, "rf": n_gen, "repa": n_gen, "ar_rows": n_ar}
+    return {"ar": ar_count, "rf": n_gen, "repa": n_gen, "img": n_gen * num_gen_tokens, "ar_rows": n_ar}
 
 
 def sample_noise(key, batch, cfg: ExperimentConfig):
@@ -85,6 +104,9 @@ def sample_noise(key, batch, cfg: ExperimentConfig):
     g = batch["gen"]
     bsz = gen_batch_size(g)
     k_t, k_noise, k_drop = jax.random.split(key, 3)
+    if mc.generates_image_tokens:
+        # CFG dropout: the dropped rows read the official unconditional prompt (the sampler's)
+        return {"dropped": jax.random.bernoulli(k_drop, lc.cfg_drop_prob, (bsz,))}
     lat = (bsz, mc.latent_size, mc.latent_size, mc.vae.channels)
     prompt_mask, _ = cfg_dropout.drop_prompt(k_drop, g["prompt_mask"], lc.cfg_drop_prob)
     return {"t": flow.sample_t(k_t, bsz, lc.t_sampling, lc.t_mean, lc.t_std),
@@ -119,7 +141,13 @@ def loss_sums(model, vae, batch, noise, cfg: ExperimentConfig):
         targets, mask = ar.shift_targets(b["ids"], b["loss_mask"])
         s, _ = ar.ar_loss_at_answers(lm.logits, hidden, targets, mask, max_predicted(task, b, mc))
         sums["ar"] += s
-    if "gen" in batch:
+    if "gen" in batch and mc.generates_image_tokens:
+        g = batch["gen"]
+        if "uncond_prompt_ids" not in g:
+            raise ValueError("a Janus-Pro gen batch needs 'uncond_prompt_ids' (the data pipeline makes them)")
+        ids = jnp.where(noise["dropped"][:, None], g["uncond_prompt_ids"], g["prompt_ids"])
+        sums["img"], _ = image_tokens.image_token_loss(model, ids, g["prompt_mask"], image_codes(model, mc, g))
+    elif "gen" in batch:
         g = batch["gen"]
         x = vae_input(vae, mc.vae, g, "images", "latents")
         t, z0, prompt_mask = noise["t"], noise["z0"], noise["prompt_mask"]
@@ -139,12 +167,12 @@ def loss_sums(model, vae, batch, noise, cfg: ExperimentConfig):
 def task_weights(counts, lc) -> dict:
     """Multiplier of each term's mean in the total (``LossConfig.task_weighting``): 1 each for
     "task"; for "example", the share of the batch's examples the term's task holds (AR: und +
-    text rows; RF and REPA: generation rows)."""
-    w = {"ar": lc.ar_weight, "rf": lc.rf_weight, "repa": lc.repa_weight}
+    text rows; RF, REPA and image tokens: generation rows)."""
+    w = {"ar": lc.ar_weight, "rf": lc.rf_weight, "repa": lc.repa_weight, "img": lc.img_weight}
     if lc.task_weighting == "task":
         return w
     rows = jnp.maximum(counts["ar_rows"] + counts["rf"], 1.0)
-    share = {"ar": counts["ar_rows"] / rows, "rf": counts["rf"] / rows, "repa": counts["rf"] / rows}
+    share = {"ar": counts["ar_rows"] / rows, **{k: counts["rf"] / rows for k in ("rf", "repa", "img")}}
     return {k: w[k] * share[k] for k in TERMS}
 
 
@@ -179,7 +207,7 @@ def make_train_step(cfg: ExperimentConfig, parts: Parts, param_shardings=None):
 
     def step(state: TrainState, batch):
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-        counts = _global_counts(batch, lc)
+        counts = _global_counts(batch, lc, cfg.model.num_gen_tokens)
         noise = sample_noise(key, batch, cfg)
         if oc.accum_steps == 1:
             grads, sums = grads_and_sums(state.params, state, batch, noise, counts)

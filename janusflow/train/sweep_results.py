@@ -28,7 +28,7 @@ from janusflow.records import Record, RecordError, iter_jsonl, read_json_object
 
 FORMAT = "janusflow-sweep-run"
 VERSION = 1
-LOSSES = ("loss_ar", "loss_rf", "loss_repa")
+LOSSES = ("loss_ar", "loss_rf", "loss_repa", "loss_img")
 MAX_CURVE_POINTS = 200      # per loss: enough for a learning curve, small enough to commit
 
 

@@ -38,16 +38,33 @@ def synthetic_batch(cfg: ExperimentConfig, seed: int = 0, prompt_len: int = 16,
                       "vae_images": jnp.asarray(imgs * 2 - 1)}
     if t.gen_batch and m.gen_enabled:
         imgs = r.rand(t.gen_batch, s, s, 3).astype(np.float32)
-        out["gen"] = {"prompt_ids": jnp.asarray(r.randint(0, v, (t.gen_batch, prompt_len)), jnp.int32),
-                      "prompt_mask": jnp.ones((t.gen_batch, prompt_len), bool)}
+        ids = r.randint(0, v, (t.gen_batch, prompt_len)).astype(np.int32)
+        out["gen"] = {"prompt_ids": jnp.asarray(ids), "prompt_mask": jnp.ones((t.gen_batch, prompt_len), bool)}
+        if m.generates_image_tokens:
+            # the official unconditional row of each prompt (pad id 0 here), images or their
+            # codes (``latents``: precomputed, random codes)
+            uncond = ids.copy()
+            uncond[:, 1:-1] = 0
+            out["gen"]["uncond_prompt_ids"] = jnp.asarray(uncond)
+            if latents:
+                out["gen"]["codes"] = jnp.asarray(r.randint(0, m.vq.codebook_size, (t.gen_batch, m.num_gen_tokens)),
+                                                  jnp.int32)
+            else:
+                out["gen"]["images"] = jnp.asarray(imgs * 2 - 1)
+            return _with_text(out, cfg, r, text_len)
         if latents:
             lat = (t.gen_batch, m.latent_size, m.latent_size, m.vae.channels)
             out["gen"]["latents"] = jnp.asarray(r.randn(*lat).astype(np.float32))
         else:
             out["gen"]["images"] = jnp.asarray(imgs * 2 - 1)
         out["gen"]["repa_pixels"] = normalize(jnp.asarray(imgs), m.siglip)
-    if t.text_batch:
-        out["text"] = {"ids": jnp.asarray(r.randint(0, v, (t.text_batch, text_len)), jnp.int32),
-                       "attention_mask": jnp.ones((t.text_batch, text_len), bool),
-                       "loss_mask": jnp.ones((t.text_batch, text_len), bool)}
+    return _with_text(out, cfg, r, text_len)
+
+
+def _with_text(out, cfg, r, text_len):
+    t = cfg.train.text_batch
+    if t:
+        out["text"] = {"ids": jnp.asarray(r.randint(0, cfg.model.llm.vocab_size, (t, text_len)), jnp.int32),
+                       "attention_mask": jnp.ones((t, text_len), bool),
+                       "loss_mask": jnp.ones((t, text_len), bool)}
     return out
