@@ -148,9 +148,10 @@ def test_1_3b_stage_2_runs_30_50_20_for_its_first_10k_steps():
 # ------------------------------------------------------------------ 5. loss weighting
 def test_task_weighting_switch():
     counts = {"ar": jnp.float32(50.0), "rf": jnp.float32(6.0), "repa": jnp.float32(6.0), "ar_rows": jnp.float32(2.0)}
-    assert task_weights(counts, LossConfig()) == {"ar": 1.0, "rf": 1.0, "repa": 1.0}
+    # img: Janus-Pro's image-token term, weighted like the other generation terms
+    assert task_weights(counts, LossConfig()) == {"ar": 1.0, "rf": 1.0, "repa": 1.0, "img": 1.0}
     w = task_weights(counts, LossConfig(task_weighting="example", repa_weight=0.5))
-    np.testing.assert_allclose([float(w[k]) for k in ("ar", "rf", "repa")], [0.25, 0.75, 0.375])
+    np.testing.assert_allclose([float(w[k]) for k in ("ar", "rf", "repa", "img")], [0.25, 0.75, 0.375, 0.75])
     with pytest.raises(ConfigError, match="LossConfig.task_weighting"):
         LossConfig(task_weighting="token")
 
