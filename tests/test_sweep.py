@@ -41,7 +41,7 @@ TINY_EXPECTED = {
     "F": set(),
     # the Janus-Pro family: its model (VQ tokenizer, no REPA, the official <begin_of_image> slot)
     # and its recipe's VQ phase and official CFG weight
-    "AR": {"model.family", "model.repa", "model.beg_of_und_embed", "model.vq.base_channels",
+    "AR": {"model.gen_head", "model.repa", "model.beg_of_und_embed", "model.vq.base_channels",
            "model.vq.channel_mult", "model.vq.codebook_size", "model.vq.norm_groups", "model.vq.num_res_blocks",
            "model.vq.z_channels", "recipe.cfg_weight", "recipe.vq_steps", "recipe.vq_batch", "recipe.vq_lr"},
     "repa_layer_1": {"model.repa_layer"},
