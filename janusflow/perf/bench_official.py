@@ -130,12 +130,12 @@ class OfficialLoop:
             return z.float().permute(0, 2, 3, 1).numpy()
 
 
-def _rel(a, b) -> float:
+def rel_l2(a, b) -> float:
     """Relative L2 distance of a from b."""
     return float(np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(b))
 
 
-def _bf16_params(model):
+def bf16_params(model):
     graphdef, state = nnx.split(model)
     return nnx.merge(graphdef, jax.tree.map(lambda a: a.astype(jnp.bfloat16), state))
 
@@ -170,7 +170,7 @@ def run(cfg: ModelConfig, batches=(1, 8), dtypes=("float32", "bfloat16"), steps:
     for dtype in dtypes:
         ours, ocfg = with_compute_dtype(model32, cfg, dtype)
         if dtype == "bfloat16":
-            ours = _bf16_params(ours)
+            ours = bf16_params(ours)
         graphdefs = {}
         for who, impl in zip(whos, impls):
             use_matmul(ours.language_model, impl)       # the kernel is static: one graph each
@@ -190,13 +190,13 @@ def run(cfg: ModelConfig, batches=(1, 8), dtypes=("float32", "bfloat16"), steps:
             row = {"dtype": dtype, "batch": b}
             if official is not None:
                 z["official"] = official.generate(table[ids], np.asarray(z0), steps, cfg_weight)  # warm-up
-                row["latent_rel_diff"] = _rel(z[whos[0]], z["official"])
+                row["latent_rel_diff"] = rel_l2(z[whos[0]], z["official"])
             for who in whos[1:]:
-                row[f"{who}_rel_diff_vs_{whos[0]}"] = _rel(z[who], z[whos[0]])
+                row[f"{who}_rel_diff_vs_{whos[0]}"] = rel_l2(z[who], z[whos[0]])
             for who, zw in z.items():
                 first.setdefault((who, b), (dtype, zw))
                 if first[(who, b)][0] != dtype:
-                    row[f"{who}_rel_diff_vs_{first[(who, b)][0]}"] = _rel(zw, first[(who, b)][1])
+                    row[f"{who}_rel_diff_vs_{first[(who, b)][0]}"] = rel_l2(zw, first[(who, b)][1])
             for r in range(repeats):
                 order = list(times) if r % 2 == 0 else list(times)[::-1]
                 for who in order:
