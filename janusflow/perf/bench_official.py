@@ -45,20 +45,32 @@ PARTS = {"language_model.model.": "llm", "vision_gen_enc_model.": "enc", "vision
          "vision_gen_dec_aligner.": "dec_aligner"}
 
 
-def load_official_uvit(src: str | None = None):
-    """(module with ShallowUViTEncoder/Decoder, None) or (None, why not)."""
-    for dep in ("torch", "transformers", "diffusers"):
+def reference_files(src: str | None, rel_paths, deps=("torch", "transformers")):
+    """Paths of ``rel_paths`` (relative to a deepseek-ai/Janus checkout) under ``src`` or the
+    installed ``janus`` package, and None; or None and why they are not to be had."""
+    for dep in deps:
         if importlib.util.find_spec(dep) is None:
             return None, f"{dep} is not installed"
     if src:
-        path = os.path.join(src, UVIT)
+        root = src
     else:
         spec = importlib.util.find_spec("janus")
         if spec is None or not spec.submodule_search_locations:
             return None, "the reference code (deepseek-ai/Janus) is not installed; pass --official-src DIR"
-        path = os.path.join(os.path.dirname(list(spec.submodule_search_locations)[0]), UVIT)
-    if not os.path.isfile(path):
-        return None, f"no {UVIT} under {src or 'the installed janus package'}"
+        root = os.path.dirname(list(spec.submodule_search_locations)[0])
+    paths = [os.path.join(root, r) for r in rel_paths]
+    missing = [r for r, p in zip(rel_paths, paths) if not os.path.isfile(p)]
+    if missing:
+        return None, f"no {', '.join(missing)} under {src or 'the installed janus package'}"
+    return paths, None
+
+
+def load_official_uvit(src: str | None = None):
+    """(module with ShallowUViTEncoder/Decoder, None) or (None, why not)."""
+    paths, why = reference_files(src, [UVIT], ("torch", "transformers", "diffusers"))
+    if paths is None:
+        return None, why
+    path = paths[0]
     # uvit.py imports torchvision at module level but none of its classes use it; diffusers and
     # transformers (which probe for torchvision) are imported first: only uvit.py sees the stand-in
     importlib.import_module("diffusers.models.embeddings")

@@ -39,7 +39,7 @@ from flax import nnx
 from janusflow.checkpoint.hf import LAYOUTS, hf_config_from_model_config, model_key_map
 from janusflow.checkpoint.torch_layout import export_state_dict
 from janusflow.configs.schema import ModelConfig
-from janusflow.perf.bench_official import bf16_params, rel_l2
+from janusflow.perf.bench_official import bf16_params, reference_files, rel_l2
 from janusflow.perf.bench_sample import random_model
 from janusflow.sample.ar_generate import (OFFICIAL_CFG_WEIGHT, OFFICIAL_TEMPERATURE, decode_codes, image_keys,
                                           sample_codes, uncond_prompt_ids)
@@ -66,27 +66,18 @@ def _read_class(path: str, name: str, namespace: dict):
 def load_official_ar(src: str | None = None):
     """(namespace with vq_model, vision_head, MlpProjector, None) or (None, why not). Only
     ``vq_model`` is needed for the VQ decode."""
-    for dep in ("torch", "transformers"):
-        if importlib.util.find_spec(dep) is None:
-            return None, f"{dep} is not installed"
-    if src:
-        root = os.path.join(src, MODELS)
-    else:
-        spec = importlib.util.find_spec("janus")
-        if spec is None or not spec.submodule_search_locations:
-            return None, "the reference code (deepseek-ai/Janus) is not installed; pass --official-src DIR"
-        root = os.path.join(list(spec.submodule_search_locations)[0], "models")
-    missing = [f for f in FILES if not os.path.isfile(os.path.join(root, f))]
-    if missing:
-        return None, f"no {', '.join(os.path.join(MODELS, f) for f in missing)} under {src or 'the installed janus package'}"
+    paths, why = reference_files(src, [os.path.join(MODELS, f) for f in FILES])
+    if paths is None:
+        return None, why
+    vq_path, vlm_path, projector_path = paths
     import torch
-    spec = importlib.util.spec_from_file_location("janus_official_vq_model", os.path.join(root, "vq_model.py"))
+    spec = importlib.util.spec_from_file_location("janus_official_vq_model", vq_path)
     vq = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(vq)
     ns = {"torch": torch, "nn": torch.nn, "Tuple": Tuple, "Union": Union}
     return types.SimpleNamespace(
-        vq_model=vq, vision_head=_read_class(os.path.join(root, "modeling_vlm.py"), "vision_head", ns),
-        MlpProjector=_read_class(os.path.join(root, "projector.py"), "MlpProjector", ns)), None
+        vq_model=vq, vision_head=_read_class(vlm_path, "vision_head", ns),
+        MlpProjector=_read_class(projector_path, "MlpProjector", ns)), None
 
 
 class OfficialARLoop:
