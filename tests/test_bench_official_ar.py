@@ -21,7 +21,7 @@ pytest.importorskip("transformers")
 
 def _tiny(**vq):
     base = presets.tiny_janus_pro()
-    return presets.tiny_janus_pro(llm=dataclasses.replace(base.llm, num_layers=1),
+    return presets.tiny_janus_pro(llm=dataclasses.replace(base.llm, num_layers=1), repa_layer=1,
                                   vq=dataclasses.replace(base.vq, **vq))
 
 
@@ -54,6 +54,7 @@ def _stand_ins():
 
 def test_compare_official_ar_cli_without_the_reference_code_times_ours_only(tmp_path, capsys):
     assert cli.main(["bench", "sample", "--config", "tiny_janus_pro", "--set", "model.llm.num_layers=1",
+                     "--set", "model.repa_layer=1",
                      "--compare-official", "--official-src", str(tmp_path), "--image-tokens", "3",
                      "--batches", "1", "--dtypes", "float32", "--repeats", "1", "--prompt-len", "4"]) == 0
     out = capsys.readouterr().out
