@@ -52,8 +52,13 @@ def cmd_bench_sample(args) -> int:
     cfg = load_config_args(args)
     if cfg.model.generates_image_tokens:   # Janus-Pro: the AR image-token sampler
         if args.compare_official:
-            raise SystemExit("janusflow bench sample: --compare-official is not implemented for the "
-                             "image-token (Janus-Pro) family yet")
+            from janusflow.perf import bench_official_ar
+            bench_official_ar.run(cfg.model, batches=args.batches, dtypes=args.dtypes, num_tokens=args.image_tokens,
+                                  repeats=args.repeats, prompt_len=args.prompt_len, decode=not args.no_decode,
+                                  official_src=args.official_src)
+            return 0
+        if args.image_tokens is not None:
+            raise SystemExit("janusflow bench sample: --image-tokens needs --compare-official")
         from janusflow.perf import bench_ar
         bench_ar.run(cfg.model, batch=args.batch, repeats=args.repeats, prompt_len=args.prompt_len,
                      decode=not args.no_decode)
@@ -111,4 +116,7 @@ def register(sub) -> None:
                    help="with --compare-official: compute dtypes")
     p.add_argument("--matmul-impls", type=lambda s: tuple(s.split(",")), default=None, metavar="xla,vendor",
                    help="with --compare-official: time ours with each LLM matmul kernel (ModelConfig.matmul_impl)")
+    p.add_argument("--image-tokens", type=int, default=None, metavar="N",
+                   help="with --compare-official, image-token (Janus-Pro) models: sample N image tokens in both "
+                        "loops (default: the full grid, 576 at 384 px)")
     p.set_defaults(func=cmd_bench_sample)

@@ -45,20 +45,32 @@ PARTS = {"language_model.model.": "llm", "vision_gen_enc_model.": "enc", "vision
          "vision_gen_dec_aligner.": "dec_aligner"}
 
 
-def load_official_uvit(src: str | None = None):
-    """(module with ShallowUViTEncoder/Decoder, None) or (None, why not)."""
-    for dep in ("torch", "transformers", "diffusers"):
+def reference_files(src: str | None, rel_paths, deps=("torch", "transformers")):
+    """Paths of ``rel_paths`` (relative to a deepseek-ai/Janus checkout) under ``src`` or the
+    installed ``janus`` package, and None; or None and why they are not to be had."""
+    for dep in deps:
         if importlib.util.find_spec(dep) is None:
             return None, f"{dep} is not installed"
     if src:
-        path = os.path.join(src, UVIT)
+        root = src
     else:
         spec = importlib.util.find_spec("janus")
         if spec is None or not spec.submodule_search_locations:
             return None, "the reference code (deepseek-ai/Janus) is not installed; pass --official-src DIR"
-        path = os.path.join(os.path.dirname(list(spec.submodule_search_locations)[0]), UVIT)
-    if not os.path.isfile(path):
-        return None, f"no {UVIT} under {src or 'the installed janus package'}"
+        root = os.path.dirname(list(spec.submodule_search_locations)[0])
+    paths = [os.path.join(root, r) for r in rel_paths]
+    missing = [r for r, p in zip(rel_paths, paths) if not os.path.isfile(p)]
+    if missing:
+        return None, f"no {', '.join(missing)} under {src or 'the installed janus package'}"
+    return paths, None
+
+
+def load_official_uvit(src: str | None = None):
+    """(module with ShallowUViTEncoder/Decoder, None) or (None, why not)."""
+    paths, why = reference_files(src, [UVIT], ("torch", "transformers", "diffusers"))
+    if paths is None:
+        return None, why
+    path = paths[0]
     # uvit.py imports torchvision at module level but none of its classes use it; diffusers and
     # transformers (which probe for torchvision) are imported first: only uvit.py sees the stand-in
     importlib.import_module("diffusers.models.embeddings")
@@ -130,12 +142,12 @@ class OfficialLoop:
             return z.float().permute(0, 2, 3, 1).numpy()
 
 
-def _rel(a, b) -> float:
+def rel_l2(a, b) -> float:
     """Relative L2 distance of a from b."""
     return float(np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(b))
 
 
-def _bf16_params(model):
+def bf16_params(model):
     graphdef, state = nnx.split(model)
     return nnx.merge(graphdef, jax.tree.map(lambda a: a.astype(jnp.bfloat16), state))
 
@@ -170,7 +182,7 @@ def run(cfg: ModelConfig, batches=(1, 8), dtypes=("float32", "bfloat16"), steps:
     for dtype in dtypes:
         ours, ocfg = with_compute_dtype(model32, cfg, dtype)
         if dtype == "bfloat16":
-            ours = _bf16_params(ours)
+            ours = bf16_params(ours)
         graphdefs = {}
         for who, impl in zip(whos, impls):
             use_matmul(ours.language_model, impl)       # the kernel is static: one graph each
@@ -190,13 +202,13 @@ def run(cfg: ModelConfig, batches=(1, 8), dtypes=("float32", "bfloat16"), steps:
             row = {"dtype": dtype, "batch": b}
             if official is not None:
                 z["official"] = official.generate(table[ids], np.asarray(z0), steps, cfg_weight)  # warm-up
-                row["latent_rel_diff"] = _rel(z[whos[0]], z["official"])
+                row["latent_rel_diff"] = rel_l2(z[whos[0]], z["official"])
             for who in whos[1:]:
-                row[f"{who}_rel_diff_vs_{whos[0]}"] = _rel(z[who], z[whos[0]])
+                row[f"{who}_rel_diff_vs_{whos[0]}"] = rel_l2(z[who], z[whos[0]])
             for who, zw in z.items():
                 first.setdefault((who, b), (dtype, zw))
                 if first[(who, b)][0] != dtype:
-                    row[f"{who}_rel_diff_vs_{first[(who, b)][0]}"] = _rel(zw, first[(who, b)][1])
+                    row[f"{who}_rel_diff_vs_{first[(who, b)][0]}"] = rel_l2(zw, first[(who, b)][1])
             for r in range(repeats):
                 order = list(times) if r % 2 == 0 else list(times)[::-1]
                 for who in order:

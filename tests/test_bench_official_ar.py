@@ -1,0 +1,99 @@
+"""``bench sample --compare-official`` for the image-token family (``perf/bench_official_ar.py``).
+
+Without a deepseek-ai/Janus checkout the comparison path runs against stand-ins for the two
+small official classes it reads (``vision_head``, ``MlpProjector``: Linear-GELU-Linear with the
+official parameter names) and transformers' ``LlamaModel``, loaded strictly from our exporter's
+keys; with a checkout in ``JANUSFLOW_OFFICIAL_SRC`` the real classes and the VQ decode run too.
+"""
+
+import dataclasses
+import os
+import types
+
+import pytest
+
+from janusflow.cli import main as cli
+from janusflow.configs import presets
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+
+def _tiny(**vq):
+    base = presets.tiny_janus_pro()
+    return presets.tiny_janus_pro(llm=dataclasses.replace(base.llm, num_layers=1), repa_layer=1,
+                                  vq=dataclasses.replace(base.vq, **vq))
+
+
+class _LinearGeluLinear(torch.nn.Module):
+    def __init__(self, names, d_in, d_mid, d_out):
+        super().__init__()
+        self.names = names
+        for name, (a, b) in zip(names, ((d_in, d_mid), (d_mid, d_out))):
+            self.add_module(name, torch.nn.Linear(a, b))
+
+    def forward(self, x):
+        first, second = (getattr(self, n) for n in self.names)
+        return second(torch.nn.functional.gelu(first(x)))
+
+
+def _stand_ins():
+    def vision_head(p):
+        return _LinearGeluLinear(("output_mlp_projector", "vision_head"), p.n_embed, p.image_token_embed,
+                                 p.image_token_size)
+
+    def mlp_projector(p):
+        assert p.projector_type == "mlp_gelu" and p.depth == 2
+        m = torch.nn.Module()
+        m.layers = torch.nn.Sequential(torch.nn.Linear(p.input_dim, p.n_embed), torch.nn.GELU(),
+                                       torch.nn.Linear(p.n_embed, p.n_embed))
+        m.forward = m.layers.forward
+        return m
+    return types.SimpleNamespace(vq_model=None, vision_head=vision_head, MlpProjector=mlp_projector)
+
+
+def test_compare_official_ar_cli_without_the_reference_code_times_ours_only(tmp_path, capsys):
+    assert cli.main(["bench", "sample", "--config", "tiny_janus_pro", "--set", "model.llm.num_layers=1",
+                     "--set", "model.repa_layer=1",
+                     "--compare-official", "--official-src", str(tmp_path), "--image-tokens", "3",
+                     "--batches", "1", "--dtypes", "float32", "--repeats", "1", "--prompt-len", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "official loop unavailable" in out and "janus/models/vq_model.py" in out
+    assert "3 of 64 image tokens" in out and "ours " in out and "s/image" in out
+
+
+def test_compare_official_ar_reports_a_ratio_on_the_same_step0_logits(monkeypatch):
+    from janusflow.perf import bench_official_ar
+    monkeypatch.setattr(bench_official_ar, "load_official_ar", lambda src: (_stand_ins(), None))
+    lines = []
+    out = bench_official_ar.run(_tiny(), batches=(2,), dtypes=("float32", "bfloat16"), num_tokens=4, repeats=1,
+                                prompt_len=5, pad_id=3, log=lines.append)
+    assert out["official"] and not out["decode"] and out["num_tokens"] == 4
+    rows = {r["dtype"]: r for r in out["rows"]}
+    for r in rows.values():
+        assert r["speedup"] > 0 and r["speedup_tokens"] > 0
+        assert r["official_s_per_image"] == pytest.approx(r["official_tokens_s"] / 2)
+    assert rows["float32"]["step0_logits_rel_diff"] < 1e-5 and rows["float32"]["step0_argmax_agree"] == 1.0
+    assert rows["bfloat16"]["step0_logits_rel_diff"] < 5e-2       # both in bf16, rounded differently
+    assert sum("faster per image" in line for line in lines) == 2
+
+
+def test_compare_official_ar_rejects_bad_token_counts():
+    from janusflow.perf import bench_official_ar
+    for n in (0, 65):
+        with pytest.raises(ValueError, match="image tokens"):
+            bench_official_ar.run(_tiny(), num_tokens=n, official_src="/nonexistent")
+
+
+def test_compare_official_ar_with_the_reference_code():
+    """With a deepseek-ai/Janus checkout in JANUSFLOW_OFFICIAL_SRC (or an installed janus): the
+    official classes, the full token grid and the VQ decode (GroupNorm(32) as the official VQ)."""
+    from janusflow.perf import bench_official_ar
+    src = os.environ.get("JANUSFLOW_OFFICIAL_SRC")
+    if bench_official_ar.load_official_ar(src)[0] is None:
+        pytest.skip("reference code (deepseek-ai/Janus) not available")
+    out = bench_official_ar.run(_tiny(norm_groups=32), batches=(1,), dtypes=("float32",), repeats=1,
+                                prompt_len=5, official_src=src)
+    (row,) = out["rows"]
+    assert out["decode"] and row["official_decode_s"] > 0 and row["ours_decode_s"] > 0
+    assert row["step0_logits_rel_diff"] < 1e-5 and row["speedup"] > 0
