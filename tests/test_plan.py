@@ -363,3 +363,27 @@ def test_plan_cli_compiles_splash_attention_into_mosaic_kernels_for_v4_8(tmp_pat
         assert res["attention_impl"] == impl
         counts[impl] = res["mosaic_kernels"]
     assert counts["xla"] == 0 and counts["splash"] > 0, counts
+
+
+# ----------------------------------------------------------------------------- FLOPs by depth
+def test_flops_by_depth_matches_the_unrolled_count():
+    """A scanned step's XLA FLOPs, extrapolated from unrolled 1-2 layer probes, equal XLA's count
+    of the same step compiled unrolled at full depth (3 LLM layers x 3 SigLIP blocks, remat so
+    the recomputation is in both); the analytic count extrapolates exactly."""
+    from janusflow.perf.depth_flops import depth_flops
+    from janusflow.perf.plan import compile_plan
+    cfg = apply_overrides(load_config("tiny"), [
+        "model.llm.num_layers=3", "model.repa_layer=2", "model.siglip.num_layers=3",
+        "model.remat=save_dot_except_mlp", "train.und_batch=8", "train.gen_batch=8", "train.text_batch=8"])
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, mesh=MeshConfig(data=1, fsdp=8)))
+    quiet = lambda _m: None  # noqa: E731
+    unrolled = compile_plan(cfg, log=quiet)
+    scanned_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, scan_layers=True))
+    scanned = compile_plan(scanned_cfg, log=quiet)
+    # the scan hides layers from XLA's count: this is what the probes are for
+    assert scanned["xla_flops_per_step"] < 0.9 * unrolled["xla_flops_per_step"]
+    d = depth_flops(scanned_cfg, lambda c: compile_plan(c, log=quiet), scanned["model_flops_breakdown"], log=quiet)
+    assert set(d["probes"]) == {"base", "llm", "siglip"}
+    assert d["model_flops_per_step_extrapolated"] == pytest.approx(unrolled["model_flops_per_step"], rel=1e-9)
+    assert d["xla_flops_per_step"] == pytest.approx(unrolled["xla_flops_per_step"], rel=0.01)
+    assert d["ratio"] == pytest.approx(unrolled["xla_flops_per_step"] / unrolled["model_flops_per_step"], rel=0.01)

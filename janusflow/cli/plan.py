@@ -26,4 +26,8 @@ def register(sub) -> None:
     p.add_argument("--compiler", default="auto", choices=("auto", "tpu", "cpu"),
                    help="tpu: the TPU compiler for the platform's topology (needs libtpu: pip install "
                    "'janusflow[tpu]'); cpu: the XLA:CPU estimate; auto: tpu when possible")
+    p.add_argument("--flops-by-depth", action="store_true",
+                   help="with scanned layers (XLA counts a loop body once): also compile the step unrolled at "
+                   "1-2 LLM layers x 1-2 SigLIP blocks and extrapolate XLA's FLOPs to the full depth, "
+                   "for the XLA/analytic ratio")
     p.set_defaults(func=cmd_plan)

@@ -194,7 +194,7 @@ def compile_plan(cfg: ExperimentConfig, log: Callable[[str], None] = print,
                            "once by XLA)" if accum > 1 else "")
                            # the layer scan is a loop too: XLA counts one layer of each tower
                            + ("; SCANNED LAYERS: one layer per tower counted, not comparable to the "
-                              "analytic count (plan with model.scan_layers=false for the ratio)"
+                              "analytic count (--flops-by-depth for the ratio)"
                               if cfg.model.scan_layers else "")),
         "model_flops_per_step": analytic["total"], "model_flops_breakdown": analytic,
         "vae_encode_flops_per_step": vae_flops,
@@ -269,6 +269,11 @@ def format_report(r: dict) -> str:
                      f"({r['xla_flops_note']}"
                      + (f"; ratio to analytic {r['xla_flops_per_step'] / r['model_flops_per_step']:.2f})"
                         if r.get("xla_flops_comparable", True) else ")"))
+    if r.get("xla_flops_by_depth"):
+        d = r["xla_flops_by_depth"]
+        lines.append(f"    XLA by depth      {_flop(d['xla_flops_per_step']):>12}   ({d['method']}; "
+                     f"ratio to analytic {d['ratio']:.2f}; the analytic count extrapolated the same way: "
+                     f"{_flop(d['model_flops_per_step_extrapolated'])})")
     if r.get("vae_encode_flops_per_step"):
         lines.append(f"    + frozen VAE encode {_flop(r['vae_encode_flops_per_step'])} "
                      "(not model FLOPs; precomputed latents remove it)")
@@ -317,6 +322,8 @@ def child_command(args) -> list:
                     ("--chip", args.chip), ("--compiler", getattr(args, "compiler", None))):
         if v is not None:
             cmd += [flag, str(v)]
+    if getattr(args, "flops_by_depth", False):
+        cmd.append("--flops-by-depth")
     return cmd
 
 
@@ -412,6 +419,17 @@ def run_cli(args, log=print) -> int:
                   "been initialised before the flag was set", file=sys.stderr)
             return 1
     result = compile_plan(cfg, log=log, devices=tpu_devices)
+    if getattr(args, "flops_by_depth", False):
+        if cfg.model.scan_layers:
+            from janusflow.perf.depth_flops import depth_flops
+
+            def compile_one(probe):
+                jax.clear_caches()      # one probe's executable at a time in host memory
+                return compile_plan(probe, log=log, devices=tpu_devices)
+            result["xla_flops_by_depth"] = depth_flops(cfg, compile_one, result["model_flops_breakdown"], log=log)
+        else:
+            log("--flops-by-depth: the layers are unrolled, so the step's own XLA count is comparable; "
+                "no probes compiled")
     if tpu_devices is not None:
         from janusflow.perf.tpu_topology import libtpu_version
         result.update(topology=platform.topology, libtpu=libtpu_version())
