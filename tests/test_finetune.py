@@ -43,12 +43,12 @@ def _build(tmp_path, **kw):
     return out
 
 
-def _base_checkpoint(tmp_path):
+def _base_checkpoint(tmp_path, scan_layers=False):
     from janusflow.checkpoint.model_io import save_model
     from janusflow.data.pipeline import shapes_tokenizer
     from janusflow.models.build import build_model
-    cfg = tiny()
-    path = tmp_path / "base"
+    cfg = dataclasses.replace(tiny(), scan_layers=scan_layers)
+    path = tmp_path / ("base_scanned" if scan_layers else "base")
     save_model(str(path), build_model(cfg, seed=0), cfg, shapes_tokenizer(cfg.llm.vocab_size))
     return path
 
@@ -232,6 +232,10 @@ def test_memory_switches_reach_the_planned_configs(tmp_path):
     assert load_config(f"{spec},params=bf16,optim=adafactor,ema=0").train.optim.name == "adafactor"
     lora = load_config(f"{spec},params=bf16,lora=16,ema=0")
     assert lora.train.lora.rank == 16 and lora.model.param_dtype == "bfloat16"
+    # LoRA runs unrolled (the merged stacks of a scan did not fit 24 GB), whatever the checkpoint's layout
+    scanned = f"janusflow:finetune:data={data},name=colors,init={_base_checkpoint(tmp_path, scan_layers=True)}"
+    assert load_config(scanned).model.scan_layers is True
+    assert load_config(f"{scanned},lora=16").model.scan_layers is False and lora.model.scan_layers is False
     for bad, msg in (("ema=1", "must be < 1"), ("lora=-1", "must be >= 0"), ("lora=x", "not an int")):
         with pytest.raises(ConfigError, match=msg):
             load_config(f"{spec},{bad}")

@@ -71,18 +71,19 @@ def test_merged_export_forward_equals_lora_model(tmp_path):
 
 @pytest.mark.slow
 def test_lora_finetune_runs_and_saves_merged(tmp_path):
-    """The one-command fine-tune with --set train.lora.rank=4: checkpoints (factors included)
-    and a final model whose LLM differs from the base only by the merged factors."""
+    """The one-command fine-tune with lora=4 from a checkpoint saved with scanned layers (LoRA
+    runs unrolled: the warm start re-lays the stacks out per layer): checkpoints (factors
+    included) and a final model whose LLM differs from the base only by the merged factors."""
     from test_finetune import _base_checkpoint, _build
     from janusflow.checkpoint.model_io import load_model
     from janusflow.cli.main import main
-    data, ckpt = _build(tmp_path), _base_checkpoint(tmp_path)
+    data, ckpt = _build(tmp_path), _base_checkpoint(tmp_path, scan_layers=True)
     wd = tmp_path / "wd"
     assert main(["train", "--config", f"janusflow:finetune:data={data},name=colors,init={ckpt},steps=6,lr=1e-2,"
-                 "sample_every=0", "--workdir", str(wd), "--set", "train.lora.rank=4",
-                 "--set", "train.ckpt_every=3"]) == 0
-    base, _ = load_model(str(ckpt))
-    tuned, _ = load_model(str(wd / "model"))
+                 "sample_every=0,lora=4", "--workdir", str(wd), "--set", "train.ckpt_every=3"]) == 0
+    base, base_cfg = load_model(str(ckpt), scan_layers=False)
+    tuned, tuned_cfg = load_model(str(wd / "model"))
+    assert base_cfg.scan_layers is False and tuned_cfg.scan_layers is False
     b = base.language_model.layers[0].self_attn.q_proj.kernel.get_value()
     t = tuned.language_model.layers[0].self_attn.q_proj.kernel.get_value()
     assert float(jnp.abs(t - b).max()) > 0

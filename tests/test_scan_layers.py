@@ -16,7 +16,7 @@ from jax.sharding import Mesh
 
 from janusflow.configs import presets
 from janusflow.checkpoint import hf
-from janusflow.checkpoint.torch_layout import export_state_dict, load_state_dict
+from janusflow.checkpoint.torch_layout import export_state_dict, flat_params, load_state_dict
 from janusflow.configs.schema import REMAT_POLICIES, ConfigError
 from janusflow.models import remat as remat_lib
 from janusflow.models.gen_codec import GenEncoder
@@ -152,6 +152,36 @@ def test_scanned_janusflow_hf_export_loads_unrolled(tmp_path):
     # this compares REPA's read of block repa_layer between the unrolled and scanned LLM
     _close(outs[1].repa_pred, outs[2].repa_pred, tol=1e-4)
     assert outs[0].repa_pred.shape[1] == n
+
+
+def test_native_checkpoint_loads_in_either_layer_layout(tmp_path):
+    """load_model(scan_layers=...) re-lays a saved model out (a scanned 1.3B fine-tunes with
+    LoRA unrolled): every weight lands on its layer, and the velocity is the saved model's."""
+    from janusflow.checkpoint.model_io import load_model, save_model
+    cfg = dataclasses.replace(TINY, scan_layers=True)
+    model = JanusFlow(cfg, rngs=nnx.Rngs(0))
+    save_model(str(tmp_path / "m"), model, cfg)
+    unrolled, ucfg = load_model(str(tmp_path / "m"), scan_layers=False)
+    assert ucfg == dataclasses.replace(cfg, scan_layers=False) and isinstance(unrolled.language_model.layers, nnx.List)
+    same, scfg = load_model(str(tmp_path / "m"))
+    assert scfg.scan_layers
+    want = {k: np.asarray(v.get_value()) for k, v in flat_params(model).items()}   # by unrolled path
+    got = flat_params(unrolled)
+    assert set(got) == set(want) and any(isinstance(k[-1], str) and "layers" in k for k in got)
+    for k, v in got.items():
+        np.testing.assert_array_equal(np.asarray(v.get_value()), want[k], err_msg=str(k))
+    z = jax.random.normal(jax.random.key(1), (2, cfg.latent_size, cfg.latent_size, cfg.vae.channels))
+    t = jnp.array([0.2, 0.7])
+    prompt = jax.random.normal(jax.random.key(2), (2, 5, cfg.llm.hidden_size))
+    outs = [m.generate_velocity(prompt, None, z, t, with_repa=True) for m in (model, unrolled)]
+    _close(outs[0].velocity, outs[1].velocity, tol=1e-5)
+    _close(outs[0].repa_pred, outs[1].repa_pred, tol=1e-5)
+    # and back: the unrolled model saved, loaded scanned
+    save_model(str(tmp_path / "u"), unrolled, ucfg)
+    again, acfg = load_model(str(tmp_path / "u"), scan_layers=True)
+    assert acfg.scan_layers
+    for k, v in flat_params(again).items():
+        np.testing.assert_array_equal(np.asarray(v.get_value()), want[k], err_msg=str(k))
 
 
 def _saved_residuals(f, *args) -> list[str]:

@@ -31,7 +31,7 @@ from janusflow import paths
 from janusflow.configs import io as config_io
 from janusflow.checkpoint import hf
 from janusflow.checkpoint.streaming import abstract_leftovers, load_dtype
-from janusflow.checkpoint.torch_layout import CheckpointMismatch
+from janusflow.checkpoint.torch_layout import CheckpointMismatch, flat_params, flush
 from janusflow.configs.schema import RECIPE_PHASES, ConfigError, ModelConfig
 from janusflow.models.build import build_model
 
@@ -118,13 +118,39 @@ def _not_a_checkpoint(path: str) -> str:
             + ("; Hugging Face directories are read from local disk only)" if not paths.is_local(path) else ")"))
 
 
-def load_model(path: str, dtype: Optional[str] = None, *,
+def load_model(path: str, dtype: Optional[str] = None, *, scan_layers: Optional[bool] = None,
                log: Callable[[str], None] | None = None, progress=None):
     """A native checkpoint directory or a JanusFlow HF directory -> (model, cfg).
 
     ``dtype`` ("float32" | "bfloat16") casts the parameters; None keeps the saved dtypes (HF
-    directories then load as float32).
+    directories then load as float32). ``scan_layers`` builds the model with stacked (True) or
+    per-layer (False) blocks whatever layout the checkpoint was saved in (None: as saved).
     """
+    model, cfg = _load_as_saved(path, dtype, log=log, progress=progress)
+    if scan_layers is None or scan_layers == cfg.scan_layers:
+        return model, cfg
+    return relayout(model, cfg, scan_layers)
+
+
+def relayout(model, cfg: ModelConfig, scan_layers: bool):
+    """``model`` rebuilt with ``cfg.scan_layers = scan_layers`` and the same weights: a layout
+    of the program (one compiled block scanned, or one per layer), not a different model.
+    Returns ``(model, cfg)``; ``model``'s arrays are moved, not copied on the host."""
+    cfg = dataclasses.replace(cfg, scan_layers=scan_layers)
+    out = build_model(cfg, abstract=True)
+    src, dst = flat_params(model), flat_params(out)   # both by the unrolled path (layers.3.*)
+    if set(src) != set(dst):
+        raise CheckpointMismatch(f"relayout: parameters differ: {sorted(set(src) ^ set(dst))[:5]}")
+    for k, v in dst.items():
+        v.set_value(src[k].get_value())
+    flush(dst)
+    left = abstract_leftovers(out)
+    if left:
+        raise CheckpointMismatch(f"relayout: parameters not written: {', '.join(left)}")
+    return out, cfg
+
+
+def _load_as_saved(path: str, dtype: Optional[str], *, log, progress):
     if not paths.as_path(path).is_dir():
         raise FileNotFoundError(f"{path}: no such checkpoint directory")
     if not is_model_dir(path):

@@ -97,7 +97,8 @@ def _warm_start(cfg: ExperimentConfig, mesh, vae, log):
         path = paths.join(path, "model")
     # loaded in the experiment's parameter dtype: a float32 checkpoint fine-tunes in bfloat16
     # with model.param_dtype=bfloat16 (and back)
-    model, model_cfg = load_model(path, dtype=cfg.model.param_dtype, log=log)
+    # and in the experiment's layer layout: a scanned checkpoint fine-tunes unrolled (LoRA) and back
+    model, model_cfg = load_model(path, dtype=cfg.model.param_dtype, scan_layers=cfg.model.scan_layers, log=log)
     if model_cfg != cfg.model:
         raise ValueError(f"train.init_from={cfg.train.init_from!r} holds a model whose config differs "
                          f"from the experiment's in: {', '.join(config_diff(model_cfg, cfg.model))}")
