@@ -18,10 +18,28 @@ def with_device_count(xla_flags: str, n: int) -> str:
 os.environ["XLA_FLAGS"] = with_device_count(os.environ.get("XLA_FLAGS", ""), 8)
 os.environ["JAX_PLATFORMS"] = "cpu"
 
+# One persistent compilation cache for the whole run, shared by the xdist workers (they inherit
+# this environment) and by the subprocesses the end-to-end tests start: many tests compile the
+# same tiny programs, and on a 2-core machine compiling is most of the suite's time. Entries are
+# keyed by the program, flags and jax version, so a hit returns the same executable. A cache the
+# caller names (JAX_COMPILATION_CACHE_DIR) is used as is; the run's own is removed at the end.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import tempfile
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="janusflow-tests-jax-cache-")
+    os.environ["JANUSFLOW_TESTS_OWN_JAX_CACHE"] = os.environ["JAX_COMPILATION_CACHE_DIR"]
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+
 
 def pytest_configure(config):
     # slow tests still run by default; `-m "not slow"` leaves them out
     config.addinivalue_line("markers", "slow: a test that takes more than ~30 s on CPU")
+
+
+def pytest_unconfigure(config):
+    own = os.environ.get("JANUSFLOW_TESTS_OWN_JAX_CACHE")
+    if own and not hasattr(config, "workerinput"):   # the controller, after every worker ended
+        import shutil
+        shutil.rmtree(own, ignore_errors=True)
 
 
 def pytest_addoption(parser):
