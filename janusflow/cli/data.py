@@ -1,4 +1,5 @@
-"""``janusflow data build|shapes|lengths|latents``: datasets for training."""
+"""``janusflow data build|shapes|lengths|latents``: datasets for training (``latents``: VAE latents
+or, for Janus-Pro, VQ codes)."""
 
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def cmd_data_latents(args) -> int:
     from janusflow.data.latents import build_latents
     try:
         build_latents(load_config_args(args), args.out, split=args.split, batch=args.batch, name=args.name,
-                      vae_dir=args.vae)
+                      vae_dir=args.vae, checkpoint=args.checkpoint)
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"janusflow data latents: error: {e}", file=sys.stderr)
         return 1
@@ -96,13 +97,17 @@ def register(sub) -> None:
     q.add_argument("--split", default=None, help="split to read (default: each source's)")
     q.add_argument("--json", default=None, metavar="OUT.json")
     q.set_defaults(func=cmd_data_lengths)
-    q = dsub.add_parser("latents", help="encode the experiment's gen source with the frozen VAE once "
-                        "(train with --set data.gen.name=DIR --set data.gen.latents=true)")
+    q = dsub.add_parser("latents", help="encode the experiment's gen source once with the frozen VAE, or "
+                        "for a Janus-Pro model its VQ tokenizer (train with --set data.gen.name=DIR --set "
+                        "data.gen.latents=true)")
     add_config_args(q)
     q.add_argument("--out", required=True, metavar="DATA_DIR", help="TFDS data directory to write into")
     q.add_argument("--split", default="train", help="split(s) of data.gen to encode, comma-separated")
     q.add_argument("--batch", type=int, default=8, help="images per encoder call")
-    q.add_argument("--name", default=None, help="dataset name (default <source>_latents)")
+    q.add_argument("--name", default=None, help="dataset name (default <source>_latents, <source>_codes)")
     q.add_argument("--vae", metavar="DIR", default=None,
                    help="diffusers AutoencoderKL dir (default: the VAE a fresh run of EXP initialises)")
+    q.add_argument("--checkpoint", metavar="DIR", default=None,
+                   help="Janus-Pro: the saved model whose VQ tokenizer (gen_vision) encodes the codes "
+                   "(default: train.init_from; required, a random VQ is refused)")
     q.set_defaults(func=cmd_data_latents)

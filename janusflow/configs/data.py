@@ -28,6 +28,8 @@ class SourceConfig:
     ``latents`` (generation only): the dataset was written by ``janusflow data latents``, so
     examples carry the VAE latents (``latents``) instead of ``images`` and the step runs no
     VAE encoder; its VAE config must match the model's (checked when the pipeline opens it).
+    For a model generating image tokens (Janus-Pro) they carry the VQ tokenizer's ``codes``
+    instead, and the VQ config and token count must match.
     """
     name: str = ""
     split: str = "train"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from janusflow.data.latents import precomputed_input
 from janusflow.data.pipeline import (dataset_label, load_tokenizer, missing_fields, per_process_batch_sizes,
                                      task_sources)
 from janusflow.data.sources import as_text_list, get_field, open_source
@@ -62,7 +63,7 @@ def check_data(cfg, tokenizer=None, *, max_records: int = MAX_RECORDS) -> DataRe
                 errors.append(f"{dataset_label(keys)}: no records ({where})")
                 continue
             first = source[0]
-            missing = missing_fields(task, keys, first, where)
+            missing = missing_fields(task, keys, first, where, precomputed_input(cfg.model).feature)
             errors += missing
             if n < rows:
                 errors.append(f"{dataset_label(keys)}: {n} records, fewer than the {rows} train.{task}_batch "

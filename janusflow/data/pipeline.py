@@ -7,7 +7,8 @@ threads) -> fixed-size task batches in exactly the layout of ``janusflow/train/s
   gen:  prompt_ids, prompt_mask (B_g, prompt_len), LEFT-padded so the prompt ends right before
         the t_emb slot (positions are contiguous, as at sampling time); images (B_g, H, W, 3) in
         [-1, 1], or latents (B_g, h, w, C) when ``gen.latents`` (a ``janusflow data latents``
-        dataset; see ``data/latents.py``); repa_pixels (B_g, S, S, 3) [when REPA is on]
+        dataset; see ``data/latents.py``) -- codes (B_g, N) int32 instead for a model generating
+        image tokens (Janus-Pro); repa_pixels (B_g, S, S, 3) [when REPA is on]
   text: ids, attention_mask, loss_mask (B_t, text_len)
 ids are int32, masks bool, images float32; und/text rows are right-padded with the pad id.
 
@@ -30,7 +31,7 @@ from janusflow.configs.errors import ConfigError
 from janusflow.data import preprocess as pp
 from janusflow.data.latents import FEATURE as LATENTS_FEATURE
 from janusflow.data.latents import check_source as check_latents_source
-from janusflow.data.latents import latent_shape
+from janusflow.data.latents import precomputed_input
 from janusflow.data.mixing import TASKS, MixedIterator, base_stream, batch_phases, task_batches_at
 from janusflow.data.sources import (as_text, as_text_list, get_field, open_source,
                                     task_dataset)
@@ -121,7 +122,9 @@ class GenProcessor(_Processor):
     length: int
     image_size: int
     repa: tuple | None       # (size, mean, std) or None
-    latent_shape: tuple | None = None   # (h, w, C): read precomputed latents instead of images
+    # (feature, shape, dtype) of data/latents.py's precomputed_input: read the stored latents
+    # (or VQ codes) instead of the images
+    precomputed: tuple | None = None
     # Janus-Pro: the prompt ends in <begin_of_image> (the official sequence) and each example
     # carries its official unconditional row too (uncond_prompt_ids), which CFG dropout reads
     image_tag: bool = False
@@ -158,11 +161,12 @@ class GenProcessor(_Processor):
             from janusflow.sample.ar_generate import uncond_prompt_ids
             out["uncond_prompt_ids"] = uncond_prompt_ids(out["prompt_ids"][None], out["prompt_mask"][None],
                                                          self.tok.pad_id)[0]
-        if self.latent_shape is not None:
-            z = np.asarray(get_field(record, LATENTS_FEATURE), np.float32)
-            if z.shape != self.latent_shape:
-                raise pp.BadExample("bad_latents", f"shape {z.shape}, expected {self.latent_shape}")
-            out["latents"] = z
+        if self.precomputed is not None:
+            feature, shape, dtype = self.precomputed
+            z = np.asarray(get_field(record, feature), dtype)
+            if z.shape != shape:
+                raise pp.BadExample(f"bad_{feature}", f"shape {z.shape}, expected {shape}")
+            out[feature] = z
             if self.repa is None:
                 return out                      # the image is not needed at all
             # REPA sees the same (centre) crop the latents were encoded from
@@ -259,7 +263,7 @@ def processors(cfg, data: DataConfig, tok: Tokenizer) -> dict:
     return {"und": UndProcessor(tok, data.und, und_len, m.num_und_tokens, o["und_pixels"], o["und_vae"],
                                 data.max_turns, data.system_prompt),
             "gen": GenProcessor(tok, data.gen, data.prompt_len, m.image_size, o["repa"],
-                                latent_shape(m) if data.gen.latents else None, m.generates_image_tokens),
+                                precomputed_input(m) if data.gen.latents else None, m.generates_image_tokens),
             "text": TextProcessor(tok, data.text, data.text_len)}
 
 
@@ -285,11 +289,12 @@ def check_sources_named(cfg, data: DataConfig | None = None) -> None:
                               f"dataset (--set data.{task}.name=NAME_OR_DIR)")
 
 
-def needed_fields(task: str, keys: SourceConfig) -> tuple:
-    """The feature paths a task stream reads (``caption`` "a|b" reads both)."""
+def needed_fields(task: str, keys: SourceConfig, feature: str = LATENTS_FEATURE) -> tuple:
+    """The feature paths a task stream reads (``caption`` "a|b" reads both); ``feature``: what a
+    precomputed source stores (``precomputed_input(model).feature``: latents or codes)."""
     need = {"und": (keys.image, keys.question, keys.answer), "gen": (keys.image, *keys.caption.split("|")),
             "text": (keys.text,)}[task]
-    return need + ((LATENTS_FEATURE,) if keys.latents else ())
+    return need + ((feature,) if keys.latents else ())
 
 
 def task_sources(data: DataConfig, task: str) -> list:
@@ -303,12 +308,13 @@ def dataset_label(keys: SourceConfig) -> str:
     return f"dataset {keys.name!r} ({keys.split}){where}"
 
 
-def missing_fields(task: str, keys: SourceConfig, record: dict, where: str = "") -> list[str]:
+def missing_fields(task: str, keys: SourceConfig, record: dict, where: str = "",
+                   feature: str = LATENTS_FEATURE) -> list[str]:
     """One line per field the task reads that ``record`` lacks (``where``: the config naming
-    the dataset, default ``data.<task>``)."""
+    the dataset, default ``data.<task>``; ``feature``: as for :func:`needed_fields`)."""
     where = where or f"data.{task}"
     out = []
-    for path in needed_fields(task, keys):
+    for path in needed_fields(task, keys, feature):
         try:
             get_field(record, path)
         except KeyError:
@@ -324,9 +330,9 @@ def _key_name(task, keys: SourceConfig, path: str) -> str:
     return "latents"
 
 
-def _check_fields(task, source, keys: SourceConfig, where: str = ""):
+def _check_fields(task, source, keys: SourceConfig, where: str = "", feature: str = LATENTS_FEATURE):
     """A field the stream reads that its dataset lacks: one line naming it (data/check.py)."""
-    missing = missing_fields(task, keys, source[0], where)
+    missing = missing_fields(task, keys, source[0], where, feature)
     if missing:
         raise ConfigError(missing[0])
 
@@ -353,9 +359,9 @@ def make_pipeline(cfg, data: DataConfig = DataConfig(), tokenizer: Tokenizer | N
 
     def stream(task, src_cfg, where, salt):
         if src_cfg.latents:
-            check_latents_source(src_cfg, cfg.model)   # VAE config + latent shape == the model's
+            check_latents_source(src_cfg, cfg.model)   # encoder config + stored shape == the model's
         source = open_source(src_cfg, src_cfg.image if task != "text" else None)
-        _check_fields(task, source, src_cfg, where)
+        _check_fields(task, source, src_cfg, where, precomputed_input(cfg.model).feature)
         seed = (data.seed * 1_000_003 + 7919 * salt) % 2**32
         ds = task_dataset(source, seed=seed, shard_index=process_index, shard_count=process_count,
                           shuffle=data.shuffle)

@@ -12,6 +12,7 @@ sub-batch is optional:
         Janus-Pro (image tokens): prompt_ids end in <begin_of_image>; uncond_prompt_ids (B_g, L),
         the official unconditional row of each prompt (CFG dropout picks it); images (encoded
         by the model's frozen VQ tokenizer in the step) or precomputed codes (B_g, N) int
+        (``janusflow data latents`` on a Janus-Pro experiment stores them)
   text: ids, attention_mask, loss_mask (B_t, T)
 ``latents`` / ``vae_latents`` are what ``encode_latents`` returns (posterior mean, shifted and
 multiplied by the VAE scaling factor; h = w = image_size / VAE downsampling, C = latent
