@@ -201,7 +201,8 @@ def test_tiny_janus_pro_config_trains_end_to_end(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     work = tmp_path / "run"
     p = subprocess.run([sys.executable, "-c", "import sys; from janusflow.cli.main import main; sys.exit(main())",
-                        "train", "--config", "experiments/shapes_tiny_janus_pro.py:quick", "--workdir", str(work)],
+                        "train", "--config", "experiments/shapes_tiny_janus_pro.py:quick", "--workdir", str(work),
+                        "--set", "recipe.eval_untrained=false"],
                        cwd=root, env=env, capture_output=True, text=True, timeout=1800)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     vq = json.loads((work / "vq_pretrain.json").read_text())
