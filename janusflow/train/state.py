@@ -131,16 +131,17 @@ def _pure(state) -> dict:
     return nnx.to_pure_dict(state)
 
 
-def _state_from_model(model, vae: dict, cfg: ExperimentConfig, parts_opt) -> TrainState:
-    """``vae``: the VAE's parameters (pure dict)."""
+def _state_from_model(model, vae: dict, cfg: ExperimentConfig, parts_opt, seed=None) -> TrainState:
+    """``vae``: the VAE's parameters (pure dict); ``seed``: ``train.seed`` (or a traced copy)."""
     t = cfg.train
+    seed = t.seed if seed is None else seed
     _, trainable, frozen = nnx.split(model, train_filter(cfg), nnx.Param)
     params, frozen = _pure(trainable), _pure(frozen)
     if t.lora.rank:
         params[LORA_KEY] = init_lora(frozen, t.lora.rank,
-                                     jax.random.fold_in(jax.random.key(t.seed), LORA_STREAM))
+                                     jax.random.fold_in(jax.random.key(seed), LORA_STREAM))
     return TrainState(
-        step=jnp.zeros((), jnp.int32), rng=jax.random.key_data(jax.random.key(t.seed)),
+        step=jnp.zeros((), jnp.int32), rng=jax.random.key_data(jax.random.key(seed)),
         params=params, frozen=frozen, vae=vae,
         opt_state=parts_opt.init(params),
         ema=jax.tree.map(jnp.copy, params) if t.optim.ema_decay > 0 else None)
@@ -191,12 +192,21 @@ def init_state(cfg: ExperimentConfig, mesh: Mesh, vae: Optional[dict] = None):
 def make_init(cfg: ExperimentConfig, parts: Parts, shardings: TrainState):
     """The jitted, sharded initialiser (call it under ``jax.set_mesh(mesh)``): ``init()`` with
     a random VAE, ``init(vae)`` with these VAE parameters (placed by ``place_vae``), whose
-    random init is then never computed."""
-    def init(vae=None):
+    random init is then never computed. ``train.seed`` is an argument of the compiled program,
+    not a constant in it: runs that differ only in their seed (a sweep's seeds) share one
+    program, so the persistent compilation cache serves the second (the init of a tiny model
+    compiles in ~8 s on CPU)."""
+    def init(seed, vae):
         if vae is None:
-            vae = vae_params(build_vae(cfg, cfg.train.seed))
-        return _state_from_model(build_model(cfg, cfg.train.seed), vae, cfg, parts.optimizer)
-    return jax.jit(init, out_shardings=shardings)
+            vae = vae_params(build_vae(cfg, seed))
+        # a typed key: nnx.Rngs reads a traced integer as raw key data
+        return _state_from_model(build_model(cfg, jax.random.key(seed)), vae, cfg, parts.optimizer, seed)
+    jitted = jax.jit(init, out_shardings=shardings)
+
+    def call(vae=None):
+        return jitted(jnp.asarray(cfg.train.seed, jnp.uint32), vae)
+    call.lower = lambda vae=None: jitted.lower(jnp.asarray(cfg.train.seed, jnp.uint32), vae)
+    return call
 
 
 def place_vae(vae: Optional[dict], shardings: TrainState) -> Optional[dict]:
