@@ -21,7 +21,7 @@ from janusflow.checkpoint.key_maps import vae_key_map as torch_key_map
 from janusflow.parallel.mesh import make_mesh
 from janusflow.train import loop
 from janusflow.train.state import init_state, merge_vae, random_vae_params
-from janusflow.train.vae_source import check_vae_source, initial_vae
+from janusflow.train.vae_source import check_vae_source, initial_vae, streams_through_vae
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -126,6 +126,11 @@ def test_random_kl_vae_is_refused_unless_said_so():
     check_vae_source(_cfg(model=presets.tiny(repa=False)))
     with pytest.raises(ConfigError, match="model.vae.kind is 'pixel'"):
         check_vae_source(_cfg(model=presets.tiny(repa=False), vae_from="/some/dir"))
+    # Janus-Pro: the released presets keep a KL VAE config, but generation images go through
+    # the VQ tokenizer, so a run fed images needs no VAE
+    pro = _cfg(model=presets.janus_pro_1b())
+    assert streams_through_vae(pro) == []
+    check_vae_source(pro)
 
 
 def test_cli_train_refuses_random_vae_before_touching_the_workdir(tmp_path, capsys):

@@ -24,7 +24,8 @@ def streams_through_vae(cfg: ExperimentConfig) -> list[str]:
     if m.vae.kind == "pixel":
         return []
     out = []
-    if m.gen_enabled and t.gen_batch and not cfg.data.gen.latents:
+    # Janus-Pro's generation images go through its VQ tokenizer, never the VAE
+    if m.gen_enabled and t.gen_batch and not cfg.data.gen.latents and not m.generates_image_tokens:
         out.append("gen")
     if m.und.reads_latents and t.und_batch:
         out.append("und")          # understanding images are never precomputed
