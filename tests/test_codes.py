@@ -210,3 +210,28 @@ def test_train_init_from_names_the_vq_when_no_checkpoint_is_given(built, shapes_
     again = {int(r["id"]): r["codes"] for r in _all(str(path))}
     for r in _all(built):
         np.testing.assert_array_equal(again[int(r["id"])], r["codes"])
+
+
+@pytest.mark.slow   # one train step compiled on 8 devices
+def test_training_on_codes_of_another_tokenizer_is_refused(built, shapes_dir, checkpoint, tmp_path, capsys):
+    """The codes' manifest fingerprint against the run's frozen VQ: a warm start from the model
+    that wrote them trains; one whose tokenizer has other weights of the same shape is refused
+    before its first step."""
+    def train(init, workdir):
+        return main(["train", "--config", "tiny_janus_pro", "--workdir", str(workdir),
+                     "--set", f"data.gen.name={built}", "--set", "data.gen.latents=true",
+                     "--set", f"train.init_from={init}", "--set", "train.steps=1", "--set", "train.und_batch=0",
+                     "--set", "train.text_batch=0", "--set", "train.gen_batch=8", "--set", "synthetic_data=false",
+                     "--set", "train.mesh.data=-1"])
+    assert train(checkpoint, tmp_path / "ok") == 0, capsys.readouterr()
+    model, saved = load_model(checkpoint)
+    state = nnx.state(model.gen_vision, nnx.Param)
+    pure = nnx.to_pure_dict(state)
+    leaf = jax.tree.leaves(pure)[0]
+    nnx.replace_by_pure_dict(state, jax.tree.map(lambda x: x * 1.001 if x is leaf else x, pure))
+    nnx.update(model.gen_vision, state)
+    other = save_model(str(tmp_path / "other"), model, saved)
+    capsys.readouterr()
+    assert train(other, tmp_path / "bad") == 1
+    err = capsys.readouterr().err
+    assert "its codes were written by another VQ tokenizer" in err and not (tmp_path / "bad" / "model").exists(), err

@@ -152,6 +152,19 @@ def check_source(src_cfg, model_cfg) -> dict:
     return meta
 
 
+def check_codes_tokenizer(src_cfg, model_cfg, vq_params) -> None:
+    """Refuse training on codes another VQ tokenizer wrote (the config alone cannot tell: the
+    recipe's vq phase or another checkpoint gives other weights of the same shape): the
+    manifest's fingerprint against this run's frozen ``gen_vision`` parameters."""
+    meta = check_source(src_cfg, model_cfg)
+    want, got = fingerprint(vq_params), meta.get("vq_fingerprint")
+    if got != want:
+        raise ValueError(f"data.gen {src_cfg.name!r}: its codes were written by another VQ tokenizer "
+                         f"({meta.get('vq_weights', '?')}, fingerprint {str(got)[:12]}) than this run's "
+                         f"model.gen_vision (fingerprint {want[:12]}); rebuild them with `janusflow data latents "
+                         "--checkpoint` of the model this run starts from")
+
+
 # ---------------------------------------------------------------------- building
 def fingerprint(params) -> str:
     """sha256 over the encoder's parameters (paths, dtypes, shapes, bytes): which weights encoded."""

@@ -35,6 +35,7 @@ from janusflow.perf import peak as perf
 from janusflow.checkpoint.manager import (Checkpointer, UnrestorableCheckpointsError, check_workdir,
                                           meta_for)
 from janusflow.configs.schema import ExperimentConfig
+from janusflow.data.latents import check_codes_tokenizer
 from janusflow.data.mixing import batch_phases, task_batches_at
 from janusflow.data.pipeline import per_process_batch_sizes
 from janusflow.parallel.mesh import make_mesh, maybe_initialize_distributed
@@ -213,6 +214,14 @@ def _restore_or_start_over(ckpt: Checkpointer, target, meta, workdir: str, keep:
         return Checkpointer(paths.join(workdir, "checkpoints"), keep=keep), None
 
 
+def _on_host(tree):
+    """Host numpy copies of (possibly sharded) arrays; across processes, gathered."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
 def _train(cfg: ExperimentConfig, workdir: str, manifest, *, data_iter, log, stop_at, devices, start_over,
            probe=None):
     t = cfg.train
@@ -247,6 +256,8 @@ def _train(cfg: ExperimentConfig, workdir: str, manifest, *, data_iter, log, sto
         start = 0
         log(f"initialised a new {cfg.name} model (stage {t.stage})")
 
+    if cfg.model.generates_image_tokens and cfg.data.gen.latents and t.gen_batch and not cfg.synthetic_data:
+        check_codes_tokenizer(cfg.data.gen, cfg.model, _on_host(state.frozen["gen_vision"]))
     end = t.steps if stop_at is None else min(stop_at, t.steps)
     # The ratio schedule's phases (train.task_batch_schedule): one compiled step per phase,
     # all on the same state, so AdamW moments, the warm-up position and the EMA run on. The
