@@ -15,6 +15,10 @@ name in one :class:`CheckpointMismatch` before any tensor is read. Nothing is dr
 invented silently; the one documented exception is the REPA projector, which exists only for
 training and is not in the release.
 
+transformers' own Janus classes (``model_type "janus"``) are a third layout of the Janus-Pro
+model (:data:`TRANSFORMERS_JANUS`: ``janus_hf_keys``, ``janus_hf_config``), recognised by
+``config.json`` on import and chosen by ``layout=`` on export.
+
 Export: :func:`export_janusflow_hf` writes ``config.json`` in the official structure and
 ``model.safetensors`` (sharded above ``max_shard_bytes``) with the official key names and torch
 shapes, in the parameters' own dtype, so import -> export reproduces every tensor bit for bit.
@@ -36,8 +40,11 @@ import numpy as np
 from flax import nnx
 
 from janusflow.checkpoint.components import load_llama_into, load_siglip_into, load_vae
+from janusflow.checkpoint import hf_config
 from janusflow.checkpoint.hf_config import (EXTRA_KEY, hf_config_from_model_config, llm_config_from_hf,
-                                            model_config_from_hf, read_model_config, vae_config_from_diffusers)
+                                            model_config_from_hf, read_config_json, vae_config_from_diffusers)
+from janusflow.checkpoint.janus_hf_config import is_janus_hf_config, janus_hf_config, read_janus_hf_config
+from janusflow.checkpoint.janus_hf_keys import FusedSource, fused_qkv_keys, janus_hf_key_map, split_fused
 from janusflow.checkpoint.janus_pro_keys import CODEBOOK_USED, CODEBOOK_USED_SIZE, janus_pro_key_map
 from janusflow.checkpoint.key_maps import derived_buffer, janusflow_key_map
 from janusflow.checkpoint.precheck import check_config_against_headers, weight_files_name
@@ -54,7 +61,8 @@ __all__ = ["CheckpointMismatch", "TensorSource", "iter_tensors", "is_hf_dir", "s
            "model_config_from_hf", "read_model_config", "hf_config_from_model_config",
            "llm_config_from_hf", "vae_config_from_diffusers", "janusflow_key_map", "model_key_map",
            "init_training_only", "load_janusflow_hf", "export_janusflow_hf", "load_llama_into",
-           "load_siglip_into", "load_vae", "TRAINING_ONLY", "EXTRA_KEY", "DEFAULT_SHARD_BYTES"]
+           "load_siglip_into", "load_vae", "TRAINING_ONLY", "EXTRA_KEY", "DEFAULT_SHARD_BYTES",
+           "TRANSFORMERS_JANUS", "dir_layout"]
 
 # Parameters of our model that the official checkpoint does not have (training-only heads).
 TRAINING_ONLY = (("repa_projector",),)
@@ -82,11 +90,16 @@ def init_training_only(model, cfg: ModelConfig, dtype=None, seed: int = 0) -> li
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
-    """An official checkpoint layout (a generation head's ``layout``): its key map, and the
-    tensors it holds that are no parameter of ours (``extras()``: name -> (why, the value an
-    export writes so the official class loads it strictly))."""
+    """A checkpoint layout: its key map, and the tensors it holds that are no parameter of ours
+    (``extras()``: name -> (why, the value an export writes so the official class loads it
+    strictly)). ``fused(cfg)``: virtual key -> the checkpoint keys whose rows it stacks;
+    ``not_saved``: our parameter prefixes it has no tensor for (an export leaves them out,
+    saying so); ``config``: its config.json (None: the official one of ``cfg``)."""
     key_map: Callable[[ModelConfig], dict]
     extras: Callable[[], dict]
+    fused: Callable[[ModelConfig], dict] = lambda cfg: {}
+    not_saved: tuple = ()
+    config: Optional[Callable[[ModelConfig, str], dict]] = None
 
 
 def _janus_pro_extras() -> dict:
@@ -94,8 +107,25 @@ def _janus_pro_extras() -> dict:
                             np.zeros((CODEBOOK_USED_SIZE,), np.float32))}
 
 
+TRANSFORMERS_JANUS = "transformers_janus"      # transformers' own Janus classes (model_type "janus")
 LAYOUTS = {RECTIFIED_FLOW.layout: Layout(janusflow_key_map, dict),
-           AUTOREGRESSIVE.layout: Layout(janus_pro_key_map, _janus_pro_extras)}
+           AUTOREGRESSIVE.layout: Layout(janus_pro_key_map, _janus_pro_extras),
+           # its vision tower has no attention-pool head (Janus never runs it)
+           TRANSFORMERS_JANUS: Layout(janus_hf_key_map, dict, fused_qkv_keys,
+                                      (("und_encoder", "attn_pool"),), janus_hf_config)}
+
+
+def dir_layout(path: str) -> Optional[str]:
+    """The layout a HF directory's config.json declares when it is not its model's official
+    one (transformers' Janus), else None."""
+    return TRANSFORMERS_JANUS if is_janus_hf_config(read_config_json(os.path.join(path, "config.json"))) else None
+
+
+def read_model_config(path: str, base: Optional[ModelConfig] = None) -> ModelConfig:
+    """A HF directory's :class:`ModelConfig`, in whichever layout its config.json declares."""
+    if os.path.isfile(os.path.join(path, "config.json")) and dir_layout(path) == TRANSFORMERS_JANUS:
+        return read_janus_hf_config(path, base)
+    return hf_config.read_model_config(path, base)
 
 
 def model_key_map(cfg: ModelConfig) -> dict:
@@ -105,18 +135,23 @@ def model_key_map(cfg: ModelConfig) -> dict:
 
 def load_janusflow_hf(path: str, dtype: str = "float32", *, base: Optional[ModelConfig] = None,
                       progress: Progress = None, log: Callable[[str], None] | None = None):
-    """Official JanusFlow HF directory -> (model, cfg). ``dtype``: parameter dtype."""
+    """HF directory (official JanusFlow / Janus-Pro, or transformers' Janus) -> (model, cfg).
+    ``dtype``: parameter dtype."""
     jdt = load_dtype(dtype)
     cfg = dataclasses.replace(read_model_config(path, base), param_dtype=dtype)
+    layout = LAYOUTS[dir_layout(path) or cfg.head.layout]
     source = TensorSource(path)
-    key_map = model_key_map(cfg)
+    fused = layout.fused(cfg)
+    if fused:
+        source = FusedSource(source, fused)
+    key_map = layout.key_map(cfg)
     # Layer counts and sizes from the headers first: building the model costs time in
     # proportion to what config.json claims.
     check_config_against_headers(cfg, key_map, {k: i.shape for k, i in source.index.items()
                                                 if not derived_buffer(k)},
                                  os.path.join(path, "config.json"), weight_files_name(source.files))
     model = build_model(cfg, abstract=True)
-    extras = LAYOUTS[cfg.head.layout].extras()
+    extras = layout.extras()
     ignore = lambda k: derived_buffer(k) or k in extras          # noqa: E731
     for k, (why, _) in extras.items():
         if k in source.index and log:
@@ -153,14 +188,27 @@ def _is_export_file(n: str) -> bool:
 
 
 def export_janusflow_hf(model, cfg: ModelConfig, out_dir: str, *, overwrite: bool = False,
-                        max_shard_bytes: int = DEFAULT_SHARD_BYTES, progress: Progress = None) -> list[str]:
+                        max_shard_bytes: int = DEFAULT_SHARD_BYTES, progress: Progress = None,
+                        layout: Optional[str] = None, log: Callable[[str], None] | None = None) -> list[str]:
     """Write ``config.json`` + ``model.safetensors`` (or shards with an index) in the official
-    layout, tensors in the parameters' own dtype. Returns the weight files written."""
+    layout (``layout=TRANSFORMERS_JANUS``: transformers' Janus classes'), tensors in the
+    parameters' own dtype. Returns the weight files written."""
     from safetensors.numpy import save_file
-    key_map = model_key_map(cfg)
+    lay = LAYOUTS[layout or cfg.head.layout]
+    key_map, fused = lay.key_map(cfg), lay.fused(cfg)
     params = flat_params(model)
+    dtypes = [str(params[p].get_value().dtype) for p, _ in key_map.values() if p in params]
+    torch_dtype = max(set(dtypes), key=dtypes.count) if dtypes else "float32"
+    torch_dtype = torch_dtype if torch_dtype in ("float32", "bfloat16") else "float32"
+    # the config first: it refuses a model the layout cannot hold, in one line
+    hf_cfg = lay.config(cfg, torch_dtype) if lay.config else hf_config_from_model_config(cfg, torch_dtype)
     targets = {p for p, _ in key_map.values()}
-    uncovered = [".".join(map(str, p)) for p in params if p not in targets and not under(p, TRAINING_ONLY)]
+    dropped = [".".join(map(str, p)) for p in params if p not in targets and under(p, lay.not_saved)]
+    if dropped and log:
+        log(f"not in this layout, left out: {len(dropped)} tensors under "
+            + ", ".join(".".join(map(str, p)) for p in lay.not_saved))
+    uncovered = [".".join(map(str, p)) for p in params
+                 if p not in targets and not under(p, TRAINING_ONLY + lay.not_saved)]
     unknown = [k for k, (p, _) in key_map.items() if p not in params]
     abstract = abstract_leftovers(model)
     if uncovered or unknown or abstract:
@@ -178,10 +226,7 @@ def export_janusflow_hf(model, cfg: ModelConfig, out_dir: str, *, overwrite: boo
     shards.append(cur)
     # tensors of the official layout that are no parameter of ours (Janus-Pro's codebook usage
     # counter), written with the last shard so the official class loads the export strictly
-    extra = {k: value for k, (_, value) in LAYOUTS[cfg.head.layout].extras().items()}
-    dtypes = [str(params[p].get_value().dtype) for p, _ in key_map.values()]
-    torch_dtype = max(set(dtypes), key=dtypes.count)
-    hf_cfg = hf_config_from_model_config(cfg, torch_dtype if torch_dtype in ("float32", "bfloat16") else "float32")
+    extra = {k: value for k, (_, value) in lay.extras().items()}
     _prepare_out_dir(out_dir, overwrite, _is_export_file)
     names = (["model.safetensors"] if len(shards) == 1 else
              [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
@@ -190,7 +235,8 @@ def export_janusflow_hf(model, cfg: ModelConfig, out_dir: str, *, overwrite: boo
         tensors = {}
         for k in keys:
             p, tr = key_map[k]
-            tensors[k] = np.ascontiguousarray(to_torch(tr, np.asarray(params[p].get_value())))
+            for name_k, a in split_fused(fused, k, to_torch(tr, np.asarray(params[p].get_value()))):
+                tensors[name_k] = np.ascontiguousarray(a)
         if name == names[-1]:
             tensors.update(extra)
         save_file(tensors, os.path.join(out_dir, name), metadata={"format": "pt"})
@@ -201,7 +247,8 @@ def export_janusflow_hf(model, cfg: ModelConfig, out_dir: str, *, overwrite: boo
             progress(done, len(key_map), nbytes, total)
     if len(shards) > 1:
         index = {"metadata": {"total_size": total},
-                 "weight_map": {**{k: n for n, keys in zip(names, shards) for k in keys},
+                 "weight_map": {**{part: n for n, keys in zip(names, shards) for k in keys
+                                   for part in fused.get(k, (k,))},
                                 **{k: names[-1] for k in extra}}}
         with open(os.path.join(out_dir, "model.safetensors.index.json"), "w") as fh:
             json.dump(index, fh, indent=2)

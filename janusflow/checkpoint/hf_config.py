@@ -88,6 +88,9 @@ class _J:
             raise self.err(k, f"{v!r} is not supported (only {value!r})")
 
 
+ConfigObject = _J        # the public name, for the config readers beside this module
+
+
 def llm_config_from_hf(j: "_J | dict") -> LLMConfig:
     """``LlamaConfig`` fields -> :class:`LLMConfig`; absent fields take LlamaConfig's defaults,
     as the official code (``LlamaConfig(**language_config)``) would."""

@@ -29,6 +29,8 @@ TRANSFORMS: dict[str, tuple[Callable, Callable]] = {
     # in to_ours/to_torch because the torch shape is part of the name.
     # 1x1 conv (O, I, 1, 1) <-> our Linear kernel (I, O) (diffusers VAE attention in old layouts)
     "conv1x1_linear": (lambda a: a[:, :, 0, 0].T, lambda a: a.T[:, :, None, None]),
+    # (N, D) <-> ours (1, N, D) (transformers' position-embedding table vs timm's parameter)
+    "unsqueeze0": (lambda a: a[None], lambda a: a[0]),
 }
 
 KeyMap = Mapping[str, tuple[tuple, str]]

@@ -54,7 +54,8 @@ def cmd_convert(args) -> int:
             say(f"reading {src}")
             model, cfg = model_io.load_model(src, args.dtype, progress=progress, log=say)
             say(f"writing {args.out}")
-            hf.export_janusflow_hf(model, cfg, args.out, progress=progress)
+            layout = hf.TRANSFORMERS_JANUS if args.layout == "transformers" else None
+            hf.export_janusflow_hf(model, cfg, args.out, progress=progress, layout=layout, log=say)
             for name, body in (tok.files().items() if tok is not None else ()):
                 with open(os.path.join(args.out, name), "w", encoding="utf-8") as f:
                     f.write(body)
@@ -74,6 +75,10 @@ def register(sub) -> None:
     src.add_argument("--from-hf", metavar="DIR",
                      help="HF directory (config.json + model*.safetensors or pytorch_model*.bin)")
     src.add_argument("--to-hf", metavar="CKPT_DIR", help="janusflow checkpoint directory to export")
+    p.add_argument("--layout", choices=("official", "transformers"), default="official",
+                   help="--to-hf: DeepSeek's official layout, or transformers' own Janus classes "
+                        "(JanusForConditionalGeneration; Janus-Pro only). --from-hf reads either "
+                        "from config.json")
     p.add_argument("--out", required=True, help="new output directory")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
                    help="parameter dtype (default: float32 from HF, the saved dtype to HF)")
