@@ -54,7 +54,7 @@ def cmd_convert(args) -> int:
             say(f"reading {src}")
             model, cfg = model_io.load_model(src, args.dtype, progress=progress, log=say)
             say(f"writing {args.out}")
-            layout = hf.TRANSFORMERS_JANUS if args.layout == "transformers" else None
+            layout = {"official": None, "transformers": hf.TRANSFORMERS_JANUS}[args.layout]
             hf.export_janusflow_hf(model, cfg, args.out, progress=progress, layout=layout, log=say)
             for name, body in (tok.files().items() if tok is not None else ()):
                 with open(os.path.join(args.out, name), "w", encoding="utf-8") as f:
