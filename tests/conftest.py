@@ -31,8 +31,9 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 
 def pytest_configure(config):
-    # slow tests still run by default; `-m "not slow"` leaves them out
-    config.addinivalue_line("markers", "slow: a test that takes more than ~30 s on CPU")
+    # the README's test command (and .ci/run) leaves these out with `-m "not slow"`; `-m slow` runs them
+    config.addinivalue_line("markers", "slow: an end-to-end test of a minute or more on CPU (training "
+                            "processes, whole recipes, TPU compiles): the slow tier, `pytest -m slow`")
 
 
 def pytest_unconfigure(config):

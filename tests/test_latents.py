@@ -75,6 +75,7 @@ def kl():
 
 
 # ---------------------------------------------------------------------- the step
+@pytest.mark.slow   # compiles two KL-VAE train steps
 def test_step_with_precomputed_latents_equals_encoding_in_the_step(kl):
     cfg, mesh, parts, sh, fresh = kl
     images = synthetic_batch(cfg, seed=1)

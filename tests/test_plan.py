@@ -368,6 +368,7 @@ def test_plan_cli_compiles_splash_attention_into_mosaic_kernels_for_v4_8(tmp_pat
 
 
 # ----------------------------------------------------------------------------- FLOPs by depth
+@pytest.mark.slow   # compiles five depth probes and the unrolled step: minutes on 2 cores
 def test_flops_by_depth_matches_the_unrolled_count():
     """A scanned step's XLA FLOPs, extrapolated from unrolled 1-2 layer probes, equal XLA's count
     of the same step compiled unrolled at full depth (3 LLM layers x 3 SigLIP blocks, remat so
