@@ -229,6 +229,27 @@ def test_ar_sampler_seeded_and_batch_independent(official):
     assert images.shape == (1, 32, 32, 3) and images.dtype == np.uint8
 
 
+def test_ar_sampler_samples_a_scanned_model_per_layer_with_the_same_codes():
+    """#26: the token loop runs on per-layer weights (under lax.scan XLA:CPU copied each layer's
+    weights out of the stack on every token). A scanned model is relaid out, not changed: the
+    codes equal those of the stacked program on the same padded prompts and keys."""
+    from janusflow.perf.bench_sample import random_model
+    from janusflow.sample.ar_generate import generate_ar, image_keys, per_layer_model, sample_codes
+    from janusflow.sample.generate import bucket_len, pad_prompts
+    cfg = presets.tiny_janus_pro(scan_layers=True)
+    m = random_model(cfg, std=0.3)                     # peaked logits: the codes depend on the weights
+    prompt = [1, 5, 6, 7, 9]
+    ids, mask = pad_prompts([prompt] * 2, bucket_len(len(prompt), 10 ** 6), 0)
+    graphdef, state = nnx.split(m)
+    stacked = sample_codes(graphdef, state, jnp.asarray(ids), jnp.asarray(mask), image_keys(4, [0, 1]),
+                           jnp.float32(5.0), jnp.float32(1.0), jnp.int32(0), num_tokens=cfg.num_gen_tokens)
+    got = generate_ar(m, cfg, [prompt], num_samples=2, seed=4, return_codes=True)
+    np.testing.assert_array_equal(got, np.asarray(stacked))
+    per, per_cfg = per_layer_model(m, cfg)
+    assert not per.language_model.scan and not per_cfg.scan_layers and m.language_model.scan
+    assert per_layer_model(per, per_cfg)[0] is per
+
+
 def test_sample_cli_with_a_janus_pro_checkpoint(official, tmp_path):
     """``janusflow sample`` takes the family from the checkpoint (no VAE); a rerun samples
     nothing; the images are the seeded sampler's."""

@@ -80,6 +80,44 @@ def test_kv_cache_matches_full_forward(model):
     np.testing.assert_allclose(step(e, pre.cache, 9), step(e, pre.cache, 9))
 
 
+@pytest.mark.parametrize("scan", [False, True])
+def test_per_layer_kv_cache_equals_the_stacked_one(model, scan):
+    """#26: KVCache.init(per_layer=True) (one buffer per layer, updated in place by the unrolled
+    decoder) holds and returns what the stacked cache does; a partial pass (stop_after) keeps
+    the other layers' buffers; the scanned model takes it too."""
+    m = model
+    if scan:
+        from janusflow.checkpoint.torch_layout import flat_params, flush
+        m = LLM(CFG, rngs=nnx.Rngs(5), scan=True)
+        src, dst = flat_params(model), flat_params(m)
+        for k, v in dst.items():
+            v.set_value(src[k].get_value())
+        flush(dst)
+    ids = _ids(2, 12)
+
+    def run(per_layer):
+        c = KVCache.init(CFG, 2, 16, per_layer=per_layer)
+        pre = m(m.embed(ids[:, :8]), cache=c, start=0)
+        part = m(m.embed(ids[:, 8:9]), cache=pre.cache, start=8, stop_after=1)
+        outs, c = [], pre.cache
+        for i in range(8, 12):
+            o = m(m.embed(ids[:, i:i + 1]), cache=c, start=i)
+            outs.append(o.hidden)
+            c = o.cache
+        return jnp.concatenate(outs, 1), c, part.cache
+
+    run = jax.jit(run, static_argnums=0)
+    h0, c0, p0 = run(False)
+    h1, c1, p1 = run(True)
+    assert c1.per_layer and isinstance(c1.k, tuple) and len(c1.k) == CFG.num_layers and not c0.per_layer
+    assert c1.max_len == c0.max_len == 16
+    np.testing.assert_array_equal(np.asarray(h1), np.asarray(h0))
+    for cache_a, cache_b in ((c0, c1), (p0, p1)):
+        np.testing.assert_array_equal(np.stack(cache_b.k), np.asarray(cache_a.k))
+        np.testing.assert_array_equal(np.stack(cache_b.v), np.asarray(cache_a.v))
+        np.testing.assert_array_equal(np.asarray(cache_b.valid), np.asarray(cache_a.valid))
+
+
 def test_bad_input(model):
     with pytest.raises(ValueError, match="exceeds the model context"):
         model(jnp.zeros((1, CFG.max_position_embeddings + 1, CFG.hidden_size)))

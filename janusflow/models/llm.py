@@ -29,24 +29,38 @@ RESIDUAL = ("batch", "length", "embed")
 
 
 class KVCache(NamedTuple):
-    """Keys/values for ``max_len`` positions: k, v of shape (layers, B, max_len, kv_heads, head_dim);
-    ``valid`` (B, max_len) marks positions that were written and not masked out."""
-    k: jax.Array
-    v: jax.Array
+    """Keys/values for ``max_len`` positions: k, v of shape (layers, B, max_len, kv_heads, head_dim),
+    or (``per_layer``) tuples of one (B, max_len, kv_heads, head_dim) buffer per layer;
+    ``valid`` (B, max_len) marks positions that were written and not masked out.
+
+    Per-layer buffers are for the unrolled LLM's token-by-token decoding: each layer's new
+    keys/values are written into its own buffer in place. With one stacked array XLA:CPU copied
+    the layer's slice out, updated the copy and stacked the layers back, the whole cache several
+    times per token (experiments/janus_pro_speed.md, #26). The scanned LLM takes either."""
+    k: jax.Array | tuple
+    v: jax.Array | tuple
     valid: jax.Array
 
     @staticmethod
-    def init(cfg: LLMConfig, batch: int, max_len: int, dtype=jnp.float32) -> "KVCache":
+    def init(cfg: LLMConfig, batch: int, max_len: int, dtype=jnp.float32, per_layer: bool = False) -> "KVCache":
         if max_len > cfg.max_position_embeddings:
             raise ValueError(f"KV cache length {max_len} exceeds the model context "
                              f"{cfg.max_position_embeddings}")
+        valid = jnp.zeros((batch, max_len), bool)
+        if per_layer:
+            shape = (batch, max_len, cfg.num_kv_heads, cfg.dim_per_head)
+            return KVCache(tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
+                           tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)), valid)
         shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.dim_per_head)
-        return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype),
-                       jnp.zeros((batch, max_len), bool))
+        return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), valid)
 
     @property
     def max_len(self) -> int:
-        return self.k.shape[2]
+        return self.valid.shape[1]
+
+    @property
+    def per_layer(self) -> bool:
+        return isinstance(self.k, tuple)
 
 
 class LLMOutput(NamedTuple):
@@ -209,13 +223,19 @@ class LLM(nnx.Module):
         x, layers, new_kv = run(x, positions, mask, cache, start, n_run, collect)
         new_cache = None
         if cache is not None:
-            new_cache = KVCache(jnp.concatenate([new_kv[0], cache.k[n_run:]]),
-                                jnp.concatenate([new_kv[1], cache.v[n_run:]]), valid)
+            # new_kv: per-layer lists (unrolled) or stacked arrays (scanned); layers not run keep theirs
+            if cache.per_layer:
+                new_cache = KVCache(tuple(new_kv[0]) + cache.k[n_run:], tuple(new_kv[1]) + cache.v[n_run:], valid)
+            else:
+                stacked = [jnp.stack(a) if isinstance(a, list) else a for a in new_kv]
+                new_cache = KVCache(jnp.concatenate([stacked[0], cache.k[n_run:]]),
+                                    jnp.concatenate([stacked[1], cache.v[n_run:]]), valid)
         hidden = self.norm(x) if stop_after is None else x
         return LLMOutput(hidden, layers, new_cache)
 
     def _unrolled(self, x, positions, mask, cache, start, n_run, collect):
-        """Blocks 0..n_run-1 one by one: (x, {i: output of block i}, (k, v) stacked or None)."""
+        """Blocks 0..n_run-1 one by one: (x, {i: output of block i}, ([k per layer], [v per
+        layer]) or None)."""
         layers = {0: x} if 0 in collect else {}
         step = remat_lib.call_block(self.remat)
         new_k, new_v = [], []
@@ -227,13 +247,16 @@ class LLM(nnx.Module):
                 new_v.append(kv_out[1])
             if i + 1 in collect:
                 layers[i + 1] = x
-        return x, layers, ((jnp.stack(new_k), jnp.stack(new_v)) if cache is not None else None)
+        return x, layers, ((new_k, new_v) if cache is not None else None)
 
     def _scanned(self, x, positions, mask, cache, start, n_run, collect):
         """The same with lax.scan over the stacked blocks, one scan per stretch between the
-        blocks whose outputs ``collect`` asks for (REPA reads block ``repa_layer``)."""
+        blocks whose outputs ``collect`` asks for (REPA reads block ``repa_layer``); (k, v)
+        stacked."""
         layers = {0: x} if 0 in collect else {}
-        kv_all = (cache.k, cache.v) if cache is not None else None
+        kv_all = None
+        if cache is not None:
+            kv_all = (jnp.stack(cache.k), jnp.stack(cache.v)) if cache.per_layer else (cache.k, cache.v)
         call = lambda blk, h, kv: blk(h, positions, mask, kv, start)        # noqa: E731
         ks, vs, lo = [], [], 0
         for hi in sorted({i for i in collect if 0 < i < n_run} | {n_run}):

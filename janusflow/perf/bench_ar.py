@@ -16,13 +16,13 @@ from flax import nnx
 from janusflow.configs.schema import ModelConfig
 from janusflow.perf import peak as perf
 from janusflow.perf.bench_sample import random_model
-from janusflow.sample.ar_generate import OFFICIAL_CFG_WEIGHT, decode_codes, image_keys, sample_codes
+from janusflow.sample.ar_generate import OFFICIAL_CFG_WEIGHT, decode_codes, image_keys, per_layer_model, sample_codes
 
 
 def compiled_sampler(cfg: ModelConfig, model, batch: int, prompt_len: int):
     """(compiled program, its arguments, compile seconds) of one sampling call of ``batch``
     images for a random ``prompt_len``-token prompt, CFG weight 5, temperature 1."""
-    graphdef, state = nnx.split(model)
+    graphdef, state = nnx.split(per_layer_model(model, cfg)[0])       # as iter_generate_ar samples
     rng = np.random.default_rng(0)
     ids = jnp.asarray(rng.integers(0, cfg.llm.vocab_size, (batch, prompt_len), dtype=np.int32))
     args = (state, ids, jnp.ones((batch, prompt_len), bool), image_keys(0, range(batch)),

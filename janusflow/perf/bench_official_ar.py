@@ -42,7 +42,7 @@ from janusflow.configs.schema import ModelConfig
 from janusflow.perf.bench_official import bf16_params, reference_files, rel_l2
 from janusflow.perf.bench_sample import random_model
 from janusflow.sample.ar_generate import (OFFICIAL_CFG_WEIGHT, OFFICIAL_TEMPERATURE, decode_codes, image_keys,
-                                          sample_codes, uncond_prompt_ids)
+                                          per_layer_model, sample_codes, uncond_prompt_ids)
 from janusflow.sample.generate import with_compute_dtype
 
 MODELS = os.path.join("janus", "models")
@@ -191,9 +191,10 @@ def run(cfg: ModelConfig, batches=(1,), dtypes=("float32", "bfloat16"), num_toke
         state_dict.update({k: v for k, (_, v) in LAYOUTS[cfg.head.layout].extras().items()})
     out = {"rows": [], "official": off is not None, "why_not_official": why, "num_tokens": n, "decode": decode}
     for dtype in dtypes:
-        ours, _ = with_compute_dtype(model32, cfg, dtype)
+        ours, ours_cfg = with_compute_dtype(model32, cfg, dtype)
         if dtype == "bfloat16":
             ours = bf16_params(ours)
+        ours, _ = per_layer_model(ours, ours_cfg)          # what iter_generate_ar samples with
         graphdef, state = nnx.split(ours)
         official = OfficialARLoop(off, cfg, state_dict, dtype, decode) if off is not None else None
         for b in batches:

@@ -13,10 +13,19 @@ Prompts of different lengths are left-padded to a bucketed length; the bucket pa
 (an official batch holds one prompt, so it has none). Each image draws its tokens from
 ``fold_in(fold_in(key(seed), image index), step)``: an image does not depend on the batch it
 was sampled in.
+
+The loop runs the LLM one layer after the other on per-layer weights and a per-layer KV cache
+(``KVCache.init(per_layer=True)``, each layer's buffer updated in place): a model with stacked
+(scanned) layers is relaid out first (:func:`per_layer_model`). Under ``lax.scan`` XLA:CPU slices
+each layer's weights out of the stack into a fresh buffer before its matmuls, on every token;
+at batch 1 the step is matrix-vector products bound by reading the weights, and those copies
+made it ~1.5x slower. A stacked cache was likewise copied several times a token, which grows
+with the position (experiments/janus_pro_speed.md, #26).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 from typing import Iterator, Optional, Sequence
 
@@ -47,18 +56,30 @@ def uncond_prompt_ids(ids, mask, pad_id: int):
     return xp.where(mask & ~first & ~last, pad_id, ids).astype(ids.dtype)
 
 
+def per_layer_model(model, cfg: ModelConfig):
+    """``(model, cfg)`` with the LLM (and SigLIP) as one block per layer, the layout
+    :func:`sample_codes` is fast with; unchanged if it already is. The same weights: a stacked
+    model's arrays are sliced into per-layer ones (one copy of them while the old model lives),
+    so callers that sample repeatedly relay out once and keep the result."""
+    if not getattr(model.language_model, "scan", False):
+        return model, cfg
+    from janusflow.checkpoint.model_io import relayout
+    return relayout(model, dataclasses.replace(cfg, scan_layers=True), False)
+
+
 @partial(jax.jit, static_argnames=("graphdef", "num_tokens", "mesh"))
 def sample_codes(graphdef, state, ids, mask, image_keys, cfg_weight, temperature, pad_id, *,
                  num_tokens: int, mesh=None):
     """ids, mask (B, L) left-padded prompts ending in ``<begin_of_image>``; image_keys (B,)
-    PRNG keys -> image codes (B, num_tokens) int32."""
+    PRNG keys -> image codes (B, num_tokens) int32. Runs any layout; fast with per-layer
+    weights (:func:`per_layer_model`)."""
     model = nnx.merge(graphdef, state)
     lm = model.language_model
     b, length = ids.shape
     ids2 = jnp.stack([ids, uncond_prompt_ids(ids, mask, pad_id)], axis=1).reshape(2 * b, length)
     mask2 = jnp.repeat(mask, 2, axis=0)
     embeds = constrain_batch(lm.embed(ids2), mesh)
-    cache = KVCache.init(model.cfg.llm, 2 * b, length + num_tokens, embeds.dtype)
+    cache = KVCache.init(model.cfg.llm, 2 * b, length + num_tokens, embeds.dtype, per_layer=not lm.scan)
     out = lm(embeds, attention_mask=mask2, cache=cache, start=0)
     w = cfg_weight.astype(jnp.float32)
 
@@ -68,7 +89,7 @@ def sample_codes(graphdef, state, ids, mask, image_keys, cfg_weight, temperature
         keys = jax.vmap(lambda k: jax.random.fold_in(k, i))(image_keys)
         return jax.vmap(jax.random.categorical)(keys, guided / temperature).astype(jnp.int32)
 
-    def constrain_cache(c):
+    def constrain_cache(c):          # stacked k/v (layers, B, ...): batch axis 1; per-layer ones and valid: 0
         return jax.tree.map(lambda a: constrain_batch(a, mesh, 1 if a.ndim == 5 else 0), c)
 
     first = pick(out.hidden[:, -1], 0)
@@ -121,7 +142,8 @@ def iter_generate_ar(model, cfg: ModelConfig, prompt_ids: Sequence[Sequence[int]
                      key_ids=None) -> Iterator[tuple[list[int], np.ndarray, Optional[np.ndarray]]]:
     """Yields (image indices, codes (n, N) int32, uint8 images (n, H, W, 3) or None) batch by
     batch. Image ``i`` is sample ``i % num_samples`` of prompt ``i // num_samples``; its random
-    stream is that of index ``key_ids[i]`` (default ``i``)."""
+    stream is that of index ``key_ids[i]`` (default ``i``). A model with stacked layers is
+    relaid out per layer for the call (:func:`per_layer_model`)."""
     prompts = [tuple(int(t) for t in p) for p in prompt_ids]
     check_ar_options(cfg, prompts, cfg_weight, temperature, num_samples)
     owner = [p for p in range(len(prompts)) for _ in range(num_samples)]
@@ -129,6 +151,7 @@ def iter_generate_ar(model, cfg: ModelConfig, prompt_ids: Sequence[Sequence[int]
     if key_ids is not None and len(key_ids) != total:
         raise ValueError(f"key_ids must give one index per image ({total}), got {len(key_ids)}")
     bs, bs_padded, order = batch_plan(prompts, owner, batch_size, mesh)
+    model, cfg = per_layer_model(model, cfg)
     graphdef, state = split_for_mesh(model, mesh)
     limit = cfg.llm.max_position_embeddings - cfg.num_gen_tokens
     for s in range(0, total, bs):
