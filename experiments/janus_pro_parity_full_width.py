@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from janusflow.checkpoint import model_io
+from janusflow.sample.ar_generate import uncached_guided_logits
 
 RTOL = 1e-4                      # tests/test_janus_pro.py's bound
 
@@ -35,20 +36,6 @@ def rel_err(ours, ref):
     """tests/test_janus_pro.py's metric: max abs error over max abs reference."""
     ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
     return float(np.abs(ours - ref).max() / np.abs(ref).max())
-
-
-def cfg_image_logits(m, tokens, fed, weight, steps):
-    """tests/test_janus_pro.py's recomputation of the official CFG loop's logits without a
-    cache: rows (cond, uncond) interleaved, every row attending to every earlier position."""
-    text = m.language_model.embed(jnp.asarray(tokens))
-    fed2 = jnp.repeat(jnp.asarray(fed), 2, axis=0)
-    out = []
-    for i in range(steps):
-        seq = jnp.concatenate([text, m.gen_image_embeds(fed2[:, :i])], axis=1)
-        logits = m.image_logits(m.language_model(seq).hidden[:, -1])
-        cond, uncond = logits[0::2], logits[1::2]
-        out.append(uncond + weight * (cond - uncond))
-    return jnp.stack(out, 1)
 
 
 def peak_rss_gb() -> float:
@@ -84,7 +71,7 @@ def main():
         m.understanding_logits(jnp.asarray(ref["und_ids"]), None, jnp.asarray(ref["und_image_mask"]),
                                und_pixels=jnp.asarray(ref["und_pixels"])), ref["und_logits"]))
     report("cfg_image_logits", lambda: rel_err(
-        cfg_image_logits(m, ref["cfg_tokens"], ref["cfg_fed"], float(ref["cfg_weight"]),
+        uncached_guided_logits(m, ref["cfg_tokens"], ref["cfg_fed"], float(ref["cfg_weight"]),
                          ref["cfg_logits"].shape[1]), ref["cfg_logits"]))
     report("vq_decode", lambda: rel_err(m.gen_vision.decode_codes(jnp.asarray(ref["dec_codes"])),
                                         ref["dec_images"]))

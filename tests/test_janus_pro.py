@@ -21,6 +21,7 @@ from janusflow.configs import presets
 from janusflow.configs.errors import ConfigError
 from janusflow.models.build import build_model
 from janusflow.perf.info import JANUS_PRO_NAMES, param_counts
+from janusflow.sample.ar_generate import uncached_guided_logits
 
 FIX = os.path.join(os.path.dirname(__file__), "fixtures")
 TINY_DIR = os.path.join(FIX, "janus_pro_tiny")
@@ -94,23 +95,9 @@ def test_understanding_logits_parity(official):
     assert rel_err(logits, ref["und_logits"]) < RTOL
 
 
-def cfg_image_logits(m, tokens, fed, weight, steps):
-    """The official CFG loop's logits, recomputed without a cache: rows (cond, uncond)
-    interleaved, every row attending to every earlier position (pads included)."""
-    text = m.language_model.embed(jnp.asarray(tokens))
-    fed2 = jnp.repeat(jnp.asarray(fed), 2, axis=0)              # each code to its row pair
-    out = []
-    for i in range(steps):
-        seq = jnp.concatenate([text, m.gen_image_embeds(fed2[:, :i])], axis=1)
-        logits = m.image_logits(m.language_model(seq).hidden[:, -1])
-        cond, uncond = logits[0::2], logits[1::2]
-        out.append(uncond + weight * (cond - uncond))
-    return jnp.stack(out, 1)
-
-
 def test_cfg_image_token_logits_parity(official):
     m, _, ref = official
-    got = cfg_image_logits(m, ref["cfg_tokens"], ref["cfg_fed"], float(ref["cfg_weight"]),
+    got = uncached_guided_logits(m, ref["cfg_tokens"], ref["cfg_fed"], float(ref["cfg_weight"]),
                            ref["cfg_logits"].shape[1])
     assert rel_err(got, ref["cfg_logits"]) < RTOL
 

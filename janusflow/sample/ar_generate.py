@@ -56,6 +56,22 @@ def uncond_prompt_ids(ids, mask, pad_id: int):
     return xp.where(mask & ~first & ~last, pad_id, ids).astype(ids.dtype)
 
 
+def uncached_guided_logits(model, tokens, fed, weight: float, steps: int):
+    """The official CFG loop's guided image-token logits for the first ``steps`` tokens,
+    recomputed without a cache (the parity reference): ``tokens`` holds the (cond, uncond)
+    prompt rows interleaved, ``fed`` one row of codes per image, each fed to its row pair;
+    every row attends to every earlier position, pads included, as the official loop does."""
+    text = model.language_model.embed(jnp.asarray(tokens))
+    fed2 = jnp.repeat(jnp.asarray(fed), 2, axis=0)
+    out = []
+    for i in range(steps):
+        seq = jnp.concatenate([text, model.gen_image_embeds(fed2[:, :i])], axis=1)
+        logits = model.image_logits(model.language_model(seq).hidden[:, -1])
+        cond, uncond = logits[0::2], logits[1::2]
+        out.append(uncond + weight * (cond - uncond))
+    return jnp.stack(out, 1)
+
+
 def per_layer_model(model, cfg: ModelConfig):
     """``(model, cfg)`` with the LLM (and SigLIP) as one block per layer, the layout
     :func:`sample_codes` is fast with; unchanged if it already is. The same weights: a stacked
