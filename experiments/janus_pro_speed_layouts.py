@@ -13,7 +13,8 @@ from janusflow.configs.presets import janus_pro_1b
 from janusflow.perf.bench_sample import random_model
 from janusflow.perf.bench_official import bf16_params
 from janusflow.sample.generate import with_compute_dtype
-from janusflow.sample.ar_generate import sample_codes, image_keys, per_layer_model
+from janusflow.sample.ar_generate import sample_codes, image_keys
+from janusflow.sample.layout import per_layer_model
 p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 p.add_argument("--dtypes", default="float32,bfloat16"); p.add_argument("--batches", default="1")
 p.add_argument("--tokens", type=int, default=576); p.add_argument("--repeats", type=int, default=2)

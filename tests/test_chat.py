@@ -184,3 +184,30 @@ def test_stream_answer_yields_each_token_and_ends_with_answer(tokenizer, plain_m
         next(stream_answer(plain_model, CFG, tokenizer, img, "  "))
     with pytest.raises(ValueError, match="max_new_tokens"):
         next(stream_answer(plain_model, CFG, tokenizer, img, "what?", max_new_tokens=0))
+
+
+def test_scanned_model_decodes_on_per_layer_weights_with_the_same_answer(plain_model, tokenizer, monkeypatch):
+    """A scanned (stacked-layer) model is relaid out per layer before the decode loop (the
+    layout token-by-token decoding is fast with, sample/layout.py) and answers exactly as the
+    per-layer model does, greedy and sampled, batch and streamed."""
+    from janusflow.checkpoint.model_io import relayout
+    from janusflow.sample import chat
+    scanned, scfg = relayout(plain_model, CFG, True)
+    assert scanned.language_model.scan
+    seen = []
+    real = chat._decode
+
+    def spy(graphdef, state, *a, **kw):
+        seen.append(nnx.merge(graphdef, state).language_model.scan)
+        return real(graphdef, state, *a, **kw)
+
+    monkeypatch.setattr(chat, "_decode", spy)
+    imgs = _images()
+    for kw in ({}, {"temperature": 1.0, "top_p": 0.9, "seed": 3}):
+        want = answer(plain_model, CFG, None, imgs, [[9, 20], [9, 10, 30]], template=TPL, max_new_tokens=6, **kw)
+        got = answer(scanned, scfg, None, imgs, [[9, 20], [9, 10, 30]], template=TPL, max_new_tokens=6, **kw)
+        assert got == want
+    assert seen == [False] * 4
+    img = _images(1)[0]
+    want = list(chat.stream_answer(plain_model, CFG, tokenizer, img, "what colour?", max_new_tokens=5))
+    assert list(chat.stream_answer(scanned, scfg, tokenizer, img, "what colour?", max_new_tokens=5)) == want

@@ -221,7 +221,8 @@ def test_ar_sampler_samples_a_scanned_model_per_layer_with_the_same_codes():
     weights out of the stack on every token). A scanned model is relaid out, not changed: the
     codes equal those of the stacked program on the same padded prompts and keys."""
     from janusflow.perf.bench_sample import random_model
-    from janusflow.sample.ar_generate import generate_ar, image_keys, per_layer_model, sample_codes
+    from janusflow.sample.ar_generate import generate_ar, image_keys, sample_codes
+    from janusflow.sample.layout import per_layer_model
     from janusflow.sample.generate import bucket_len, pad_prompts
     cfg = presets.tiny_janus_pro(scan_layers=True)
     m = random_model(cfg, std=0.3)                     # peaked logits: the codes depend on the weights

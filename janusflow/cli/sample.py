@@ -25,7 +25,7 @@ def cmd_sample(args) -> int:
         vae = run.load_vae_for(cfg, args.checkpoint, args.vae, args.dtype)
         janus_pro = cfg.head.autoregressive
         if janus_pro:           # the AR sampler's fast layout, relaid out once (the stacked copy is freed)
-            from janusflow.sample.ar_generate import per_layer_model
+            from janusflow.sample.layout import per_layer_model
             model, cfg = per_layer_model(model, cfg)
         if tok is not None:
             from janusflow.data.tokenizer import generation_prompt_ids

@@ -255,7 +255,7 @@ def load_generator(checkpoint: str, vae_path: Optional[str] = None, dtype: Optio
     from janusflow.models.build import build_vae
     model, cfg = model_io.load_model(checkpoint, dtype)
     if cfg.head.autoregressive:         # the AR sampler's layout, before anything holds the stacked copy
-        from janusflow.sample.ar_generate import per_layer_model
+        from janusflow.sample.layout import per_layer_model
         model, cfg = per_layer_model(model, cfg)
     if not cfg.head.needs_vae:
         vae = None                     # the VQ tokenizer inside the model makes the images
@@ -283,7 +283,8 @@ def model_generate_fn(model, vae, cfg, tokenizer, *, cfg_weight: Optional[float]
     from janusflow.sample.run import default_cfg_weight
     cfg_weight = default_cfg_weight(cfg, cfg_weight)
     if cfg.head.autoregressive:
-        from janusflow.sample.ar_generate import generate_ar, per_layer_model
+        from janusflow.sample.ar_generate import generate_ar
+        from janusflow.sample.layout import per_layer_model
         model, cfg = per_layer_model(model, cfg)        # once, not per batch
 
         def fn_ar(items):

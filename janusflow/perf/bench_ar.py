@@ -16,7 +16,8 @@ from flax import nnx
 from janusflow.configs.schema import ModelConfig
 from janusflow.perf import peak as perf
 from janusflow.perf.bench_sample import random_model
-from janusflow.sample.ar_generate import OFFICIAL_CFG_WEIGHT, decode_codes, image_keys, per_layer_model, sample_codes
+from janusflow.sample.ar_generate import OFFICIAL_CFG_WEIGHT, decode_codes, image_keys, sample_codes
+from janusflow.sample.layout import per_layer_model
 
 
 def compiled_sampler(cfg: ModelConfig, model, batch: int, prompt_len: int):

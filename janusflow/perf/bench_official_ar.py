@@ -42,8 +42,9 @@ from janusflow.configs.schema import ModelConfig
 from janusflow.perf.bench_official import bf16_params, reference_files, rel_l2
 from janusflow.perf.bench_sample import random_model
 from janusflow.sample.ar_generate import (OFFICIAL_CFG_WEIGHT, OFFICIAL_TEMPERATURE, decode_codes, image_keys,
-                                          per_layer_model, sample_codes, uncond_prompt_ids)
+                                          sample_codes, uncond_prompt_ids)
 from janusflow.sample.generate import with_compute_dtype
+from janusflow.sample.layout import per_layer_model
 
 MODELS = os.path.join("janus", "models")
 FILES = ("vq_model.py", "modeling_vlm.py", "projector.py")

@@ -25,7 +25,6 @@ with the position (experiments/janus_pro_speed.md, #26).
 
 from __future__ import annotations
 
-import dataclasses
 from functools import partial
 from typing import Iterator, Optional, Sequence
 
@@ -39,6 +38,7 @@ from janusflow.configs.variants import AUTOREGRESSIVE
 from janusflow.models.llm import KVCache
 from janusflow.sample.generate import (batch_plan, bucket_len, constrain_batch, pad_prompts, put_batch,
                                        split_for_mesh)
+from janusflow.sample.layout import per_layer_model
 
 OFFICIAL_CFG_WEIGHT = AUTOREGRESSIVE.cfg_weight      # the official generation script's
 OFFICIAL_TEMPERATURE = 1.0
@@ -70,17 +70,6 @@ def uncached_guided_logits(model, tokens, fed, weight: float, steps: int):
         cond, uncond = logits[0::2], logits[1::2]
         out.append(uncond + weight * (cond - uncond))
     return jnp.stack(out, 1)
-
-
-def per_layer_model(model, cfg: ModelConfig):
-    """``(model, cfg)`` with the LLM (and SigLIP) as one block per layer, the layout
-    :func:`sample_codes` is fast with; unchanged if it already is. The same weights: a stacked
-    model's arrays are sliced into per-layer ones (one copy of them while the old model lives),
-    so callers that sample repeatedly relay out once and keep the result."""
-    if not getattr(model.language_model, "scan", False):
-        return model, cfg
-    from janusflow.checkpoint.model_io import relayout
-    return relayout(model, dataclasses.replace(cfg, scan_layers=True), False)
 
 
 @partial(jax.jit, static_argnames=("graphdef", "num_tokens", "mesh"))

@@ -10,6 +10,9 @@ carries ``beg_of_und_embed`` and the N placeholders the aligned SigLIP features
 Decoding: one compiled program prefills the (left-padded) prompts into a KV cache, then feeds
 one token per step inside ``lax.while_loop`` until every row has produced EOS or
 ``max_new_tokens`` tokens. Greedy when temperature == 0, else temperature + top-p sampling.
+The loop runs on per-layer weights and a per-layer KV cache, as the image-token sampler does
+(``sample/layout.py``): a model with stacked (scanned) layers is relaid out for the call, so
+callers that answer repeatedly (the CLI, the demo) relay out once and pass the result.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from janusflow.data import preprocess
 from janusflow.models.llm import KVCache
 from janusflow.models.vae import encode_latents
 from janusflow.sample.generate import bucket_len
+from janusflow.sample.layout import per_layer_model
 
 @dataclasses.dataclass(frozen=True)
 class UnderstandingTemplate:
@@ -130,7 +134,7 @@ def _prefill(model, ids, mask, image_mask, pixels, latents, temperature, top_p, 
     """Run the prompt into a KV cache of ``cache_len`` positions; (first token, cache)."""
     lm = model.language_model
     embeds = model.understanding_embeds(ids, image_mask, und_pixels=pixels, und_latents=latents)
-    cache = KVCache.init(model.cfg.llm, ids.shape[0], cache_len, embeds.dtype)
+    cache = KVCache.init(model.cfg.llm, ids.shape[0], cache_len, embeds.dtype, per_layer=not lm.scan)
     out = lm(embeds, attention_mask=mask, cache=cache, start=0)
     first = _pick(lm.logits(out.hidden[:, -1]), jax.random.fold_in(key, 0), temperature, top_p, greedy)
     return first, out.cache
@@ -281,6 +285,7 @@ def answer(model, cfg: ModelConfig, tokenizer, images, questions, *, max_new_tok
     _check_decoding(max_new_tokens, temperature, top_p)
     ids, mask, image_mask, pixels, latents, eos = _inputs(cfg, tokenizer, images, questions, max_new_tokens,
                                                           template, system_prompt, vae, pad_id)
+    model, cfg = per_layer_model(model, cfg)
     graphdef, state = nnx.split(model)
     greedy = temperature == 0
     out = np.asarray(_decode(graphdef, state, ids, mask, image_mask, pixels, latents, jnp.int32(eos),
@@ -308,6 +313,7 @@ def stream_answer(model, cfg: ModelConfig, tokenizer, image, question: str, *, m
     _check_decoding(max_new_tokens, temperature, top_p)
     ids, mask, image_mask, pixels, latents, eos = _inputs(cfg, tokenizer, [image], [question], max_new_tokens,
                                                           None, system_prompt, vae, pad_id)
+    model, cfg = per_layer_model(model, cfg)
     graphdef, state = nnx.split(model)
     greedy = temperature == 0
     temp, top_p, key = jnp.float32(temperature if not greedy else 1.0), jnp.float32(top_p), jax.random.key(seed)
