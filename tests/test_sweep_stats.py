@@ -74,5 +74,11 @@ def test_verdicts():
     assert sweep_stats.verdict(one, -1) == ("not separable at this scale",
                                             "difference -0.8000 from one paired seed: no interval")
     assert sweep_stats.verdict(None, 1)[0] == "not separable at this scale"
+    # one image of 64 in both seeds: a zero-width interval, not a certainty
+    same = sweep_stats.paired_difference({0: 17 / 64, 1: 20 / 64}, {0: 16 / 64, 1: 19 / 64})
+    assert same["lo"] == same["hi"] and same["lo"] > 0
+    assert sweep_stats.verdict(same, -1) == ("not separable at this scale",
+                                             "difference +0.0156 in each of 2 paired seeds: no spread to "
+                                             "estimate an interval from")
     with pytest.raises(ValueError):
         sweep_stats.verdict(below, 0)

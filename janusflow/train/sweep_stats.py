@@ -101,7 +101,13 @@ def verdict(diff: Optional[dict], direction: int) -> tuple[str, str]:
     - reproduced: the interval excludes 0 on the paper's side;
     - not reproduced: it excludes 0 on the other side (the opposite effect is measured);
     - not separable at this scale: it contains 0, or there is no interval (fewer than 2 paired
-      seeds). The interval's width says how large an effect this study could have missed.
+      seeds, or every paired difference the same number). The interval's width says how large
+      an effect this study could have missed.
+
+    Equal differences happen with shares counted on a few dozen images (steps of 1/64): two
+    seeds that both differ by one image give sd 0 and a zero-width interval, which would
+    declare a one-image difference certain. With no spread observed there is nothing to
+    estimate an interval from, so no verdict either way.
 
     Returns ``(verdict, one-line explanation)``."""
     if direction not in (1, -1):
@@ -110,6 +116,9 @@ def verdict(diff: Optional[dict], direction: int) -> tuple[str, str]:
         return NOT_SEPARABLE, "no seed of the member is paired with one of the reference"
     if diff["half"] is None:
         return NOT_SEPARABLE, f"difference {diff['mean']:+.4f} from one paired seed: no interval"
+    if diff["sd"] == 0:
+        return NOT_SEPARABLE, (f"difference {diff['mean']:+.4f} in each of {diff['n']} paired seeds: "
+                               "no spread to estimate an interval from")
     where = (f"difference {diff['mean']:+.4f}, {LEVEL:.0%} interval [{diff['lo']:+.4f}, {diff['hi']:+.4f}] "
              f"(width {diff['hi'] - diff['lo']:.4f}, {diff['n']} paired seeds)")
     if diff["lo"] > 0 or diff["hi"] < 0:
