@@ -55,7 +55,7 @@ def cmd_bench_sample(args) -> int:
             from janusflow.perf import bench_official_ar
             bench_official_ar.run(cfg.model, batches=args.batches, dtypes=args.dtypes, num_tokens=args.image_tokens,
                                   repeats=args.repeats, prompt_len=args.prompt_len, decode=not args.no_decode,
-                                  official_src=args.official_src)
+                                  official_src=args.official_src, matmul_impls=args.matmul_impls)
             return 0
         if args.image_tokens is not None:
             raise SystemExit("janusflow bench sample: --image-tokens needs --compare-official")

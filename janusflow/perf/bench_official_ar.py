@@ -39,6 +39,7 @@ from flax import nnx
 from janusflow.checkpoint.hf import LAYOUTS, hf_config_from_model_config, model_key_map
 from janusflow.checkpoint.torch_layout import export_state_dict
 from janusflow.configs.schema import ModelConfig
+from janusflow.models.layers import use_matmul
 from janusflow.perf.bench_official import bf16_params, reference_files, rel_l2
 from janusflow.perf.bench_sample import random_model
 from janusflow.sample.ar_generate import (OFFICIAL_CFG_WEIGHT, OFFICIAL_TEMPERATURE, decode_codes, image_keys,
@@ -162,7 +163,14 @@ def first_guided_logits(graphdef, state, ids, mask, cfg_weight, pad_id):
 
 def run(cfg: ModelConfig, batches=(1,), dtypes=("float32", "bfloat16"), num_tokens: int | None = None,
         repeats: int = 3, prompt_len: int = 32, decode: bool = True, official_src: str | None = None,
-        pad_id: int = 0, log=print) -> dict:
+        pad_id: int = 0, matmul_impls=None, log=print) -> dict:
+    """``matmul_impls`` (default: the config's): our sampler with each LLM matmul kernel
+    (``ModelConfig.matmul_impl``), timed alternately with the official loop in one run. With
+    more than one, our timings are keyed ``ours_<impl>``."""
+    impls = tuple(matmul_impls or (cfg.matmul_impl,))
+    for impl in impls:      # the config checks the name the same way
+        dataclasses.replace(cfg, matmul_impl=impl)
+    whos = ["ours"] if len(impls) == 1 else [f"ours_{i}" for i in impls]
     n = cfg.num_gen_tokens if num_tokens is None else num_tokens
     if not 1 <= n <= cfg.num_gen_tokens:
         raise ValueError(f"image tokens must be in 1..{cfg.num_gen_tokens}, got {n}")
@@ -177,7 +185,7 @@ def run(cfg: ModelConfig, batches=(1,), dtypes=("float32", "bfloat16"), num_toke
     log(f"device {jax.devices()[0].device_kind} x {jax.device_count()}; LLM {cfg.llm.num_layers} layers x "
         f"{cfg.llm.hidden_size}, {n} of {cfg.num_gen_tokens} image tokens of a {cfg.vq.codebook_size}-entry "
         f"codebook; CFG {w} (2 rows per image), temperature {temp}, {prompt_len}-token prompt; "
-        f"VQ decode {'timed' if decode else 'not timed'}")
+        f"VQ decode {'timed' if decode else 'not timed'}; LLM matmul {', '.join(impls)}")
     if off is None:
         log(f"official loop unavailable: {why}; timing ours only")
     else:
@@ -196,25 +204,35 @@ def run(cfg: ModelConfig, batches=(1,), dtypes=("float32", "bfloat16"), num_toke
         if dtype == "bfloat16":
             ours = bf16_params(ours)
         ours, _ = per_layer_model(ours, ours_cfg)          # what iter_generate_ar samples with
-        graphdef, state = nnx.split(ours)
+        graphdefs = {}
+        for who, impl in zip(whos, impls):
+            use_matmul(ours.language_model, impl)       # the kernel is static: one graph each
+            graphdefs[who], state = nnx.split(ours)
+        graphdef = graphdefs[whos[0]]
         official = OfficialARLoop(off, cfg, state_dict, dtype, decode) if off is not None else None
         for b in batches:
             ids = np.random.default_rng(b).integers(0, cfg.llm.vocab_size, (b, prompt_len), dtype=np.int32)
             args = (state, jnp.asarray(ids), jnp.ones((b, prompt_len), bool), image_keys(0, range(b)),
                     jnp.float32(w), jnp.float32(temp), jnp.int32(pad_id))
-            t0 = time.perf_counter()
-            prog = sample_codes.lower(graphdef, *args, num_tokens=n).compile()
-            row = {"dtype": dtype, "batch": b, "compile_s": time.perf_counter() - t0}
-            codes = jax.block_until_ready(prog(*args))                                    # warm-up
-            calls = {"ours": lambda: jax.block_until_ready(prog(*args))}
-            dec_calls = {}
+            row = {"dtype": dtype, "batch": b}
+            calls, dec_calls, step0 = {}, {}, {}
+            for who, g in graphdefs.items():
+                t0 = time.perf_counter()
+                prog = sample_codes.lower(g, *args, num_tokens=n).compile()
+                row[f"{who}_compile_s"] = time.perf_counter() - t0
+                codes = jax.block_until_ready(prog(*args))                                # warm-up
+                calls[who] = partial(lambda p: jax.block_until_ready(p(*args)), prog)
+                step0[who] = np.asarray(first_guided_logits(g, state, args[1], args[2], args[4], args[6]))
+            for who in whos[1:]:
+                row[f"{who}_step0_rel_diff_vs_{whos[0]}"] = rel_l2(step0[who], step0[whos[0]])
             if decode:
                 dprog = decode_codes.lower(graphdef, state, codes).compile()
-                dec_calls["ours"] = lambda: jax.block_until_ready(dprog(state, codes))
-                dec_calls["ours"]()
+                for who in whos:        # the decoder has no LLM matmul: one program serves all
+                    dec_calls[who] = lambda: jax.block_until_ready(dprog(state, codes))
+                dec_calls[whos[0]]()
             if official is not None:
                 ocodes, logits0 = official.generate(ids, n, w, temp, pad_id)              # warm-up
-                ours0 = np.asarray(first_guided_logits(graphdef, state, args[1], args[2], args[4], args[6]))
+                ours0 = step0[whos[0]]
                 row["step0_logits_rel_diff"] = rel_l2(ours0, logits0)
                 row["step0_argmax_agree"] = float(np.mean(ours0.argmax(-1) == logits0.argmax(-1)))
                 calls["official"] = lambda: official.generate(ids, n, w, temp, pad_id)
@@ -238,16 +256,23 @@ def run(cfg: ModelConfig, batches=(1,), dtypes=("float32", "bfloat16"), num_toke
                 row.update({f"{who}_tokens_s": tok, f"{who}_samples": times[who],
                             f"{who}_ms_per_token": 1e3 * tok / n, f"{who}_decode_s": dec,
                             f"{who}_s_per_image": (tok + dec) / b})
-            msg = (f"{dtype:8s} batch {b}: ours {row['ours_s_per_image']:.3f} s/image "
-                   f"({row['ours_ms_per_token']:.2f} ms/token, decode {row['ours_decode_s']:.3f} s)")
+            msg = f"{dtype:8s} batch {b}: " + ", ".join(
+                f"{who} {row[f'{who}_s_per_image']:.3f} s/image ({row[f'{who}_ms_per_token']:.2f} ms/token, "
+                f"decode {row[f'{who}_decode_s']:.3f} s)" for who in whos)
             if official is not None:
-                row["speedup"] = row["official_s_per_image"] / row["ours_s_per_image"]
-                row["speedup_tokens"] = row["official_tokens_s"] / row["ours_tokens_s"]
+                for who in whos:
+                    tail = "" if who == "ours" else f"_{who}"
+                    row[f"speedup{tail}"] = row["official_s_per_image"] / row[f"{who}_s_per_image"]
+                    row[f"speedup_tokens{tail}"] = row["official_tokens_s"] / row[f"{who}_tokens_s"]
                 msg += (f", official {row['official_s_per_image']:.3f} s/image ({row['official_ms_per_token']:.2f} "
-                        f"ms/token, decode {row['official_decode_s']:.3f} s) -> ours {row['speedup']:.2f}x faster "
-                        f"per image, {row['speedup_tokens']:.2f}x on the tokens (medians of {repeats} alternating "
-                        f"runs); step-0 guided logits differ by {100 * row['step0_logits_rel_diff']:.2g}% "
-                        f"(relative L2), argmax agrees on {100 * row['step0_argmax_agree']:.0f}% of images")
+                        f"ms/token, decode {row['official_decode_s']:.3f} s) -> " + ", ".join(
+                            f"{who} {row['speedup' + ('' if who == 'ours' else '_' + who)]:.2f}x faster per image, "
+                            f"{row['speedup_tokens' + ('' if who == 'ours' else '_' + who)]:.2f}x on the tokens"
+                            for who in whos)
+                        + f" (medians of {repeats} alternating runs); step-0 guided logits differ by "
+                        f"{100 * row['step0_logits_rel_diff']:.2g}% (relative L2), argmax agrees on "
+                        f"{100 * row['step0_argmax_agree']:.0f}% of images")
+            msg += "".join(f"; {k.replace('_', ' ')} {100 * v:.2g}%" for k, v in row.items() if "_vs_" in k)
             log(msg)
             out["rows"].append(row)
         del official
