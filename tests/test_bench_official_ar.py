@@ -76,6 +76,11 @@ def test_compare_official_ar_reports_a_ratio_on_the_same_step0_logits(monkeypatc
     assert rows["float32"]["step0_logits_rel_diff"] < 1e-5 and rows["float32"]["step0_argmax_agree"] == 1.0
     assert rows["bfloat16"]["step0_logits_rel_diff"] < 5e-2       # both in bf16, rounded differently
     assert sum("faster per image" in line for line in lines) == 2
+    # a scanned preset (janus_pro_1b is one) is timed per layer, as iter_generate_ar samples it
+    scanned = dataclasses.replace(_tiny(), scan_layers=True)
+    row = bench_official_ar.run(scanned, batches=(1,), dtypes=("float32",), num_tokens=2, repeats=1,
+                                prompt_len=4, log=lambda m: None)["rows"][0]
+    assert row["step0_logits_rel_diff"] < 1e-5 and row["speedup"] > 0
 
 
 def test_compare_official_ar_rejects_bad_token_counts():

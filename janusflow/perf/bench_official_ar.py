@@ -45,7 +45,6 @@ from janusflow.perf.bench_sample import random_model
 from janusflow.sample.ar_generate import (OFFICIAL_CFG_WEIGHT, OFFICIAL_TEMPERATURE, decode_codes, image_keys,
                                           sample_codes, uncond_prompt_ids)
 from janusflow.sample.generate import with_compute_dtype
-from janusflow.sample.layout import per_layer_model
 
 MODELS = os.path.join("janus", "models")
 FILES = ("vq_model.py", "modeling_vlm.py", "projector.py")
@@ -191,6 +190,9 @@ def run(cfg: ModelConfig, batches=(1,), dtypes=("float32", "bfloat16"), num_toke
     else:
         import torch
         log(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    # built per layer, the layout iter_generate_ar samples with (sample/layout.py): relaying a
+    # stacked model out would hold a second copy of the weights beside the official model's
+    cfg = dataclasses.replace(cfg, scan_layers=False)
     model32 = random_model(dataclasses.replace(cfg, dtype="float32"))
     state_dict = None
     if off is not None:
@@ -200,10 +202,9 @@ def run(cfg: ModelConfig, batches=(1,), dtypes=("float32", "bfloat16"), num_toke
         state_dict.update({k: v for k, (_, v) in LAYOUTS[cfg.head.layout].extras().items()})
     out = {"rows": [], "official": off is not None, "why_not_official": why, "num_tokens": n, "decode": decode}
     for dtype in dtypes:
-        ours, ours_cfg = with_compute_dtype(model32, cfg, dtype)
+        ours, _ = with_compute_dtype(model32, cfg, dtype)
         if dtype == "bfloat16":
             ours = bf16_params(ours)
-        ours, _ = per_layer_model(ours, ours_cfg)          # what iter_generate_ar samples with
         graphdefs = {}
         for who, impl in zip(whos, impls):
             use_matmul(ours.language_model, impl)       # the kernel is static: one graph each
