@@ -262,3 +262,29 @@ def test_demo_in_headless_chromium(chromium, served, files, tmp_path):
             page.screenshot(path=os.path.join(shots, "demo_generation.png"), full_page=True)
         finally:
             browser.close()
+
+
+def test_session_generates_with_a_janus_pro_checkpoint(tmp_path):
+    """A Janus-Pro checkpoint's Generation tab samples image tokens (the family's CFG weight 5 by
+    default, no steps/solver/trajectory): the images are `janusflow sample`'s for the same seed."""
+    from janusflow.checkpoint import model_io
+    from janusflow.data.tokenizer import build_tiny_tokenizer, generation_prompt_ids
+    from janusflow.sample.ar_generate import generate_ar
+    cfg = presets.tiny_janus_pro(llm=dataclasses.replace(presets.tiny_janus_pro().llm, num_layers=1), repa_layer=1)
+    ckpt = model_io.save_model(str(tmp_path / "ckpt"), random_model(cfg, seed=0), cfg)
+    build_tiny_tokenizer(["a red circle"] * 10, vocab_size=cfg.llm.vocab_size).save(
+        os.path.join(ckpt, "tokenizer.json"))
+    s = DemoSession.load(ckpt, log=lambda m: None)
+    assert s.can_generate and s.vae is None and s.default_cfg_weight == 5.0
+    req = check_generation("a red circle", 2, 5.0, 1, "euler", 4, True)
+    gallery, grid = s.generate(req)
+    assert grid is None and [c for _, c in gallery] == ["#0 · seed 4 · CFG 5 · image tokens",
+                                                         "#1 · seed 4 · CFG 5 · image tokens"]
+    ids = [generation_prompt_ids(s.tokenizer, "a red circle") + [s.tokenizer.image_start_id]]
+    want = generate_ar(s.model, s.cfg, ids, num_samples=2, seed=4, pad_id=s.tokenizer.pad_id)
+    for (img, _), w in zip(gallery, want):
+        np.testing.assert_array_equal(img, w)
+    from janusflow.demo.app import make_handlers
+    _, generate = make_handlers(s)
+    _, settings, grid, err = generate("a red circle", 1, 5.0, 1, "euler", 4, False, progress=lambda *a, **k: None)
+    assert err == "" and "image tokens" in settings and "steps" not in settings

@@ -69,8 +69,13 @@ def make_handlers(session: DemoSession):
                 progress((done, total), desc="sampling", unit="images")
 
             gallery, grid = session.generate(req, tick)
-            settings = (f"{req.n} image(s) of *{req.prompt}*: CFG {req.cfg_weight:g}, {req.steps} {req.solver} "
-                        f"steps, seed {req.seed} (janusflow sample with these settings starts from the same noise)")
+            if session.cfg.head.autoregressive:
+                settings = (f"{req.n} image(s) of *{req.prompt}*: image tokens, CFG {req.cfg_weight:g}, seed "
+                            f"{req.seed} (janusflow sample with these settings draws the same tokens)")
+            else:
+                settings = (f"{req.n} image(s) of *{req.prompt}*: CFG {req.cfg_weight:g}, {req.steps} {req.solver} "
+                            f"steps, seed {req.seed} (janusflow sample with these settings starts from the same "
+                            "noise)")
             return gallery, settings, grid, ""
         except Exception as e:  # noqa: BLE001 -- shown in the page
             return [], "", None, error_line(e)
@@ -113,13 +118,16 @@ def build(session: DemoSession) -> gr.Blocks:
                     prompt = gr.Textbox(label="Prompt", lines=2, elem_id="gen-prompt")
                     n = gr.Slider(1, lim.max_images, value=min(4, lim.max_images), step=1,
                                   label="Number of images")
-                    cfg_weight = gr.Slider(0.0, lim.max_cfg_weight, value=2.0, step=0.1,
+                    cfg_weight = gr.Slider(0.0, lim.max_cfg_weight, value=session.default_cfg_weight, step=0.1,
                                            label="CFG weight (1 = no guidance)")
+                    # a Janus-Pro checkpoint samples image tokens: no ODE steps, solver or trajectory
+                    flow = not session.cfg.head.autoregressive
                     steps = gr.Slider(1, lim.max_steps, value=min(30, lim.max_steps), step=1, label="Steps",
-                                      elem_id="gen-steps")
-                    solver = gr.Radio(["euler", "heun"], value="euler", label="Solver")
+                                      elem_id="gen-steps", visible=flow)
+                    solver = gr.Radio(["euler", "heun"], value="euler", label="Solver", visible=flow)
                     gen_seed = gr.Number(value=0, precision=0, label="Seed")
-                    trajectory = gr.Checkbox(value=False, label="Trajectory grid of image #0 (Euler)")
+                    trajectory = gr.Checkbox(value=False, label="Trajectory grid of image #0 (Euler)",
+                                             visible=flow)
                     gen_btn = gr.Button("Generate", variant="primary", elem_id="gen-run")
                 with gr.Column():
                     gallery = gr.Gallery(label="Samples", columns=4, height=360, elem_id="gen-gallery")

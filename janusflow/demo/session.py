@@ -151,8 +151,10 @@ def trajectory_steps(steps: int, shown: int = 6) -> tuple[int, ...]:
     return tuple(sorted({round(k * (steps - 1) / (shown - 1)) for k in range(shown)}))
 
 
-def settings_caption(req: GenerationRequest, index: int) -> str:
-    return (f"#{index} · seed {req.seed} · CFG {req.cfg_weight:g} · {req.steps} {req.solver} steps")
+def settings_caption(req: GenerationRequest, index: int, image_tokens: bool = False) -> str:
+    how = "image tokens" if image_tokens else f"{req.steps} {req.solver} steps"
+    return f"#{index} · seed {req.seed} · CFG {req.cfg_weight:g} · {how}"
+
 
 
 # ------------------------------------------------------------------------------ the model
@@ -190,13 +192,20 @@ class DemoSession:
         return bool(self.cfg.gen_enabled)
 
     @property
+    def default_cfg_weight(self) -> float:
+        """The generation head's official CFG weight (JanusFlow 2, Janus-Pro 5)."""
+        return float(self.cfg.head.cfg_weight)
+
+    @property
     def can_understand(self) -> bool:
         return self.cfg.und.understands
 
     def generate(self, req: GenerationRequest, progress: Callable[[int, int], None] = lambda done, total: None):
         """Images for a checked request: (list of (uint8 image, caption), trajectory grid of
         image #0 or None). Image ``i`` starts from the noise ``janusflow sample --seed S`` gives
-        image ``i`` of the first prompt."""
+        image ``i`` of the first prompt. A Janus-Pro checkpoint samples image tokens
+        (``sample/ar_generate.py``): ``steps`` and ``solver`` do not apply and there is no
+        trajectory."""
         from janusflow.data.tokenizer import generation_prompt_ids
         from janusflow.sample.generate import initial_noise, iter_generate
         if not self.can_generate:
@@ -205,17 +214,25 @@ class DemoSession:
         images = [None] * req.n
         done = 0
         progress(0, req.n)
-        for idx, _, batch in iter_generate(self.model, self.vae, self.cfg, ids, num_samples=req.n,
-                                           cfg_weight=req.cfg_weight, steps=req.steps, seed=req.seed,
-                                           solver=req.solver, batch_size=self.limits.batch_size,
-                                           pad_id=self.tokenizer.pad_id):
+        if self.cfg.head.autoregressive:
+            from janusflow.sample.ar_generate import iter_generate_ar
+            # Janus-Pro's sequence ends in <begin_of_image>, as `janusflow sample` builds it
+            batches = iter_generate_ar(self.model, self.cfg, [ids[0] + [self.tokenizer.image_start_id]],
+                                       num_samples=req.n, cfg_weight=req.cfg_weight, seed=req.seed,
+                                       batch_size=self.limits.batch_size, pad_id=self.tokenizer.pad_id)
+        else:
+            batches = iter_generate(self.model, self.vae, self.cfg, ids, num_samples=req.n,
+                                    cfg_weight=req.cfg_weight, steps=req.steps, seed=req.seed,
+                                    solver=req.solver, batch_size=self.limits.batch_size,
+                                    pad_id=self.tokenizer.pad_id)
+        for idx, _, batch in batches:
             for i, img in zip(idx, batch):
                 images[i] = img
             done += len(idx)
             progress(done, req.n)
-        gallery = [(img, settings_caption(req, i)) for i, img in enumerate(images)]
+        gallery = [(img, settings_caption(req, i, self.cfg.head.autoregressive)) for i, img in enumerate(images)]
         grid = None
-        if req.trajectory:
+        if req.trajectory and not self.cfg.head.autoregressive:
             from janusflow.shapes.denoise import trajectory_grid
             _, grid = trajectory_grid(self.model, self.vae, self.cfg, self.tokenizer, [req.prompt],
                                       steps=req.steps, cfg_weight=req.cfg_weight,
