@@ -152,16 +152,22 @@ def bf16_params(model):
     return nnx.merge(graphdef, jax.tree.map(lambda a: a.astype(jnp.bfloat16), state))
 
 
+def kernel_runs(cfg: ModelConfig, matmul_impls=None) -> tuple[tuple, list]:
+    """(LLM matmul kernels to time ours with, default the config's; the name each run's timings
+    are keyed by: ``ours`` alone, else ``ours_<impl>``). Unknown names raise as the config does."""
+    impls = tuple(matmul_impls or (cfg.matmul_impl,))
+    for impl in impls:
+        dataclasses.replace(cfg, matmul_impl=impl)
+    return impls, (["ours"] if len(impls) == 1 else [f"ours_{i}" for i in impls])
+
+
 def run(cfg: ModelConfig, batches=(1, 8), dtypes=("float32", "bfloat16"), steps: int = 4,
         repeats: int = 3, prompt_len: int = 24, cfg_weight: float = 2.0,
         official_src: str | None = None, matmul_impls=None, log=print) -> dict:
     """``matmul_impls`` (default: the config's): our sampler with each LLM matmul kernel
     (``ModelConfig.matmul_impl``), timed alternately with the official loop in one run. With
     more than one, our timings are keyed ``ours_<impl>``."""
-    impls = tuple(matmul_impls or (cfg.matmul_impl,))
-    for impl in impls:      # the config checks the name the same way
-        dataclasses.replace(cfg, matmul_impl=impl)
-    whos = ["ours"] if len(impls) == 1 else [f"ours_{i}" for i in impls]
+    impls, whos = kernel_runs(cfg, matmul_impls)
     uvit, why = load_official_uvit(official_src)
     log(f"device {jax.devices()[0].device_kind} x {jax.device_count()}; LLM {cfg.llm.num_layers} layers x "
         f"{cfg.llm.hidden_size}, gen codec {cfg.gen_codec.channels} ch, {cfg.num_gen_tokens} image tokens; "

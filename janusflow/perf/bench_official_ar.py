@@ -40,7 +40,7 @@ from janusflow.checkpoint.hf import LAYOUTS, hf_config_from_model_config, model_
 from janusflow.checkpoint.torch_layout import export_state_dict
 from janusflow.configs.schema import ModelConfig
 from janusflow.models.layers import use_matmul
-from janusflow.perf.bench_official import bf16_params, reference_files, rel_l2
+from janusflow.perf.bench_official import bf16_params, kernel_runs, reference_files, rel_l2
 from janusflow.perf.bench_sample import random_model
 from janusflow.sample.ar_generate import (OFFICIAL_CFG_WEIGHT, OFFICIAL_TEMPERATURE, decode_codes, image_keys,
                                           sample_codes, uncond_prompt_ids)
@@ -166,10 +166,7 @@ def run(cfg: ModelConfig, batches=(1,), dtypes=("float32", "bfloat16"), num_toke
     """``matmul_impls`` (default: the config's): our sampler with each LLM matmul kernel
     (``ModelConfig.matmul_impl``), timed alternately with the official loop in one run. With
     more than one, our timings are keyed ``ours_<impl>``."""
-    impls = tuple(matmul_impls or (cfg.matmul_impl,))
-    for impl in impls:      # the config checks the name the same way
-        dataclasses.replace(cfg, matmul_impl=impl)
-    whos = ["ours"] if len(impls) == 1 else [f"ours_{i}" for i in impls]
+    impls, whos = kernel_runs(cfg, matmul_impls)
     n = cfg.num_gen_tokens if num_tokens is None else num_tokens
     if not 1 <= n <= cfg.num_gen_tokens:
         raise ValueError(f"image tokens must be in 1..{cfg.num_gen_tokens}, got {n}")
