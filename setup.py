@@ -9,7 +9,7 @@ setup(
     package_data={"janusflow.eval": ["geneval_data/*.jsonl", "geneval_data/*.txt",
                                      "geneval_data/LICENSE", "geneval_data/README.md"],
                   # the vendor CPU matmul's handler, compiled on first use (kernels/cpu_gemm.py)
-                  "janusflow.kernels": ["cpu_gemm.cc"]},
+                  "janusflow.kernels": ["cpu_gemm.cc", "cpu_gemv.cc"]},
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.10",

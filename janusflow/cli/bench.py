@@ -114,8 +114,9 @@ def register(sub) -> None:
                    help="with --compare-official: batch sizes")
     p.add_argument("--dtypes", type=dtype_list, default=("float32", "bfloat16"), metavar="float32,bfloat16",
                    help="with --compare-official: compute dtypes")
-    p.add_argument("--matmul-impls", type=lambda s: tuple(s.split(",")), default=None, metavar="xla,vendor",
-                   help="with --compare-official: time ours with each LLM matmul kernel (ModelConfig.matmul_impl)")
+    p.add_argument("--matmul-impls", type=lambda s: tuple(s.split(",")), default=None, metavar="xla,gemv",
+                   help="with --compare-official: time ours with each dense-layer matmul kernel "
+                        "(ModelConfig.matmul_impl: xla, vendor, gemv)")
     p.add_argument("--image-tokens", type=int, default=None, metavar="N",
                    help="with --compare-official, image-token (Janus-Pro) models: sample N image tokens in both "
                         "loops (default: the full grid, 576 at 384 px)")

@@ -193,7 +193,7 @@ class VQConfig:
 # head's (``model.gen_head`` is the switch).
 FAMILIES = families()
 ATTENTION_IMPLS = ("xla", "cudnn", "auto", "splash")
-MATMUL_IMPLS = ("xla", "vendor")
+MATMUL_IMPLS = ("xla", "vendor", "gemv")
 
 
 @dataclass(frozen=True)
@@ -229,8 +229,10 @@ class ModelConfig:
     # "cudnn" (GPU flash attention), "auto" (jax picks), "splash" (the Pallas kernel on TPU,
     # models/attention.py)
     attention_impl: str = "xla"
-    # The LLM's and SigLIP's dense layers: "xla" (XLA's dot) or "vendor" (Intel MKL's GEMM as a
-    # CPU custom call, janusflow/kernels/cpu_gemm.py; XLA's dot off CPU or without MKL/g++)
+    # The LLM's and SigLIP's dense layers: "xla" (XLA's dot), "vendor" (Intel MKL's GEMM as a
+    # CPU custom call, janusflow/kernels/cpu_gemm.py; XLA's dot off CPU or without MKL/g++) or
+    # "gemv" (products of <= 8 rows, i.e. decoding steps, on our AVX-512 kernel,
+    # janusflow/kernels/cpu_gemv.py; all else, and off CPU or without AVX-512/g++, XLA's dot)
     matmul_impl: str = "xla"
     # Training refuses to pass images through a randomly initialised KL VAE (train.vae_from
     # names the pretrained one) unless this says a random VAE is intended (tiny test models).

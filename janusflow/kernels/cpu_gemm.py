@@ -9,7 +9,7 @@ and SigLIP's dense layers.
 The handler (``cpu_gemm.cc``) is compiled on first use with the system ``g++`` against the
 XLA FFI headers (``jax.ffi.include_dir()``) and MKL from PyPI (``pip install mkl mkl-include``;
 found under ``$JANUSFLOW_MKL_ROOT`` or the Python prefix, as ``lib/libmkl_rt.so.*`` and
-``include/mkl_cblas.h``), into ``$XDG_CACHE_HOME/janusflow/kernels`` (default ``~/.cache``).
+``include/mkl_cblas.h``), by ``kernels/build.py``.
 Without a compiler or MKL, or off CPU, ``dot`` is XLA's dot, and the first call says why in
 one line on stderr.
 """
@@ -19,23 +19,16 @@ from __future__ import annotations
 import ctypes
 import functools
 import glob
-import hashlib
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_gemm.cc")
+from janusflow.kernels.build import Unavailable, compile_handler
+
 TARGET = "janusflow_gemm"
-
-
-class Unavailable(RuntimeError):
-    """The vendor matmul cannot be built or loaded here (the message says why)."""
 
 
 def find_mkl() -> tuple[str, str]:
@@ -50,39 +43,11 @@ def find_mkl() -> tuple[str, str]:
                       "lib/libmkl_rt.so*: pip install mkl mkl-include, or set JANUSFLOW_MKL_ROOT)")
 
 
-def cache_dir() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "janusflow", "kernels")
-
-
 def build() -> str:
     """Compile the handler once per (source, jax, MKL, compiler); the path of the .so."""
-    cxx = os.environ.get("CXX") or shutil.which("g++")
-    if not cxx:
-        raise Unavailable("no C++ compiler (g++ or $CXX) on PATH")
     include, lib = find_mkl()
-    with open(SOURCE, "rb") as f:
-        source = f.read()
-    key = hashlib.sha256(b"\0".join([source, jax.__version__.encode(), lib.encode(), cxx.encode()]))
-    out = os.path.join(cache_dir(), f"cpu_gemm-{key.hexdigest()[:16]}.so")
-    if os.path.isfile(out):
-        return out
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(out))
-    os.close(fd)
-    cmd = [cxx, "-O2", "-shared", "-fPIC", "-std=c++17", "-w", f"-I{jax.ffi.include_dir()}",
-           f"-I{include}", SOURCE, "-o", tmp, f"-L{os.path.dirname(lib)}",
-           f"-l:{os.path.basename(lib)}", f"-Wl,-rpath,{os.path.dirname(lib)}"]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode:
-            err = (done.stderr.strip().splitlines() or ["?"])[-1]
-            raise Unavailable(f"building {SOURCE} failed: {err}")
-        os.replace(tmp, out)    # atomic: concurrent first uses each build, one file remains
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return out
+    return compile_handler("cpu_gemm", [f"-I{include}", f"-L{os.path.dirname(lib)}",
+                                        f"-l:{os.path.basename(lib)}", f"-Wl,-rpath,{os.path.dirname(lib)}"])
 
 
 @functools.cache

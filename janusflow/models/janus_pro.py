@@ -18,7 +18,7 @@ from flax import nnx
 
 from janusflow.configs.schema import ModelConfig
 from janusflow.models.janusflow import splice_image_embeds
-from janusflow.models.layers import Linear, normal, param
+from janusflow.models.layers import Linear, normal, param, use_matmul
 from janusflow.models.llm import LLM, RESIDUAL
 from janusflow.models.siglip import SiglipVisionTower
 from janusflow.models.vq_tokenizer import VQTokenizer
@@ -71,6 +71,9 @@ class JanusPro(nnx.Module):
         self.gen_embed = param(rngs, normal(1.0), (vq.codebook_size, vq.embed_dim), ("vocab", None))
         self.gen_aligner = MlpAligner(vq.embed_dim, d, None, rngs=rngs, dtype=dt)
         self.gen_head = GenHead(d, cfg.gen_head_hidden or d, vq.codebook_size, rngs=rngs, dtype=dt)
+        # each image token passes through these as well as the LLM: the decoding kernel too
+        use_matmul(self.gen_aligner, cfg.matmul_impl)
+        use_matmul(self.gen_head, cfg.matmul_impl)
 
     # ----------------------------------------------------------------------------- understanding
     def und_image_embeds(self, und_pixels):

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from janusflow.kernels import cpu_gemm
+from janusflow.kernels import cpu_gemm, cpu_gemv
 
 Axes = tuple
 
@@ -120,11 +120,13 @@ def einsum(spec: str, a, b, out_dtype=None):
 
 def matmul(x, w, out_dtype=None, impl: str = "xla"):
     """``x @ w`` for x (..., in) and a matrix w (in, out), as :func:`einsum`. ``impl="vendor"``
-    runs it on the vendor CPU GEMM (:mod:`janusflow.kernels.cpu_gemm`; XLA's dot off CPU or
-    where that cannot be built)."""
-    if impl == "vendor":
+    runs it on the vendor CPU GEMM (:mod:`janusflow.kernels.cpu_gemm`), ``impl="gemv"`` the
+    few-row products on our AVX-512 kernel (:mod:`janusflow.kernels.cpu_gemv`); each is XLA's
+    dot off CPU or where it cannot be built."""
+    if impl in ("vendor", "gemv"):
         dtype = jnp.result_type(x, w)
-        out = cpu_gemm.dot(x.astype(dtype), w.astype(dtype))
+        kernel = cpu_gemm.dot if impl == "vendor" else cpu_gemv.dot
+        out = kernel(x.astype(dtype), w.astype(dtype))
         return out.astype(dtype if out_dtype is None else out_dtype)
     lead = "abcdefgh"[:x.ndim - 1]
     return einsum(f"{lead}i,io->{lead}o", x, w, out_dtype)
@@ -176,7 +178,7 @@ class Linear(nnx.Module):
 
 
 def use_matmul(module: nnx.Module, impl: str) -> None:
-    """Run every :class:`Linear` inside ``module`` with ``impl`` ("xla" | "vendor")."""
+    """Run every :class:`Linear` inside ``module`` with ``impl`` ("xla" | "vendor" | "gemv")."""
     for _, m in nnx.iter_modules(module):
         if isinstance(m, Linear):
             m.impl = impl

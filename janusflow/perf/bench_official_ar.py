@@ -163,9 +163,9 @@ def first_guided_logits(graphdef, state, ids, mask, cfg_weight, pad_id):
 def run(cfg: ModelConfig, batches=(1,), dtypes=("float32", "bfloat16"), num_tokens: int | None = None,
         repeats: int = 3, prompt_len: int = 32, decode: bool = True, official_src: str | None = None,
         pad_id: int = 0, matmul_impls=None, log=print) -> dict:
-    """``matmul_impls`` (default: the config's): our sampler with each LLM matmul kernel
-    (``ModelConfig.matmul_impl``), timed alternately with the official loop in one run. With
-    more than one, our timings are keyed ``ours_<impl>``."""
+    """``matmul_impls`` (default: the config's): our sampler with each matmul kernel of the LLM
+    and the generation head (``ModelConfig.matmul_impl``), timed alternately with the official
+    loop in one run. With more than one, our timings are keyed ``ours_<impl>``."""
     impls, whos = kernel_runs(cfg, matmul_impls)
     n = cfg.num_gen_tokens if num_tokens is None else num_tokens
     if not 1 <= n <= cfg.num_gen_tokens:
@@ -181,7 +181,7 @@ def run(cfg: ModelConfig, batches=(1,), dtypes=("float32", "bfloat16"), num_toke
     log(f"device {jax.devices()[0].device_kind} x {jax.device_count()}; LLM {cfg.llm.num_layers} layers x "
         f"{cfg.llm.hidden_size}, {n} of {cfg.num_gen_tokens} image tokens of a {cfg.vq.codebook_size}-entry "
         f"codebook; CFG {w} (2 rows per image), temperature {temp}, {prompt_len}-token prompt; "
-        f"VQ decode {'timed' if decode else 'not timed'}; LLM matmul {', '.join(impls)}")
+        f"VQ decode {'timed' if decode else 'not timed'}; matmul {', '.join(impls)}")
     if off is None:
         log(f"official loop unavailable: {why}; timing ours only")
     else:
@@ -204,7 +204,10 @@ def run(cfg: ModelConfig, batches=(1,), dtypes=("float32", "bfloat16"), num_toke
             ours = bf16_params(ours)
         graphdefs = {}
         for who, impl in zip(whos, impls):
-            use_matmul(ours.language_model, impl)       # the kernel is static: one graph each
+            # the kernel is static: one graph each; the LLM and what each image token passes
+            # (as JanusPro builds it for ModelConfig.matmul_impl)
+            for part in (ours.language_model, ours.gen_aligner, ours.gen_head):
+                use_matmul(part, impl)
             graphdefs[who], state = nnx.split(ours)
         graphdef = graphdefs[whos[0]]
         official = OfficialARLoop(off, cfg, state_dict, dtype, decode) if off is not None else None

@@ -1,0 +1,59 @@
+"""Compile one of this package's XLA FFI handlers (a ``.cc`` beside this file) into a shared
+library on first use, cached under ``$XDG_CACHE_HOME/janusflow/kernels`` (default ``~/.cache``)
+by a hash of the source, jax's version, the flags and the compiler, so there is no build step
+at install and a changed source or jax is rebuilt. Concurrent first uses each compile; one
+file remains (atomic rename)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+
+import jax
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+class Unavailable(RuntimeError):
+    """A kernel cannot be built or loaded here (the message says why)."""
+
+
+def cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "janusflow", "kernels")
+
+
+def compile_handler(name: str, flags: list[str]) -> str:
+    """The path of ``<name>.so`` built from ``<name>.cc`` with ``g++`` (or ``$CXX``), the XLA FFI
+    headers and ``flags`` (include dirs, libraries, ISA switches)."""
+    cxx = os.environ.get("CXX") or shutil.which("g++")
+    if not cxx:
+        raise Unavailable("no C++ compiler (g++ or $CXX) on PATH")
+    source = os.path.join(HERE, f"{name}.cc")
+    with open(source, "rb") as f:
+        text = f.read()
+    key = hashlib.sha256(b"\0".join([text, jax.__version__.encode(), cxx.encode(), *map(str.encode, flags)]))
+    out = os.path.join(cache_dir(), f"{name}-{key.hexdigest()[:16]}.so")
+    if os.path.isfile(out):
+        return out
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(out))
+    os.close(fd)
+    # sources before libraries: the linker resolves a library only for what precedes it
+    libs = [f for f in flags if f.startswith(("-l", "-L", "-Wl,"))]
+    opts = [f for f in flags if f not in libs]
+    cmd = [cxx, "-O2", "-shared", "-fPIC", "-std=c++17", "-w", f"-I{jax.ffi.include_dir()}", *opts,
+           source, "-o", tmp, *libs]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode:
+            err = (done.stderr.strip().splitlines() or ["?"])[-1]
+            raise Unavailable(f"building {source} failed: {err}")
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return out

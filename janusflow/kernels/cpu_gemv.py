@@ -1,0 +1,85 @@
+"""Our AVX-512 matrix-vector product as an XLA custom call, for the few-row products of
+decoding (one token of a batch-1 image with its CFG row: ``x`` of 2 rows).
+
+Why: such a step reads every weight once for two multiply-adds, so its speed is the speed the
+weights stream from memory, and XLA:CPU's dot streams bf16 weights far below this machine's
+bandwidth (experiments/janus_pro_speed.md). ``matmul`` runs products whose ``x`` has at most
+``MAX_ROWS`` rows on ``cpu_gemv.cc`` (fp32 or bf16 operands, fp32 sums) and every other product
+on XLA's dot; its gradient is XLA's. ``ModelConfig.matmul_impl = "gemv"`` selects it for the
+LLM's and SigLIP's dense layers.
+
+The handler is compiled on first use by ``kernels/build.py`` with OpenMP and AVX-512 switches.
+Off CPU, without a compiler, or on a CPU without AVX-512 (F and BW), ``matmul`` is XLA's dot,
+and the first call says why in one line on stderr.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from janusflow.kernels.build import Unavailable, compile_handler
+
+TARGET = "janusflow_gemv"
+MAX_ROWS = 8      # above this a product is a GEMM: XLA's (or the vendor's) tiling wins
+
+
+@functools.cache
+def available() -> bool:
+    """Build, check the CPU and register the handler on the first call; False (said once) if
+    it cannot be used here."""
+    try:
+        lib = ctypes.cdll.LoadLibrary(compile_handler("cpu_gemv", ["-O3", "-mavx512f", "-mavx512bw", "-fopenmp"]))
+        if not lib.JanusflowGemvSupported():
+            raise Unavailable("this CPU lacks AVX-512 F/BW")
+        jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.JanusflowGemv), platform="cpu")
+        return True
+    except (Unavailable, OSError) as e:
+        print(f"janusflow: AVX-512 gemv unavailable, using XLA's dot: {e}", file=sys.stderr)
+        return False
+
+
+def rows_of(x) -> int:
+    return int(np.prod(x.shape[:-1], dtype=np.int64))
+
+
+def used_for(x) -> bool:
+    """Whether a product with this ``x`` (..., K) runs on the kernel (decided at trace time)."""
+    return rows_of(x) <= MAX_ROWS and jax.default_backend() == "cpu" and available()
+
+
+def xla_dot(x, w):
+    return jnp.matmul(x, w, preferred_element_type=jnp.float32)
+
+
+@jax.custom_vjp
+def dot(x, w):
+    """``x @ w`` for x (..., K) and w (K, N) of one dtype (fp32 or bf16), summed and returned
+    in fp32: on the kernel when ``x`` has at most ``MAX_ROWS`` rows, else XLA's dot."""
+    if not used_for(x):
+        return xla_dot(x, w)
+    call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((rows_of(x), w.shape[1]), jnp.float32),
+                            vmap_method="sequential")
+    return call(x.reshape(-1, x.shape[-1]), w).reshape(*x.shape[:-1], w.shape[1])
+
+
+def _dot_fwd(x, w):
+    return dot(x, w), (x, w)
+
+
+def _dot_bwd(res, g):
+    # XLA's products, with the cotangent rounded to the operands' dtype (the vendor kernel's
+    # and layers' rule for bf16) and fp32 sums.
+    x, w = res
+    g = g.astype(x.dtype)
+    dx = jnp.einsum("...n,kn->...k", g, w, preferred_element_type=jnp.float32).astype(x.dtype)
+    dw = jnp.einsum("...k,...n->kn", x, g, preferred_element_type=jnp.float32).astype(w.dtype)
+    return dx, dw
+
+
+dot.defvjp(_dot_fwd, _dot_bwd)
