@@ -127,3 +127,25 @@ def test_falls_back_without_compiler(monkeypatch, tmp_path, capsys):
         np.testing.assert_allclose(cpu_gemv.dot(x, w), cpu_gemv.xla_dot(x, w), rtol=1e-6)
     finally:
         cpu_gemv.available.cache_clear()
+
+
+def test_decoders_use_the_kernel_on_a_view():
+    """``layout.decoding_model`` (what the AR sampler and chat decode with): on CPU the default
+    "xla" model becomes a view with every dense layer on the kernel, the same arrays, the
+    caller's model unchanged; an explicit "vendor" choice is kept."""
+    _kernel_or_skip()
+    from janusflow.perf.bench_sample import random_model
+    from janusflow.sample.layout import decoding_model
+    cfg = presets.tiny_janus_pro(scan_layers=True)
+    m = random_model(cfg)
+    view, vcfg = decoding_model(m, cfg)
+    assert vcfg.matmul_impl == "gemv" and not vcfg.scan_layers
+    assert {mod.impl for _, mod in nnx.iter_modules(view) if isinstance(mod, layers.Linear)} == {"gemv"}
+    assert {mod.impl for _, mod in nnx.iter_modules(m) if isinstance(mod, layers.Linear)} == {"xla"}
+    assert decoding_model(view, vcfg) == (view, vcfg)
+    flat = random_model(dataclasses.replace(cfg, scan_layers=False))
+    fview = decoding_model(flat, dataclasses.replace(cfg, scan_layers=False))[0]
+    assert fview is not flat and fview.gen_head.vision_head.kernel[...] is flat.gen_head.vision_head.kernel[...]
+    vendor = dataclasses.replace(cfg, matmul_impl="vendor", scan_layers=False)
+    vm = random_model(vendor)
+    assert decoding_model(vm, vendor) == (vm, vendor)

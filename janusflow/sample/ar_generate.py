@@ -20,7 +20,9 @@ The loop runs the LLM one layer after the other on per-layer weights and a per-l
 each layer's weights out of the stack into a fresh buffer before its matmuls, on every token;
 at batch 1 the step is matrix-vector products bound by reading the weights, and those copies
 made it ~1.5x slower. A stacked cache was likewise copied several times a token, which grows
-with the position (experiments/janus_pro_speed.md, #26).
+with the position. On CPU the step's products (2 rows per image) run on our AVX-512 kernel,
+which streams the weights where XLA's dot fell short (``layout.decoding_model``,
+experiments/janus_pro_speed.md, #26).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from janusflow.configs.variants import AUTOREGRESSIVE
 from janusflow.models.llm import KVCache
 from janusflow.sample.generate import (batch_plan, bucket_len, constrain_batch, pad_prompts, put_batch,
                                        split_for_mesh)
-from janusflow.sample.layout import per_layer_model
+from janusflow.sample.layout import decoding_model
 
 OFFICIAL_CFG_WEIGHT = AUTOREGRESSIVE.cfg_weight      # the official generation script's
 OFFICIAL_TEMPERATURE = 1.0
@@ -148,7 +150,7 @@ def iter_generate_ar(model, cfg: ModelConfig, prompt_ids: Sequence[Sequence[int]
     """Yields (image indices, codes (n, N) int32, uint8 images (n, H, W, 3) or None) batch by
     batch. Image ``i`` is sample ``i % num_samples`` of prompt ``i // num_samples``; its random
     stream is that of index ``key_ids[i]`` (default ``i``). A model with stacked layers is
-    relaid out per layer for the call (:func:`per_layer_model`)."""
+    relaid out per layer for the call, on CPU with the decoding kernel (``layout.decoding_model``)."""
     prompts = [tuple(int(t) for t in p) for p in prompt_ids]
     check_ar_options(cfg, prompts, cfg_weight, temperature, num_samples)
     owner = [p for p in range(len(prompts)) for _ in range(num_samples)]
@@ -156,7 +158,7 @@ def iter_generate_ar(model, cfg: ModelConfig, prompt_ids: Sequence[Sequence[int]
     if key_ids is not None and len(key_ids) != total:
         raise ValueError(f"key_ids must give one index per image ({total}), got {len(key_ids)}")
     bs, bs_padded, order = batch_plan(prompts, owner, batch_size, mesh)
-    model, cfg = per_layer_model(model, cfg)
+    model, cfg = decoding_model(model, cfg)
     graphdef, state = split_for_mesh(model, mesh)
     limit = cfg.llm.max_position_embeddings - cfg.num_gen_tokens
     for s in range(0, total, bs):

@@ -31,7 +31,7 @@ from janusflow.data import preprocess
 from janusflow.models.llm import KVCache
 from janusflow.models.vae import encode_latents
 from janusflow.sample.generate import bucket_len
-from janusflow.sample.layout import per_layer_model
+from janusflow.sample.layout import decoding_model
 
 @dataclasses.dataclass(frozen=True)
 class UnderstandingTemplate:
@@ -285,7 +285,7 @@ def answer(model, cfg: ModelConfig, tokenizer, images, questions, *, max_new_tok
     _check_decoding(max_new_tokens, temperature, top_p)
     ids, mask, image_mask, pixels, latents, eos = _inputs(cfg, tokenizer, images, questions, max_new_tokens,
                                                           template, system_prompt, vae, pad_id)
-    model, cfg = per_layer_model(model, cfg)
+    model, cfg = decoding_model(model, cfg)
     graphdef, state = nnx.split(model)
     greedy = temperature == 0
     out = np.asarray(_decode(graphdef, state, ids, mask, image_mask, pixels, latents, jnp.int32(eos),
@@ -313,7 +313,7 @@ def stream_answer(model, cfg: ModelConfig, tokenizer, image, question: str, *, m
     _check_decoding(max_new_tokens, temperature, top_p)
     ids, mask, image_mask, pixels, latents, eos = _inputs(cfg, tokenizer, [image], [question], max_new_tokens,
                                                           None, system_prompt, vae, pad_id)
-    model, cfg = per_layer_model(model, cfg)
+    model, cfg = decoding_model(model, cfg)
     graphdef, state = nnx.split(model)
     greedy = temperature == 0
     temp, top_p, key = jnp.float32(temperature if not greedy else 1.0), jnp.float32(top_p), jax.random.key(seed)
