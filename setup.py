@@ -8,8 +8,8 @@ setup(
     # the official GenEval prompt list (MIT, with its LICENSE): the default completeness check
     package_data={"janusflow.eval": ["geneval_data/*.jsonl", "geneval_data/*.txt",
                                      "geneval_data/LICENSE", "geneval_data/README.md"],
-                  # the vendor CPU matmul's handler, compiled on first use (kernels/cpu_gemm.py)
-                  "janusflow.kernels": ["cpu_gemm.cc", "cpu_gemv.cc"]},
+                  # the CPU kernels' handlers, compiled on first use (kernels/build.py)
+                  "janusflow.kernels": ["cpu_gemm.cc", "cpu_gemv.cc", "cpu_decode_attention.cc"]},
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.10",

@@ -105,24 +105,32 @@ def test_compare_official_ar_with_the_reference_code():
 
 
 def test_compare_official_ar_times_each_matmul_kernel(monkeypatch, capsys):
-    """``--matmul-impls xla,vendor`` reaches the image-token comparison (it was accepted and
-    ignored): ours once per LLM kernel, alternating with the official loop, each with its ratio,
+    """``--matmul-impls xla,vendor,gemv`` reaches the image-token comparison (it was accepted and
+    ignored): ours once per kernel, alternating with the official loop, each with its ratio,
     the kernels' step-0 logits compared. Without MKL the vendor kernel is XLA's dot (one line
-    on stderr), so the path runs either way."""
+    on stderr), without g++/AVX-512 the gemv one, so the path runs either way. Without the
+    option ours runs on the kernels the sampler picks (on CPU: gemv)."""
     from janusflow.perf import bench_official_ar
     monkeypatch.setattr(bench_official_ar, "load_official_ar", lambda src: (_stand_ins(), None))
     assert cli.main(["bench", "sample", "--config", "tiny_janus_pro", "--set", "model.llm.num_layers=1",
                      "--set", "model.repa_layer=1", "--compare-official", "--image-tokens", "3",
                      "--batches", "1", "--dtypes", "float32", "--repeats", "1", "--prompt-len", "4",
-                     "--matmul-impls", "xla,vendor"]) == 0
+                     "--matmul-impls", "xla,vendor,gemv"]) == 0
     out = capsys.readouterr().out
-    assert "LLM matmul xla, vendor" in out
+    assert "matmul xla, vendor, gemv" in out
     line = next(x for x in out.splitlines() if "faster per image" in x)
     assert "ours_xla " in line and "ours_vendor " in line and "ours vendor step0 rel diff vs ours xla" in line
+    assert "ours_gemv " in line and "ours gemv step0 rel diff vs ours xla" in line
     row = bench_official_ar.run(_tiny(), batches=(1,), dtypes=("float32",), num_tokens=3, repeats=1, prompt_len=4,
-                                matmul_impls=("xla", "vendor"), log=lambda m: None)["rows"][0]
-    assert row["speedup_ours_xla"] > 0 and row["speedup_ours_vendor"] > 0
+                                matmul_impls=("xla", "vendor", "gemv"), log=lambda m: None)["rows"][0]
+    assert row["speedup_ours_xla"] > 0 and row["speedup_ours_vendor"] > 0 and row["speedup_ours_gemv"] > 0
     assert row["ours_vendor_step0_rel_diff_vs_ours_xla"] < 1e-5
-    assert len(row["ours_xla_samples"]) == len(row["ours_vendor_samples"]) == 1
+    assert row["ours_gemv_step0_rel_diff_vs_ours_xla"] < 1e-5
+    assert len(row["ours_xla_samples"]) == len(row["ours_vendor_samples"]) == len(row["ours_gemv_samples"]) == 1
+    default = []
+    bench_official_ar.run(_tiny(), batches=(1,), dtypes=("float32",), num_tokens=3, repeats=1, prompt_len=4,
+                          log=default.append)
+    from janusflow.kernels import cpu_gemv
+    assert f"matmul {'gemv' if cpu_gemv.available() else 'xla'} " in default[0]
     with pytest.raises(Exception, match="matmul_impl"):
         bench_official_ar.run(_tiny(), num_tokens=3, matmul_impls=("cublas",), log=lambda m: None)

@@ -95,24 +95,28 @@ def test_llm_decoding_step_on_the_kernel_prefill_on_xla():
         np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
 
 
-def test_janus_pro_samples_the_same_codes_on_the_kernel():
-    """The sampler with the LLM, gen_aligner and gen_head on the kernel draws the codes of the
-    XLA build (fp32, peaked logits: a wrong product would change them)."""
+def test_janus_pro_samples_the_same_codes_on_the_kernels():
+    """The AR sampler (which decodes on the kernels on CPU: layout.decoding_model) draws the
+    codes of the all-XLA program (fp32, peaked logits: a wrong product would change them)."""
     _kernel_or_skip()
     from janusflow.perf.bench_sample import random_model
-    from janusflow.sample.ar_generate import generate_ar
+    from janusflow.sample.ar_generate import generate_ar, image_keys, sample_codes
+    from janusflow.sample.generate import bucket_len, pad_prompts
+    from janusflow.sample.layout import decoding_model
     cfg = presets.tiny_janus_pro()
     m = random_model(cfg, std=0.3)
-    g = random_model(dataclasses.replace(cfg, matmul_impl="gemv"), std=0.3)
-    impls = {n: mod.impl for n, mod in nnx.iter_modules(g) if isinstance(mod, layers.Linear)}
+    view, vcfg = decoding_model(m, cfg)
+    assert vcfg.matmul_impl == "gemv"
+    impls = {n: mod.impl for n, mod in nnx.iter_modules(view) if isinstance(mod, layers.Linear)}
     assert {impls[n] for n in impls if n[0] in ("language_model", "gen_aligner", "gen_head")} == {"gemv"}
-    assert impls[("und_aligner", "fc1")] == "xla"
     prompt = [1, 5, 6, 7, 9]
-    ref = generate_ar(m, cfg, [prompt], num_samples=2, seed=4, return_codes=True)
-    got = generate_ar(g, dataclasses.replace(cfg, matmul_impl="gemv"), [prompt], num_samples=2, seed=4,
-                      return_codes=True)
-    np.testing.assert_array_equal(got, ref)
-    assert len(np.unique(ref)) > 3                 # not a constant draw
+    ids, mask = pad_prompts([prompt] * 2, bucket_len(len(prompt), 10 ** 6), 0)
+    graphdef, state = nnx.split(m)                      # the caller's model: all XLA
+    ref = sample_codes(graphdef, state, jnp.asarray(ids), jnp.asarray(mask), image_keys(4, [0, 1]),
+                       jnp.float32(5.0), jnp.float32(1.0), jnp.int32(0), num_tokens=cfg.num_gen_tokens)
+    got = generate_ar(m, cfg, [prompt], num_samples=2, seed=4, return_codes=True)
+    np.testing.assert_array_equal(got, np.asarray(ref))
+    assert len(np.unique(got)) > 3                 # not a constant draw
 
 
 def test_falls_back_without_compiler(monkeypatch, tmp_path, capsys):
@@ -132,7 +136,8 @@ def test_falls_back_without_compiler(monkeypatch, tmp_path, capsys):
 def test_decoders_use_the_kernel_on_a_view():
     """``layout.decoding_model`` (what the AR sampler and chat decode with): on CPU the default
     "xla" model becomes a view with every dense layer on the kernel, the same arrays, the
-    caller's model unchanged; an explicit "vendor" choice is kept."""
+    caller's model unchanged; an explicit "vendor" choice is kept (the attention kernel, a
+    separate choice, still applies)."""
     _kernel_or_skip()
     from janusflow.perf.bench_sample import random_model
     from janusflow.sample.layout import decoding_model
@@ -148,4 +153,6 @@ def test_decoders_use_the_kernel_on_a_view():
     assert fview is not flat and fview.gen_head.vision_head.kernel[...] is flat.gen_head.vision_head.kernel[...]
     vendor = dataclasses.replace(cfg, matmul_impl="vendor", scan_layers=False)
     vm = random_model(vendor)
-    assert decoding_model(vm, vendor) == (vm, vendor)
+    vview, vvcfg = decoding_model(vm, vendor)
+    assert vvcfg.matmul_impl == "vendor" and vvcfg.attention_impl == "cpu_decode"
+    assert {mod.impl for _, mod in nnx.iter_modules(vview.language_model) if isinstance(mod, layers.Linear)} == {"vendor"}

@@ -192,7 +192,7 @@ class VQConfig:
 # tokens predicted autoregressively, models/janus_pro.py): ModelConfig.family, the generation
 # head's (``model.gen_head`` is the switch).
 FAMILIES = families()
-ATTENTION_IMPLS = ("xla", "cudnn", "auto", "splash")
+ATTENTION_IMPLS = ("xla", "cudnn", "auto", "splash", "cpu_decode")
 MATMUL_IMPLS = ("xla", "vendor", "gemv")
 
 
@@ -227,7 +227,8 @@ class ModelConfig:
     scan_layers: bool = False
     # "xla" (default; layers.dot_product_attention: fp32 accumulation, the fast bf16 path on CPU),
     # "cudnn" (GPU flash attention), "auto" (jax picks), "splash" (the Pallas kernel on TPU,
-    # models/attention.py)
+    # models/attention.py), "cpu_decode" (decoding steps on our AVX-512 kernel, else "xla"; the
+    # decoders choose it on CPU)
     attention_impl: str = "xla"
     # The LLM's and SigLIP's dense layers: "xla" (XLA's dot), "vendor" (Intel MKL's GEMM as a
     # CPU custom call, janusflow/kernels/cpu_gemm.py; XLA's dot off CPU or without MKL/g++) or

@@ -57,3 +57,16 @@ def compile_handler(name: str, flags: list[str]) -> str:
         if os.path.exists(tmp):
             os.remove(tmp)
     return out
+
+
+AVX512 = ["-O3", "-mavx512f", "-mavx512bw", "-fopenmp"]
+
+
+def register_avx512(name: str, handler: str, target: str) -> None:
+    """Build ``<name>.cc`` with AVX-512 and OpenMP, check that this CPU runs it (the library's
+    ``<handler>Supported``) and register ``handler`` as the CPU FFI target ``target``."""
+    import ctypes
+    lib = ctypes.cdll.LoadLibrary(compile_handler(name, AVX512))
+    if not getattr(lib, f"{handler}Supported")():
+        raise Unavailable("this CPU lacks AVX-512 F/BW")
+    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, handler)), platform="cpu")

@@ -15,7 +15,6 @@ and the first call says why in one line on stderr.
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import sys
 
@@ -23,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from janusflow.kernels.build import Unavailable, compile_handler
+from janusflow.kernels.build import Unavailable, register_avx512
 
 TARGET = "janusflow_gemv"
 MAX_ROWS = 8      # above this a product is a GEMM: XLA's (or the vendor's) tiling wins
@@ -34,10 +33,7 @@ def available() -> bool:
     """Build, check the CPU and register the handler on the first call; False (said once) if
     it cannot be used here."""
     try:
-        lib = ctypes.cdll.LoadLibrary(compile_handler("cpu_gemv", ["-O3", "-mavx512f", "-mavx512bw", "-fopenmp"]))
-        if not lib.JanusflowGemvSupported():
-            raise Unavailable("this CPU lacks AVX-512 F/BW")
-        jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.JanusflowGemv), platform="cpu")
+        register_avx512("cpu_gemv", "JanusflowGemv", TARGET)
         return True
     except (Unavailable, OSError) as e:
         print(f"janusflow: AVX-512 gemv unavailable, using XLA's dot: {e}", file=sys.stderr)

@@ -117,6 +117,13 @@ class Attention(nnx.Module):
         return constrain(remat_lib.tag(self.o_proj(out.reshape(b, t, -1)), remat_lib.OUT), RESIDUAL), new_kv
 
 
+def use_attention(module: nnx.Module, impl: str) -> None:
+    """Run every LLM :class:`Attention` inside ``module`` with ``impl`` (ATTENTION_IMPLS)."""
+    for _, m in nnx.iter_modules(module):
+        if isinstance(m, Attention):
+            m.impl = impl
+
+
 class MLP(nnx.Module):
     def __init__(self, cfg: LLMConfig, *, rngs, dtype=None):
         d, f = cfg.hidden_size, cfg.intermediate_size

@@ -40,11 +40,13 @@ from janusflow.checkpoint.hf import LAYOUTS, hf_config_from_model_config, model_
 from janusflow.checkpoint.torch_layout import export_state_dict
 from janusflow.configs.schema import ModelConfig
 from janusflow.models.layers import use_matmul
+from janusflow.models.llm import use_attention
 from janusflow.perf.bench_official import bf16_params, kernel_runs, reference_files, rel_l2
 from janusflow.perf.bench_sample import random_model
 from janusflow.sample.ar_generate import (OFFICIAL_CFG_WEIGHT, OFFICIAL_TEMPERATURE, decode_codes, image_keys,
                                           sample_codes, uncond_prompt_ids)
 from janusflow.sample.generate import with_compute_dtype
+from janusflow.sample.layout import decoding_config
 
 MODELS = os.path.join("janus", "models")
 FILES = ("vq_model.py", "modeling_vlm.py", "projector.py")
@@ -163,9 +165,13 @@ def first_guided_logits(graphdef, state, ids, mask, cfg_weight, pad_id):
 def run(cfg: ModelConfig, batches=(1,), dtypes=("float32", "bfloat16"), num_tokens: int | None = None,
         repeats: int = 3, prompt_len: int = 32, decode: bool = True, official_src: str | None = None,
         pad_id: int = 0, matmul_impls=None, log=print) -> dict:
-    """``matmul_impls`` (default: the config's): our sampler with each matmul kernel of the LLM
-    and the generation head (``ModelConfig.matmul_impl``), timed alternately with the official
-    loop in one run. With more than one, our timings are keyed ``ours_<impl>``."""
+    """``matmul_impls``: our sampler with each matmul kernel of the LLM and the generation head
+    (``ModelConfig.matmul_impl``), timed alternately with the official loop in one run; "gemv"
+    runs the LLM's attention on the decode-attention kernel too, as the sampler does on CPU
+    (``sample/layout.decoding_model``), any other the config's attention. Default: the kernels
+    the sampler picks here. With more than one, our timings are keyed ``ours_<impl>``."""
+    if matmul_impls is None:
+        matmul_impls = (decoding_config(cfg).matmul_impl,)
     impls, whos = kernel_runs(cfg, matmul_impls)
     n = cfg.num_gen_tokens if num_tokens is None else num_tokens
     if not 1 <= n <= cfg.num_gen_tokens:
@@ -181,7 +187,8 @@ def run(cfg: ModelConfig, batches=(1,), dtypes=("float32", "bfloat16"), num_toke
     log(f"device {jax.devices()[0].device_kind} x {jax.device_count()}; LLM {cfg.llm.num_layers} layers x "
         f"{cfg.llm.hidden_size}, {n} of {cfg.num_gen_tokens} image tokens of a {cfg.vq.codebook_size}-entry "
         f"codebook; CFG {w} (2 rows per image), temperature {temp}, {prompt_len}-token prompt; "
-        f"VQ decode {'timed' if decode else 'not timed'}; matmul {', '.join(impls)}")
+        f"VQ decode {'timed' if decode else 'not timed'}; matmul {', '.join(impls)} (gemv: with the "
+        f"decode-attention kernel)")
     if off is None:
         log(f"official loop unavailable: {why}; timing ours only")
     else:
@@ -208,6 +215,7 @@ def run(cfg: ModelConfig, batches=(1,), dtypes=("float32", "bfloat16"), num_toke
             # (as JanusPro builds it for ModelConfig.matmul_impl)
             for part in (ours.language_model, ours.gen_aligner, ours.gen_head):
                 use_matmul(part, impl)
+            use_attention(ours.language_model, "cpu_decode" if impl == "gemv" else cfg.attention_impl)
             graphdefs[who], state = nnx.split(ours)
         graphdef = graphdefs[whos[0]]
         official = OfficialARLoop(off, cfg, state_dict, dtype, decode) if off is not None else None

@@ -6,7 +6,8 @@ feeds one token per step XLA:CPU slices every layer's weights out of the stack i
 buffer on every token, and a step at small batch is bound by reading those weights
 (experiments/janus_pro_speed.md, #26). Both decoders (image tokens in ``ar_generate``, answers
 in ``chat``) therefore relay a scanned model out once, before their loops, and on CPU run the
-step's matrix-vector products on our AVX-512 kernel (:func:`decoding_model`).
+step's matrix-vector products and its attention over the cache on our AVX-512 kernels
+(:func:`decoding_model`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import jax
 from flax import nnx
 
 from janusflow.configs.schema import ModelConfig
-from janusflow.kernels import cpu_gemv
+from janusflow.kernels import cpu_decode_attention, cpu_gemv
 from janusflow.models.layers import use_matmul
+from janusflow.models.llm import use_attention
 
 
 def per_layer_model(model, cfg: ModelConfig):
@@ -32,16 +34,35 @@ def per_layer_model(model, cfg: ModelConfig):
     return relayout(model, dataclasses.replace(cfg, scan_layers=True), False)
 
 
+def decoding_config(cfg: ModelConfig) -> ModelConfig:
+    """``cfg`` with the kernels the token-by-token loops run on here: on CPU, our AVX-512
+    decoding kernels where the config has XLA's defaults: the dense layers' products of <= 8
+    rows (``matmul_impl="gemv"``, kernels/cpu_gemv.py: a step's weights streamed at the
+    memory's speed) and the LLM's one-position attention over the KV cache
+    (``attention_impl="cpu_decode"``, kernels/cpu_decode_attention.py: no transposed copies of
+    the cache). Explicit choices ("vendor", "splash", ...) are kept; a kernel that cannot be
+    built here is not chosen."""
+    if jax.default_backend() != "cpu":
+        return cfg
+    if cfg.matmul_impl == "xla" and cpu_gemv.available():
+        cfg = dataclasses.replace(cfg, matmul_impl="gemv")
+    if cfg.attention_impl == "xla" and cpu_decode_attention.available():
+        cfg = dataclasses.replace(cfg, attention_impl="cpu_decode")
+    return cfg
+
+
 def decoding_model(model, cfg: ModelConfig):
     """``(model, cfg)`` as the token-by-token loops run it: one block per layer
-    (:func:`per_layer_model`), and on CPU the dense layers of the default ``matmul_impl="xla"``
-    on our AVX-512 decoding kernel (``kernels/cpu_gemv.py``: a step's products of <= 8 rows
-    stream the weights at the memory's speed; every larger product, the prefill's, stays XLA's
-    dot). A view: the same arrays, the caller's model unchanged. An explicit ``matmul_impl``
-    ("vendor", "gemv") is kept; without the kernel (no g++, no AVX-512) it is XLA's dot."""
+    (:func:`per_layer_model`) on the kernels of :func:`decoding_config` (larger products and
+    the prefill stay on XLA inside them). A view: the same arrays, the caller's model
+    unchanged."""
     model, cfg = per_layer_model(model, cfg)
-    if cfg.matmul_impl != "xla" or jax.default_backend() != "cpu" or not cpu_gemv.available():
+    dcfg = decoding_config(cfg)
+    if dcfg == cfg:
         return model, cfg
     view = nnx.merge(*nnx.split(model))
-    use_matmul(view, "gemv")
-    return view, dataclasses.replace(cfg, matmul_impl="gemv")
+    if dcfg.matmul_impl != cfg.matmul_impl:
+        use_matmul(view, dcfg.matmul_impl)
+    if dcfg.attention_impl != cfg.attention_impl:
+        use_attention(view.language_model, dcfg.attention_impl)
+    return view, dcfg
