@@ -134,3 +134,19 @@ def test_compare_official_ar_times_each_matmul_kernel(monkeypatch, capsys):
     assert f"matmul {'gemv' if cpu_gemv.available() else 'xla'} " in default[0]
     with pytest.raises(Exception, match="matmul_impl"):
         bench_official_ar.run(_tiny(), num_tokens=3, matmul_impls=("cublas",), log=lambda m: None)
+
+
+def test_official_vq_sizes_come_from_our_config():
+    """The full-image comparison of a released-size model failed with KeyError 'z_channels': the
+    official VQ was built from config.json, which omits VQ-16's own sizes. They come from our
+    config now, for VQ-16 and for a reduced VQ."""
+    from janusflow.checkpoint.hf_config import hf_config_from_model_config
+    from janusflow.perf.bench_official_ar import official_vq_args
+    released = presets.janus_pro_1b()
+    assert "z_channels" not in hf_config_from_model_config(released)["gen_vision_config"]["params"]
+    args, kw = official_vq_args(released.vq)
+    assert kw is None and args == dict(codebook_size=16384, codebook_embed_dim=8, z_channels=256,
+                                       encoder_ch_mult=[1, 1, 2, 2, 4], decoder_ch_mult=[1, 1, 2, 2, 4])
+    tiny = presets.tiny_janus_pro().vq
+    args, kw = official_vq_args(tiny)
+    assert args["z_channels"] == tiny.z_channels == kw["z_channels"] and kw["ch"] == tiny.base_channels

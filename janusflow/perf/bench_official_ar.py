@@ -83,6 +83,19 @@ def load_official_ar(src: str | None = None):
         MlpProjector=_read_class(projector_path, "MlpProjector", ns)), None
 
 
+def official_vq_args(v) -> tuple[dict, dict | None]:
+    """(``vq_model.ModelArgs`` keywords, ``Encoder``/``Decoder`` keywords or None) of the
+    official VQ model with our :class:`VQConfig` ``v``'s sizes. From our config, not from
+    config.json, which writes the sizes only where they differ from VQ-16's; ``VQModel`` fixes
+    the base width and block count to VQ-16's, so other sizes rebuild its encoder/decoder."""
+    args = dict(codebook_size=v.codebook_size, codebook_embed_dim=v.embed_dim, z_channels=v.z_channels,
+                encoder_ch_mult=list(v.channel_mult), decoder_ch_mult=list(v.channel_mult))
+    if (v.base_channels, v.num_res_blocks) == (128, 2):
+        return args, None
+    return args, dict(ch=v.base_channels, ch_mult=list(v.channel_mult), num_res_blocks=v.num_res_blocks,
+                      z_channels=v.z_channels)
+
+
 class OfficialARLoop:
     """The official modules of ``generation_inference.py``, built from our exporter's config.json
     and loaded strictly from ``state_dict`` (official keys)."""
@@ -99,12 +112,9 @@ class OfficialARLoop:
                      "gen_embed": torch.nn.Embedding(g["image_token_size"], g["n_embed"]),
                      "gen_aligner": off.MlpProjector(Params(hf["gen_aligner_config"]["params"]))}
         if decode:
-            vq = off.vq_model.VQModel(off.vq_model.ModelArgs(
-                codebook_size=g["image_token_size"], codebook_embed_dim=g["n_embed"], z_channels=g["z_channels"],
-                encoder_ch_mult=list(g["channel_mult"]), decoder_ch_mult=list(g["channel_mult"])))
-            if (g["base_channels"], g["num_res_blocks"]) != (128, 2):   # VQModel fixes these (VQ_16's)
-                kw = dict(ch=g["base_channels"], ch_mult=list(g["channel_mult"]),
-                          num_res_blocks=g["num_res_blocks"], z_channels=g["z_channels"])
+            args, kw = official_vq_args(cfg.vq)
+            vq = off.vq_model.VQModel(off.vq_model.ModelArgs(**args))
+            if kw is not None:
                 vq.encoder, vq.decoder = off.vq_model.Encoder(**kw), off.vq_model.Decoder(**kw)
             self.mods["vq"] = vq
         self.dtype = getattr(torch, dtype)
