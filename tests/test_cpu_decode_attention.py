@@ -100,3 +100,19 @@ def test_decoders_pick_it_on_cpu():
     assert vcfg.attention_impl == "cpu_decode"
     assert {a.impl for _, a in nnx.iter_modules(view.language_model) if isinstance(a, Attention)} == {"cpu_decode"}
     assert {a.impl for _, a in nnx.iter_modules(m.language_model) if isinstance(a, Attention)} == {"xla"}
+
+
+def test_falls_back_without_compiler(monkeypatch, tmp_path, capsys):
+    from janusflow.models.attention import attend
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-g++"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))     # no cached build to reuse
+    kda.available.cache_clear()
+    try:
+        q, k, v = _qkv(2, 4, 2, 11, 16, jnp.float32)
+        assert not kda.used_for(q, k, v)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "cpu_decode_attention unavailable, using XLA's attention" in err[0]
+        mask = jnp.ones((2, 1, 1, 11), bool)
+        np.testing.assert_allclose(attend(q, k, v, mask, "cpu_decode"), dot_product_attention(q, k, v, mask))
+    finally:
+        kda.available.cache_clear()

@@ -62,11 +62,18 @@ def compile_handler(name: str, flags: list[str]) -> str:
 AVX512 = ["-O3", "-mavx512f", "-mavx512bw", "-fopenmp"]
 
 
-def register_avx512(name: str, handler: str, target: str) -> None:
+def register_avx512(name: str, handler: str, target: str, fallback: str) -> bool:
     """Build ``<name>.cc`` with AVX-512 and OpenMP, check that this CPU runs it (the library's
-    ``<handler>Supported``) and register ``handler`` as the CPU FFI target ``target``."""
+    ``<handler>Supported``) and register ``handler`` as the CPU FFI target ``target``. False,
+    saying why in one line on stderr (``fallback``: what runs instead), if it cannot be."""
     import ctypes
-    lib = ctypes.cdll.LoadLibrary(compile_handler(name, AVX512))
-    if not getattr(lib, f"{handler}Supported")():
-        raise Unavailable("this CPU lacks AVX-512 F/BW")
-    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, handler)), platform="cpu")
+    import sys
+    try:
+        lib = ctypes.cdll.LoadLibrary(compile_handler(name, AVX512))
+        if not getattr(lib, f"{handler}Supported")():
+            raise Unavailable("this CPU lacks AVX-512 F/BW")
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, handler)), platform="cpu")
+        return True
+    except (Unavailable, OSError) as e:
+        print(f"janusflow: {name} unavailable, using {fallback}: {e}", file=sys.stderr)
+        return False

@@ -17,12 +17,11 @@ Built on first use by ``kernels/build.py`` (g++, AVX-512 F/BW, OpenMP). Where it
 from __future__ import annotations
 
 import functools
-import sys
 
 import jax
 import jax.numpy as jnp
 
-from janusflow.kernels.build import Unavailable, register_avx512
+from janusflow.kernels.build import register_avx512
 from janusflow.models.layers import dot_product_attention
 
 TARGET = "janusflow_decode_attention"
@@ -30,12 +29,9 @@ TARGET = "janusflow_decode_attention"
 
 @functools.cache
 def available() -> bool:
-    try:
-        register_avx512("cpu_decode_attention", "JanusflowDecodeAttention", TARGET)
-        return True
-    except (Unavailable, OSError) as e:
-        print(f"janusflow: AVX-512 decode attention unavailable, using XLA's: {e}", file=sys.stderr)
-        return False
+    """Build, check the CPU and register the handler on the first call; False (said once on
+    stderr) if it cannot be used here."""
+    return register_avx512("cpu_decode_attention", "JanusflowDecodeAttention", TARGET, "XLA's attention")
 
 
 def used_for(q, k, v) -> bool:

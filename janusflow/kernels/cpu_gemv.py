@@ -16,13 +16,12 @@ and the first call says why in one line on stderr.
 from __future__ import annotations
 
 import functools
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from janusflow.kernels.build import Unavailable, register_avx512
+from janusflow.kernels.build import register_avx512
 
 TARGET = "janusflow_gemv"
 MAX_ROWS = 8      # above this a product is a GEMM: XLA's (or the vendor's) tiling wins
@@ -30,14 +29,9 @@ MAX_ROWS = 8      # above this a product is a GEMM: XLA's (or the vendor's) tili
 
 @functools.cache
 def available() -> bool:
-    """Build, check the CPU and register the handler on the first call; False (said once) if
-    it cannot be used here."""
-    try:
-        register_avx512("cpu_gemv", "JanusflowGemv", TARGET)
-        return True
-    except (Unavailable, OSError) as e:
-        print(f"janusflow: AVX-512 gemv unavailable, using XLA's dot: {e}", file=sys.stderr)
-        return False
+    """Build, check the CPU and register the handler on the first call; False (said once on
+    stderr) if it cannot be used here."""
+    return register_avx512("cpu_gemv", "JanusflowGemv", TARGET, "XLA's dot")
 
 
 def rows_of(x) -> int:
