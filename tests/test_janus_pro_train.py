@@ -226,3 +226,7 @@ def test_bench_sample_times_the_ar_sampler():
     assert out["num_tokens"] == 64 and len(out["samples_s"]) == 2 and out["sample_s"] > 0
     assert out["per_image_s"] >= out["sample_s"] and out["vq_decode_s"] > 0
     assert any("ms per image token" in x for x in lines)
+    # it times the loop the sampler runs: on this CPU, on the decoding kernels
+    from janusflow.sample.layout import decoding_config
+    d = decoding_config(presets.tiny_janus_pro())
+    assert f"products {d.matmul_impl}, attention {d.attention_impl}" in "\n".join(lines)

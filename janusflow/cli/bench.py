@@ -1,4 +1,4 @@
-"""``janusflow bench data|train|sample``: the benchmarks."""
+"""``janusflow bench data|train|sample|kernels``: the benchmarks."""
 
 from __future__ import annotations
 
@@ -76,6 +76,18 @@ def cmd_bench_sample(args) -> int:
     return 0
 
 
+def cmd_bench_kernels(args) -> int:
+    import json
+
+    from janusflow.perf import bench_kernels
+    out = bench_kernels.run(k=args.k, n=args.n, layers=args.layers, rows=args.rows, positions=args.positions,
+                            heads=args.heads, kv_heads=args.kv_heads or args.heads, head_dim=args.head_dim,
+                            dtypes=args.dtypes, repeats=args.repeats)
+    if args.json:
+        print(json.dumps(out))
+    return 0
+
+
 def register(sub) -> None:
     bench = sub.add_parser("bench", help="benchmarks")
     bsub = bench.add_subparsers(dest="bench_command", required=True)
@@ -121,3 +133,17 @@ def register(sub) -> None:
                    help="with --compare-official, image-token (Janus-Pro) models: sample N image tokens in both "
                         "loops (default: the full grid, 576 at 384 px)")
     p.set_defaults(func=cmd_bench_sample)
+    p = bsub.add_parser("kernels", help="the CPU decoding kernels (few-row products, one-position attention) "
+                                        "against XLA's path: ms and GB/s, side by side")
+    p.add_argument("--k", type=int, default=2048, help="product input width (default: Janus-Pro-1B's hidden size)")
+    p.add_argument("--n", type=int, default=5632, help="product output width (default: its MLP width)")
+    p.add_argument("--layers", type=int, default=24, help="weights / caches per timed call, each its own")
+    p.add_argument("--rows", type=int, default=2, help="rows of x (2: one image with its CFG row)")
+    p.add_argument("--positions", type=int, default=608, help="attention cache length (608: a whole image)")
+    p.add_argument("--heads", type=int, default=16)
+    p.add_argument("--kv-heads", type=int, default=None, help="default: --heads")
+    p.add_argument("--head-dim", type=int, default=128)
+    p.add_argument("--dtypes", type=dtype_list, default=("bfloat16", "float32"), metavar="bfloat16,float32")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--json", action="store_true", help="also print the results as JSON")
+    p.set_defaults(func=cmd_bench_kernels)

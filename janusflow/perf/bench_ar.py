@@ -17,13 +17,13 @@ from janusflow.configs.schema import ModelConfig
 from janusflow.perf import peak as perf
 from janusflow.perf.bench_sample import random_model
 from janusflow.sample.ar_generate import OFFICIAL_CFG_WEIGHT, decode_codes, image_keys, sample_codes
-from janusflow.sample.layout import per_layer_model
+from janusflow.sample.layout import decoding_config, decoding_model
 
 
 def compiled_sampler(cfg: ModelConfig, model, batch: int, prompt_len: int):
     """(compiled program, its arguments, compile seconds) of one sampling call of ``batch``
     images for a random ``prompt_len``-token prompt, CFG weight 5, temperature 1."""
-    graphdef, state = nnx.split(per_layer_model(model, cfg)[0])       # as iter_generate_ar samples
+    graphdef, state = nnx.split(decoding_model(model, cfg)[0])        # as iter_generate_ar samples
     rng = np.random.default_rng(0)
     ids = jnp.asarray(rng.integers(0, cfg.llm.vocab_size, (batch, prompt_len), dtype=np.int32))
     args = (state, ids, jnp.ones((batch, prompt_len), bool), image_keys(0, range(batch)),
@@ -42,6 +42,8 @@ def run(cfg: ModelConfig, batch: int = 1, repeats: int = 3, prompt_len: int = 32
     log(f"device {jax.devices()[0].device_kind} x {jax.device_count()}; compute dtype {cfg.dtype}, "
         f"params {cfg.param_dtype}; LLM {cfg.llm.num_layers} layers x {cfg.llm.hidden_size}; {n} image tokens "
         f"of a {cfg.vq.codebook_size}-entry codebook; CFG (2 rows per image), {prompt_len}-token prompt")
+    dcfg = decoding_config(cfg)
+    log(f"token loop as the sampler runs it: products {dcfg.matmul_impl}, attention {dcfg.attention_impl}")
     t0 = time.perf_counter()
     model = random_model(cfg)
     log(f"random weights in {time.perf_counter() - t0:.1f} s")
