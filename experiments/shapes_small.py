@@ -1,6 +1,6 @@
 """The longer CPU recipe meant to learn shapes: the default run's tiny JanusFlow (LLM + gen
-encoder/decoder + REPA, decoupled SigLIP) with a curriculum: 121 CPU-minutes, measured
-(experiments/shapes_small.md), i.e. at least an hour of this machine's 2 cores.
+encoder/decoder + REPA, decoupled SigLIP) with a curriculum: 48 minutes on this machine's 2
+idle cores, measured (experiments/shapes_small.md).
 
 `janusflow train --config experiments/shapes_small.py --workdir runs/shapes_small` runs
 train/recipe.py as the default run does (SigLIP pre-training, LLM pre-training, paper stages
@@ -27,8 +27,7 @@ def get_config(arg=None):
     # examples, where on the mixed scenes 156k examples left it at chance (docs/default_run.md)
     one_object = CurriculumPhase(name="one_object", steps=9000, lr=2e-3, ratios=(0, 1, 0),
                                  gen=dataclasses.replace(gen, name=SHAPES_32_ONE_OBJECT))
-    # Sized for 60 minutes on 2 idle cores by an estimate; measured to its end it took 99 min
-    # beside other jobs and 121 CPU-minutes (experiments/shapes_small.md).
+    # Sized for 60 minutes on 2 idle cores; measured alone: 48.2 min (beside other jobs: 99).
     # The constant learning rate after warm-up makes a shorter phase a prefix of a longer one.
     # batch 32 (the default run: 16): fewer dispatches of a step whose matrices are tiny.
     # CFG 4 (default 2): on one-object data it drew exactly one object in 0.97 of images
