@@ -32,6 +32,21 @@ def alternate(fns: dict, repeats: int) -> dict:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def compare(progs: dict, args: tuple, gbytes: float, repeats: int) -> dict:
+    """Both programs (``xla``, ``kernel``) on ``args``: median seconds, GB/s of ``gbytes`` read
+    and the kernel's relative L2 distance from XLA's output."""
+    out = {name: jax.block_until_ready(p(*args)) for name, p in progs.items()}
+    err = float(jnp.linalg.norm(out["kernel"] - out["xla"]) / jnp.linalg.norm(out["xla"]))
+    med = alternate({name: (lambda p=p: jax.block_until_ready(p(*args))) for name, p in progs.items()}, repeats)
+    return {"seconds": med, "gb_per_s": {name: gbytes / s for name, s in med.items()}, "rel_l2": err}
+
+
+def line(dtype: str, r: dict) -> str:
+    s, g = r["seconds"], r["gb_per_s"]
+    return (f"{dtype:>9}: XLA {1e3 * s['xla']:7.1f} ms ({g['xla']:5.1f} GB/s)   kernel {1e3 * s['kernel']:7.1f} ms "
+            f"({g['kernel']:5.1f} GB/s)   {s['xla'] / s['kernel']:.2f}x   rel. L2 {r['rel_l2']:.1e}")
+
+
 def products(k: int, n: int, layers: int, rows: int, dtype: str, repeats: int) -> dict:
     """``layers`` products x (rows, k) @ w (k, n), each with its own weight (so none stays in
     cache), by XLA's dot and by the kernel: {path: (seconds, GB/s of weights)}."""
@@ -51,11 +66,7 @@ def products(k: int, n: int, layers: int, rows: int, dtype: str, repeats: int) -
         return jax.jit(f)
 
     progs = {"xla": chain(cpu_gemv.xla_dot), "kernel": chain(cpu_gemv.dot)}
-    out = {name: jax.block_until_ready(p(x, ws)) for name, p in progs.items()}
-    err = float(jnp.linalg.norm(out["kernel"] - out["xla"]) / jnp.linalg.norm(out["xla"]))
-    med = alternate({name: (lambda p=p: jax.block_until_ready(p(x, ws))) for name, p in progs.items()}, repeats)
-    gbytes = layers * k * n * jnp.dtype(dtype).itemsize / 1e9
-    return {"seconds": med, "gb_per_s": {name: gbytes / s for name, s in med.items()}, "rel_l2": err}
+    return compare(progs, (x, ws), layers * k * n * jnp.dtype(dtype).itemsize / 1e9, repeats)
 
 
 def attention(positions: int, layers: int, rows: int, heads: int, kv_heads: int, head_dim: int, dtype: str,
@@ -79,11 +90,8 @@ def attention(positions: int, layers: int, rows: int, heads: int, kv_heads: int,
         return jax.jit(f)
 
     progs = {"xla": chain(cpu_decode_attention.xla_attend), "kernel": chain(cpu_decode_attention.attend)}
-    out = {name: jax.block_until_ready(p(q, cache)) for name, p in progs.items()}
-    err = float(jnp.linalg.norm(out["kernel"] - out["xla"]) / jnp.linalg.norm(out["xla"]))
-    med = alternate({name: (lambda p=p: jax.block_until_ready(p(q, cache))) for name, p in progs.items()}, repeats)
     gbytes = 2 * layers * rows * positions * kv_heads * head_dim * jnp.dtype(dtype).itemsize / 1e9
-    return {"seconds": med, "gb_per_s": {name: gbytes / s for name, s in med.items()}, "rel_l2": err}
+    return compare(progs, (q, cache), gbytes, repeats)
 
 
 def run(*, k: int = 2048, n: int = 5632, layers: int = 24, rows: int = 2, positions: int = 608, heads: int = 16,
@@ -102,16 +110,11 @@ def run(*, k: int = 2048, n: int = 5632, layers: int = 24, rows: int = 2, positi
     results = {}
     log(f"== products: {layers} weights {k} x {n}, x of {rows} rows (medians of {repeats}, alternating)")
     for dtype in dtypes:
-        r = results[f"products_{dtype}"] = products(k, n, layers, rows, dtype, repeats)
-        s, g = r["seconds"], r["gb_per_s"]
-        log(f"{dtype:>9}: XLA {1e3 * s['xla']:7.1f} ms ({g['xla']:5.1f} GB/s)   kernel {1e3 * s['kernel']:7.1f} ms "
-            f"({g['kernel']:5.1f} GB/s)   {s['xla'] / s['kernel']:.2f}x   rel. L2 {r['rel_l2']:.1e}")
+        results[f"products_{dtype}"] = products(k, n, layers, rows, dtype, repeats)
+        log(line(dtype, results[f"products_{dtype}"]))
     log(f"== one-position attention: {layers} layers, {positions}-position cache, {rows} rows x {heads} heads "
         f"({kv_heads} kv) x {head_dim} (medians of {repeats}, alternating)")
     for dtype in dtypes:
-        r = results[f"attention_{dtype}"] = attention(positions, layers, rows, heads, kv_heads, head_dim, dtype,
-                                                      repeats)
-        s, g = r["seconds"], r["gb_per_s"]
-        log(f"{dtype:>9}: XLA {1e3 * s['xla']:7.1f} ms ({g['xla']:5.1f} GB/s)   kernel {1e3 * s['kernel']:7.1f} ms "
-            f"({g['kernel']:5.1f} GB/s)   {s['xla'] / s['kernel']:.2f}x   rel. L2 {r['rel_l2']:.1e}")
+        results[f"attention_{dtype}"] = attention(positions, layers, rows, heads, kv_heads, head_dim, dtype, repeats)
+        log(line(dtype, results[f"attention_{dtype}"]))
     return results
