@@ -10,26 +10,11 @@ with its CFG row, a 608-position cache).
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import jax
 import jax.numpy as jnp
 
 from janusflow.kernels import cpu_decode_attention, cpu_gemv
-
-
-def alternate(fns: dict, repeats: int) -> dict:
-    """Median seconds of each blocking call in ``fns``, run in turns after one warm-up each."""
-    for fn in fns.values():
-        fn()
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(t) for name, t in times.items()}
+from janusflow.perf.peak import timed_alternately
 
 
 def compare(progs: dict, args: tuple, gbytes: float, repeats: int) -> dict:
@@ -37,7 +22,7 @@ def compare(progs: dict, args: tuple, gbytes: float, repeats: int) -> dict:
     and the kernel's relative L2 distance from XLA's output."""
     out = {name: jax.block_until_ready(p(*args)) for name, p in progs.items()}
     err = float(jnp.linalg.norm(out["kernel"] - out["xla"]) / jnp.linalg.norm(out["xla"]))
-    med = alternate({name: (lambda p=p: jax.block_until_ready(p(*args))) for name, p in progs.items()}, repeats)
+    med = timed_alternately({name: (lambda p=p: jax.block_until_ready(p(*args))) for name, p in progs.items()}, repeats)
     return {"seconds": med, "gb_per_s": {name: gbytes / s for name, s in med.items()}, "rel_l2": err}
 
 

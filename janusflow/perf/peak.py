@@ -39,6 +39,20 @@ def timed(fn, *args, repeats: int = 5, warmup: int = 1):
     return statistics.median(samples), samples
 
 
+def timed_alternately(fns: dict, repeats: int) -> dict:
+    """Median wall time of each blocking call in ``fns`` ({name: fn}), the calls run in turns
+    after one warm-up each, so a noisy machine slows them alike."""
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def measure_matmul_peak(n: int = 2048, repeats: int = 7, dtype="float32") -> float:
     """Median FLOP/s of an n x n x n ``layers.matmul`` in ``dtype`` on the default device."""
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
