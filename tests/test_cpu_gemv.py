@@ -32,7 +32,8 @@ def _uses_kernel(f, *args):
     return cpu_gemv.TARGET in jax.jit(f).lower(*args).as_text()
 
 
-# shapes that reach every path: full 64-column tiles, a tail of N % 64 columns, N below one tile,
+# shapes that reach every path: 128-column tiles (<= 2 rows) then a 64-column one (320 = 2 x 128
+# + 64), full 64-column tiles, a tail of N % 64 columns, N below one tile,
 # K below one 8-row block (one thread), K not a multiple of the block, 1..8 rows, leading axes
 @pytest.mark.parametrize("shape_x,n", [((1, 64), 64), ((2, 2048), 320), ((2, 130), 200), ((8, 100), 70),
                                        ((3, 7), 64), ((5, 16), 8), ((2, 1, 96), 129), ((4, 2, 33), 191)])
@@ -48,13 +49,14 @@ def test_equals_xla_dot(shape_x, n, dtype):
     np.testing.assert_allclose(y, ref, rtol=2e-6, atol=2e-6 * float(jnp.max(jnp.abs(ref))))
 
 
-def test_column_order_of_bf16_tiles():
+@pytest.mark.parametrize("rows", [[0, 4, 8], [3, 7]])   # 64-column tiles; 128 then 64 then a tail
+def test_column_order_of_bf16_tiles(rows):
     """bf16 tiles are summed in (even, odd) column order and put back: a one-hot x picks rows
     of w exactly, so any misplaced column shows."""
     _kernel_or_skip()
-    w = jnp.arange(9 * 160, dtype=jnp.float32).reshape(9, 160).astype(jnp.bfloat16)
-    x = jax.nn.one_hot(jnp.array([0, 4, 8]), 9, dtype=jnp.bfloat16)
-    np.testing.assert_array_equal(jax.jit(cpu_gemv.dot)(x, w), w[jnp.array([0, 4, 8])].astype(jnp.float32))
+    w = jnp.arange(9 * 200, dtype=jnp.float32).reshape(9, 200).astype(jnp.bfloat16)
+    x = jax.nn.one_hot(jnp.array(rows), 9, dtype=jnp.bfloat16)
+    np.testing.assert_array_equal(jax.jit(cpu_gemv.dot)(x, w), w[jnp.array(rows)].astype(jnp.float32))
 
 
 def test_more_rows_stay_on_xla():

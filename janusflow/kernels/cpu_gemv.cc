@@ -8,11 +8,15 @@
 // them at close to all of it. Built on first use by cpu_gemv.py (no build step at install).
 //
 // Layout of the work: threads (OpenMP) own contiguous row ranges of B (contiguous memory) and
-// sum into their own M x N partials, added up at the end. Each walks the full width in tiles of
-// 64 columns for a block of 8 rows at a time, so it streams 8 long rows at once (sequential
-// reads the prefetcher follows) and keeps the M x 64 partial sums in registers for the block. bf16 is widened to fp32 in registers: a 32-bit lane holding two bf16 values
-// gives the even column by a left shift and the odd one by masking the low half, so a tile's
-// sums are kept in (even, odd) order and put back in column order once at the end.
+// sum into their own M x N partials, added up at the end. Each walks the full width in tiles
+// for a block of 8 rows at a time, so it streams 8 long rows at once and keeps the M x tile
+// partial sums in registers for the block: 128-column tiles for up to 2 rows of A (a batch-1
+// step with its CFG row), 64 above (register budget). Each row's loads are prefetched two
+// tiles ahead: the hardware prefetcher alone left the bf16 loop at ~27 GB/s, with it ~33
+// (experiments/janus_pro_speed.md). bf16 is widened to fp32 in registers: a 32-bit lane
+// holding two bf16 values gives the even column by a left shift and the odd one by masking the
+// low half, so a tile's sums are kept in (even, odd) order and put back in column order once at
+// the end.
 #include <immintrin.h>
 #include <omp.h>
 
@@ -27,9 +31,10 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-constexpr int64_t kTile = 64;      // columns per tile: 4 fp32 vectors, one or two cache lines of B
 constexpr int64_t kRowBlock = 8;   // rows of B streamed together
-constexpr int64_t kMaxRows = 8;    // rows of A handled together (register budget: 4 x 8 sums)
+constexpr int64_t kMaxRows = 8;    // rows of A handled together
+constexpr int64_t kWideRows = 2;   // up to this many rows of A, 128-column tiles (else 64)
+constexpr int64_t kPrefetch = 2;   // tiles ahead
 
 inline float Bf16ToF32(uint16_t v) {
   uint32_t bits = static_cast<uint32_t>(v) << 16;
@@ -38,63 +43,80 @@ inline float Bf16ToF32(uint16_t v) {
   return f;
 }
 
-// The four fp32 vectors of 64 columns of one row of B (bf16: in (even, odd) order per 32).
-inline void LoadTile(const float* b, __m512 w[4]) {
-  for (int j = 0; j < 4; ++j) w[j] = _mm512_loadu_ps(b + 16 * j);
+// The V fp32 vectors of 16 V columns of one row of B (bf16: in (even, odd) order per 32).
+template <int V>
+inline void LoadTile(const float* b, __m512 w[V]) {
+  for (int j = 0; j < V; ++j) w[j] = _mm512_loadu_ps(b + 16 * j);
 }
 
-inline void LoadTile(const uint16_t* b, __m512 w[4]) {
+template <int V>
+inline void LoadTile(const uint16_t* b, __m512 w[V]) {
   const __m512i hi_mask = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
-  for (int j = 0; j < 2; ++j) {
+  for (int j = 0; j < V / 2; ++j) {
     __m512i v = _mm512_loadu_si512(reinterpret_cast<const void*>(b + 32 * j));
     w[2 * j] = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));        // columns 0, 2, ..., 30
     w[2 * j + 1] = _mm512_castsi512_ps(_mm512_and_si512(v, hi_mask));  // columns 1, 3, ..., 31
   }
 }
 
-// acc[m][0..3] += sum over rows k0 <= k < k1 of a[m, k] * B[k, tile], for M rows of a (fp32).
-template <typename T, int M>
+// acc[m][0..V) += sum over rows k0 <= k < k1 of a[m, k] * B[k, tile], for M rows of a (fp32).
+template <typename T, int M, int V>
 inline void TileRows(const float* a, int64_t lda, const T* b, int64_t ldb, int64_t k0, int64_t k1,
-                     __m512 acc[M][4]) {
+                     __m512 acc[M][V]) {
+  constexpr int kLines = static_cast<int>(sizeof(T)) * 16 * V / 64;
   for (int64_t k = k0; k < k1; ++k) {
-    __m512 w[4];
-    LoadTile(b + k * ldb, w);
+    // a prefetch past the end of B is harmless (no fault) and rare (the last tiles only)
+    const char* ahead = reinterpret_cast<const char*>(b + k * ldb + kPrefetch * 16 * V);
+    for (int l = 0; l < kLines; ++l) _mm_prefetch(ahead + 64 * l, _MM_HINT_T0);
+    __m512 w[V];
+    LoadTile<V>(b + k * ldb, w);
     for (int m = 0; m < M; ++m) {
       const __m512 x = _mm512_set1_ps(a[m * lda + k]);
-      for (int j = 0; j < 4; ++j) acc[m][j] = _mm512_fmadd_ps(x, w[j], acc[m][j]);
+      for (int j = 0; j < V; ++j) acc[m][j] = _mm512_fmadd_ps(x, w[j], acc[m][j]);
     }
   }
 }
 
-template <typename T, int M>
+// Columns [n0, n1) of C (a multiple of 16 V wide) for M rows of A.
+template <typename T, int M, int V>
 void Rows(const float* a, int64_t lda, const T* b, int64_t ldb, float* c, int64_t ldc,
           int64_t k, int64_t n0, int64_t n1) {
   for (int64_t k0 = 0; k0 < k; k0 += kRowBlock) {
     const int64_t k1 = std::min(k, k0 + kRowBlock);
-    for (int64_t n = n0; n < n1; n += kTile) {
-      __m512 acc[M][4];
+    for (int64_t n = n0; n < n1; n += 16 * V) {
+      __m512 acc[M][V];
       for (int m = 0; m < M; ++m)
-        for (int j = 0; j < 4; ++j)
+        for (int j = 0; j < V; ++j)
           acc[m][j] = k0 == 0 ? _mm512_setzero_ps() : _mm512_loadu_ps(c + m * ldc + n + 16 * j);
-      TileRows<T, M>(a, lda, b + n, ldb, k0, k1, acc);
+      TileRows<T, M, V>(a, lda, b + n, ldb, k0, k1, acc);
       for (int m = 0; m < M; ++m)
-        for (int j = 0; j < 4; ++j) _mm512_storeu_ps(c + m * ldc + n + 16 * j, acc[m][j]);
+        for (int j = 0; j < V; ++j) _mm512_storeu_ps(c + m * ldc + n + 16 * j, acc[m][j]);
     }
   }
 }
 
+// Columns [0, n / 64 * 64) of C for m <= 8 rows of A: 128-column tiles where the rows allow,
+// the rest in 64-column tiles.
+template <typename T, int M>
+void RowsTiled(const float* a, int64_t lda, const T* b, int64_t ldb, float* c, int64_t ldc, int64_t k,
+               int64_t n) {
+  const int64_t wide = M <= kWideRows ? n / 128 * 128 : 0, full = n / 64 * 64;
+  if (wide) Rows<T, M, (M <= kWideRows ? 8 : 4)>(a, lda, b, ldb, c, ldc, k, 0, wide);
+  if (full > wide) Rows<T, M, 4>(a, lda, b, ldb, c, ldc, k, wide, full);
+}
+
 template <typename T>
 void RowsAnyM(int m, const float* a, int64_t lda, const T* b, int64_t ldb, float* c, int64_t ldc,
-              int64_t k, int64_t n0, int64_t n1) {
+              int64_t k, int64_t n) {
   switch (m) {
-    case 1: return Rows<T, 1>(a, lda, b, ldb, c, ldc, k, n0, n1);
-    case 2: return Rows<T, 2>(a, lda, b, ldb, c, ldc, k, n0, n1);
-    case 3: return Rows<T, 3>(a, lda, b, ldb, c, ldc, k, n0, n1);
-    case 4: return Rows<T, 4>(a, lda, b, ldb, c, ldc, k, n0, n1);
-    case 5: return Rows<T, 5>(a, lda, b, ldb, c, ldc, k, n0, n1);
-    case 6: return Rows<T, 6>(a, lda, b, ldb, c, ldc, k, n0, n1);
-    case 7: return Rows<T, 7>(a, lda, b, ldb, c, ldc, k, n0, n1);
-    default: return Rows<T, 8>(a, lda, b, ldb, c, ldc, k, n0, n1);
+    case 1: return RowsTiled<T, 1>(a, lda, b, ldb, c, ldc, k, n);
+    case 2: return RowsTiled<T, 2>(a, lda, b, ldb, c, ldc, k, n);
+    case 3: return RowsTiled<T, 3>(a, lda, b, ldb, c, ldc, k, n);
+    case 4: return RowsTiled<T, 4>(a, lda, b, ldb, c, ldc, k, n);
+    case 5: return RowsTiled<T, 5>(a, lda, b, ldb, c, ldc, k, n);
+    case 6: return RowsTiled<T, 6>(a, lda, b, ldb, c, ldc, k, n);
+    case 7: return RowsTiled<T, 7>(a, lda, b, ldb, c, ldc, k, n);
+    default: return RowsTiled<T, 8>(a, lda, b, ldb, c, ldc, k, n);
   }
 }
 
@@ -117,7 +139,7 @@ void Gemv(const T* a, const T* b, float* c, int64_t m, int64_t k, int64_t n) {
   // A widened to fp32 once (M x K: a few KB), so the inner loop broadcasts fp32 scalars.
   std::vector<float> a32(static_cast<size_t>(m * k));
   for (int64_t i = 0; i < m * k; ++i) a32[i] = ToF32(a[i]);
-  const int64_t tiles = n / kTile, full = tiles * kTile;
+  const int64_t full = n / 64 * 64;
   const int threads =
       static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), k / kRowBlock)));
   std::vector<float> part(static_cast<size_t>((threads - 1) * m * n));
@@ -128,7 +150,7 @@ void Gemv(const T* a, const T* b, float* c, int64_t m, int64_t k, int64_t n) {
     float* out = t == 0 ? c : part.data() + (t - 1) * m * n;
     for (int64_t r = 0; r < m; r += kMaxRows) {
       const int rows = static_cast<int>(std::min(kMaxRows, m - r));
-      RowsAnyM<T>(rows, a32.data() + r * k + k0, k, b + k0 * n, n, out + r * n, n, k1 - k0, 0, full);
+      RowsAnyM<T>(rows, a32.data() + r * k + k0, k, b + k0 * n, n, out + r * n, n, k1 - k0, n);
     }
 #pragma omp barrier
     // each thread adds the partials up over its share of the columns (32-aligned for bf16)
