@@ -158,3 +158,19 @@ def test_decoders_use_the_kernel_on_a_view():
     vview, vvcfg = decoding_model(vm, vendor)
     assert vvcfg.matmul_impl == "vendor" and vvcfg.attention_impl == "cpu_decode"
     assert {mod.impl for _, mod in nnx.iter_modules(vview.language_model) if isinstance(mod, layers.Linear)} == {"vendor"}
+
+
+def test_calls_from_several_threads_share_the_pool():
+    """XLA calls a custom call from whichever of its threads runs it; the kernels' one thread
+    pool takes such calls in turns: concurrent callers all get their own right answer."""
+    import concurrent.futures
+    _kernel_or_skip()
+    xs = [_rand(i, (2, 512), jnp.bfloat16) for i in range(4)]
+    w = _rand(9, (512, 384), jnp.bfloat16)
+    f = jax.jit(cpu_gemv.dot)
+    refs = [np.asarray(cpu_gemv.xla_dot(x, w)) for x in xs]
+    with concurrent.futures.ThreadPoolExecutor(4) as ex:
+        outs = list(ex.map(lambda i: [np.asarray(f(xs[i % 4], w)) for _ in range(20)], range(8)))
+    for i, got in enumerate(outs):
+        for y in got:
+            np.testing.assert_allclose(y, refs[i % 4], rtol=2e-6, atol=2e-6 * float(np.abs(refs[i % 4]).max()))

@@ -1,8 +1,11 @@
-"""Compile one of this package's XLA FFI handlers (a ``.cc`` beside this file) into a shared
-library on first use, cached under ``$XDG_CACHE_HOME/janusflow/kernels`` (default ``~/.cache``)
-by a hash of the source, jax's version, the flags and the compiler, so there is no build step
-at install and a changed source or jax is rebuilt. Concurrent first uses each compile; one
-file remains (atomic rename)."""
+"""Compile this package's XLA FFI handlers (``.cc`` files beside this file) into shared
+libraries on first use, cached under ``$XDG_CACHE_HOME/janusflow/kernels`` (default ``~/.cache``)
+by a hash of the sources, the headers here, jax's version, the flags and the compiler, so there
+is no build step at install and a changed source or jax is rebuilt. Concurrent first uses each
+compile; one file remains (atomic rename).
+
+The two decoding kernels (``cpu_gemv.cc``, ``cpu_decode_attention.cc``) are built into one
+library so that they share one thread pool (``thread_pool.h``)."""
 
 from __future__ import annotations
 
@@ -27,15 +30,23 @@ def cache_dir() -> str:
 
 
 def compile_handler(name: str, flags: list[str]) -> str:
-    """The path of ``<name>.so`` built from ``<name>.cc`` with ``g++`` (or ``$CXX``), the XLA FFI
-    headers and ``flags`` (include dirs, libraries, ISA switches)."""
+    """The path of ``<name>.so`` built from ``<name>.cc`` (:func:`compile_library`)."""
+    return compile_library(name, [f"{name}.cc"], flags)
+
+
+def compile_library(name: str, sources: list[str], flags: list[str]) -> str:
+    """The path of ``<name>.so`` built from ``sources`` (files here) with ``g++`` (or ``$CXX``),
+    the XLA FFI headers and ``flags`` (include dirs, libraries, ISA switches)."""
     cxx = os.environ.get("CXX") or shutil.which("g++")
     if not cxx:
         raise Unavailable("no C++ compiler (g++ or $CXX) on PATH")
-    source = os.path.join(HERE, f"{name}.cc")
-    with open(source, "rb") as f:
-        text = f.read()
-    key = hashlib.sha256(b"\0".join([text, jax.__version__.encode(), cxx.encode(), *map(str.encode, flags)]))
+    paths = [os.path.join(HERE, s) for s in sources]
+    headers = sorted(os.path.join(HERE, f) for f in os.listdir(HERE) if f.endswith(".h"))
+    texts = []
+    for path in paths + headers:
+        with open(path, "rb") as f:
+            texts.append(f.read())
+    key = hashlib.sha256(b"\0".join([*texts, jax.__version__.encode(), cxx.encode(), *map(str.encode, flags)]))
     out = os.path.join(cache_dir(), f"{name}-{key.hexdigest()[:16]}.so")
     if os.path.isfile(out):
         return out
@@ -45,13 +56,13 @@ def compile_handler(name: str, flags: list[str]) -> str:
     # sources before libraries: the linker resolves a library only for what precedes it
     libs = [f for f in flags if f.startswith(("-l", "-L", "-Wl,"))]
     opts = [f for f in flags if f not in libs]
-    cmd = [cxx, "-O2", "-shared", "-fPIC", "-std=c++17", "-w", f"-I{jax.ffi.include_dir()}", *opts,
-           source, "-o", tmp, *libs]
+    cmd = [cxx, "-O2", "-shared", "-fPIC", "-std=c++17", "-w", f"-I{jax.ffi.include_dir()}", f"-I{HERE}", *opts,
+           *paths, "-o", tmp, *libs]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode:
             err = (done.stderr.strip().splitlines() or ["?"])[-1]
-            raise Unavailable(f"building {source} failed: {err}")
+            raise Unavailable(f"building {', '.join(paths)} failed: {err}")
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
@@ -59,17 +70,19 @@ def compile_handler(name: str, flags: list[str]) -> str:
     return out
 
 
-AVX512 = ["-O3", "-mavx512f", "-mavx512bw", "-fopenmp"]
+AVX512 = ["-O3", "-mavx512f", "-mavx512bw", "-pthread"]
+DECODING_KERNELS = ["cpu_gemv.cc", "cpu_decode_attention.cc"]
 
 
 def register_avx512(name: str, handler: str, target: str, fallback: str) -> bool:
-    """Build ``<name>.cc`` with AVX-512 and OpenMP, check that this CPU runs it (the library's
-    ``<handler>Supported``) and register ``handler`` as the CPU FFI target ``target``. False,
-    saying why in one line on stderr (``fallback``: what runs instead), if it cannot be."""
+    """Build the decoding kernels' library (:data:`DECODING_KERNELS`, AVX-512) if needed, check
+    that this CPU runs ``name``'s kernel (the library's ``<handler>Supported``) and register
+    ``handler`` as the CPU FFI target ``target``. False, saying why in one line on stderr
+    (``fallback``: what runs instead), if it cannot be."""
     import ctypes
     import sys
     try:
-        lib = ctypes.cdll.LoadLibrary(compile_handler(name, AVX512))
+        lib = ctypes.cdll.LoadLibrary(compile_library("cpu_decoding_kernels", DECODING_KERNELS, AVX512))
         if not getattr(lib, f"{handler}Supported")():
             raise Unavailable("this CPU lacks AVX-512 F/BW")
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, handler)), platform="cpu")

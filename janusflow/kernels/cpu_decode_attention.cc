@@ -12,9 +12,8 @@
 // (experiments/janus_pro_speed.md). Here a thread takes a row (or, with fewer rows than
 // threads, a group of its heads) and walks the positions once for the logits and once for the
 // values, each a forward stream through the cache: a per-head walk strides 4 KB between
-// positions and ran at under half the speed. Built on first use by cpu_decode_attention.py.
+// positions and ran at under half the speed. Built on first use (kernels/build.py).
 #include <immintrin.h>
-#include <omp.h>
 
 #include <cfloat>
 #include <cmath>
@@ -22,6 +21,7 @@
 #include <cstring>
 #include <vector>
 
+#include "thread_pool.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -147,25 +147,24 @@ void Attend(const T* q, const T* k, const T* v, const bool* valid, T* out, int64
             int64_t s_, int64_t kv, int64_t hd) {
   const int64_t g = h_ / kv;
   // Split each row's key/value heads into the fewest groups that give every thread an item.
-  const int64_t threads = omp_get_max_threads();
+  janusflow_pool::Pool& pool = janusflow_pool::Pool::Get();
+  const int64_t threads = pool.size();
   int64_t groups = 1;
   while (b_ * groups < threads && groups < kv) {
     ++groups;
     while (kv % groups) ++groups;
   }
-  const int64_t per = kv / groups, sp = (s_ + 15) / 16 * 16;
-#pragma omp parallel
-  {
+  const int64_t per = kv / groups, sp = (s_ + 15) / 16 * 16, items = b_ * groups;
+  pool.Run(static_cast<int>(std::min(items, threads)), [&](int t, int nt) {
     const int64_t nh = per * g;
     std::vector<float> qf(static_cast<size_t>(nh * hd)), acc(static_cast<size_t>(nh * hd)),
         p(static_cast<size_t>(nh * sp));
-#pragma omp for schedule(static)
-    for (int64_t item = 0; item < b_ * groups; ++item) {
+    for (int64_t item = items * t / nt; item < items * (t + 1) / nt; ++item) {
       const int64_t b = item / groups, kh0 = (item % groups) * per;
       AttendItem(q + b * h_ * hd, k + b * s_ * kv * hd, v + b * s_ * kv * hd, valid + b * s_, out + b * h_ * hd, s_,
                  kv, hd, g, kh0, kh0 + per, qf.data(), p.data(), acc.data());
     }
-  }
+  });
 }
 
 ffi::Error Handler(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v, ffi::Buffer<ffi::PRED> valid,

@@ -10,8 +10,9 @@ one query position under ``attention_impl="cpu_decode"``, which the decoders cho
 (``sample/layout.decoding_model``); everything else stays on XLA. Its gradient is the XLA
 path's.
 
-Built on first use by ``kernels/build.py`` (g++, AVX-512 F/BW, OpenMP). Where it cannot be,
-``attend`` is XLA's, and the first call says why in one line on stderr.
+Built on first use by ``kernels/build.py`` (g++, AVX-512 F/BW; one library with the product
+kernel, sharing its threads). Where it cannot be, ``attend`` is XLA's, and the first call says
+why in one line on stderr.
 """
 
 from __future__ import annotations

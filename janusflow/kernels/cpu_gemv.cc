@@ -5,9 +5,9 @@
 // Why: at batch 1 a decoding step reads every weight once and does two multiply-adds with it,
 // so it runs at the speed the weights stream from memory. XLA:CPU's dot reads bf16 weights at
 // about a third of this machine's bandwidth (experiments/janus_pro_speed.md); this loop reads
-// them at close to all of it. Built on first use by cpu_gemv.py (no build step at install).
+// them at close to all of it. Built on first use (kernels/build.py; no build step at install).
 //
-// Layout of the work: threads (OpenMP) own contiguous row ranges of B (contiguous memory) and
+// Layout of the work: threads (thread_pool.h) own contiguous row ranges of B (contiguous memory) and
 // sum into their own M x N partials, added up at the end. Each walks the full width in tiles
 // for a block of 8 rows at a time, so it streams 8 long rows at once and keeps the M x tile
 // partial sums in registers for the block: 128-column tiles for up to 2 rows of A (a batch-1
@@ -18,13 +18,13 @@
 // low half, so a tile's sums are kept in (even, odd) order and put back in column order once at
 // the end.
 #include <immintrin.h>
-#include <omp.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <vector>
 
+#include "thread_pool.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -140,20 +140,19 @@ void Gemv(const T* a, const T* b, float* c, int64_t m, int64_t k, int64_t n) {
   std::vector<float> a32(static_cast<size_t>(m * k));
   for (int64_t i = 0; i < m * k; ++i) a32[i] = ToF32(a[i]);
   const int64_t full = n / 64 * 64;
-  const int threads =
-      static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), k / kRowBlock)));
+  janusflow_pool::Pool& pool = janusflow_pool::Pool::Get();
+  const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(pool.size(), k / kRowBlock)));
   std::vector<float> part(static_cast<size_t>((threads - 1) * m * n));
-#pragma omp parallel num_threads(threads)
-  {
-    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+  pool.Run(threads, [&](int t, int nt) {
     const int64_t k0 = k * t / nt, k1 = k * (t + 1) / nt;
     float* out = t == 0 ? c : part.data() + (t - 1) * m * n;
     for (int64_t r = 0; r < m; r += kMaxRows) {
       const int rows = static_cast<int>(std::min(kMaxRows, m - r));
       RowsAnyM<T>(rows, a32.data() + r * k + k0, k, b + k0 * n, n, out + r * n, n, k1 - k0, n);
     }
-#pragma omp barrier
-    // each thread adds the partials up over its share of the columns (32-aligned for bf16)
+  });
+  // each thread adds the partials up over its share of the columns (32-aligned for bf16)
+  pool.Run(threads, [&](int t, int nt) {
     const int64_t c0 = full * t / nt / 32 * 32, c1 = t + 1 == nt ? full : full * (t + 1) / nt / 32 * 32;
     for (int64_t r = 0; r < m; ++r) {
       for (int u = 0; u + 1 < nt; ++u) {
@@ -162,7 +161,7 @@ void Gemv(const T* a, const T* b, float* c, int64_t m, int64_t k, int64_t n) {
       }
       if (sizeof(T) == 2) Interleave(c + r * n, c0, c1);
     }
-  }
+  });
   // The last N % 64 columns, plainly.
   for (int64_t r = 0; r < m; ++r)
     for (int64_t j = full; j < n; ++j) {

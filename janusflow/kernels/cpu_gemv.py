@@ -8,7 +8,7 @@ bandwidth (experiments/janus_pro_speed.md). ``matmul`` runs products whose ``x``
 on XLA's dot; its gradient is XLA's. ``ModelConfig.matmul_impl = "gemv"`` selects it for the
 LLM's and SigLIP's dense layers.
 
-The handler is compiled on first use by ``kernels/build.py`` with OpenMP and AVX-512 switches.
+The handler is compiled on first use by ``kernels/build.py`` with AVX-512 switches.
 Off CPU, without a compiler, or on a CPU without AVX-512 (F and BW), ``matmul`` is XLA's dot,
 and the first call says why in one line on stderr.
 """
