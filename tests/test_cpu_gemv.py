@@ -174,3 +174,17 @@ def test_calls_from_several_threads_share_the_pool():
     for i, got in enumerate(outs):
         for y in got:
             np.testing.assert_allclose(y, refs[i % 4], rtol=2e-6, atol=2e-6 * float(np.abs(refs[i % 4]).max()))
+
+
+def test_every_kernel_source_and_header_ships_with_the_package():
+    """A wheel install compiles from the package's own files: each .cc and .h here must be
+    package data (setup.py) and in the sdist (MANIFEST.in)."""
+    import os
+    from janusflow.kernels import build
+    root = os.path.dirname(os.path.dirname(build.HERE))
+    files = [f for f in os.listdir(build.HERE) if f.endswith((".cc", ".h"))]
+    assert set(build.DECODING_KERNELS) <= set(files) and "thread_pool.h" in files
+    setup, manifest = (open(os.path.join(root, f)).read() for f in ("setup.py", "MANIFEST.in"))
+    for f in files:
+        assert f'"{f}"' in setup, f"{f} missing from setup.py package_data"
+        assert f"janusflow/kernels/{f}" in manifest, f"{f} missing from MANIFEST.in"

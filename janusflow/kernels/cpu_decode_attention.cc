@@ -112,7 +112,7 @@ void AttendItem(const T* q, const T* k, const T* v, const bool* ok, T* out, int6
   for (int64_t s = 0; s < s_ && !any_valid; ++s) any_valid = ok[s];
   for (int64_t j = 0; j < nh; ++j) {
     float* pj = p + j * sp;
-    for (int64_t s = s_; s < sp; ++s) pj[s] = -FLT_MAX;  // padding lanes: exp gives 0
+    for (int64_t s = s_; s < sp; ++s) pj[s] = -FLT_MAX;  // padding lanes: out of the max, zeroed below
     __m512 top = _mm512_set1_ps(-FLT_MAX);
     for (int64_t s = 0; s < sp; s += 16) top = _mm512_max_ps(top, _mm512_loadu_ps(pj + s));
     const __m512 t = _mm512_set1_ps(_mm512_reduce_max_ps(top));
