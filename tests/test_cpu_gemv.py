@@ -183,7 +183,7 @@ def test_every_kernel_source_and_header_ships_with_the_package():
     from janusflow.kernels import build
     root = os.path.dirname(os.path.dirname(build.HERE))
     files = [f for f in os.listdir(build.HERE) if f.endswith((".cc", ".h"))]
-    assert set(build.DECODING_KERNELS) <= set(files) and "thread_pool.h" in files
+    assert set(build.DECODING_KERNELS) <= set(files) and {"thread_pool.h", "bf16.h"} <= set(files)
     setup, manifest = (open(os.path.join(root, f)).read() for f in ("setup.py", "MANIFEST.in"))
     for f in files:
         assert f'"{f}"' in setup, f"{f} missing from setup.py package_data"

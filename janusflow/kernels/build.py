@@ -5,7 +5,8 @@ is no build step at install and a changed source or jax is rebuilt. Concurrent f
 compile; one file remains (atomic rename).
 
 The two decoding kernels (``cpu_gemv.cc``, ``cpu_decode_attention.cc``) are built into one
-library so that they share one thread pool (``thread_pool.h``)."""
+library so that they share one thread pool (``thread_pool.h``); ``bf16.h`` holds their bf16
+conversions."""
 
 from __future__ import annotations
 

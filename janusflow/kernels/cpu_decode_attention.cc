@@ -18,13 +18,16 @@
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <vector>
 
+#include "bf16.h"
 #include "thread_pool.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
+using janusflow_bf16::FromBf16;
+using janusflow_bf16::ToBf16;
+using janusflow_bf16::ToF32;
 
 namespace {
 
@@ -35,24 +38,6 @@ inline __m512 Load16(const uint16_t* p) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
-// fp32 -> bf16, round to nearest even (the rounding of XLA's convert); NaN stays NaN.
-inline uint16_t ToBf16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return static_cast<uint16_t>(u >> 16);
-}
-
-inline float FromBf16(uint16_t h) {
-  const uint32_t u = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
-
-inline float ToF32(float f) { return f; }
-inline float ToF32(uint16_t h) { return FromBf16(h); }
 inline void Store(float* p, float f) { *p = f; }
 inline void Store(uint16_t* p, float f) { *p = ToBf16(f); }
 

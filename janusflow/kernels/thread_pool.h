@@ -12,7 +12,6 @@
 #include <cstdint>
 #include <mutex>
 #include <thread>
-#include <vector>
 
 namespace janusflow_pool {
 
@@ -65,7 +64,8 @@ class Pool {
     }
   }
 
-  static constexpr int kSpin = 1 << 14;  // ~100 us of pause: longer than the gaps between a step's calls
+  // pause loops before a worker sleeps: outlasts the gaps between a step's calls (2^10 timed the same)
+  static constexpr int kSpin = 1 << 14;
   int n_ = 1, used_ = 1;
   std::function<void(int)> job_;
   std::atomic<uint64_t> gen_{0};
