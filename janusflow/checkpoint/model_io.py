@@ -31,7 +31,7 @@ from janusflow import paths
 from janusflow.configs import io as config_io
 from janusflow.checkpoint import hf
 from janusflow.checkpoint.streaming import abstract_leftovers, load_dtype
-from janusflow.checkpoint.torch_layout import CheckpointMismatch, flat_params, flush
+from janusflow.checkpoint.torch_layout import CheckpointMismatch, flat_params, flush, refuse_decoding_layout
 from janusflow.configs.schema import RECIPE_PHASES, ConfigError, ModelConfig
 from janusflow.models.build import build_model
 
@@ -65,6 +65,7 @@ def save_model(ckpt_dir: str, model, cfg: ModelConfig, tokenizer=None) -> str:
     path = paths.as_path(ckpt_dir)
     if path.exists():
         raise FileExistsError(f"{path} already exists; refusing to overwrite a checkpoint")
+    refuse_decoding_layout(model)
     pure = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     abstract = [_key(p) for p, v in jax.tree_util.tree_flatten_with_path(pure)[0]
                 if isinstance(v, jax.ShapeDtypeStruct)]

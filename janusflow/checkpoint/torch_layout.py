@@ -98,9 +98,20 @@ class LayerSlice:
         self.stacked.write(self.i, a)
 
 
+def refuse_decoding_layout(module) -> None:
+    """Checkpoints hold dense kernels as (in, out): a model whose ``Linear`` weights the decoders
+    keep as ``kernel_t`` (out, in) (``sample/layout.decoding_layout``) is refused, by name."""
+    for k, _ in nnx.to_flat_state(nnx.state(module, nnx.Param)):
+        if k[-1] == "kernel_t":
+            raise CheckpointMismatch(
+                f"{'.'.join(map(str, k))}: this model is in the decoders' layout (dense weights stored "
+                f"(out, in)); save or export the model it was made from")
+
+
 def flat_params(module) -> dict[tuple, nnx.Variable]:
     """Parameters by path; a stacked (scanned) parameter appears as one :class:`LayerSlice` per
     layer under the unrolled path. Call :func:`flush` after writing through the result."""
+    refuse_decoding_layout(module)
     out = {}
     for k, v in nnx.to_flat_state(nnx.state(module, nnx.Param)):
         k = tuple(k)

@@ -10,7 +10,7 @@ def cmd_chat(args) -> int:
     from janusflow.checkpoint.torch_layout import CheckpointMismatch
     from janusflow.sample import run
     from janusflow.sample.chat import answer, load_image
-    from janusflow.sample.layout import per_layer_model
+    from janusflow.sample.layout import decoding_layout
     try:
         if not args.question.strip():
             raise ValueError("--question is empty")
@@ -18,7 +18,7 @@ def cmd_chat(args) -> int:
         args.checkpoint = model_io.resolve_checkpoint(args.checkpoint, lambda m: print(m, file=sys.stderr))
         tok = run.load_tokenizer(args.checkpoint, args.tokenizer)
         model, cfg = model_io.load_model(args.checkpoint, args.dtype)
-        model, cfg = per_layer_model(model, cfg)     # the decoder's layout, before anything holds the stacked copy
+        model, cfg = decoding_layout(model, cfg)     # the decoder's layout, before anything holds the old copy
         vae = (run.load_vae_for(cfg, args.checkpoint, args.vae, args.dtype)
                if cfg.und.reads_latents else None)
         text = answer(model, cfg, tok, [image], [args.question], max_new_tokens=args.max_new_tokens,

@@ -24,9 +24,9 @@ def cmd_sample(args) -> int:
             model, cfg = with_compute_dtype(model, cfg, args.compute_dtype)
         vae = run.load_vae_for(cfg, args.checkpoint, args.vae, args.dtype)
         janus_pro = cfg.head.autoregressive
-        if janus_pro:           # the AR sampler's fast layout, relaid out once (the stacked copy is freed)
-            from janusflow.sample.layout import per_layer_model
-            model, cfg = per_layer_model(model, cfg)
+        if janus_pro:           # the AR sampler's fast layout, made once (the old copy is freed)
+            from janusflow.sample.layout import decoding_layout
+            model, cfg = decoding_layout(model, cfg)
         if tok is not None:
             from janusflow.data.tokenizer import generation_prompt_ids
             # Janus-Pro's sequence ends in <begin_of_image>; JanusFlow's t_emb takes that slot

@@ -254,9 +254,9 @@ def load_generator(checkpoint: str, vae_path: Optional[str] = None, dtype: Optio
     from janusflow.data.tokenizer import Tokenizer
     from janusflow.models.build import build_vae
     model, cfg = model_io.load_model(checkpoint, dtype)
-    if cfg.head.autoregressive:         # the AR sampler's layout, before anything holds the stacked copy
-        from janusflow.sample.layout import per_layer_model
-        model, cfg = per_layer_model(model, cfg)
+    if cfg.head.autoregressive:         # the AR sampler's layout, before anything holds the old copy
+        from janusflow.sample.layout import decoding_layout
+        model, cfg = decoding_layout(model, cfg)
     if not cfg.head.needs_vae:
         vae = None                     # the VQ tokenizer inside the model makes the images
     elif cfg.vae.kind == "pixel":
@@ -284,8 +284,8 @@ def model_generate_fn(model, vae, cfg, tokenizer, *, cfg_weight: Optional[float]
     cfg_weight = default_cfg_weight(cfg, cfg_weight)
     if cfg.head.autoregressive:
         from janusflow.sample.ar_generate import generate_ar
-        from janusflow.sample.layout import per_layer_model
-        model, cfg = per_layer_model(model, cfg)        # once, not per batch
+        from janusflow.sample.layout import decoding_layout
+        model, cfg = decoding_layout(model, cfg)        # once, not per batch
 
         def fn_ar(items):
             # the image's random stream is keyed by its own seed alone, as the flow noise is

@@ -8,7 +8,12 @@ bandwidth (experiments/janus_pro_speed.md). ``matmul`` runs products whose ``x``
 on XLA's dot; its gradient is XLA's. ``ModelConfig.matmul_impl = "gemv"`` selects it for the
 LLM's and SigLIP's dense layers.
 
-The handler is compiled on first use by ``kernels/build.py`` with AVX-512 switches.
+``dot_t`` is the same product against weights stored transposed, ``wt`` (N, K) as torch's
+(out, in), on ``cpu_gemv_t.cc``: one dot product per output over a contiguous row, faster at
+decoding widths (experiments/janus_pro_speed.md); the decoders keep their weights that way
+(``sample/layout.py``).
+
+The handlers are compiled on first use by ``kernels/build.py`` with AVX-512 switches.
 Off CPU, without a compiler, or on a CPU without AVX-512 (F and BW), ``matmul`` is XLA's dot,
 and the first call says why in one line on stderr.
 """
@@ -24,6 +29,7 @@ import numpy as np
 from janusflow.kernels.build import register_avx512
 
 TARGET = "janusflow_gemv"
+TARGET_T = "janusflow_gemv_t"
 MAX_ROWS = 8      # above this a product is a GEMM: XLA's (or the vendor's) tiling wins
 
 
@@ -32,6 +38,12 @@ def available() -> bool:
     """Build, check the CPU and register the handler on the first call; False (said once on
     stderr) if it cannot be used here."""
     return register_avx512("cpu_gemv", "JanusflowGemv", TARGET, "XLA's dot")
+
+
+@functools.cache
+def available_t() -> bool:
+    """:func:`available` for the transposed layout's kernel (``dot_t``)."""
+    return register_avx512("cpu_gemv_t", "JanusflowGemvT", TARGET_T, "XLA's dot")
 
 
 def rows_of(x) -> int:
@@ -43,8 +55,17 @@ def used_for(x) -> bool:
     return rows_of(x) <= MAX_ROWS and jax.default_backend() == "cpu" and available()
 
 
+def used_for_t(x) -> bool:
+    """:func:`used_for` for ``dot_t``."""
+    return rows_of(x) <= MAX_ROWS and jax.default_backend() == "cpu" and available_t()
+
+
 def xla_dot(x, w):
     return jnp.matmul(x, w, preferred_element_type=jnp.float32)
+
+
+def xla_dot_t(x, wt):
+    return jnp.einsum("...k,nk->...n", x, wt, preferred_element_type=jnp.float32)
 
 
 @jax.custom_vjp
@@ -73,3 +94,40 @@ def _dot_bwd(res, g):
 
 
 dot.defvjp(_dot_fwd, _dot_bwd)
+
+
+@jax.custom_vjp
+def dot_t(x, wt):
+    """``x @ wt.T`` for x (..., K) and wt (N, K) of one dtype, summed and returned in fp32: on
+    ``cpu_gemv_t.cc`` when ``x`` has at most ``MAX_ROWS`` rows, else XLA's dot."""
+    if not used_for_t(x):
+        return xla_dot_t(x, wt)
+    call = jax.ffi.ffi_call(TARGET_T, jax.ShapeDtypeStruct((rows_of(x), wt.shape[0]), jnp.float32),
+                            vmap_method="sequential")
+    return call(x.reshape(-1, x.shape[-1]), wt).reshape(*x.shape[:-1], wt.shape[0])
+
+
+def _dot_t_fwd(x, wt):
+    return dot_t(x, wt), (x, wt)
+
+
+def _dot_t_bwd(res, g):
+    x, wt = res
+    g = g.astype(x.dtype)
+    dx = jnp.einsum("...n,nk->...k", g, wt, preferred_element_type=jnp.float32).astype(x.dtype)
+    dwt = jnp.einsum("...n,...k->nk", g, x, preferred_element_type=jnp.float32).astype(wt.dtype)
+    return dx, dwt
+
+
+dot_t.defvjp(_dot_t_fwd, _dot_t_bwd)
+
+
+def bf16_dot_instruction() -> bool:
+    """Whether ``dot_t``'s bf16 path runs on AVX512-BF16's dot product instruction here (else it
+    widens bf16 to fp32 in registers); False where the kernel is unavailable."""
+    if not available_t():
+        return False
+    import ctypes
+    from janusflow.kernels.build import AVX512, DECODING_KERNELS, compile_library
+    lib = ctypes.cdll.LoadLibrary(compile_library("cpu_decoding_kernels", DECODING_KERNELS, AVX512))
+    return bool(lib.JanusflowGemvTBf16Dot())

@@ -5,7 +5,9 @@ Why our own instead of `nnx.Linear` & co: every parameter must carry *logical ax
 onto the mesh, and the parameter layout must be obvious enough that importing the official
 PyTorch weights is a transpose, never a guess. Layouts:
 
-- ``Linear.kernel``: (in, out)          -- torch ``weight`` is (out, in)
+- ``Linear.kernel``: (in, out)          -- torch ``weight`` is (out, in); the decoders keep it
+  as ``Linear.kernel_t`` (out, in) instead (:func:`store_transposed`), a compute layout that
+  checkpoints refuse
 - ``Conv2d.kernel``: (kh, kw, in/groups, out), inputs NHWC -- torch is OIHW on NCHW
 - norms: ``scale`` (and ``bias``) of shape (C,)
 
@@ -132,6 +134,18 @@ def matmul(x, w, out_dtype=None, impl: str = "xla"):
     return einsum(f"{lead}i,io->{lead}o", x, w, out_dtype)
 
 
+def matmul_t(x, wt, out_dtype=None, impl: str = "xla"):
+    """``x @ wt.T`` for x (..., in) and wt (out, in), as :func:`matmul`; ``impl="gemv"`` runs the
+    few-row products on the transposed layout's kernel (``cpu_gemv.dot_t``), every other
+    ``impl`` XLA's dot."""
+    if impl == "gemv":
+        dtype = jnp.result_type(x, wt)
+        out = cpu_gemv.dot_t(x.astype(dtype), wt.astype(dtype))
+        return out.astype(dtype if out_dtype is None else out_dtype)
+    lead = "abcdefgh"[:x.ndim - 1]
+    return einsum(f"{lead}i,oi->{lead}o", x, wt, out_dtype)
+
+
 def dot_product_attention(q, k, v, mask=None):
     """softmax(q k^T / sqrt(hd)) v over q (B,T,H,hd), k/v (B,S,K,hd) with H % K == 0 (grouped
     queries share a key/value head), mask (B or 1, 1, T, S) bool (True = attend). The same math
@@ -171,10 +185,37 @@ class Linear(nnx.Module):
         if x.shape[-1] != self.in_features:
             raise ValueError(f"Linear expects last dim {self.in_features}, got shape {x.shape}")
         dtype = self.dtype or x.dtype
-        y = matmul(x.astype(dtype), self.kernel[...].astype(dtype), out_dtype or dtype, self.impl)
+        if self.transposed:
+            y = matmul_t(x.astype(dtype), self.kernel_t[...].astype(dtype), out_dtype or dtype, self.impl)
+        else:
+            y = matmul(x.astype(dtype), self.kernel[...].astype(dtype), out_dtype or dtype, self.impl)
         if self.bias is not None:
             y = y + self.bias[...].astype(dtype).astype(y.dtype)
         return y
+
+
+    @property
+    def transposed(self) -> bool:
+        """Whether the weights are kept as ``kernel_t`` (out, in) (:func:`store_transposed`)."""
+        return "kernel_t" in vars(self)
+
+
+def store_transposed(module: nnx.Module) -> None:
+    """Keep every :class:`Linear` inside ``module`` as ``kernel_t`` (out, in), in place: the
+    layout the decoders' few-row products stream fastest (``cpu_gemv.dot_t``). The same
+    products on every path; each old kernel is freed as it goes if nothing else holds it.
+    Checkpoints are written from (in, out) kernels: their parameter names refuse this layout."""
+    for _, m in nnx.iter_modules(module):
+        if isinstance(m, Linear) and not m.transposed:
+            k = m.kernel
+            meta = dict(k.get_metadata())
+            meta["axes"] = tuple(reversed(meta["axes"]))
+            m.kernel_t = nnx.Param(jnp.transpose(k[...]), **meta)
+            del m.kernel
+
+
+def has_transposed(module: nnx.Module) -> bool:
+    return any(isinstance(m, Linear) and m.transposed for _, m in nnx.iter_modules(module))
 
 
 def use_matmul(module: nnx.Module, impl: str) -> None:

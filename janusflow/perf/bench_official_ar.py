@@ -46,7 +46,7 @@ from janusflow.perf.bench_sample import random_model
 from janusflow.sample.ar_generate import (OFFICIAL_CFG_WEIGHT, OFFICIAL_TEMPERATURE, decode_codes, image_keys,
                                           sample_codes, uncond_prompt_ids)
 from janusflow.sample.generate import with_compute_dtype
-from janusflow.sample.layout import decoding_config
+from janusflow.sample.layout import decoding_config, decoding_layout
 
 MODELS = os.path.join("janus", "models")
 FILES = ("vq_model.py", "modeling_vlm.py", "projector.py")
@@ -219,29 +219,32 @@ def run(cfg: ModelConfig, batches=(1,), dtypes=("float32", "bfloat16"), num_toke
         ours, _ = with_compute_dtype(model32, cfg, dtype)
         if dtype == "bfloat16":
             ours = bf16_params(ours)
-        graphdefs = {}
+        graphs = {}
         for who, impl in zip(whos, impls):
             # the kernel is static: one graph each; the LLM and what each image token passes
-            # (as JanusPro builds it for ModelConfig.matmul_impl)
-            for part in (ours.language_model, ours.gen_aligner, ours.gen_head):
+            # (as JanusPro builds it for ModelConfig.matmul_impl), in the layout the sampler
+            # decodes with for that kernel (gemv: dense weights (out, in), sample/layout.py)
+            view = nnx.merge(*nnx.split(ours))
+            for part in (view.language_model, view.gen_aligner, view.gen_head):
                 use_matmul(part, impl)
-            use_attention(ours.language_model, "cpu_decode" if impl == "gemv" else cfg.attention_impl)
-            graphdefs[who], state = nnx.split(ours)
-        graphdef = graphdefs[whos[0]]
+            use_attention(view.language_model, "cpu_decode" if impl == "gemv" else cfg.attention_impl)
+            view, _ = decoding_layout(view, dataclasses.replace(cfg, matmul_impl=impl))
+            graphs[who] = nnx.split(view)
+        graphdef, state = graphs[whos[0]]
         official = OfficialARLoop(off, cfg, state_dict, dtype, decode) if off is not None else None
         for b in batches:
             ids = np.random.default_rng(b).integers(0, cfg.llm.vocab_size, (b, prompt_len), dtype=np.int32)
-            args = (state, jnp.asarray(ids), jnp.ones((b, prompt_len), bool), image_keys(0, range(b)),
+            rest = (jnp.asarray(ids), jnp.ones((b, prompt_len), bool), image_keys(0, range(b)),
                     jnp.float32(w), jnp.float32(temp), jnp.int32(pad_id))
             row = {"dtype": dtype, "batch": b}
             calls, dec_calls, step0 = {}, {}, {}
-            for who, g in graphdefs.items():
+            for who, (g, st) in graphs.items():
                 t0 = time.perf_counter()
-                prog = sample_codes.lower(g, *args, num_tokens=n).compile()
+                prog = sample_codes.lower(g, st, *rest, num_tokens=n).compile()
                 row[f"{who}_compile_s"] = time.perf_counter() - t0
-                codes = jax.block_until_ready(prog(*args))                                # warm-up
-                calls[who] = partial(lambda p: jax.block_until_ready(p(*args)), prog)
-                step0[who] = np.asarray(first_guided_logits(g, state, args[1], args[2], args[4], args[6]))
+                codes = jax.block_until_ready(prog(st, *rest))                            # warm-up
+                calls[who] = partial(lambda p, st: jax.block_until_ready(p(st, *rest)), prog, st)
+                step0[who] = np.asarray(first_guided_logits(g, st, rest[0], rest[1], rest[3], rest[5]))
             for who in whos[1:]:
                 row[f"{who}_step0_rel_diff_vs_{whos[0]}"] = rel_l2(step0[who], step0[whos[0]])
             if decode:

@@ -16,13 +16,13 @@ was sampled in.
 
 The loop runs the LLM one layer after the other on per-layer weights and a per-layer KV cache
 (``KVCache.init(per_layer=True)``, each layer's buffer updated in place): a model with stacked
-(scanned) layers is relaid out first (:func:`per_layer_model`). Under ``lax.scan`` XLA:CPU slices
+(scanned) layers is relaid out first (``layout.per_layer_model``). Under ``lax.scan`` XLA:CPU slices
 each layer's weights out of the stack into a fresh buffer before its matmuls, on every token;
 at batch 1 the step is matrix-vector products bound by reading the weights, and those copies
 made it ~1.5x slower. A stacked cache was likewise copied several times a token, which grows
 with the position. On CPU the step's products (2 rows per image) run on our AVX-512 kernel,
-which streams the weights where XLA's dot fell short (``layout.decoding_model``,
-experiments/janus_pro_speed.md, #26).
+which streams the weights where XLA's dot fell short, against the dense weights kept as
+(out, in) (``layout.decoding_model``, experiments/janus_pro_speed.md, #26).
 """
 
 from __future__ import annotations
@@ -78,8 +78,8 @@ def uncached_guided_logits(model, tokens, fed, weight: float, steps: int):
 def sample_codes(graphdef, state, ids, mask, image_keys, cfg_weight, temperature, pad_id, *,
                  num_tokens: int, mesh=None):
     """ids, mask (B, L) left-padded prompts ending in ``<begin_of_image>``; image_keys (B,)
-    PRNG keys -> image codes (B, num_tokens) int32. Runs any layout; fast with per-layer
-    weights (:func:`per_layer_model`)."""
+    PRNG keys -> image codes (B, num_tokens) int32. Runs any layout; fast in the decoders'
+    (``layout.decoding_layout``)."""
     model = nnx.merge(graphdef, state)
     lm = model.language_model
     b, length = ids.shape

@@ -5,9 +5,10 @@ That is the right layout for training and for whole-sequence passes, but inside 
 feeds one token per step XLA:CPU slices every layer's weights out of the stack into a fresh
 buffer on every token, and a step at small batch is bound by reading those weights
 (experiments/janus_pro_speed.md, #26). Both decoders (image tokens in ``ar_generate``, answers
-in ``chat``) therefore relay a scanned model out once, before their loops, and on CPU run the
-step's matrix-vector products and its attention over the cache on our AVX-512 kernels
-(:func:`decoding_model`).
+in ``chat``) therefore relay a scanned model out once, before their loops, and on CPU keep the
+dense layers' weights as (out, in) and run the step's matrix-vector products and its attention
+over the cache on our AVX-512 kernels (:func:`decoding_model`). Callers that decode repeatedly
+make that layout once (:func:`decoding_layout`) and keep it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from flax import nnx
 
 from janusflow.configs.schema import ModelConfig
 from janusflow.kernels import cpu_decode_attention, cpu_gemv
-from janusflow.models.layers import use_matmul
+from janusflow.models.layers import has_transposed, store_transposed, use_matmul
 from janusflow.models.llm import use_attention
 
 
@@ -51,12 +52,35 @@ def decoding_config(cfg: ModelConfig) -> ModelConfig:
     return cfg
 
 
+def transposes(cfg: ModelConfig) -> bool:
+    """Whether the decoders keep the dense layers' weights as (out, in) here: when their
+    products run on our kernel (:func:`decoding_config`), whose (out, in) form streams them
+    1.06-1.18x faster (experiments/janus_pro_speed.md)."""
+    return decoding_config(cfg).matmul_impl == "gemv" and cpu_gemv.available_t()
+
+
+def decoding_layout(model, cfg: ModelConfig):
+    """``(model, cfg)`` in the layout the decoders run: one block per layer
+    (:func:`per_layer_model`), and where :func:`transposes`, every dense layer's weights as
+    (out, in) (``layers.store_transposed``). The caller's model is unchanged; transposing copies
+    the dense layers' weights (freed with the old model), so callers that decode repeatedly make
+    this once and drop the model they had. Already in this layout: returned as is. Not for
+    training or saving: checkpoints refuse (out, in) weights."""
+    relaid, cfg = per_layer_model(model, cfg)
+    if not transposes(cfg) or has_transposed(relaid):
+        return relaid, cfg
+    # a model relaid out here is ours to change; the caller's gets a new module tree
+    out = relaid if relaid is not model else nnx.merge(*nnx.split(model))
+    store_transposed(out)
+    return out, cfg
+
+
 def decoding_model(model, cfg: ModelConfig):
-    """``(model, cfg)`` as the token-by-token loops run it: one block per layer
-    (:func:`per_layer_model`) on the kernels of :func:`decoding_config` (larger products and
-    the prefill stay on XLA inside them). A view: the same arrays, the caller's model
-    unchanged."""
-    model, cfg = per_layer_model(model, cfg)
+    """``(model, cfg)`` as the token-by-token loops run it: :func:`decoding_layout` on the
+    kernels of :func:`decoding_config` (larger products and the prefill stay on XLA inside
+    them). The caller's model unchanged; a view of it when it already is in the decoders'
+    layout (:func:`decoding_layout`), else a copy of its dense layers' weights for the call."""
+    model, cfg = decoding_layout(model, cfg)
     dcfg = decoding_config(cfg)
     if dcfg == cfg:
         return model, cfg
