@@ -176,13 +176,14 @@ class DemoSession:
         (or ``tokenizer``), the VAE it decodes with (see ``sample/run.py``)."""
         from janusflow.checkpoint import model_io
         from janusflow.sample import run
-        from janusflow.sample.layout import per_layer_model
+        from janusflow.sample.layout import decoding_layout
         path = model_io.resolve_checkpoint(checkpoint, log)
         tok = run.load_tokenizer(path, tokenizer)
         log(f"loading {path}")
         model, cfg = model_io.load_model(path, dtype)
-        # answers decode token by token: the per-layer layout (sample/layout.py), relaid out once
-        model, cfg = per_layer_model(model, cfg)
+        # answers (and Janus-Pro images) decode token by token: the decoders' layout
+        # (sample/layout.py), made once; XLA's full-sequence products run on it as fast
+        model, cfg = decoding_layout(model, cfg)
         needs_vae = cfg.gen_enabled or cfg.und.reads_latents
         vae_model = run.load_vae_for(cfg, path, vae, dtype) if needs_vae else None
         return cls(model, cfg, tok, vae_model, name=path, limits=limits)
