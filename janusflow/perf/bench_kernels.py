@@ -1,4 +1,6 @@
-"""``janusflow bench kernels``: the CPU decoding kernels against XLA's path, side by side.
+"""``janusflow bench kernels``: the CPU decoding kernels against XLA's path, side by side (the
+products on both weight layouts: (in, out) as models store them, (out, in) as the decoders keep
+them).
 
 A decoding step at batch 1 reads every weight once for a few multiply-adds, so what matters
 is how fast each path streams its operands: the products are reported in GB/s of weights read
@@ -17,26 +19,36 @@ from janusflow.kernels import cpu_decode_attention, cpu_gemv
 from janusflow.perf.peak import timed_alternately
 
 
-def compare(progs: dict, args: tuple, gbytes: float, repeats: int) -> dict:
-    """Both programs (``xla``, ``kernel``) on ``args``: median seconds, GB/s of ``gbytes`` read
-    and the kernel's relative L2 distance from XLA's output."""
-    out = {name: jax.block_until_ready(p(*args)) for name, p in progs.items()}
-    err = float(jnp.linalg.norm(out["kernel"] - out["xla"]) / jnp.linalg.norm(out["xla"]))
-    med = timed_alternately({name: (lambda p=p: jax.block_until_ready(p(*args))) for name, p in progs.items()}, repeats)
-    return {"seconds": med, "gb_per_s": {name: gbytes / s for name, s in med.items()}, "rel_l2": err}
+def compare(progs: dict, args: dict, gbytes: float, repeats: int) -> dict:
+    """The programs (``xla`` and the kernels), each on its ``args``: median seconds, GB/s of
+    ``gbytes`` read and each kernel's relative L2 distance from XLA's output (``rel_l2``: the
+    largest)."""
+    out = {name: jax.block_until_ready(p(*args[name])) for name, p in progs.items()}
+    errs = {name: float(jnp.linalg.norm(y - out["xla"]) / jnp.linalg.norm(out["xla"]))
+            for name, y in out.items() if name != "xla"}
+    med = timed_alternately({name: (lambda p=p, a=args[name]: jax.block_until_ready(p(*a)))
+                             for name, p in progs.items()}, repeats)
+    return {"seconds": med, "gb_per_s": {name: gbytes / s for name, s in med.items()},
+            "rel_l2_each": errs, "rel_l2": max(errs.values())}
 
 
 def line(dtype: str, r: dict) -> str:
     s, g = r["seconds"], r["gb_per_s"]
-    return (f"{dtype:>9}: XLA {1e3 * s['xla']:7.1f} ms ({g['xla']:5.1f} GB/s)   kernel {1e3 * s['kernel']:7.1f} ms "
-            f"({g['kernel']:5.1f} GB/s)   {s['xla'] / s['kernel']:.2f}x   rel. L2 {r['rel_l2']:.1e}")
+    parts = [f"{dtype:>9}: XLA {1e3 * s['xla']:7.1f} ms ({g['xla']:5.1f} GB/s)"]
+    for name in s:
+        if name != "xla":
+            parts.append(f"{name} {1e3 * s[name]:7.1f} ms ({g[name]:5.1f} GB/s) {s['xla'] / s[name]:.2f}x, "
+                         f"rel. L2 {r['rel_l2_each'][name]:.1e}")
+    return "   ".join(parts)
 
 
 def products(k: int, n: int, layers: int, rows: int, dtype: str, repeats: int) -> dict:
     """``layers`` products x (rows, k) @ w (k, n), each with its own weight (so none stays in
-    cache), by XLA's dot and by the kernel: {path: (seconds, GB/s of weights)}."""
+    cache), by XLA's dot, by the kernel on w (k, n) (``kernel``) and by the kernel on the weights
+    kept (n, k) as the decoders keep them (``kernel_t``, sample/layout.py)."""
     keys = jax.random.split(jax.random.key(0), layers + 1)
     ws = [jax.random.normal(kk, (k, n), jnp.float32).astype(dtype) for kk in keys[1:]]
+    wts = [jnp.asarray(w.T) for w in ws]
     x = jax.random.normal(keys[0], (rows, k), jnp.float32).astype(dtype)
 
     def chain(dot):
@@ -50,8 +62,9 @@ def products(k: int, n: int, layers: int, rows: int, dtype: str, repeats: int) -
             return acc
         return jax.jit(f)
 
-    progs = {"xla": chain(cpu_gemv.xla_dot), "kernel": chain(cpu_gemv.dot)}
-    return compare(progs, (x, ws), layers * k * n * jnp.dtype(dtype).itemsize / 1e9, repeats)
+    progs = {"xla": chain(cpu_gemv.xla_dot), "kernel": chain(cpu_gemv.dot), "kernel_t": chain(cpu_gemv.dot_t)}
+    args = {"xla": (x, ws), "kernel": (x, ws), "kernel_t": (x, wts)}
+    return compare(progs, args, layers * k * n * jnp.dtype(dtype).itemsize / 1e9, repeats)
 
 
 def attention(positions: int, layers: int, rows: int, heads: int, kv_heads: int, head_dim: int, dtype: str,
@@ -76,7 +89,7 @@ def attention(positions: int, layers: int, rows: int, heads: int, kv_heads: int,
 
     progs = {"xla": chain(cpu_decode_attention.xla_attend), "kernel": chain(cpu_decode_attention.attend)}
     gbytes = 2 * layers * rows * positions * kv_heads * head_dim * jnp.dtype(dtype).itemsize / 1e9
-    return compare(progs, (q, cache), gbytes, repeats)
+    return compare(progs, {name: (q, cache) for name in progs}, gbytes, repeats)
 
 
 def run(*, k: int = 2048, n: int = 5632, layers: int = 24, rows: int = 2, positions: int = 608, heads: int = 16,
@@ -88,7 +101,7 @@ def run(*, k: int = 2048, n: int = 5632, layers: int = 24, rows: int = 2, positi
     if rows > cpu_gemv.MAX_ROWS:
         raise SystemExit(f"janusflow bench kernels: --rows {rows}: the product kernel takes at most "
                          f"{cpu_gemv.MAX_ROWS} rows (more run on XLA's dot)")
-    missing = [name for name, ok in (("cpu_gemv", cpu_gemv.available()),
+    missing = [name for name, ok in (("cpu_gemv", cpu_gemv.available()), ("cpu_gemv_t", cpu_gemv.available_t()),
                                      ("cpu_decode_attention", cpu_decode_attention.available())) if not ok]
     if missing:
         raise SystemExit(f"janusflow bench kernels: {', '.join(missing)} cannot be used here (the line above says why)")
