@@ -6,7 +6,7 @@ compile; one file remains (atomic rename).
 
 The decoding kernels (``cpu_gemv.cc``, ``cpu_gemv_t.cc``, ``cpu_decode_attention.cc``) are built
 into one library so that they share one thread pool (``thread_pool.h``); ``bf16.h`` holds their bf16
-conversions."""
+conversions, ``product_ffi.h`` the product handlers' checks."""
 
 from __future__ import annotations
 

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "bf16.h"
+#include "product_ffi.h"
 #include "thread_pool.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -167,32 +168,10 @@ void Gemv(const T* a, const T* b, float* c, int64_t m, int64_t k, int64_t n) {
 }
 
 ffi::Error GemvHandler(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::Buffer<ffi::F32>> c) {
-  auto da = a.dimensions(), db = b.dimensions(), dc = c->dimensions();
-  if (da.size() != 2 || db.size() != 2 || dc.size() != 2)
-    return ffi::Error::InvalidArgument("janusflow_gemv: operands must be 2-D");
-  const int64_t m = da[0], k = da[1], n = db[1];
-  if (db[0] != k || dc[0] != m || dc[1] != n)
-    return ffi::Error::InvalidArgument("janusflow_gemv: shapes do not match");
-  if (a.element_type() != b.element_type())
-    return ffi::Error::InvalidArgument("janusflow_gemv: operand dtypes differ");
-  float* out = c->typed_data();
-  if (m == 0 || n == 0) return ffi::Error::Success();
-  if (k == 0) {
-    std::fill(out, out + m * n, 0.f);
-    return ffi::Error::Success();
-  }
-  switch (a.element_type()) {
-    case ffi::DataType::F32:
-      Gemv(static_cast<const float*>(a.untyped_data()), static_cast<const float*>(b.untyped_data()), out, m,
-           k, n);
-      return ffi::Error::Success();
-    case ffi::DataType::BF16:
-      Gemv(static_cast<const uint16_t*>(a.untyped_data()), static_cast<const uint16_t*>(b.untyped_data()),
-           out, m, k, n);
-      return ffi::Error::Success();
-    default:
-      return ffi::Error::InvalidArgument("janusflow_gemv: operands must be float32 or bfloat16");
-  }
+  return janusflow_product::Dispatch(
+      "janusflow_gemv", false, a, b, c,
+      [](const float* a, const float* b, float* c, int64_t m, int64_t k, int64_t n) { Gemv(a, b, c, m, k, n); },
+      [](const uint16_t* a, const uint16_t* b, float* c, int64_t m, int64_t k, int64_t n) { Gemv(a, b, c, m, k, n); });
 }
 
 }  // namespace

@@ -74,9 +74,13 @@ def dot(x, w):
     in fp32: on the kernel when ``x`` has at most ``MAX_ROWS`` rows, else XLA's dot."""
     if not used_for(x):
         return xla_dot(x, w)
-    call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((rows_of(x), w.shape[1]), jnp.float32),
-                            vmap_method="sequential")
-    return call(x.reshape(-1, x.shape[-1]), w).reshape(*x.shape[:-1], w.shape[1])
+    return kernel_call(TARGET, x, w, w.shape[1])
+
+
+def kernel_call(target: str, x, w, n: int):
+    """The FFI target on x (..., K) as one (rows, K) operand and ``w``: (..., n) fp32."""
+    call = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct((rows_of(x), n), jnp.float32), vmap_method="sequential")
+    return call(x.reshape(-1, x.shape[-1]), w).reshape(*x.shape[:-1], n)
 
 
 def _dot_fwd(x, w):
@@ -102,9 +106,7 @@ def dot_t(x, wt):
     ``cpu_gemv_t.cc`` when ``x`` has at most ``MAX_ROWS`` rows, else XLA's dot."""
     if not used_for_t(x):
         return xla_dot_t(x, wt)
-    call = jax.ffi.ffi_call(TARGET_T, jax.ShapeDtypeStruct((rows_of(x), wt.shape[0]), jnp.float32),
-                            vmap_method="sequential")
-    return call(x.reshape(-1, x.shape[-1]), wt).reshape(*x.shape[:-1], wt.shape[0])
+    return kernel_call(TARGET_T, x, wt, wt.shape[0])
 
 
 def _dot_t_fwd(x, wt):

@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <cstdlib>
 
+#include "product_ffi.h"
 #include "thread_pool.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -190,36 +191,17 @@ void GemvT(const T* a, const T* bt, float* c, int64_t m, int64_t k, int64_t n) {
 }
 
 ffi::Error GemvTHandler(ffi::AnyBuffer a, ffi::AnyBuffer bt, ffi::Result<ffi::Buffer<ffi::F32>> c) {
-  auto da = a.dimensions(), db = bt.dimensions(), dc = c->dimensions();
-  if (da.size() != 2 || db.size() != 2 || dc.size() != 2)
-    return ffi::Error::InvalidArgument("janusflow_gemv_t: operands must be 2-D");
-  const int64_t m = da[0], k = da[1], n = db[0];
-  if (db[1] != k || dc[0] != m || dc[1] != n)
-    return ffi::Error::InvalidArgument("janusflow_gemv_t: shapes do not match");
-  if (a.element_type() != bt.element_type())
-    return ffi::Error::InvalidArgument("janusflow_gemv_t: operand dtypes differ");
-  float* out = c->typed_data();
-  if (m == 0 || n == 0) return ffi::Error::Success();
-  if (k == 0) {
-    std::fill(out, out + m * n, 0.f);
-    return ffi::Error::Success();
-  }
-  switch (a.element_type()) {
-    case ffi::DataType::F32:
-      GemvT<Path::kF32>(static_cast<const float*>(a.untyped_data()), static_cast<const float*>(bt.untyped_data()),
-                        out, m, k, n);
-      return ffi::Error::Success();
-    case ffi::DataType::BF16:
-      if (HasBf16Dot())
-        GemvT<Path::kBf16Dot>(static_cast<const uint16_t*>(a.untyped_data()),
-                              static_cast<const uint16_t*>(bt.untyped_data()), out, m, k, n);
-      else
-        GemvT<Path::kBf16Widen>(static_cast<const uint16_t*>(a.untyped_data()),
-                                static_cast<const uint16_t*>(bt.untyped_data()), out, m, k, n);
-      return ffi::Error::Success();
-    default:
-      return ffi::Error::InvalidArgument("janusflow_gemv_t: operands must be float32 or bfloat16");
-  }
+  return janusflow_product::Dispatch(
+      "janusflow_gemv_t", true, a, bt, c,
+      [](const float* a, const float* bt, float* c, int64_t m, int64_t k, int64_t n) {
+        GemvT<Path::kF32>(a, bt, c, m, k, n);
+      },
+      [](const uint16_t* a, const uint16_t* bt, float* c, int64_t m, int64_t k, int64_t n) {
+        if (HasBf16Dot())
+          GemvT<Path::kBf16Dot>(a, bt, c, m, k, n);
+        else
+          GemvT<Path::kBf16Widen>(a, bt, c, m, k, n);
+      });
 }
 
 }  // namespace
