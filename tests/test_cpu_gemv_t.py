@@ -145,3 +145,26 @@ def test_decoding_layout_of_a_scanned_model():
     assert not ocfg.scan_layers and layers.has_transposed(out) and not layers.has_transposed(m)
     q = [mod for name, mod in nnx.iter_modules(out) if name[-1:] == ("q_proj",)]
     assert q and all(mod.transposed for mod in q)
+
+
+def test_decoders_layout_sharded_over_tensor_and_fsdp_axes_samples_the_same_codes():
+    """(out, in) weights carry their axis names reversed, so a tensor/fsdp mesh shards them along
+    the same logical axes; the AR sampler draws the single-device codes."""
+    _kernel_or_skip()
+    from janusflow.configs.schema import MeshConfig
+    from janusflow.parallel.mesh import make_mesh
+    from janusflow.perf.bench_sample import random_model
+    from janusflow.sample.ar_generate import generate_ar
+    from janusflow.sample.generate import split_for_mesh
+    from janusflow.sample.layout import decoding_layout
+    cfg = presets.tiny_janus_pro()
+    m, cfg = decoding_layout(random_model(cfg, std=0.3), cfg)
+    mesh = make_mesh(MeshConfig(data=1, fsdp=2, tensor=2), devices=jax.devices()[:4])
+    _, state = split_for_mesh(m, mesh)
+    up = state["language_model"]["layers"][0]["mlp"]["up_proj"]["kernel_t"]          # (mlp, embed)
+    assert up.sharding.spec[0] == "tensor" and up.sharding.spec[1] == "fsdp"
+    prompt = [1, 5, 6, 7, 9]
+    one = generate_ar(m, cfg, [prompt], num_samples=2, seed=4, return_codes=True)
+    sharded = generate_ar(m, cfg, [prompt], num_samples=2, seed=4, return_codes=True, mesh=mesh)
+    np.testing.assert_array_equal(one, sharded)
+    assert len(np.unique(one)) > 3
