@@ -6,9 +6,9 @@
 // contiguous row of Bt, so a thread streams a few long rows at a time, keeps its sums in
 // registers for the whole row and writes each output once: no partial sums in memory and no
 // second pass to add them up across threads. At Janus-Pro-1B's widths (a token's 2.5 GB of bf16
-// weights, 2 rows) that streams 1.06-1.18x faster than the (K, N) kernel on this machine
-// (experiments/janus_pro_speed.md); the decoders store their weights this way
-// (sample/layout.py).
+// weights, 2 rows) that streams 1.13-1.23x faster than the (K, N) kernel on this machine (1.05x
+// on the whole AR loop; experiments/janus_pro_speed.md); the decoders keep their weights this
+// way (sample/layout.py).
 //
 // Threads (thread_pool.h) own contiguous ranges of Bt's rows and take R of them at a time. bf16
 // uses AVX512-BF16's dot product instruction where the CPU has it (each pair of products exact

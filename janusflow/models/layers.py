@@ -193,7 +193,6 @@ class Linear(nnx.Module):
             y = y + self.bias[...].astype(dtype).astype(y.dtype)
         return y
 
-
     @property
     def transposed(self) -> bool:
         """Whether the weights are kept as ``kernel_t`` (out, in) (:func:`store_transposed`)."""
@@ -213,12 +212,13 @@ def store_transposed(module: nnx.Module) -> None:
             k = m.kernel
             meta = dict(k.get_metadata())
             meta["axes"] = tuple(reversed(meta["axes"]))
-            # compiled and one at a time: eager transposes of a 1B model took 3.5x as long
+            # compiled, one at a time: eager ones took 14.5 s instead of 10.5 s for the 1B model in fp32
             m.kernel_t = nnx.Param(jax.block_until_ready(_transpose(k[...])), **meta)
             del m.kernel
 
 
 def has_transposed(module: nnx.Module) -> bool:
+    """Whether any :class:`Linear` inside ``module`` keeps ``kernel_t`` (out, in)."""
     return any(isinstance(m, Linear) and m.transposed for _, m in nnx.iter_modules(module))
 
 
