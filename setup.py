@@ -9,7 +9,8 @@ setup(
     package_data={"janusflow.eval": ["geneval_data/*.jsonl", "geneval_data/*.txt",
                                      "geneval_data/LICENSE", "geneval_data/README.md"],
                   # the CPU kernels' handlers, compiled on first use (kernels/build.py)
-                  "janusflow.kernels": ["cpu_gemm.cc", "cpu_gemv.cc", "cpu_gemv_t.cc", "cpu_decode_attention.cc", "thread_pool.h",
+                  "janusflow.kernels": ["cpu_gemm.cc", "cpu_gemv.cc", "cpu_gemv_t.cc", "cpu_gemv_packed.cc",
+                                        "cpu_decode_attention.cc", "thread_pool.h",
                                         "bf16.h", "product_ffi.h"]},
     python_requires=">=3.10",
     install_requires=[

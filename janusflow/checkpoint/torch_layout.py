@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from janusflow.models.layers import PackedWeight
+
 # name -> (torch array -> ours, ours -> torch array)
 TRANSFORMS: dict[str, tuple[Callable, Callable]] = {
     "plain": (lambda a: a, lambda a: a),
@@ -100,7 +102,12 @@ class LayerSlice:
 
 def refuse_decoding_layout(module) -> None:
     """Checkpoints hold dense kernels as (in, out): a model whose ``Linear`` weights the decoders
-    keep as ``kernel_t`` (out, in) (``sample/layout.decoding_layout``) is refused, by name."""
+    keep as ``kernel_t`` (out, in) or packed (``sample/layout.decoding_layout``) is refused,
+    naming the first such weight."""
+    for k, _ in nnx.to_flat_state(nnx.state(module, PackedWeight)):
+        raise CheckpointMismatch(
+            f"{'.'.join(map(str, k))}: this model is in the decoders' layout (dense weights packed in 12 bits); "
+            f"save or export the model it was made from")
     for k, _ in nnx.to_flat_state(nnx.state(module, nnx.Param)):
         if k[-1] == "kernel_t":
             raise CheckpointMismatch(

@@ -4,7 +4,8 @@ by a hash of the sources, the headers here, jax's version, the flags and the com
 is no build step at install and a changed source or jax is rebuilt. Concurrent first uses each
 compile; one file remains (atomic rename).
 
-The decoding kernels (``cpu_gemv.cc``, ``cpu_gemv_t.cc``, ``cpu_decode_attention.cc``) are built
+The decoding kernels (``cpu_gemv.cc``, ``cpu_gemv_t.cc``, ``cpu_gemv_packed.cc``,
+``cpu_decode_attention.cc``) are built
 into one library so that they share one thread pool (``thread_pool.h``); ``bf16.h`` holds their bf16
 conversions, ``product_ffi.h`` the product handlers' checks."""
 
@@ -72,7 +73,7 @@ def compile_library(name: str, sources: list[str], flags: list[str]) -> str:
 
 
 AVX512 = ["-O3", "-mavx512f", "-mavx512bw", "-pthread"]
-DECODING_KERNELS = ["cpu_gemv.cc", "cpu_gemv_t.cc", "cpu_decode_attention.cc"]
+DECODING_KERNELS = ["cpu_gemv.cc", "cpu_gemv_t.cc", "cpu_gemv_packed.cc", "cpu_decode_attention.cc"]
 
 
 def register_avx512(name: str, handler: str, target: str, fallback: str) -> bool:

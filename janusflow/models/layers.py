@@ -6,8 +6,8 @@ onto the mesh, and the parameter layout must be obvious enough that importing th
 PyTorch weights is a transpose, never a guess. Layouts:
 
 - ``Linear.kernel``: (in, out)          -- torch ``weight`` is (out, in); the decoders keep it
-  as ``Linear.kernel_t`` (out, in) instead (:func:`store_transposed`), a compute layout that
-  checkpoints refuse
+  as ``Linear.kernel_t`` (out, in) instead (:func:`store_transposed`), and bf16 ones packed in
+  12 bits as ``Linear.kernel_p`` (:func:`store_packed`): compute layouts that checkpoints refuse
 - ``Conv2d.kernel``: (kh, kw, in/groups, out), inputs NHWC -- torch is OIHW on NCHW
 - norms: ``scale`` (and ``bias``) of shape (C,)
 
@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from janusflow.kernels import cpu_gemm, cpu_gemv
+from janusflow.kernels import cpu_gemm, cpu_gemv, cpu_gemv_packed
 
 Axes = tuple
 
@@ -146,6 +146,16 @@ def matmul_t(x, wt, out_dtype=None, impl: str = "xla"):
     return einsum(f"{lead}i,oi->{lead}o", x, wt, out_dtype)
 
 
+def matmul_packed(x, p, out_dtype=None, impl: str = "xla"):
+    """``x @ w.T`` for x (..., in) and w (out, in) packed in 12 bits (``cpu_gemv_packed``), as
+    :func:`matmul_t`: ``impl="gemv"`` runs the few-row bf16 products on the packed kernel, every
+    other product on XLA's dot over the unpacked weights."""
+    if impl == "gemv":
+        out = cpu_gemv_packed.dot(x, p)
+        return out.astype(x.dtype if out_dtype is None else out_dtype)
+    return matmul_t(x, cpu_gemv_packed.unpack(p).astype(x.dtype), out_dtype, impl)
+
+
 def dot_product_attention(q, k, v, mask=None):
     """softmax(q k^T / sqrt(hd)) v over q (B,T,H,hd), k/v (B,S,K,hd) with H % K == 0 (grouped
     queries share a key/value head), mask (B or 1, 1, T, S) bool (True = attend). The same math
@@ -185,7 +195,9 @@ class Linear(nnx.Module):
         if x.shape[-1] != self.in_features:
             raise ValueError(f"Linear expects last dim {self.in_features}, got shape {x.shape}")
         dtype = self.dtype or x.dtype
-        if self.transposed:
+        if self.packed:
+            y = matmul_packed(x.astype(dtype), self.kernel_p.get_value(), out_dtype or dtype, self.impl)
+        elif self.transposed:
             y = matmul_t(x.astype(dtype), self.kernel_t[...].astype(dtype), out_dtype or dtype, self.impl)
         else:
             y = matmul(x.astype(dtype), self.kernel[...].astype(dtype), out_dtype or dtype, self.impl)
@@ -198,6 +210,16 @@ class Linear(nnx.Module):
         """Whether the weights are kept as ``kernel_t`` (out, in) (:func:`store_transposed`)."""
         return "kernel_t" in vars(self)
 
+    @property
+    def packed(self) -> bool:
+        """Whether the weights are kept packed in 12 bits as ``kernel_p`` (:func:`store_packed`)."""
+        return "kernel_p" in vars(self)
+
+
+class PackedWeight(nnx.Variable):
+    """A ``cpu_gemv_packed.PackedWeights`` (a tuple of arrays): not a ``Param``, so nothing that
+    trains, shards or saves parameters takes it for one; checkpoints refuse it by type."""
+
 
 _transpose = jax.jit(jnp.transpose)
 
@@ -208,7 +230,7 @@ def store_transposed(module: nnx.Module) -> None:
     products on every path; each old kernel is freed as it goes if nothing else holds it.
     Checkpoints are written from (in, out) kernels: their parameter names refuse this layout."""
     for _, m in nnx.iter_modules(module):
-        if isinstance(m, Linear) and not m.transposed:
+        if isinstance(m, Linear) and not m.transposed and not m.packed:
             k = m.kernel
             meta = dict(k.get_metadata())
             meta["axes"] = tuple(reversed(meta["axes"]))
@@ -218,8 +240,25 @@ def store_transposed(module: nnx.Module) -> None:
 
 
 def has_transposed(module: nnx.Module) -> bool:
-    """Whether any :class:`Linear` inside ``module`` keeps ``kernel_t`` (out, in)."""
-    return any(isinstance(m, Linear) and m.transposed for _, m in nnx.iter_modules(module))
+    """Whether any :class:`Linear` inside ``module`` keeps ``kernel_t`` (out, in) or ``kernel_p``."""
+    return any(isinstance(m, Linear) and (m.transposed or m.packed) for _, m in nnx.iter_modules(module))
+
+
+def store_packed(module: nnx.Module) -> int:
+    """Keep every transposed :class:`Linear` inside ``module`` whose ``kernel_t`` is bf16 on one
+    device with in-features a multiple of 64 (``cpu_gemv_packed.packable``) packed in 12 bits
+    as ``kernel_p``, in place; returns how many. Lossless (``cpu_gemv_packed.unpack`` gives the
+    weights back bit for bit); each ``kernel_t`` is freed as it goes if nothing else holds it.
+    Sharded weights stay as they are: the kernel runs on one device's whole matrix."""
+    done = 0
+    for _, m in nnx.iter_modules(module):
+        if isinstance(m, Linear) and m.transposed:
+            k = m.kernel_t[...]
+            if cpu_gemv_packed.packable(k) and len(k.sharding.device_set) == 1:
+                m.kernel_p = PackedWeight(cpu_gemv_packed.pack(k))
+                del m.kernel_t
+                done += 1
+    return done
 
 
 def use_matmul(module: nnx.Module, impl: str) -> None:

@@ -117,8 +117,12 @@ def spec_for(axes, shape, mesh: Mesh, rules=RULES) -> P:
 def param_shardings(abstract_state: nnx.State, mesh: Mesh, rules=RULES):
     """A pure-dict tree of NamedSharding matching ``nnx.to_pure_dict(abstract_state)``."""
     def one(v):
-        axes = v.get_metadata().get("axes") or (None,) * len(v.get_value().shape)
-        return NamedSharding(mesh, spec_for(axes, v.get_value().shape, mesh, rules))
+        value = v.get_value()
+        if not hasattr(value, "ndim"):
+            # a tuple of arrays (packed weights, layers.PackedWeight): each whole on every device
+            return jax.tree.map(lambda _: NamedSharding(mesh, P()), value)
+        axes = v.get_metadata().get("axes") or (None,) * value.ndim
+        return NamedSharding(mesh, spec_for(axes, value.shape, mesh, rules))
     shardings = jax.tree.map(one, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
     return nnx.to_pure_dict(shardings)
 
