@@ -10,8 +10,8 @@ setup(
                                      "geneval_data/LICENSE", "geneval_data/README.md"],
                   # the CPU kernels' handlers, compiled on first use (kernels/build.py)
                   "janusflow.kernels": ["cpu_gemm.cc", "cpu_gemv.cc", "cpu_gemv_t.cc", "cpu_gemv_packed.cc",
-                                        "cpu_decode_attention.cc", "thread_pool.h",
-                                        "bf16.h", "product_ffi.h"]},
+                                        "cpu_decode_attention.cc", "cpu_decode_block.cc", "thread_pool.h",
+                                        "bf16.h", "product_ffi.h", "decode_attention.h", "gemv_packed.h"]},
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.10",

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from janusflow.cli import main as cli
-from janusflow.kernels import cpu_decode_attention, cpu_gemv
+from janusflow.kernels import cpu_decode_attention, cpu_gemv, cpu_gemv_packed
 
 SMALL = ["bench", "kernels", "--k", "128", "--n", "192", "--layers", "2", "--positions", "24", "--heads", "4",
          "--kv-heads", "2", "--head-dim", "16", "--repeats", "2"]
@@ -22,6 +22,8 @@ def test_times_both_paths_and_checks_the_outputs(capsys):
     assert set(out) == {"products_bfloat16", "products_float32", "attention_bfloat16", "attention_float32"}
     for name, r in out.items():
         kernels = {"kernel", "kernel_t"} if name.startswith("products") else {"kernel"}
+        if name == "products_bfloat16" and cpu_gemv_packed.available():  # k = 128: packable
+            kernels.add("packed")
         assert set(r["seconds"]) == {"xla"} | kernels and set(r["rel_l2_each"]) == kernels
         assert all(s > 0 for s in r["seconds"].values())
         for k, err in r["rel_l2_each"].items():

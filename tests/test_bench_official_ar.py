@@ -136,6 +136,22 @@ def test_compare_official_ar_times_each_matmul_kernel(monkeypatch, capsys):
         bench_official_ar.run(_tiny(), num_tokens=3, matmul_impls=("cublas",), log=lambda m: None)
 
 
+def test_compare_official_ar_times_packed_beside_unpacked_weights(monkeypatch):
+    """``gemv_unpacked``: the gemv run with bf16 weights left unpacked (``decoding_layout(pack=
+    False)``), timed in the same run as the packed one; packing is lossless, so both start from
+    the same logits up to the kernels' summation order."""
+    from janusflow.kernels import cpu_gemv_packed
+    from janusflow.perf import bench_official_ar
+    monkeypatch.setattr(bench_official_ar, "load_official_ar", lambda src: (_stand_ins(), None))
+    log = []
+    row = bench_official_ar.run(_tiny(), batches=(1,), dtypes=("bfloat16",), num_tokens=3, repeats=1, prompt_len=4,
+                                matmul_impls=("gemv", "gemv_unpacked"), log=log.append)["rows"][0]
+    assert "matmul gemv, gemv_unpacked " in log[0]
+    assert row["speedup_ours_gemv"] > 0 and row["speedup_ours_gemv_unpacked"] > 0
+    if cpu_gemv_packed.available():
+        assert row["ours_gemv_unpacked_step0_rel_diff_vs_ours_gemv"] < 1e-2
+
+
 def test_official_vq_sizes_come_from_our_config():
     """The full-image comparison of a released-size model failed with KeyError 'z_channels': the
     official VQ was built from config.json, which omits VQ-16's own sizes. They come from our

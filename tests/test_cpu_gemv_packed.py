@@ -77,7 +77,9 @@ def test_pack_refuses_what_it_cannot_hold():
 # (rows of x, k, n): row groups of 4 / 2 / 1 and their remainders, one thread (n < 128) or two,
 # leading axes
 SHAPES = [((1, 64), 64), ((2, 2048), 322), ((2, 128), 201), ((3, 192), 67), ((4, 64), 130),
-          ((5, 256), 9), ((8, 128), 70), ((2, 1, 64), 129), ((3, 2, 128), 191)]
+          ((5, 256), 9), ((8, 128), 70), ((2, 1, 64), 129), ((3, 2, 128), 191),
+          # prompts: tiles of 64 rows of w against 8 rows of x at a time, remainders of both
+          ((9, 128), 200), ((2, 37, 64), 331), ((packed.MAX_ROWS, 64), 70)]
 
 
 @pytest.mark.parametrize("shape_x,n", SHAPES)
@@ -133,7 +135,7 @@ def test_other_products_run_on_xla_over_the_unpacked_weights():
     _kernel_or_skip()
     w = _weights(2, 48, 128)
     p = packed.pack(w)
-    for x in (jax.random.normal(jax.random.key(0), (cpu_gemv.MAX_ROWS + 1, 128)).astype(jnp.bfloat16),
+    for x in (jax.random.normal(jax.random.key(0), (packed.MAX_ROWS + 1, 128)).astype(jnp.bfloat16),
               jax.random.normal(jax.random.key(0), (2, 128), jnp.float32)):
         assert not _uses_kernel(packed.dot, x, p)
         np.testing.assert_array_equal(jax.jit(packed.dot)(x, p), jax.jit(cpu_gemv.xla_dot_t)(x, w.astype(x.dtype)))

@@ -128,7 +128,9 @@ def register(sub) -> None:
                    help="with --compare-official: compute dtypes")
     p.add_argument("--matmul-impls", type=lambda s: tuple(s.split(",")), default=None, metavar="xla,gemv",
                    help="with --compare-official: time ours with each dense-layer matmul kernel "
-                        "(ModelConfig.matmul_impl: xla, vendor, gemv)")
+                        "(ModelConfig.matmul_impl: xla, vendor, gemv; image-token models also gemv_unpacked: "
+                        "gemv with bf16 weights not packed in 12 bits, gemv_unfused: gemv with each LLM "
+                        "block's products and attention as separate calls)")
     p.add_argument("--image-tokens", type=int, default=None, metavar="N",
                    help="with --compare-official, image-token (Janus-Pro) models: sample N image tokens in both "
                         "loops (default: the full grid, 576 at 384 px)")

@@ -192,7 +192,7 @@ class VQConfig:
 # tokens predicted autoregressively, models/janus_pro.py): ModelConfig.family, the generation
 # head's (``model.gen_head`` is the switch).
 FAMILIES = families()
-ATTENTION_IMPLS = ("xla", "cudnn", "auto", "splash", "cpu_decode")
+ATTENTION_IMPLS = ("xla", "cudnn", "auto", "splash", "cpu_decode", "cpu_block")
 MATMUL_IMPLS = ("xla", "vendor", "gemv")
 
 
@@ -227,8 +227,9 @@ class ModelConfig:
     scan_layers: bool = False
     # "xla" (default; layers.dot_product_attention: fp32 accumulation, the fast bf16 path on CPU),
     # "cudnn" (GPU flash attention), "auto" (jax picks), "splash" (the Pallas kernel on TPU,
-    # models/attention.py), "cpu_decode" (decoding steps on our AVX-512 kernel, else "xla"; the
-    # decoders choose it on CPU)
+    # models/attention.py), "cpu_decode" (decoding steps on our AVX-512 kernel, else "xla"),
+    # "cpu_block" (as "cpu_decode", and LLM blocks with packed weights run a decoding step as one
+    # call, kernels/cpu_decode_block.py; the decoders choose it on CPU)
     attention_impl: str = "xla"
     # The LLM's and SigLIP's dense layers: "xla" (XLA's dot), "vendor" (Intel MKL's GEMM as a
     # CPU custom call, janusflow/kernels/cpu_gemm.py; XLA's dot off CPU or without MKL/g++) or

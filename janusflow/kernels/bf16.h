@@ -1,9 +1,23 @@
-// bf16 <-> fp32 scalar conversions shared by the decoding kernels (bf16 travels as uint16_t).
+// bf16 <-> fp32 scalar conversions shared by the decoding kernels (bf16 travels as uint16_t),
+// and whether they take AVX512-BF16's dot product instruction.
 #pragma once
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 
 namespace janusflow_bf16 {
+
+// Whether this CPU has AVX512-BF16's dot product instruction; JANUSFLOW_GEMV_WIDEN_BF16=1 says
+// no on any CPU (tests of the widening paths).
+inline bool HasDotInstruction() {
+  static const bool has = [] {
+    const char* widen = std::getenv("JANUSFLOW_GEMV_WIDEN_BF16");
+    if (widen && widen[0] == '1') return false;
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512bf16") != 0;
+  }();
+  return has;
+}
 
 inline float FromBf16(uint16_t h) {
   const uint32_t u = static_cast<uint32_t>(h) << 16;

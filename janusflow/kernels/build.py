@@ -5,9 +5,10 @@ is no build step at install and a changed source or jax is rebuilt. Concurrent f
 compile; one file remains (atomic rename).
 
 The decoding kernels (``cpu_gemv.cc``, ``cpu_gemv_t.cc``, ``cpu_gemv_packed.cc``,
-``cpu_decode_attention.cc``) are built
-into one library so that they share one thread pool (``thread_pool.h``); ``bf16.h`` holds their bf16
-conversions, ``product_ffi.h`` the product handlers' checks."""
+``cpu_decode_attention.cc``, ``cpu_decode_block.cc``) are built into one library so that they
+share one thread pool (``thread_pool.h``); ``bf16.h`` holds their bf16 conversions,
+``product_ffi.h`` the product handlers' checks, ``gemv_packed.h`` and ``decode_attention.h`` the
+packed products and the attention that the block kernel runs too."""
 
 from __future__ import annotations
 
@@ -73,7 +74,8 @@ def compile_library(name: str, sources: list[str], flags: list[str]) -> str:
 
 
 AVX512 = ["-O3", "-mavx512f", "-mavx512bw", "-pthread"]
-DECODING_KERNELS = ["cpu_gemv.cc", "cpu_gemv_t.cc", "cpu_gemv_packed.cc", "cpu_decode_attention.cc"]
+DECODING_KERNELS = ["cpu_gemv.cc", "cpu_gemv_t.cc", "cpu_gemv_packed.cc", "cpu_decode_attention.cc",
+                    "cpu_decode_block.cc"]
 
 
 def register_avx512(name: str, handler: str, target: str, fallback: str) -> bool:

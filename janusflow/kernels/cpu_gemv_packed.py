@@ -11,8 +11,9 @@ for bit (:func:`unpack` restores them), 25% fewer bytes read per token
 (experiments/janus_pro_speed.md).
 
 :func:`dot` is ``x @ w.T`` for ``w`` (out, in) packed: on the kernel when ``x`` is bf16 with at
-most ``cpu_gemv.MAX_ROWS`` rows, else XLA's dot on the unpacked weights (the prefill, other
-dtypes, other backends). Forward only: the decoders' layout is not trained.
+most :data:`MAX_ROWS` rows (decoding steps and prompts), else XLA's dot on the unpacked
+weights (long sequences, other dtypes, other backends). Forward only: the decoders' layout is
+not trained.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ from janusflow.kernels.build import register_avx512
 TARGET = "janusflow_gemv_packed"
 BLOCK = 64          # columns decoded at once; the in-features must be a multiple
 EXCEPTION = 15      # the code of a weight kept in the exception list
+# Up to this many rows of x (a decoding step, a prompt) the kernel beats XLA's dot on the
+# unpacked weights, which it must unpack first (2048 x 5632: 64 rows 3.6 vs 17.9 ms, 256 rows
+# 13.0 vs 21.4, 1024 rows 54 vs 42; experiments/janus_pro_speed.md)
+MAX_ROWS = 256
 
 # storage position -> column within a block of 64: what AVX-512's per-lane byte interleave
 # (unpacklo / unpackhi) turns into columns 0..31 / 32..63 (cpu_gemv_packed.cc)
@@ -126,7 +131,7 @@ def unpack(p: PackedWeights):
 
 def used_for(x) -> bool:
     """Whether a product with this ``x`` runs on the kernel (decided at trace time)."""
-    return (x.dtype == jnp.bfloat16 and cpu_gemv.rows_of(x) <= cpu_gemv.MAX_ROWS
+    return (x.dtype == jnp.bfloat16 and cpu_gemv.rows_of(x) <= MAX_ROWS
             and jax.default_backend() == "cpu" and available())
 
 

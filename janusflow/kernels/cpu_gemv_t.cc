@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <cstdlib>
 
+#include "bf16.h"
 #include "product_ffi.h"
 #include "thread_pool.h"
 #include "xla/ffi/api/ffi.h"
@@ -29,16 +30,6 @@ namespace {
 
 constexpr int kPrefetchBytes = 512;  // ahead in each streamed row
 
-// JANUSFLOW_GEMV_WIDEN_BF16=1 takes the widening path on any CPU (tests of that path).
-bool HasBf16Dot() {
-  static const bool has = [] {
-    const char* widen = std::getenv("JANUSFLOW_GEMV_WIDEN_BF16");
-    if (widen && widen[0] == '1') return false;
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512bf16") != 0;
-  }();
-  return has;
-}
 
 // R rows of Bt at once: the M x R sums plus M rows of A and one vector of Bt fit the 32 registers.
 template <int M>
@@ -197,7 +188,7 @@ ffi::Error GemvTHandler(ffi::AnyBuffer a, ffi::AnyBuffer bt, ffi::Result<ffi::Bu
         GemvT<Path::kF32>(a, bt, c, m, k, n);
       },
       [](const uint16_t* a, const uint16_t* bt, float* c, int64_t m, int64_t k, int64_t n) {
-        if (HasBf16Dot())
+        if (janusflow_bf16::HasDotInstruction())
           GemvT<Path::kBf16Dot>(a, bt, c, m, k, n);
         else
           GemvT<Path::kBf16Widen>(a, bt, c, m, k, n);
@@ -212,7 +203,7 @@ extern "C" int JanusflowGemvTSupported() {
 }
 
 // Which bf16 path this CPU takes (tests and benchmarks report it).
-extern "C" int JanusflowGemvTBf16Dot() { return HasBf16Dot(); }
+extern "C" int JanusflowGemvTBf16Dot() { return janusflow_bf16::HasDotInstruction(); }
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JanusflowGemvT, GemvTHandler,
                               ffi::Ffi::Bind()

@@ -24,7 +24,9 @@ The masks the models build, and how splash expresses each one exactly:
 
 ``"cpu_decode"``: steps of one query position over a KV cache on our AVX-512 kernel
 (:mod:`janusflow.kernels.cpu_decode_attention`, the same arithmetic as the XLA path), all else
-as ``"xla"``. The decoders pick it on CPU (``sample/layout.decoding_model``).
+as ``"xla"``. ``"cpu_block"``: the same, except that an LLM block whose weights are packed in 12
+bits runs a step of one position as one custom call (:mod:`janusflow.kernels.cpu_decode_block`,
+``llm.Block``). The decoders pick one of them on CPU (``sample/layout.decoding_config``).
 
 Under :func:`~janusflow.parallel.rules.activation_sharding` (the train step) splash runs per
 shard: ``shard_map`` over the batch and head axes the activation rules give q/k/v, with the
@@ -105,11 +107,11 @@ def attend(q, k, v, mask=None, impl: str = "xla", axes=LLM_AXES):
             return splash_attention(q, k, v, None, causal=False, axes=axes)
     if isinstance(mask, CausalPaddingMask):
         mask = mask.dense()
-    if impl == "cpu_decode" and cpu_decode_attention.used_for(q, k, v):
+    if impl in ("cpu_decode", "cpu_block") and cpu_decode_attention.used_for(q, k, v):
         b, s = q.shape[0], k.shape[1]
         valid = jnp.ones((b, s), bool) if mask is None else jnp.broadcast_to(mask, (b, 1, 1, s))[:, 0, 0]
         return cpu_decode_attention.attend(q, k, v, valid)
-    if impl in ("xla", "splash", "cpu_decode"):   # fp32 accumulation: XLA:CPU's fast bf16 path (layers.py)
+    if impl in ("xla", "splash", "cpu_decode", "cpu_block"):   # fp32 accumulation: XLA:CPU's fast bf16 path (layers.py)
         return dot_product_attention(q, k, v, mask)
     return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=None if impl == "auto" else impl)
 

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from janusflow.configs.schema import LLMConfig
+from janusflow.kernels import cpu_decode_block
 from janusflow.models import remat as remat_lib
 from janusflow.models.attention import CausalPaddingMask, attend, causal_padding_mask
 from janusflow.models.layer_stack import scan_layers, stack_layers
@@ -69,13 +70,17 @@ class LLMOutput(NamedTuple):
     cache: Optional[KVCache]
 
 
-def rope(x, positions, theta: float):
-    """Rotary embedding, HF "rotate_half" layout: x (B, T, H, hd), positions (B, T)."""
-    hd = x.shape[-1]
+def rope_angles(positions, hd: int, theta: float):
+    """(cos, sin) of the rotary angles, (B, T, hd) fp32 for positions (B, T)."""
     inv_freq = 1.0 / (theta ** (jnp.arange(0, hd, 2, dtype=jnp.float32) / hd))
     ang = positions.astype(jnp.float32)[..., None] * inv_freq            # (B, T, hd/2)
-    ang = jnp.concatenate([ang, ang], axis=-1)[:, :, None, :]            # (B, T, 1, hd)
-    cos, sin = jnp.cos(ang), jnp.sin(ang)
+    ang = jnp.concatenate([ang, ang], axis=-1)                           # (B, T, hd)
+    return jnp.cos(ang), jnp.sin(ang)
+
+
+def rope(x, positions, theta: float):
+    """Rotary embedding, HF "rotate_half" layout: x (B, T, H, hd), positions (B, T)."""
+    cos, sin = (a[:, :, None, :] for a in rope_angles(positions, x.shape[-1], theta))
     x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
     rotated = jnp.concatenate([-x2, x1], axis=-1)
     return (x.astype(jnp.float32) * cos + rotated * sin).astype(x.dtype)
@@ -147,10 +152,35 @@ class Block(nnx.Module):
         self.mlp = MLP(cfg, rngs=rngs, dtype=dtype)
 
     def __call__(self, x, positions, mask, cache_kv=None, start=None):
+        if cache_kv is not None and self.self_attn.impl == "cpu_block":
+            weights = self.packed_weights()
+            if weights is not None and cpu_decode_block.used_for(x, cache_kv[0], weights):
+                return self.decode_step(x, positions, mask, cache_kv, start, weights)
         h, new_kv = self.self_attn(self.input_layernorm(x), positions, mask, cache_kv, start)
         x = constrain(x + h, RESIDUAL)
         x = constrain(x + self.mlp(self.post_attention_layernorm(x)), RESIDUAL)
         return x, new_kv
+
+    def packed_weights(self):
+        """The seven weights q, k, v, o, gate, up, down if all are packed in 12 bits
+        (``layers.store_packed``) and bias-free, else None."""
+        a, m = self.self_attn, self.mlp
+        linears = (a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj)
+        if not all(lin.packed and lin.bias is None for lin in linears):
+            return None
+        return [lin.kernel_p.get_value() for lin in linears]
+
+    def decode_step(self, x, positions, mask, cache_kv, start, weights):
+        """This block for one position as one custom call (``kernels/cpu_decode_block.py``),
+        the keys/values written into the cache in place."""
+        c = self.self_attn.cfg
+        b, s = x.shape[0], cache_kv[0].shape[1]
+        cos, sin = rope_angles(positions, c.dim_per_head, c.rope_theta)
+        valid = jnp.broadcast_to(mask, (b, 1, 1, s))[:, 0, 0]
+        y, ck, cv = cpu_decode_block.block(
+            x, self.input_layernorm.scale[...], self.post_attention_layernorm.scale[...], cos[:, 0], sin[:, 0],
+            valid, start, cache_kv[0], cache_kv[1], weights, eps=self.input_layernorm.eps, heads=c.num_heads)
+        return y, (ck, cv)
 
 
 class LLM(nnx.Module):

@@ -1,10 +1,11 @@
 """``janusflow bench kernels``: the CPU decoding kernels against XLA's path, side by side (the
 products on both weight layouts: (in, out) as models store them, (out, in) as the decoders keep
-them).
+them, and for bf16 (out, in) packed in 12 bits as the decoders keep bf16 weights).
 
 A decoding step at batch 1 reads every weight once for a few multiply-adds, so what matters
 is how fast each path streams its operands: the products are reported in GB/s of weights read
-(their bytes over the median time), the one-position attention in ms and GB/s of cache read.
+(the bytes each path reads over its median time; the packed ones read ~25% fewer), the
+one-position attention in ms and GB/s of cache read.
 Both paths run alternately in one process (medians of ``repeats``), on random data shaped like
 a model's decoding step (defaults: Janus-Pro-1B's MLP weights and 24 layers, 2 rows = one image
 with its CFG row, a 608-position cache).
@@ -15,20 +16,22 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from janusflow.kernels import cpu_decode_attention, cpu_gemv
+from janusflow.kernels import cpu_decode_attention, cpu_gemv, cpu_gemv_packed
 from janusflow.perf.peak import timed_alternately
 
 
-def compare(progs: dict, args: dict, gbytes: float, repeats: int) -> dict:
+def compare(progs: dict, args: dict, gbytes, repeats: int) -> dict:
     """The programs (``xla`` and the kernels), each on its ``args``: median seconds, GB/s of
-    ``gbytes`` read and each kernel's relative L2 distance from XLA's output (``rel_l2``: the
-    largest)."""
+    ``gbytes`` read (one number, or one per program) and each kernel's relative L2 distance from
+    XLA's output (``rel_l2``: the largest)."""
+    if not isinstance(gbytes, dict):
+        gbytes = dict.fromkeys(progs, gbytes)
     out = {name: jax.block_until_ready(p(*args[name])) for name, p in progs.items()}
     errs = {name: float(jnp.linalg.norm(y - out["xla"]) / jnp.linalg.norm(out["xla"]))
             for name, y in out.items() if name != "xla"}
     med = timed_alternately({name: (lambda p=p, a=args[name]: jax.block_until_ready(p(*a)))
                              for name, p in progs.items()}, repeats)
-    return {"seconds": med, "gb_per_s": {name: gbytes / s for name, s in med.items()},
+    return {"seconds": med, "gb_per_s": {name: gbytes[name] / s for name, s in med.items()},
             "rel_l2_each": errs, "rel_l2": max(errs.values())}
 
 
@@ -45,7 +48,8 @@ def line(dtype: str, r: dict) -> str:
 def products(k: int, n: int, layers: int, rows: int, dtype: str, repeats: int) -> dict:
     """``layers`` products x (rows, k) @ w (k, n), each with its own weight (so none stays in
     cache), by XLA's dot, by the kernel on w (k, n) (``kernel``) and by the kernel on the weights
-    kept (n, k) as the decoders keep them (``kernel_t``, sample/layout.py)."""
+    kept (n, k) as the decoders keep them (``kernel_t``, sample/layout.py), and for bf16 with k a
+    multiple of 64 on those packed in 12 bits (``packed``, kernels/cpu_gemv_packed.py)."""
     keys = jax.random.split(jax.random.key(0), layers + 1)
     ws = [jax.random.normal(kk, (k, n), jnp.float32).astype(dtype) for kk in keys[1:]]
     wts = [jnp.asarray(w.T) for w in ws]
@@ -64,7 +68,12 @@ def products(k: int, n: int, layers: int, rows: int, dtype: str, repeats: int) -
 
     progs = {"xla": chain(cpu_gemv.xla_dot), "kernel": chain(cpu_gemv.dot), "kernel_t": chain(cpu_gemv.dot_t)}
     args = {"xla": (x, ws), "kernel": (x, ws), "kernel_t": (x, wts)}
-    return compare(progs, args, layers * k * n * jnp.dtype(dtype).itemsize / 1e9, repeats)
+    gbytes = dict.fromkeys(progs, layers * k * n * jnp.dtype(dtype).itemsize / 1e9)
+    if cpu_gemv_packed.packable(wts[0]) and cpu_gemv_packed.available():
+        packs = [cpu_gemv_packed.pack(w) for w in wts]
+        progs["packed"], args["packed"] = chain(cpu_gemv_packed.dot), (x, packs)
+        gbytes["packed"] = sum(p.nbytes for p in packs) / 1e9
+    return compare(progs, args, gbytes, repeats)
 
 
 def attention(positions: int, layers: int, rows: int, heads: int, kv_heads: int, head_dim: int, dtype: str,

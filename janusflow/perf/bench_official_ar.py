@@ -172,6 +172,9 @@ def first_guided_logits(graphdef, state, ids, mask, cfg_weight, pad_id):
     return logits[:, 1] + cfg_weight * (logits[:, 0] - logits[:, 1])
 
 
+UNPACKED, UNFUSED = "_unpacked", "_unfused"
+
+
 def run(cfg: ModelConfig, batches=(1,), dtypes=("float32", "bfloat16"), num_tokens: int | None = None,
         repeats: int = 3, prompt_len: int = 32, decode: bool = True, official_src: str | None = None,
         pad_id: int = 0, matmul_impls=None, log=print) -> dict:
@@ -179,10 +182,17 @@ def run(cfg: ModelConfig, batches=(1,), dtypes=("float32", "bfloat16"), num_toke
     (``ModelConfig.matmul_impl``), timed alternately with the official loop in one run; "gemv"
     runs the LLM's attention on the decode-attention kernel too, as the sampler does on CPU
     (``sample/layout.decoding_model``), any other the config's attention. Default: the kernels
-    the sampler picks here. With more than one, our timings are keyed ``ours_<impl>``."""
+    the sampler picks here. With more than one, our timings are keyed ``ours_<impl>``.
+    ``gemv_unpacked``: "gemv" with bf16 weights kept unpacked (``decoding_layout(pack=False)``),
+    to time the 12-bit packing against it in one run; ``gemv_unfused``: "gemv" with each block's
+    products and attention as separate calls (``attention_impl="cpu_decode"``), to time the
+    one-call block (``"cpu_block"``) against them."""
     if matmul_impls is None:
         matmul_impls = (decoding_config(cfg).matmul_impl,)
-    impls, whos = kernel_runs(cfg, matmul_impls)
+    packs = [not i.endswith(UNPACKED) for i in matmul_impls]
+    fused = [not i.endswith(UNFUSED) for i in matmul_impls]
+    impls, _ = kernel_runs(cfg, [i.removesuffix(UNPACKED).removesuffix(UNFUSED) for i in matmul_impls])
+    whos = ["ours"] if len(impls) == 1 else [f"ours_{i}" for i in matmul_impls]
     n = cfg.num_gen_tokens if num_tokens is None else num_tokens
     if not 1 <= n <= cfg.num_gen_tokens:
         raise ValueError(f"image tokens must be in 1..{cfg.num_gen_tokens}, got {n}")
@@ -197,7 +207,7 @@ def run(cfg: ModelConfig, batches=(1,), dtypes=("float32", "bfloat16"), num_toke
     log(f"device {jax.devices()[0].device_kind} x {jax.device_count()}; LLM {cfg.llm.num_layers} layers x "
         f"{cfg.llm.hidden_size}, {n} of {cfg.num_gen_tokens} image tokens of a {cfg.vq.codebook_size}-entry "
         f"codebook; CFG {w} (2 rows per image), temperature {temp}, {prompt_len}-token prompt; "
-        f"VQ decode {'timed' if decode else 'not timed'}; matmul {', '.join(impls)} (gemv: with the "
+        f"VQ decode {'timed' if decode else 'not timed'}; matmul {', '.join(matmul_impls)} (gemv: with the "
         f"decode-attention kernel)")
     if off is None:
         log(f"official loop unavailable: {why}; timing ours only")
@@ -219,17 +229,22 @@ def run(cfg: ModelConfig, batches=(1,), dtypes=("float32", "bfloat16"), num_toke
         ours, _ = with_compute_dtype(model32, cfg, dtype)
         if dtype == "bfloat16":
             ours = bf16_params(ours)
-        graphs = {}
-        for who, impl in zip(whos, impls):
+        graphs, layouts = {}, {}
+        for who, impl, pack, fuse in zip(whos, impls, packs, fused):
             # the kernel is static: one graph each; the LLM and what each image token passes
             # (as JanusPro builds it for ModelConfig.matmul_impl), in the layout the sampler
-            # decodes with for that kernel (gemv: dense weights (out, in), sample/layout.py)
-            view = nnx.merge(*nnx.split(ours))
-            for part in (view.language_model, view.gen_aligner, view.gen_head):
-                use_matmul(part, impl)
-            use_attention(view.language_model, "cpu_decode" if impl == "gemv" else cfg.attention_impl)
-            view, _ = decoding_layout(view, dataclasses.replace(cfg, matmul_impl=impl))
+            # decodes with for that kernel (gemv: dense weights (out, in), sample/layout.py),
+            # made once per kernel and packing (runs that differ in attention share its arrays)
+            if (impl, pack) not in layouts:
+                view = nnx.merge(*nnx.split(ours))
+                for part in (view.language_model, view.gen_aligner, view.gen_head):
+                    use_matmul(part, impl)
+                layouts[impl, pack] = decoding_layout(view, dataclasses.replace(cfg, matmul_impl=impl), pack=pack)[0]
+            view = nnx.merge(*nnx.split(layouts[impl, pack]))
+            use_attention(view.language_model, (("cpu_block" if fuse else "cpu_decode") if impl == "gemv"
+                                                else cfg.attention_impl))
             graphs[who] = nnx.split(view)
+        del layouts
         graphdef, state = graphs[whos[0]]
         official = OfficialARLoop(off, cfg, state_dict, dtype, decode) if off is not None else None
         for b in batches:

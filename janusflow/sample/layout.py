@@ -20,7 +20,7 @@ import jax
 from flax import nnx
 
 from janusflow.configs.schema import ModelConfig
-from janusflow.kernels import cpu_decode_attention, cpu_gemv, cpu_gemv_packed
+from janusflow.kernels import cpu_decode_attention, cpu_decode_block, cpu_gemv, cpu_gemv_packed
 from janusflow.models.layers import has_transposed, store_packed, store_transposed, use_matmul
 from janusflow.models.llm import use_attention
 
@@ -42,14 +42,15 @@ def decoding_config(cfg: ModelConfig) -> ModelConfig:
     rows (``matmul_impl="gemv"``, kernels/cpu_gemv.py: a step's weights streamed at the
     memory's speed) and the LLM's one-position attention over the KV cache
     (``attention_impl="cpu_decode"``, kernels/cpu_decode_attention.py: no transposed copies of
-    the cache). Explicit choices ("vendor", "splash", ...) are kept; a kernel that cannot be
+    the cache), with blocks whose weights are packed run as one call per step
+    (``"cpu_block"``, kernels/cpu_decode_block.py). Explicit choices ("vendor", "splash", ...) are kept; a kernel that cannot be
     built here is not chosen."""
     if jax.default_backend() != "cpu":
         return cfg
     if cfg.matmul_impl == "xla" and cpu_gemv.available():
         cfg = dataclasses.replace(cfg, matmul_impl="gemv")
     if cfg.attention_impl == "xla" and cpu_decode_attention.available():
-        cfg = dataclasses.replace(cfg, attention_impl="cpu_decode")
+        cfg = dataclasses.replace(cfg, attention_impl="cpu_block" if cpu_decode_block.available() else "cpu_decode")
     return cfg
 
 
