@@ -66,6 +66,23 @@ void Rope(const float* in, const float* cos, const float* sin, int64_t hd, uint1
   }
 }
 
+// h = silu(g) * u for n values (a multiple of 16: the down weight's input width is one of 64),
+// 16 lanes at a time, with the roundings of XLA:CPU's bf16 expansion: every op of
+// g * (1 / (1 + exp(-g))) rounded to bf16. (11k exps per block at Janus-Pro-1B's width; with a
+// scalar loop the handler's own work took 3.3% of a token's CPU profile.)
+void SiluTimes(const float* fg, const float* fu, uint16_t* h, int64_t n) {
+  const __m512 one = _mm512_set1_ps(1.f);
+  auto r = [](__m512 x) { return janusflow_attention::RoundLanes(x, static_cast<uint16_t*>(nullptr)); };
+  for (int64_t i = 0; i < n; i += 16) {
+    const __m512 g = r(_mm512_loadu_ps(fg + i));
+    const __m512 e = r(janusflow_attention::Exp16(_mm512_sub_ps(_mm512_setzero_ps(), g)));
+    const __m512 sig = r(_mm512_div_ps(one, r(_mm512_add_ps(one, e))));
+    const __m512 prod = r(_mm512_mul_ps(r(_mm512_mul_ps(g, sig)), r(_mm512_loadu_ps(fu + i))));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(h + i),
+                        _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(prod), 16)));
+  }
+}
+
 ffi::Error Block(ffi::AnyBuffer x, ffi::AnyBuffer n1, ffi::AnyBuffer n2, ffi::Buffer<ffi::F32> cos,
                  ffi::Buffer<ffi::F32> sin, ffi::Buffer<ffi::PRED> valid, ffi::Buffer<ffi::S32> start,
                  ffi::AnyBuffer ck, ffi::AnyBuffer cv, ffi::RemainingArgs weights, ffi::Result<ffi::AnyBuffer> out,
@@ -163,12 +180,7 @@ ffi::Error Block(ffi::AnyBuffer x, ffi::AnyBuffer n1, ffi::AnyBuffer n2, ffi::Bu
     float* outs[2] = {fg.data(), fu.data()};
     janusflow_packed::GemvPacked(w + 4, n + 4, outs, 2, h.data(), b);
   }
-  for (int64_t i = 0; i < b * f; ++i) {
-    // silu as XLA:CPU expands it in bf16: every op of 1 / (1 + exp(-g)) rounded
-    const float g = R(fg[i]);
-    const float sig = R(1.0f / R(1.0f + R(std::exp(-g))));
-    h[i] = ToBf16(R(g * sig) * R(fu[i]));
-  }
+  SiluTimes(fg.data(), fu.data(), h.data(), b * f);
   std::vector<float>& fd = fo;  // free after the residual above
   {
     float* outs[1] = {fd.data()};
