@@ -17,6 +17,11 @@ from janusflow.models.layers import use_matmul
 from janusflow.models.llm import KVCache, use_attention
 
 
+# the share of a block step's outputs equal to XLA's bit for bit (all of them on these blocks;
+# the kernel's exp and sum order may move a rare value by one bf16 step)
+EXACT = 0.99
+
+
 def _kernel_or_skip():
     if not kblock.available():
         pytest.skip("the AVX-512 decoding kernels did not build or cannot run here (see stderr)")
@@ -49,7 +54,7 @@ def _block_step(blk, impl, x, ck, cv, start, valid):
     return (_f32(y), _f32(k2), _f32(v2)), text
 
 
-@pytest.mark.parametrize("rows,start,masked", [(2, 7, ()), (3, 11, (2, 5)), (1, 0, ())])
+@pytest.mark.parametrize("rows,start,masked", [(2, 7, ()), (3, 11, (2, 5)), (1, 0, ()), (16, 9, (0,))])
 def test_one_step_of_a_block_equals_its_separate_calls(rows, start, masked):
     _kernel_or_skip()
     model, cfg = _packed_tiny()
@@ -68,7 +73,7 @@ def test_one_step_of_a_block_equals_its_separate_calls(rows, start, masked):
     for name, a, b in zip(("x", "k", "v"), got, ref):
         # the kernel follows the roundings XLA compiles the block to (bf16 ulp = 2^-8)
         np.testing.assert_allclose(a, b, rtol=2 ** -7, atol=1e-6 * np.abs(b).max(), err_msg=name)
-        assert np.mean(a == b) > 0.9, name
+        assert np.mean(a == b) >= EXACT, (name, np.mean(a == b))
     untouched = np.arange(s) != start                         # only the new position is written
     np.testing.assert_array_equal(got[1][:, untouched], _f32(ck)[:, untouched])
     np.testing.assert_array_equal(got[2][:, untouched], _f32(cv)[:, untouched])
@@ -132,8 +137,15 @@ def test_the_sampler_loop_writes_the_cache_in_place():
     args = (g, st, ids, mask, image_keys(0, [0]), jnp.float32(5), jnp.float32(1), jnp.int32(0))
     text = sample_codes.lower(*args, num_tokens=6).compile().as_text()
     cache = f"bf16[2,14,{cfg.llm.num_kv_heads},{cfg.llm.dim_per_head}]"
-    ops = {m.group(1) for m in re.finditer(re.escape(cache) + r"\{[\d,]*\} ([\w-]+)\(", text)}
-    assert ops and "copy" not in ops, ops
+    # inside the token loop's body a cache only passes through: read from the loop's tuple and
+    # the call's results, never made by a copy or a fusion
+    bodies = []
+    for name in re.findall(r"body=(%[\w.-]+)", text):
+        start = text.index(f"\n{name} ")
+        bodies.append(text[start:text.index("\n}\n", start)])
+    body_text = next(t for t in bodies if kblock.TARGET in t)     # the token loop's
+    ops = {m.group(1) for m in re.finditer(re.escape(cache) + r"\{[\d,]*\} ([\w-]+)\(", body_text)}
+    assert ops == {"get-tuple-element"} or ops == {"get-tuple-element", "parameter"}, ops
     assert text.count(f'custom_call_target="{kblock.TARGET}"') == cfg.llm.num_layers
     codes = np.asarray(sample_codes(*args, num_tokens=6))
     assert codes.shape == (1, 6) and codes.min() >= 0 and codes.max() < cfg.vq.codebook_size
@@ -154,6 +166,15 @@ def test_the_handler_refuses_bad_operands():
         jax.block_until_ready(kblock.block(x, ones, ones, cos, cos, jnp.ones((2, 8), bool), 8, c, c, w, **kw))
     with pytest.raises(Exception, match="expected 7 packed weights"):
         jax.block_until_ready(kblock.block(x, ones, ones, cos, cos, jnp.ones((2, 8), bool), 1, c, c, w[:6], **kw))
+    with pytest.raises(Exception, match="weight q: shapes do not match"):
+        jax.block_until_ready(kblock.block(x, ones, ones, cos, cos, jnp.ones((2, 8), bool), 1, c, c, w,
+                                           eps=1e-6, heads=cfg.llm.num_kv_heads))
+    with pytest.raises(Exception, match="heads, key/value heads"):
+        jax.block_until_ready(kblock.block(x, ones, ones, cos, cos, jnp.ones((2, 8), bool), 1, c, c, w,
+                                           eps=1e-6, heads=2 ** 62))
+    with pytest.raises(Exception, match="caches' shapes differ"):
+        jax.block_until_ready(kblock.block(x, ones, ones, cos, cos, jnp.ones((2, 8), bool), 1, c,
+                                           jnp.zeros((2, 4, 2 * kv, hd), jnp.bfloat16), w, **kw))
     swapped = [w[0], w[1], w[2], w[3], w[6], w[5], w[4]]          # gate and down exchanged
     with pytest.raises(Exception, match="weight gate: shapes do not match"):
         jax.block_until_ready(kblock.block(x, ones, ones, cos, cos, jnp.ones((2, 8), bool), 1, c, c, swapped, **kw))

@@ -234,7 +234,8 @@ class ModelConfig:
     # The LLM's and SigLIP's dense layers: "xla" (XLA's dot), "vendor" (Intel MKL's GEMM as a
     # CPU custom call, janusflow/kernels/cpu_gemm.py; XLA's dot off CPU or without MKL/g++) or
     # "gemv" (products of <= 8 rows, i.e. decoding steps, on our AVX-512 kernel,
-    # janusflow/kernels/cpu_gemv.py; all else, and off CPU or without AVX-512/g++, XLA's dot)
+    # janusflow/kernels/cpu_gemv.py, <= 256 on weights packed in 12 bits; all else, and off CPU or
+    # without AVX-512/g++, XLA's dot)
     matmul_impl: str = "xla"
     # Training refuses to pass images through a randomly initialised KL VAE (train.vae_from
     # names the pretrained one) unless this says a random VAE is intended (tiny test models).

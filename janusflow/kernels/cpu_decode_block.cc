@@ -8,11 +8,15 @@
 // o, gate, up, down, six buffers each (lo, codes, table, eptr, ecol, evals). Results: x (B, D)
 // and the cache k, v (aliased to the operands, so written in place). Attributes: eps, heads.
 //
-// The arithmetic and roundings are those XLA:CPU compiles the bf16 block to: norms in fp32
-// rounded to bf16 then scaled in bf16, each product's fp32 sum rounded to bf16
-// (cpu_gemv_packed.cc), rope in fp32, attention as cpu_decode_attention.cc, silu with each of
-// its ops rounded to bf16, and (XLA's excess precision) the sum after attention kept in fp32
-// for the second norm, rounded only for the last residual.
+// The arithmetic and roundings are those XLA:CPU compiles one bf16 block to: norms rounded to
+// bf16 then scaled in bf16, each product's fp32 sum rounded to bf16 (cpu_gemv_packed.cc), rope
+// in fp32, attention as cpu_decode_attention.cc, silu with each of its ops rounded to bf16, and
+// (XLA's excess precision) the sum after attention kept in fp32 for the second norm, rounded
+// only for the last residual. Not the same: the norms' mean of squares is summed in double (XLA:
+// fp32, in its own order), exp is a polynomial (cpu_decode_attention.cc's, ~2e-7 relative), and
+// the block's output is rounded to bf16 where XLA, across blocks, may keep the residual stream
+// in fp32. One block equals XLA's bit for bit on the test block; after several blocks and steps
+// they are ~1% apart (tests/test_cpu_decode_block.py).
 //
 // Why: a decoding step at batch 1 is the weight stream plus, per block, ~20 small XLA fusions
 // and 8 kernel calls whose hand-offs kept the kernels' threads waiting (a quarter of a token;
@@ -89,15 +93,22 @@ ffi::Error Block(ffi::AnyBuffer x, ffi::AnyBuffer n1, ffi::AnyBuffer n2, ffi::Bu
                  ffi::Result<ffi::AnyBuffer> ck_out, ffi::Result<ffi::AnyBuffer> cv_out, float eps, int64_t heads) {
   for (const ffi::AnyBuffer* a : {&x, &n1, &n2, &ck, &cv})
     if (a->element_type() != ffi::DataType::BF16) return Invalid("x, the norms and the cache must be bfloat16");
-  auto dx = x.dimensions(), dk = ck.dimensions(), dc = cos.dimensions();
-  if (dx.size() != 2 || dk.size() != 4 || dc.size() != 2) return Invalid("x (B, D), cache (B, S, K, hd), cos (B, hd)");
+  for (auto* r : {&out, &ck_out, &cv_out})
+    if ((*r)->element_type() != ffi::DataType::BF16) return Invalid("the results must be bfloat16");
+  auto dx = x.dimensions(), dk = ck.dimensions(), dv = cv.dimensions(), dc = cos.dimensions();
+  if (dx.size() != 2 || dk.size() != 4 || dv.size() != 4 || dc.size() != 2)
+    return Invalid("x (B, D), cache (B, S, K, hd), cos (B, hd)");
+  for (int i = 0; i < 4; ++i)
+    if (dk[i] != dv[i]) return Invalid("the k and v caches' shapes differ");
   const int64_t b = dx[0], d = dx[1], s = dk[1], kv = dk[2], hd = dk[3];
   if (dk[0] != b || dc[0] != b || dc[1] != hd || sin.element_count() != b * hd || valid.element_count() != b * s ||
-      n1.element_count() != d || n2.element_count() != d || cv.element_count() != ck.element_count() ||
-      out->element_count() != b * d || ck_out->element_count() != ck.element_count() ||
-      cv_out->element_count() != ck.element_count() || start.element_count() != 1)
+      n1.element_count() != d || n2.element_count() != d || out->element_count() != b * d ||
+      ck_out->element_count() != ck.element_count() || cv_out->element_count() != ck.element_count() ||
+      start.element_count() != 1)
     return Invalid("operand shapes do not match");
-  if (heads <= 0 || kv <= 0 || heads % kv || hd % 16 || hd % 2) return Invalid("heads, key/value heads or head width");
+  // heads is an attribute: bounded before any product with it (the q weight's rows must then equal heads * hd)
+  if (heads <= 0 || heads > (int64_t{1} << 20) || kv <= 0 || heads % kv || hd % 16)
+    return Invalid("heads, key/value heads or head width");
   const int64_t pos = start.typed_data()[0];
   if (pos < 0 || pos >= s) return Invalid("start is outside the cache");
   if (weights.size() != kWeights * kParts) return Invalid("expected 7 packed weights of 6 buffers each");

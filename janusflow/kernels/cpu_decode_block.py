@@ -11,7 +11,9 @@ The LLM uses it for steps of one position under ``attention_impl="cpu_block"`` w
 seven weights are packed (``layers.store_packed``), which the decoders choose on CPU
 (``sample/layout.decoding_config``); everything else runs as ``"cpu_decode"``. Forward only.
 Built on first use with the other decoding kernels (``kernels/build.py``); where it cannot be,
-the block runs on XLA and the first call says why in one line on stderr.
+the block runs as its separate calls and the first call says why in one line on stderr. It runs
+the packed products whatever the block's ``Linear.impl`` (packed weights only exist in the
+decoders' layout, whose products are the packed kernel's).
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from janusflow.kernels import cpu_gemv, cpu_gemv_packed
+from janusflow.kernels import cpu_gemv_packed
 from janusflow.kernels.build import register_avx512
 
 TARGET = "janusflow_decode_block"
+MAX_ROWS = cpu_gemv_packed.MAX_ROWS      # rows of a step (images x 2 with CFG): the products' limit
 
 
 @functools.cache
@@ -36,11 +39,11 @@ def available() -> bool:
     return register_avx512("cpu_decode_block", "JanusflowDecodeBlock", TARGET, "the block's separate calls")
 
 
-def used_for(x, cache_k, weights: Sequence) -> bool:
-    """One bf16 position of at most ``cpu_gemv.MAX_ROWS`` rows, a bf16 cache with a head width
-    of 16s, every weight packed, on CPU with the kernel built."""
-    return (x.ndim == 3 and x.shape[1] == 1 and x.shape[0] <= cpu_gemv.MAX_ROWS and x.dtype == jnp.bfloat16
-            and cache_k.dtype == jnp.bfloat16 and cache_k.shape[-1] % 16 == 0
+def used_for(x, cache_k, cache_v, weights: Sequence) -> bool:
+    """One bf16 position of at most :data:`MAX_ROWS` rows, a bf16 cache with a head width of
+    16s, every weight packed, on CPU with the kernel built."""
+    return (x.ndim == 3 and x.shape[1] == 1 and x.shape[0] <= MAX_ROWS and x.dtype == jnp.bfloat16
+            and cache_k.dtype == cache_v.dtype == jnp.bfloat16 and cache_k.shape[-1] % 16 == 0
             and all(isinstance(w, cpu_gemv_packed.PackedWeights) for w in weights)
             and jax.default_backend() == "cpu" and available())
 
@@ -57,7 +60,7 @@ def block(x, norm1, norm2, cos, sin, valid, start, cache_k, cache_v, weights: Se
     call = jax.ffi.ffi_call(
         TARGET, (jax.ShapeDtypeStruct((b, d), x.dtype), jax.ShapeDtypeStruct(cache_k.shape, cache_k.dtype),
                  jax.ShapeDtypeStruct(cache_v.shape, cache_v.dtype)),
-        input_output_aliases={7: 1, 8: 2})
+        input_output_aliases={7: 1, 8: 2}, vmap_method="sequential")
     parts = [a for w in weights for a in w]
     y, ck, cv = call(x.reshape(b, d), norm1.astype(x.dtype), norm2.astype(x.dtype), cos.astype(jnp.float32),
                      sin.astype(jnp.float32), valid.astype(bool), jnp.asarray(start, jnp.int32).reshape(()),

@@ -1,4 +1,4 @@
-// XLA FFI handler: C = A @ W^T for a few rows of A (M <= 8, bf16) against bf16 weights W (N, K)
+// XLA FFI handler: C = A @ W^T for M rows of A (bf16; a decoding step or a prompt) against bf16 weights W (N, K)
 // kept (out, in) in a lossless 12-bit form (kernels/cpu_gemv_packed.py packs them):
 //   lo    (N, K)    uint8: each weight's low byte (last exponent bit, 7 mantissa bits),
 //   codes (N, K/2)  uint8: a 4-bit code per weight for its high byte (sign, 7 exponent bits),

@@ -17,7 +17,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 
 #include "bf16.h"
 #include "product_ffi.h"
@@ -29,7 +28,6 @@ namespace ffi = xla::ffi;
 namespace {
 
 constexpr int kPrefetchBytes = 512;  // ahead in each streamed row
-
 
 // R rows of Bt at once: the M x R sums plus M rows of A and one vector of Bt fit the 32 registers.
 template <int M>

@@ -16,7 +16,6 @@ constexpr int kPrefetchBytes = 512;  // ahead in each streamed row
 constexpr int64_t kMaxRows = 8;    // rows of a in registers at once
 constexpr int64_t kTileRows = 64;  // rows of W (<= 200 KB packed at 2048 wide) reused from cache
 
-
 struct Packed {
   const uint8_t* lo;
   const uint8_t* codes;
@@ -168,7 +167,7 @@ void GemvPackedMany(const Packed* ps, const int64_t* ns, float* const* cs, int c
   janusflow_pool::Pool& pool = janusflow_pool::Pool::Get();
   int64_t total = 0;
   for (int i = 0; i < count; ++i) total += ns[i];
-  // a thread's share: whole groups of 4 rows of W, at least 16 of them
+  // a thread's share of each W: whole groups of 4 rows; no second thread for under 128 rows in all
   const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(pool.size(), total / 64)));
   pool.Run(threads, [&](int t, int nt) {
     for (int i = 0; i < count; ++i) {

@@ -148,8 +148,8 @@ def matmul_t(x, wt, out_dtype=None, impl: str = "xla"):
 
 def matmul_packed(x, p, out_dtype=None, impl: str = "xla"):
     """``x @ w.T`` for x (..., in) and w (out, in) packed in 12 bits (``cpu_gemv_packed``), as
-    :func:`matmul_t`: ``impl="gemv"`` runs the few-row bf16 products on the packed kernel, every
-    other product on XLA's dot over the unpacked weights."""
+    :func:`matmul_t`: ``impl="gemv"`` runs bf16 products of up to ``cpu_gemv_packed.MAX_ROWS``
+    rows on the packed kernel, every other product on XLA's dot over the unpacked weights."""
     if impl == "gemv":
         out = cpu_gemv_packed.dot(x, p)
         return out.astype(x.dtype if out_dtype is None else out_dtype)

@@ -154,7 +154,7 @@ class Block(nnx.Module):
     def __call__(self, x, positions, mask, cache_kv=None, start=None):
         if cache_kv is not None and self.self_attn.impl == "cpu_block":
             weights = self.packed_weights()
-            if weights is not None and cpu_decode_block.used_for(x, cache_kv[0], weights):
+            if weights is not None and cpu_decode_block.used_for(x, *cache_kv, weights):
                 return self.decode_step(x, positions, mask, cache_kv, start, weights)
         h, new_kv = self.self_attn(self.input_layernorm(x), positions, mask, cache_kv, start)
         x = constrain(x + h, RESIDUAL)
@@ -163,10 +163,12 @@ class Block(nnx.Module):
 
     def packed_weights(self):
         """The seven weights q, k, v, o, gate, up, down if all are packed in 12 bits
-        (``layers.store_packed``) and bias-free, else None."""
+        (``layers.store_packed``) and bias-free and both norms share one eps (the one-call
+        step's conditions), else None."""
         a, m = self.self_attn, self.mlp
         linears = (a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj)
-        if not all(lin.packed and lin.bias is None for lin in linears):
+        if (not all(lin.packed and lin.bias is None for lin in linears)
+                or self.input_layernorm.eps != self.post_attention_layernorm.eps):
             return None
         return [lin.kernel_p.get_value() for lin in linears]
 

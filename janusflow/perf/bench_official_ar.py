@@ -189,9 +189,9 @@ def run(cfg: ModelConfig, batches=(1,), dtypes=("float32", "bfloat16"), num_toke
     one-call block (``"cpu_block"``) against them."""
     if matmul_impls is None:
         matmul_impls = (decoding_config(cfg).matmul_impl,)
-    packs = [not i.endswith(UNPACKED) for i in matmul_impls]
-    fused = [not i.endswith(UNFUSED) for i in matmul_impls]
-    impls, _ = kernel_runs(cfg, [i.removesuffix(UNPACKED).removesuffix(UNFUSED) for i in matmul_impls])
+    packs = [UNPACKED not in i for i in matmul_impls]
+    fused = [UNFUSED not in i for i in matmul_impls]
+    impls, _ = kernel_runs(cfg, [i.replace(UNPACKED, "").replace(UNFUSED, "") for i in matmul_impls])
     whos = ["ours"] if len(impls) == 1 else [f"ours_{i}" for i in matmul_impls]
     n = cfg.num_gen_tokens if num_tokens is None else num_tokens
     if not 1 <= n <= cfg.num_gen_tokens:

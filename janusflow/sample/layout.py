@@ -43,8 +43,8 @@ def decoding_config(cfg: ModelConfig) -> ModelConfig:
     memory's speed) and the LLM's one-position attention over the KV cache
     (``attention_impl="cpu_decode"``, kernels/cpu_decode_attention.py: no transposed copies of
     the cache), with blocks whose weights are packed run as one call per step
-    (``"cpu_block"``, kernels/cpu_decode_block.py). Explicit choices ("vendor", "splash", ...) are kept; a kernel that cannot be
-    built here is not chosen."""
+    (``"cpu_block"``, kernels/cpu_decode_block.py). Explicit choices ("vendor", "splash", ...)
+    are kept; a kernel that cannot be built here is not chosen."""
     if jax.default_backend() != "cpu":
         return cfg
     if cfg.matmul_impl == "xla" and cpu_gemv.available():
@@ -83,8 +83,8 @@ def decoding_layout(model, cfg: ModelConfig, pack: bool = True):
 
 def decoding_model(model, cfg: ModelConfig):
     """``(model, cfg)`` as the token-by-token loops run it: :func:`decoding_layout` on the
-    kernels of :func:`decoding_config` (larger products and the prefill stay on XLA inside
-    them). The caller's model unchanged; a view of it when it already is in the decoders'
+    kernels of :func:`decoding_config` (products of more rows than a kernel takes and the
+    prompt's attention stay on XLA inside them). The caller's model unchanged; a view of it when it already is in the decoders'
     layout (:func:`decoding_layout`), else a copy of its dense layers' weights for the call."""
     model, cfg = decoding_layout(model, cfg)
     dcfg = decoding_config(cfg)
