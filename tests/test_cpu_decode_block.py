@@ -178,3 +178,16 @@ def test_the_handler_refuses_bad_operands():
     swapped = [w[0], w[1], w[2], w[3], w[6], w[5], w[4]]          # gate and down exchanged
     with pytest.raises(Exception, match="weight gate: shapes do not match"):
         jax.block_until_ready(kblock.block(x, ones, ones, cos, cos, jnp.ones((2, 8), bool), 1, c, c, swapped, **kw))
+
+
+def test_the_decoding_kernels_build_wherever_they_can():
+    """Every kernel test skips when the library does not build, so a compile error would pass
+    CI silently: on a machine with g++ and AVX-512 F/BW, building must succeed."""
+    import shutil
+
+    from janusflow.kernels import build
+    flags = open("/proc/cpuinfo").read() if jax.default_backend() == "cpu" else ""
+    if not (shutil.which("g++") and " avx512f" in flags and " avx512bw" in flags):
+        pytest.skip("no g++ or no AVX-512 F/BW here: the kernels cannot build")
+    build.compile_library("cpu_decoding_kernels", build.DECODING_KERNELS, build.AVX512)   # raises with the error
+    assert kblock.available()
