@@ -54,7 +54,10 @@ void RmsNorm(const T* x, const uint16_t* scale, float eps, uint16_t* y, int64_t 
   for (int64_t r = 0; r < b; ++r) {
     const T* xr = x + r * d;
     double ss = 0;
-    for (int64_t i = 0; i < d; ++i) ss += static_cast<double>(janusflow_bf16::ToF32(xr[i])) * janusflow_bf16::ToF32(xr[i]);
+    for (int64_t i = 0; i < d; ++i) {
+      const double v = janusflow_bf16::ToF32(xr[i]);
+      ss += v * v;
+    }
     const float inv = 1.0f / std::sqrt(static_cast<float>(ss / d) + eps);
     for (int64_t i = 0; i < d; ++i) y[r * d + i] = ToBf16(FromBf16(scale[i]) * R(janusflow_bf16::ToF32(xr[i]) * inv));
   }

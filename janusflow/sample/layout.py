@@ -84,8 +84,9 @@ def decoding_layout(model, cfg: ModelConfig, pack: bool = True):
 def decoding_model(model, cfg: ModelConfig):
     """``(model, cfg)`` as the token-by-token loops run it: :func:`decoding_layout` on the
     kernels of :func:`decoding_config` (products of more rows than a kernel takes and the
-    prompt's attention stay on XLA inside them). The caller's model unchanged; a view of it when it already is in the decoders'
-    layout (:func:`decoding_layout`), else a copy of its dense layers' weights for the call."""
+    prompt's attention stay on XLA inside them). The caller's model unchanged; a view of it
+    when it already is in the decoders' layout (:func:`decoding_layout`), else a copy of its
+    dense layers' weights for the call."""
     model, cfg = decoding_layout(model, cfg)
     dcfg = decoding_config(cfg)
     if dcfg == cfg:
