@@ -139,7 +139,7 @@ def tokenizer():
 
 
 def test_tokenizer_template(tokenizer):
-    ids, image_mask = tokenizer_prompt(tokenizer, "what colour is the circle?", CFG.num_und_tokens)
+    ids, image_mask = tokenizer_prompt(tokenizer, "what colour is the circle?", CFG)
     ids, image_mask = np.asarray(ids), np.asarray(image_mask)
     n = CFG.num_und_tokens
     assert ids[0] == tokenizer.bos_id and image_mask.sum() == 1 + n

@@ -27,7 +27,10 @@ def _folder(tmp_path):
              {"image": "sub/b.png", "caption": ["alpha one", "alpha two"],
               "qa": [{"question": "What is it?", "answer": "noise"}]},
              {"file_name": "c.png", "conversations": [{"from": "human", "value": "<image>\nDescribe."},
-                                                     {"from": "gpt", "value": "gray noise"}]},
+                                                     {"from": "gpt", "value": "gray noise"},
+                                                     # the official Janus-Pro speakers
+                                                     {"role": "<|User|>", "content": "Colour?"},
+                                                     {"role": "<|Assistant|>", "content": "gray"}]},
              {"image": "bad.jpg", "caption": "unreadable"},
              {"image": "missing.jpg", "caption": "no file"},
              {"image": "a.jpg", "caption": ""}]
@@ -50,7 +53,8 @@ def test_data_build_cli_and_pipeline_reads_it_by_name(tmp_path, capsys):
     assert sorted(recs) == ["a.jpg", "c.png", "sub/b.png"]
     assert recs["sub/b.png"]["image"].shape == (50, 30, 3)
     assert [c.decode() for c in recs["sub/b.png"]["caption"]] == ["alpha one", "alpha two"]
-    assert [q.decode() for q in recs["c.png"]["qa"]["question"]] == ["Describe."]
+    assert [q.decode() for q in recs["c.png"]["qa"]["question"]] == ["Describe.", "Colour?"]
+    assert [a.decode() for a in recs["c.png"]["qa"]["answer"]] == ["gray noise", "gray"]
     # The configs name it (name + data_dir); und skips the caption-only row, gen the QA-only one.
     cfg = ExperimentConfig(model=tiny(), seq_len=256, train=TrainConfig(und_batch=2, gen_batch=2, text_batch=0))
     it = make_pipeline(cfg, DataConfig(und=src, gen=src, num_threads=0), shapes_tokenizer(512),

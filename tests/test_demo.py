@@ -106,7 +106,7 @@ def test_session_images_are_the_samplers(session):
     assert ticks[0] == (0, 2) and ticks[-1] == (2, 2)
     assert [c for _, c in gallery] == ["#0 · seed 5 · CFG 3 · 2 euler steps", "#1 · seed 5 · CFG 3 · 2 euler steps"]
     from janusflow.data.tokenizer import generation_prompt_ids
-    ids = [generation_prompt_ids(session.tokenizer, "a red circle")]
+    ids = [generation_prompt_ids(session.tokenizer, "a red circle", session.cfg.head)]
     ref = generate(session.model, session.vae, session.cfg, ids, num_samples=2, cfg_weight=3.0, steps=2, seed=5,
                    progress=False, pad_id=session.tokenizer.pad_id)
     for (img, _), r in zip(gallery, ref):
@@ -272,7 +272,7 @@ def test_session_generates_with_a_janus_pro_checkpoint(tmp_path):
     from janusflow.sample.ar_generate import generate_ar
     cfg = presets.tiny_janus_pro(llm=dataclasses.replace(presets.tiny_janus_pro().llm, num_layers=1), repa_layer=1)
     ckpt = model_io.save_model(str(tmp_path / "ckpt"), random_model(cfg, seed=0), cfg)
-    build_tiny_tokenizer(["a red circle"] * 10, vocab_size=cfg.llm.vocab_size).save(
+    build_tiny_tokenizer(["<|User|>: a red circle"] * 10, vocab_size=cfg.llm.vocab_size).save(
         os.path.join(ckpt, "tokenizer.json"))
     s = DemoSession.load(ckpt, log=lambda m: None)
     assert s.can_generate and s.vae is None and s.default_cfg_weight == 5.0
@@ -280,7 +280,8 @@ def test_session_generates_with_a_janus_pro_checkpoint(tmp_path):
     gallery, grid = s.generate(req)
     assert grid is None and [c for _, c in gallery] == ["#0 · seed 4 · CFG 5 · image tokens",
                                                          "#1 · seed 4 · CFG 5 · image tokens"]
-    ids = [generation_prompt_ids(s.tokenizer, "a red circle") + [s.tokenizer.image_start_id]]
+    # the official Janus-Pro sequence (its README's roles, then <begin_of_image>)
+    ids = [s.tokenizer.encode("<|User|>: a red circle\n\n<|Assistant|>:<begin_of_image>")]
     want = generate_ar(s.model, s.cfg, ids, num_samples=2, seed=4, pad_id=s.tokenizer.pad_id)
     for (img, _), w in zip(gallery, want):
         np.testing.assert_array_equal(img, w)

@@ -139,7 +139,7 @@ def test_trajectory_ends_where_the_sampler_ends():
     model = JanusFlow(cfg, rngs=nnx.Rngs(1))
     tok = shapes_tokenizer(cfg.llm.vocab_size)
     prompts = ["a photo of a red circle", "a photo of two stars"]
-    ids = [generation_prompt_ids(tok, p) for p in prompts]
+    ids = [generation_prompt_ids(tok, p, cfg.head) for p in prompts]
     z0 = np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype(np.float32)
     ref = generate(model, None, cfg, ids, noise=z0, steps=4, cfg_weight=3.0, return_latents=True,
                    progress=False, pad_id=tok.pad_id)

@@ -444,7 +444,7 @@ def test_generate_with_a_real_tiny_model(tmp_path):
     assert got.shape == (4, 32, 32, 3) and not np.array_equal(got[0], got[1])
     noise = np.stack([np.random.default_rng(L.image_seed(0, i, k)).standard_normal((32, 32, 3), dtype=np.float32)
                       for i in range(2) for k in range(2)])
-    ids = [generation_prompt_ids(tok, p["prompt"]) for p in prompts for _ in range(2)]
+    ids = [generation_prompt_ids(tok, p["prompt"], cfg.head) for p in prompts for _ in range(2)]
     ref = generate(model, vae, cfg, ids, cfg_weight=2.0, steps=1, noise=noise, solver="euler",
                    batch_size=4, progress=False, pad_id=tok.pad_id)
     assert np.array_equal(got, ref)

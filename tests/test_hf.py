@@ -495,9 +495,9 @@ def test_convert_cli_end_to_end(tmp_path, sd, capsys):
     assert f"{len(sd)}/{len(sd)} tensors" in err and "training-only" in err
     assert main(["convert", "--to-hf", ck, "--out", out]) == 0
     assert_bit_identical(read_dir(out), sd)
-    ref = generation_prompt_ids(tok, "a photo of a red cross")
+    ref = generation_prompt_ids(tok, "a photo of a red cross", CFG.head)
     for d in (ck, out):   # the tokenizer travels both ways
-        assert generation_prompt_ids(Tokenizer.load(d), "a photo of a red cross") == ref, d
+        assert generation_prompt_ids(Tokenizer.load(d), "a photo of a red cross", CFG.head) == ref, d
     assert main(["convert", "--from-hf", src, "--out", ck]) == 1
     assert "already exists" in capsys.readouterr().err
     assert main(["convert", "--from-hf", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 1

@@ -292,7 +292,7 @@ def test_geneval_generate_with_a_janus_pro_model(official, tmp_path):
     from janusflow.eval import geneval_layout as L
     from janusflow.shapes import world as S
     m, cfg, _ = official
-    tok = build_tiny_tokenizer([f"User: {p['prompt']}\n\nAssistant:" for t in S.TAGS
+    tok = build_tiny_tokenizer([f"<|User|>: {p['prompt']}\n\n<|Assistant|>:" for t in S.TAGS
                                 for p in S.prompts_for(t)[:30]], cfg.llm.vocab_size)
     prompts = S.prompt_set("val", 1, 0)[:2]
     mfile = tmp_path / "p.jsonl"
@@ -311,7 +311,10 @@ def test_geneval_generate_with_a_janus_pro_model(official, tmp_path):
     os.remove(path)                                   # resumable: only the missing image is redone
     assert geneval.run_generate("ckpt", str(mfile), out, n=2, batch_size=4,
                                 generator=(m, None, cfg, tok), progress=False)["generated"] == 1
-    np.testing.assert_array_equal(decode_image(read_image_file(path)), first)
+    # the same image tokens; the VQ decode of a batch of 1 may round a pixel differently from a batch of 4
+    again = decode_image(read_image_file(path))
+    np.testing.assert_allclose(again.astype(int), first.astype(int), atol=1)
+    assert np.mean(again == first) > 0.99
 
 
 @pytest.mark.skipif(jax.device_count() < 2, reason="needs 2 (simulated) devices; conftest sets XLA_FLAGS")
@@ -325,3 +328,111 @@ def test_ar_sampler_sharded_over_mesh_equals_single_device(official):
     one = generate_ar(m, cfg, [prompt], num_samples=3, seed=5, pad_id=3, return_codes=True)
     sharded = generate_ar(m, cfg, [prompt], num_samples=3, seed=5, pad_id=3, return_codes=True, mesh=mesh)
     np.testing.assert_array_equal(one, sharded)
+
+
+# --------------------------------------------------------------------------- the CLI on text
+OFFICIAL_PROMPT = "<|User|>: {}\n\n<|Assistant|>:<begin_of_image>"   # Janus-Pro README / app_januspro.py
+
+
+@pytest.fixture(scope="module")
+def pro_ckpt(tmp_path_factory):
+    """The fixture checkpoint with a tokenizer.json beside it whose added tokens include Janus-Pro's
+    speakers, as DeepSeek's does: the commands read everything from the folder."""
+    from janusflow.configs.variants import AUTOREGRESSIVE
+    from janusflow.data.pipeline import shapes_tokenizer
+    from janusflow.data.tokenizer import Tokenizer
+    d = str(tmp_path_factory.mktemp("pro") / "ckpt")
+    shutil.copytree(TINY_DIR, d)
+    hf = shapes_tokenizer(256 + 7 + 40, AUTOREGRESSIVE.roles).hf
+    hf = hf.__class__.from_str(hf.to_str())
+    hf.add_special_tokens(list(AUTOREGRESSIVE.roles))
+    tok = Tokenizer(hf)
+    tok.save(os.path.join(d, "tokenizer.json"))
+    model, cfg = model_io.load_model(d)
+    return d, tok, model, cfg
+
+
+def test_sample_cli_text_prompt_is_the_official_janus_pro_sequence(pro_ckpt, tmp_path):
+    """``janusflow sample --prompt`` on a Janus-Pro checkpoint feeds the official sequence (its
+    speakers, then <begin_of_image>): the image is the sampler's on those ids."""
+    from janusflow.cli import main as cli
+    from janusflow.data.preprocess import decode_image, read_image_file
+    from janusflow.sample.ar_generate import generate_ar
+    d, tok, m, cfg = pro_ckpt
+    out = str(tmp_path / "s")
+    assert cli.main(["sample", "--checkpoint", d, "--prompt", "a red circle", "--out", out, "--n", "1",
+                     "--seed", "3", "--no-progress"]) == 0
+    ids = tok.encode(OFFICIAL_PROMPT.format("a red circle"))
+    assert ids[1] == tok.hf.token_to_id("<|User|>") and ids[-1] == tok.image_start_id
+    want = generate_ar(m, cfg, [ids], num_samples=1, seed=3, pad_id=tok.pad_id)
+    np.testing.assert_array_equal(decode_image(read_image_file(os.path.join(out, "00000_00.png"))), want[0])
+
+
+def test_chat_cli_asks_in_the_official_janus_pro_template(pro_ckpt, tmp_path, capsys, monkeypatch):
+    """``janusflow chat`` on a Janus-Pro checkpoint: the prompt the decoder receives is the
+    official understanding sequence (system prompt, ``<|User|>``, the image block, the question,
+    ``<|Assistant|>:``); the printed answer is the greedy continuation computed without a cache
+    on those ids."""
+    from PIL import Image
+
+    from janusflow.cli import main as cli
+    from janusflow.configs.data import SYSTEM_PROMPT
+    from janusflow.data.tokenizer import IMAGE_PLACEHOLDER
+    from janusflow.sample import chat
+    from janusflow.sample.chat import load_image, siglip_pixels
+    d, tok, m, cfg = pro_ckpt
+    png = str(tmp_path / "img.png")
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(png)
+    q = "what colour is the circle?"
+    fed, decode = [], chat._decode
+
+    def spy(graphdef, state, ids, mask, *rest, **kw):     # the prompt rows the decoder prefills
+        fed.append(np.asarray(ids)[np.asarray(mask, bool)].tolist())
+        return decode(graphdef, state, ids, mask, *rest, **kw)
+    monkeypatch.setattr(chat, "_decode", spy)
+    assert cli.main(["chat", "--checkpoint", d, "--image", png, "--question", q, "--max-new-tokens", "5"]) == 0
+    printed = capsys.readouterr().out
+    # the official processor: one placeholder in the sft string, expanded to begin/N/end
+    text = f"{SYSTEM_PROMPT}\n\n<|User|>: {IMAGE_PLACEHOLDER}\n{q}\n\n<|Assistant|>:"
+    ids = []
+    for i in tok.encode(text):
+        ids += ([tok.image_start_id] + [i] * cfg.num_und_tokens + [tok.image_end_id]
+                if i == tok.image_placeholder_id else [i])
+    assert fed == [ids] and ids[-2] == tok.hf.token_to_id("<|Assistant|>")
+    mask = [i == tok.image_placeholder_id for i in ids]
+    pixels = jnp.asarray(siglip_pixels([load_image(png)], cfg))
+    seq, got = list(ids), []
+    for _ in range(5):
+        logits = m.understanding_logits(jnp.asarray([seq]), None, jnp.asarray([mask + [False] * (len(seq) - len(ids))]),
+                                        und_pixels=pixels)
+        t = int(jnp.argmax(logits[0, -1]))
+        if t == tok.eos_id:
+            break
+        got.append(t)
+        seq.append(t)
+    assert got, "an immediate EOS would leave nothing to compare"
+    assert printed == tok.decode(got) + "\n"
+
+
+def test_geneval_generate_cli_with_a_janus_pro_checkpoint(pro_ckpt, tmp_path):
+    """``janusflow eval geneval generate --checkpoint`` on a Janus-Pro folder: the official
+    sequence per prompt, each image keyed by its own GenEval seed."""
+    from janusflow.cli import main as cli
+    from janusflow.data.preprocess import decode_image, read_image_file
+    from janusflow.eval import geneval_layout as L
+    from janusflow.sample.ar_generate import generate_ar
+    from janusflow.shapes import world as S
+    d, tok, m, cfg = pro_ckpt
+    prompts = S.prompt_set("val", 1, 0)[:2]
+    mfile = tmp_path / "p.jsonl"
+    mfile.write_text("".join(json.dumps(p) + "\n" for p in prompts))
+    out = str(tmp_path / "gen")
+    assert cli.main(["eval", "geneval", "generate", "--checkpoint", d, "--metadata", str(mfile),
+                     "--outdir", out, "--n", "1", "--batch-size", "2"]) == 0
+    items = L.read_layout(out)
+    assert len(items) == 2
+    ids = [tok.encode(OFFICIAL_PROMPT.format(p["prompt"])) for p in prompts]
+    want = generate_ar(m, cfg, ids, seed=0, pad_id=tok.pad_id, key_ids=[L.image_seed(0, i, 0) for i in range(2)],
+                       batch_size=2)
+    for (path, _), w in zip(items, want):
+        np.testing.assert_array_equal(decode_image(read_image_file(path)), w)

@@ -86,10 +86,11 @@ def test_step_loss_is_the_image_token_mean_and_cfg_dropout_reads_the_official_ro
 
 def test_pipeline_prompts_end_in_the_image_tag_with_the_official_uncond_row():
     from janusflow.configs.data import DataConfig, SHAPES_32, SourceConfig
+    from janusflow.configs.variants import AUTOREGRESSIVE
     from janusflow.data.pipeline import GenProcessor, shapes_tokenizer
     from janusflow.sample.ar_generate import uncond_prompt_ids
-    tok = shapes_tokenizer()
-    p = GenProcessor(tok, SourceConfig(name=SHAPES_32, caption="caption"), 24, 32, None, None, True)
+    tok = shapes_tokenizer(512, AUTOREGRESSIVE.roles)
+    p = GenProcessor(tok, SourceConfig(name=SHAPES_32, caption="caption"), 24, 32, None, AUTOREGRESSIVE)
     out = p.process({"caption": "a red circle", "image": _png()}, np.random.default_rng(0), [])
     ids, mask, unc = out["prompt_ids"], out["prompt_mask"], out["uncond_prompt_ids"]
     assert ids[-1] == tok.image_start_id and mask[-1] and not mask[0]
@@ -129,9 +130,10 @@ def _run(cfg, mesh_cfg, n, steps=1):
 
 
 @needs_8
-@pytest.mark.slow   # two compiled Janus-Pro steps (1 and 8 devices); the JanusFlow one runs in the fast tier
 def test_train_step_sharded_on_8_devices_equals_1_and_keeps_the_vq_frozen():
-    cfg = _cfg()
+    # one LLM layer: two compiled steps (1 and 8 devices) of every task's rows stay fast
+    mc = presets.tiny_janus_pro()
+    cfg = _cfg(model=presets.tiny_janus_pro(llm=dataclasses.replace(mc.llm, num_layers=1), repa_layer=1))
     one, m1, vq1 = _run(cfg, MeshConfig(data=1), 1)
     eight, m8, _ = _run(cfg, MeshConfig(data=2, fsdp=2, tensor=2), 8)
     assert m1[0]["loss_img"] > 0 and m1[0]["loss_ar"] > 0 and m1[0]["loss_rf"] == 0

@@ -22,6 +22,7 @@ from janusflow.configs.data import SourceConfig
 from janusflow.data.sources import open_source
 from janusflow.data.step_budget import PAPER_BATCH, PAPER_SEQ_LEN, PAPER_STEPS, format_budget, step_budget
 from janusflow.configs.data import SYSTEM_PROMPT
+from janusflow.configs.variants import RECTIFIED_FLOW
 from janusflow.data.tokenizer import conversation_example
 from janusflow.models.janusflow import JanusFlow
 from janusflow.configs.presets import tiny
@@ -68,11 +69,12 @@ def _png():
 def test_whole_conversation_kept_up_to_the_limit_loss_on_every_answer(tok):
     assert DataConfig().max_turns == 0 and load_config(STAGE[2]).data.max_turns == 0
     turns = [("How many stars?", "two"), ("What colour is the star?", "red"), ("Where is it?", "at the top left")]
-    full, _, full_loss = conversation_example(tok, turns, 4, "")
-    two, _, two_loss = conversation_example(tok, turns[:2], 4, "")
+    full, _, full_loss = conversation_example(tok, turns, 4, "", roles=RECTIFIED_FLOW.roles)
+    two, _, two_loss = conversation_example(tok, turns[:2], 4, "", roles=RECTIFIED_FLOW.roles)
     length = len(two) + 3                                  # the third turn does not fit
     assert len(full) > length
-    proc = UndProcessor(tok, SourceConfig(name="x"), length, 4, None, None, max_turns=0, system_prompt="")
+    proc = UndProcessor(tok, SourceConfig(name="x"), length, 4, None, None, RECTIFIED_FLOW.roles, max_turns=0,
+                        system_prompt="")
     rec = {"image": _png(), "qa": {"question": [q.encode() for q, _ in turns],
                                    "answer": [a.encode() for _, a in turns]}}
     out = proc(rec, np.random.default_rng(0))

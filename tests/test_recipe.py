@@ -57,11 +57,12 @@ def test_quick_sweep_runs_the_whole_recipe(tmp_path):
         assert (work / png).stat().st_size > 1000, png
     # every saved model carries its tokenizer: the final model is evaluated on its own
     from janusflow.data.pipeline import shapes_tokenizer
+    from janusflow.configs.variants import RECTIFIED_FLOW
     from janusflow.data.tokenizer import Tokenizer, generation_prompt_ids
-    ref = generation_prompt_ids(shapes_tokenizer(512), "a photo of a red cross")
+    ref = generation_prompt_ids(shapes_tokenizer(512), "a photo of a red cross", RECTIFIED_FLOW)
     for d in ("init", "stage1/model", "stage3/model_ema"):
         tok = Tokenizer.load(str(work / "F" / "seed0" / d))
-        assert generation_prompt_ids(tok, "a photo of a red cross") == ref, d
+        assert generation_prompt_ids(tok, "a photo of a red cross", RECTIFIED_FLOW) == ref, d
         assert tok.pad_id == shapes_tokenizer(512).pad_id
     p = _run(["eval", "shapes", "--checkpoint", str(work / "F" / "seed0" / "stage3" / "model_ema"), "--n-per-tag", "1",
               "--n-images", "1", "--steps", "2", "--outdir", str(tmp_path / "ev")], ROOT)

@@ -233,7 +233,7 @@ def test_cli_sample_text_prompts(model, vae, checkpoint, tmp_path, capsys):
     assert cli_main(["sample", "--checkpoint", ckpt, "--out", out, "--n", "1", "--steps", str(STEPS),
                      "--prompts-file", str(prompts_file), "--no-progress"]) == 0
     assert "2 images written" in capsys.readouterr().out
-    ids = [generation_prompt_ids(tok, p) for p in ("a red circle", "a blue square")]
+    ids = [generation_prompt_ids(tok, p, CFG.head) for p in ("a red circle", "a blue square")]
     ref = generate(model, vae, CFG, ids, steps=STEPS, noise=initial_noise(CFG, 0, [0, 1]),
                    pad_id=tok.pad_id, progress=False)
     for i in range(2):   # the CLI shards over the 8 simulated devices: allow 1/255 of rounding

@@ -29,9 +29,7 @@ def cmd_sample(args) -> int:
             model, cfg = decoding_layout(model, cfg)
         if tok is not None:
             from janusflow.data.tokenizer import generation_prompt_ids
-            # Janus-Pro's sequence ends in <begin_of_image>; JanusFlow's t_emb takes that slot
-            ids = [generation_prompt_ids(tok, t) + ([tok.image_start_id] if janus_pro else [])
-                   for t in texts]
+            ids = [generation_prompt_ids(tok, t, cfg.head) for t in texts]
         else:
             ids = [run.parse_ids(x) for x in args.prompt_ids]
         out = run.sample_to_dir(

@@ -74,7 +74,11 @@ class GenHead:
     - ``layout``: the official checkpoint layout (config.json form and key map, ``checkpoint/``);
     - ``codec``: "vae" (latents decoded by a separate VAE) or "vq" (the VQ tokenizer inside the
       model); ``sampler``: "flow" (steps and solver apply) or "autoregressive" (temperature
-      applies); ``cfg_weight``: the official classifier-free guidance weight."""
+      applies); ``cfg_weight``: the official classifier-free guidance weight;
+    - ``roles``: the speakers of the family's official conversations (user, assistant), as its
+      README and demo write them; ``prompt_image_start``: a generation prompt ends in
+      ``<begin_of_image>`` (Janus-Pro predicts the first image token after it; JanusFlow puts
+      its t_emb in that slot instead, so the tag is not among the prompt's ids)."""
     name: str
     image_input: str
     parts: tuple
@@ -87,6 +91,8 @@ class GenHead:
     codec: str
     sampler: str
     cfg_weight: float
+    roles: tuple
+    prompt_image_start: bool
 
     @property
     def needs_vae(self) -> bool:
@@ -122,6 +128,9 @@ def register_gen_head(spec: GenHead) -> GenHead:
         raise ValueError(f"generation head {spec.name!r} is registered twice")
     if spec.codec not in CODECS or spec.sampler not in SAMPLERS:
         raise ValueError(f"{spec.name}: codec must be one of {CODECS}, sampler one of {SAMPLERS}")
+    if (not isinstance(spec.roles, tuple) or len(spec.roles) != 2
+            or not all(isinstance(r, str) and r.strip() for r in spec.roles)):
+        raise ValueError(f"{spec.name}: roles must be (user, assistant) names, got {spec.roles!r}")
     GEN_HEADS[spec.name] = spec
     return spec
 
@@ -145,15 +154,17 @@ RECTIFIED_FLOW = register_gen_head(GenHead(
     parts=("gen_encoder", "gen_aligner", "gen_decoder_norm", "gen_decoder_aligner", "gen_decoder"),
     repa=True, paper="JanusFlow: velocity prediction in the VAE latent space (section 3)",
     family="janusflow", model="JanusFlow", composable=True, layout="janusflow",
-    codec="vae", sampler="flow", cfg_weight=2.0))
+    codec="vae", sampler="flow", cfg_weight=2.0, roles=("User", "Assistant"), prompt_image_start=False))
 # Janus-Pro's model is one fixed class: its parts are all of its modules but the LLM.
-# cfg_weight 5: the official generation script's default.
+# cfg_weight 5: the official generation script's default. Roles: Janus-Pro's README and
+# demo/app_januspro.py write "<|User|>"/"<|Assistant|>" where JanusFlow's write "User"/"Assistant".
 AUTOREGRESSIVE = register_gen_head(GenHead(
     "autoregressive", "codes",
     parts=("und_encoder", "und_aligner", "gen_vision", "gen_embed", "gen_aligner", "gen_head"),
     repa=False, paper="Janus-Pro (arXiv 2501.17811): next-token prediction of VQ-16 image codes",
     family="janus_pro", model="JanusPro", composable=False, layout="janus_pro",
-    codec="vq", sampler="autoregressive", cfg_weight=5.0))
+    codec="vq", sampler="autoregressive", cfg_weight=5.0, roles=("<|User|>", "<|Assistant|>"),
+    prompt_image_start=True))
 
 
 def families() -> tuple:

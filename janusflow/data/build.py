@@ -10,7 +10,8 @@ Captions file, one JSON object per line::
    "qa": [{"question": "What animal is it?", "answer": "A dog."}]}
 
 ("file_name" is accepted for "image"; "conversations" in the LLaVA form
-``[{"from": "human", "value": ...}, {"from": "gpt", "value": ...}, ...]`` for "qa";
+``[{"from": "human", "value": ...}, {"from": "gpt", "value": ...}, ...]`` or with "role" and
+"content" (askers named in ``USER_ROLES``, e.g. Janus-Pro's ``<|User|>``) for "qa";
 ``<image>`` markers in questions are dropped since the image always comes first.) The result is
 ``DATA_DIR/NAME/1.0.0`` with features image / caption (list) / qa (question, answer) / file_name,
 read with ``SourceConfig(name=NAME, data_dir=DATA_DIR)`` (default keys fit). Images with alpha,
@@ -71,6 +72,11 @@ class _LocalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         yield from gen()
 
 
+# LLaVA's, OpenAI's and the Janus families' (JanusFlow "User", Janus-Pro "<|User|>") names of
+# the asking side; any other speaker answers the question before it
+USER_ROLES = ("human", "user", "User", "<|User|>")
+
+
 def _turns(rec: Record) -> list:
     """(question, answer) pairs from "qa" or LLaVA "conversations"; RecordError on bad types."""
     if rec.has("qa"):
@@ -79,7 +85,7 @@ def _turns(rec: Record) -> list:
     for m in rec.get_objs("conversations", []):
         role = m.get_str("from") if m.has("from") else m.get_str("role", None)
         value = m.get_str("value") if m.has("value") else m.get_str("content", "")
-        if role in ("human", "user", "User"):
+        if role in USER_ROLES:
             q = value.replace("<image>", "").strip()
         elif q is not None:
             out.append((q, value))

@@ -82,7 +82,7 @@ def _long_captions(cfg, keys, source, tokenizer, max_records) -> list:
         rec = source[i]
         for path in keys.caption.split("|"):
             for cap in as_text_list(get_field(rec, path)):
-                length = len(generation_prompt_ids(tok, cap))
+                length = len(generation_prompt_ids(tok, cap, cfg.model.head))
                 if length > cfg.data.prompt_len:
                     long += 1
                     if len(lines) < MAX_LINES:

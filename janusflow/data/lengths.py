@@ -23,7 +23,8 @@ DEFAULT_CUTS = {"und": (64, 128, 256, 512, 1024, 2048, 3518), "gen": (32, 64, 12
 OUTCOMES = ("whole", "turns_dropped", "truncated", "dropped")
 
 
-def und_lengths(tok, record, keys, num_image_tokens: int, system_prompt: str, max_turns: int = 0):
+def und_lengths(tok, record, keys, num_image_tokens: int, system_prompt: str, max_turns: int = 0, *,
+                roles: tuple):
     """(text tokens of the whole conversation, text tokens to the end of the first answer, text
     tokens before the first answer token), or None for an example the pipeline skips as
     empty. Text tokens = row tokens minus the 1 + N image slots. ``max_turns`` > 0: the first
@@ -33,7 +34,7 @@ def und_lengths(tok, record, keys, num_image_tokens: int, system_prompt: str, ma
     turns = turns[:max_turns] if max_turns else turns
     if not turns:
         return None
-    ids, _, loss = conversation_example(tok, turns, num_image_tokens, system_prompt)
+    ids, _, loss = conversation_example(tok, turns, num_image_tokens, system_prompt, roles=roles)
     m = np.asarray(loss, bool)
     first_end = int(np.flatnonzero(m & ~np.append(m[1:], False))[0]) + 1
     slots = 1 + num_image_tokens
@@ -76,10 +77,11 @@ def measure(cfg, n: int = 1000, split: str | None = None, tokenizer=None) -> dic
         for i in range(min(n, len(source))):
             rec = source[i]
             if task == "und":
-                got = und_lengths(tok, rec, src_cfg, m.num_und_tokens, d.system_prompt, d.max_turns)
+                got = und_lengths(tok, rec, src_cfg, m.num_und_tokens, d.system_prompt, d.max_turns,
+                                  roles=m.head.roles)
             elif task == "gen":   # the longest of the caption fields (the worst case per example)
                 caps = [c.strip() for p in src_cfg.caption.split("|") for c in as_text_list(get_field(rec, p))]
-                got = max((len(generation_prompt_ids(tok, c)) for c in caps if c), default=None)
+                got = max((len(generation_prompt_ids(tok, c, m.head)) for c in caps if c), default=None)
             else:
                 text = as_text(get_field(rec, src_cfg.text)).strip()
                 got = len(tok.encode(text)) + 1 if text else None     # + <eos>
@@ -119,7 +121,8 @@ def report(cfg, measured: dict, cuts: dict | None = None) -> dict:
 
 def format_report(rep: dict) -> str:
     unit = {"und": "und_text_len (text tokens of a row: system prompt, questions, answers)",
-            "gen": "prompt_len (BOS User: {caption}\\n\\nAssistant:)", "text": "text_len (document + <eos>)"}
+            "gen": "prompt_len (BOS User: {caption}\\n\\nAssistant:, Janus-Pro's + <begin_of_image>)",
+            "text": "text_len (document + <eos>)"}
     lines = []
     for task, r in rep.items():
         s = r["stats"]

@@ -28,6 +28,7 @@ import numpy as np
 
 from janusflow.configs.data import SYSTEM_PROMPT, DataConfig, SourceConfig
 from janusflow.configs.errors import ConfigError
+from janusflow.configs.variants import RECTIFIED_FLOW, GenHead
 from janusflow.data import preprocess as pp
 from janusflow.data.latents import FEATURE as LATENTS_FEATURE
 from janusflow.data.latents import check_source as check_latents_source
@@ -78,6 +79,7 @@ class UndProcessor(_Processor):
     num_image_tokens: int
     siglip: tuple            # (size, mean, std) or None
     vae_size: int | None
+    roles: tuple             # the family's (user, assistant) names (ModelConfig.head.roles)
     max_turns: int = 0
     system_prompt: str = SYSTEM_PROMPT
 
@@ -92,7 +94,7 @@ class UndProcessor(_Processor):
             keep = np.sort(rng.choice(len(turns), self.max_turns, replace=False))
             turns = [turns[i] for i in keep]
         ids, image_mask, loss_mask = conversation_example(self.tok, turns, self.num_image_tokens,
-                                                          self.system_prompt)
+                                                          self.system_prompt, roles=self.roles)
         if len(ids) > self.length:
             keep = whole_turns_end(loss_mask, self.length)
             if keep:                                      # the turns that fit, each whole
@@ -122,27 +124,26 @@ class GenProcessor(_Processor):
     length: int
     image_size: int
     repa: tuple | None       # (size, mean, std) or None
+    # the generation head (ModelConfig.head): its family's prompt template; an autoregressive
+    # head's examples carry the official unconditional row too (uncond_prompt_ids), which its
+    # CFG dropout reads
+    head: GenHead
     # (feature, shape, dtype) of data/latents.py's precomputed_input: read the stored latents
     # (or VQ codes) instead of the images
     precomputed: tuple | None = None
-    # Janus-Pro: the prompt ends in <begin_of_image> (the official sequence) and each example
-    # carries its official unconditional row too (uncond_prompt_ids), which CFG dropout reads
-    image_tag: bool = False
 
     def prompt_ids(self, caption: str, flags) -> list:
-        tag = [self.tok.image_start_id] if self.image_tag else []
-        room = self.length - len(tag)
-        ids = generation_prompt_ids(self.tok, caption)
-        if len(ids) <= room:
-            return ids + tag
+        ids = generation_prompt_ids(self.tok, caption, self.head)
+        if len(ids) <= self.length:
+            return ids
         flags.append("truncated")
         body = self.tok.encode(caption, add_bos=False)
-        budget = len(body) - (len(ids) - room)
+        budget = len(body) - (len(ids) - self.length)
         while budget > 0:
-            ids = generation_prompt_ids(self.tok, self.tok.decode(body[:budget]))
-            if len(ids) <= room:
-                return ids + tag
-            budget -= max(1, len(ids) - room)
+            ids = generation_prompt_ids(self.tok, self.tok.decode(body[:budget]), self.head)
+            if len(ids) <= self.length:
+                return ids
+            budget -= max(1, len(ids) - self.length)
         raise pp.BadExample("too_long")                  # the template alone does not fit
 
     def process(self, record, rng, flags):
@@ -157,7 +158,7 @@ class GenProcessor(_Processor):
         ids = self.prompt_ids(caption, flags)
         out = {"prompt_ids": _pad(np.asarray(ids, np.int32), self.length, self.tok.pad_id, left=True),
                "prompt_mask": _pad(np.ones(len(ids), bool), self.length, False, left=True)}
-        if self.image_tag:
+        if self.head.autoregressive:
             from janusflow.sample.ar_generate import uncond_prompt_ids
             out["uncond_prompt_ids"] = uncond_prompt_ids(out["prompt_ids"][None], out["prompt_mask"][None],
                                                          self.tok.pad_id)[0]
@@ -203,13 +204,15 @@ class TextProcessor(_Processor):
 
 # ---------------------------------------------------------------------- tokenizer
 @functools.lru_cache(maxsize=4)
-def shapes_tokenizer(vocab_size: int = 512) -> Tokenizer:
-    """Byte-level BPE trained on the shapes world's vocabulary and the chat templates
-    (deterministic, no download; cached per process)."""
+def shapes_tokenizer(vocab_size: int = 512, roles: tuple = RECTIFIED_FLOW.roles) -> Tokenizer:
+    """Byte-level BPE trained on the shapes world's vocabulary and the chat templates between
+    ``roles`` (a family's speakers, ``ModelConfig.head.roles``; deterministic, no download;
+    cached per process)."""
     from janusflow.shapes import world as shapes
     from janusflow.shapes.dataset import describe
-    from janusflow.data.tokenizer import ASSISTANT, SEP, USER, build_tiny_tokenizer
-    texts = [f"{USER}: {m['prompt']}{SEP}{ASSISTANT}:" for tag in shapes.TAGS
+    from janusflow.data.tokenizer import SEP, build_tiny_tokenizer
+    user, assistant = roles
+    texts = [f"{user}: {m['prompt']}{SEP}{assistant}:" for tag in shapes.TAGS
              for m in shapes.prompts_for(tag, "all")]
     rng = np.random.default_rng(0)
     for i in range(400):
@@ -217,14 +220,15 @@ def shapes_tokenizer(vocab_size: int = 512) -> Tokenizer:
         objs = [shapes.Obj(shapes.SHAPES[int(rng.integers(6))], shapes.COLORS[int(rng.integers(10))],
                            (2 + 10 * k, 2 + 10 * ((k * 7 + i) % 4), 10 + 10 * k, 10 + 10 * ((k * 7 + i) % 4)))
                 for k in range(n)]
-        texts += [f"\n{q}{SEP}{ASSISTANT}: {a}" for q, a, _ in shapes.questions(objs, rng)]
+        texts += [f"\n{q}{SEP}{assistant}: {a}" for q, a, _ in shapes.questions(objs, rng)]
         texts.append(describe(objs))
     texts += [SYSTEM_PROMPT, "0123456789"]
     return build_tiny_tokenizer(texts, min(vocab_size, 4096))
 
 
 def load_tokenizer(data: DataConfig, model_cfg) -> Tokenizer:
-    tok = Tokenizer.load(data.tokenizer) if data.tokenizer else shapes_tokenizer(model_cfg.llm.vocab_size)
+    tok = (Tokenizer.load(data.tokenizer) if data.tokenizer
+           else shapes_tokenizer(model_cfg.llm.vocab_size, model_cfg.head.roles))
     if tok.vocab_size > model_cfg.llm.vocab_size:
         raise ValueError(f"tokenizer has {tok.vocab_size} tokens but the model's vocab_size is "
                          f"{model_cfg.llm.vocab_size}: ids would index past the embedding table")
@@ -261,9 +265,9 @@ def processors(cfg, data: DataConfig, tok: Tokenizer) -> dict:
     if data.text_len > cfg.seq_len:
         raise ConfigError(f"data.text_len: {data.text_len} exceeds seq_len {cfg.seq_len}")
     return {"und": UndProcessor(tok, data.und, und_len, m.num_und_tokens, o["und_pixels"], o["und_vae"],
-                                data.max_turns, data.system_prompt),
-            "gen": GenProcessor(tok, data.gen, data.prompt_len, m.image_size, o["repa"],
-                                precomputed_input(m) if data.gen.latents else None, m.generates_image_tokens),
+                                m.head.roles, data.max_turns, data.system_prompt),
+            "gen": GenProcessor(tok, data.gen, data.prompt_len, m.image_size, o["repa"], m.head,
+                                precomputed_input(m) if data.gen.latents else None),
             "text": TextProcessor(tok, data.text, data.text_len)}
 
 

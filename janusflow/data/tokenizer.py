@@ -1,19 +1,22 @@
-"""Tokenizer (Hugging Face ``tokenizers``) and the JanusFlow chat templates.
+"""Tokenizer (Hugging Face ``tokenizers``) and the chat templates of JanusFlow and Janus-Pro.
 
-The released model uses the DeepSeek-LLM byte-level BPE tokenizer (``tokenizer.json`` in the
-checkpoint) plus the JanusFlow special tokens. The templates follow the official code
-(``janus/utils/conversation.py``, "DeepSeek" separator style, roles ``User``/``Assistant``,
-``sep="\\n\\n"``, ``sep2=<｜end▁of▁sentence｜>``; ``demo/app_janusflow.py``):
+The released models use the DeepSeek-LLM byte-level BPE tokenizer (``tokenizer.json`` in the
+checkpoint) plus the Janus special tokens. The templates follow the official code
+(``janus/utils/conversation.py``, "DeepSeek" separator style, ``sep="\\n\\n"``,
+``sep2=<｜end▁of▁sentence｜>``, the speaker names taken from the conversation). The speakers
+are the family's (``GenHead.roles``): JanusFlow's README and ``demo/app_janusflow.py`` write
+``User``/``Assistant``, Janus-Pro's README and ``demo/app_januspro.py`` ``<|User|>``/``<|Assistant|>``:
 
-  understanding  BOS [system\\n\\n] User: <begin_of_image> [N x <image_placeholder>] <end_of_image>
-                 \\n{question}\\n\\nAssistant: {answer}<eos>[User: {q2}\\n\\nAssistant: {a2}<eos> ...]
-  generation     BOS User: {prompt}\\n\\nAssistant:      (the demo then appends <begin_of_image>,
-                 whose embedding the model replaces by t_emb; it is *not* part of these ids)
+  understanding  BOS [system\\n\\n] U: <begin_of_image> [N x <image_placeholder>] <end_of_image>
+                 \\n{question}\\n\\nA: {answer}<eos>[U: {q2}\\n\\nA: {a2}<eos> ...]
+  generation     BOS U: {prompt}\\n\\nA:      then Janus-Pro's ``<begin_of_image>``; JanusFlow's
+                 model puts t_emb in that slot, so for JanusFlow the tag is *not* among the ids
 
-Text is encoded in pieces split at special tokens, as ``tokenizers`` itself does when it meets an
-added token, so the ids equal those of encoding the whole official string. The only extra split
-is between ``Assistant:`` and `` {answer}``, which falls on a pre-tokenizer boundary (punctuation
-then a space-led word) so it does not change the ids either (checked in the tests).
+(U, A: the user's and the assistant's names.) Text is encoded in pieces split at special
+tokens, as ``tokenizers`` itself does when it meets an added token, so the ids equal those of
+encoding the whole official string. The only extra split is between ``A:`` and `` {answer}``,
+which falls on a pre-tokenizer boundary (punctuation then a space-led word) so it does not
+change the ids either (checked in the tests).
 """
 
 from __future__ import annotations
@@ -38,9 +41,7 @@ GENERATION_TAG = "<｜begin▁of▁generation｜>"
 JANUS_TAGS = (IMAGE_PLACEHOLDER, GENERATION_TAG, IMAGE_START, IMAGE_END)
 SPECIAL_TOKENS = (BOS_TOKEN, EOS_TOKEN, PAD_TOKEN) + JANUS_TAGS
 
-# The official processor puts this before understanding conversations (``process_one``); the
-# generation template uses none. Pass it as ``system_prompt`` to match the released model.
-USER, ASSISTANT, SEP = "User", "Assistant", "\n\n"
+SEP = "\n\n"
 
 
 def _token_name(v) -> Optional[str]:
@@ -168,16 +169,21 @@ class Tokenizer:
 
 
 # ---------------------------------------------------------------------- templates
-def generation_prompt_ids(tok: Tokenizer, prompt: str) -> list[int]:
-    """``BOS User: {prompt}\\n\\nAssistant:`` -- WITHOUT the ``<begin_of_image>`` tag the official
-    demo appends: the model puts t_emb in that slot (``generate_velocity``), so the caller must
-    not add it. Same for training (``gen.prompt_ids``) and sampling."""
-    return tok.encode(f"{USER}: {prompt.strip()}{SEP}{ASSISTANT}:")
+def generation_prompt_ids(tok: Tokenizer, prompt: str, head) -> list[int]:
+    """The generation prompt of the family of ``head`` (``ModelConfig.head``): ``BOS U: {prompt}
+    \\n\\nA:``, and for a head whose ``prompt_image_start`` is set (Janus-Pro) the
+    ``<begin_of_image>`` the official script appends. JanusFlow's model puts t_emb in that slot
+    (``generate_velocity``), so its ids stop at ``A:``. Training and sampling both build
+    their prompts here."""
+    user, assistant = head.roles
+    ids = tok.encode(f"{user}: {prompt.strip()}{SEP}{assistant}:")
+    return ids + [tok.image_start_id] if head.prompt_image_start else ids
 
 
 def conversation_example(tok: Tokenizer, turns: Sequence[tuple[str, str]], num_image_tokens: int,
-                         system_prompt: str = ""):
-    """Understanding sequence of one image and one or more (question, answer) turns.
+                         system_prompt: str = "", *, roles: tuple):
+    """Understanding sequence of one image and one or more (question, answer) turns between the
+    speakers ``roles`` (``ModelConfig.head.roles``: the family's user and assistant names).
 
     Returns numpy ``(ids int32, image_mask bool, loss_mask bool)``: ``image_mask`` marks the
     ``<begin_of_image>`` slot and the ``num_image_tokens`` placeholders (1 + N positions, the
@@ -193,17 +199,18 @@ def conversation_example(tok: Tokenizer, turns: Sequence[tuple[str, str]], num_i
     def add(ids, image=0, loss=0):
         pieces.append((list(ids), image, loss))
 
+    user, assistant = roles
     head = f"{system_prompt.strip()}{SEP}" if system_prompt.strip() else ""
-    add([tok.bos_id] + tok.encode(f"{head}{USER}: ", add_bos=False))
+    add([tok.bos_id] + tok.encode(f"{head}{user}: ", add_bos=False))
     add([tok.image_start_id] + [tok.image_placeholder_id] * num_image_tokens, image=1)
     add([tok.image_end_id])
     for k, (question, answer) in enumerate(turns):
         q = question.strip()
         if k == 0:
-            user = (f"\n{q}" if q else "") + f"{SEP}{ASSISTANT}:"
+            asked = (f"\n{q}" if q else "") + f"{SEP}{assistant}:"
         else:
-            user = f"{USER}: {q}{SEP}{ASSISTANT}:"
-        add(tok.encode(user, add_bos=False))
+            asked = f"{user}: {q}{SEP}{assistant}:"
+        add(tok.encode(asked, add_bos=False))
         add(tok.encode(f" {answer.strip()}", add_bos=False) + [tok.eos_id], loss=1)
     ids = np.concatenate([np.asarray(p, np.int32) for p, _, _ in pieces])
     image_mask = np.concatenate([np.full(len(p), f, bool) for p, f, _ in pieces])
@@ -212,10 +219,10 @@ def conversation_example(tok: Tokenizer, turns: Sequence[tuple[str, str]], num_i
 
 
 def understanding_example(tok: Tokenizer, question: str, answer: str, num_image_tokens: int,
-                          system_prompt: str = ""):
-    """``BOS User: <begin_of_image> [N placeholders] <end_of_image>\\n{question}\\n\\nAssistant:
+                          system_prompt: str = "", *, roles: tuple):
+    """``BOS U: <begin_of_image> [N placeholders] <end_of_image>\\n{question}\\n\\nA:
     {answer}<eos>`` (spec section 2); see :func:`conversation_example` for the masks."""
-    return conversation_example(tok, [(question, answer)], num_image_tokens, system_prompt)
+    return conversation_example(tok, [(question, answer)], num_image_tokens, system_prompt, roles=roles)
 
 
 # ---------------------------------------------------------------------- tiny tokenizer

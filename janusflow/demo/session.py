@@ -211,14 +211,13 @@ class DemoSession:
         from janusflow.sample.generate import initial_noise, iter_generate
         if not self.can_generate:
             raise DemoInputError("this checkpoint has no generation path (gen_enabled=False)")
-        ids = [generation_prompt_ids(self.tokenizer, req.prompt)]
+        ids = [generation_prompt_ids(self.tokenizer, req.prompt, self.cfg.head)]
         images = [None] * req.n
         done = 0
         progress(0, req.n)
         if self.cfg.head.autoregressive:
             from janusflow.sample.ar_generate import iter_generate_ar
-            # Janus-Pro's sequence ends in <begin_of_image>, as `janusflow sample` builds it
-            batches = iter_generate_ar(self.model, self.cfg, [ids[0] + [self.tokenizer.image_start_id]],
+            batches = iter_generate_ar(self.model, self.cfg, ids,
                                        num_samples=req.n, cfg_weight=req.cfg_weight, seed=req.seed,
                                        batch_size=self.limits.batch_size, pad_id=self.tokenizer.pad_id)
         else:

@@ -289,7 +289,7 @@ def model_generate_fn(model, vae, cfg, tokenizer, *, cfg_weight: Optional[float]
 
         def fn_ar(items):
             # the image's random stream is keyed by its own seed alone, as the flow noise is
-            ids = [generation_prompt_ids(tokenizer, it["prompt"]) + [tokenizer.image_start_id] for it in items]
+            ids = [generation_prompt_ids(tokenizer, it["prompt"], cfg.head) for it in items]
             return generate_ar(model, cfg, ids, cfg_weight=cfg_weight, seed=0, pad_id=tokenizer.pad_id,
                                key_ids=[it["seed"] for it in items], batch_size=len(items))
         return fn_ar
@@ -298,7 +298,7 @@ def model_generate_fn(model, vae, cfg, tokenizer, *, cfg_weight: Optional[float]
     shape = latent_shape(cfg)
 
     def fn(items):
-        ids = [generation_prompt_ids(tokenizer, it["prompt"]) for it in items]
+        ids = [generation_prompt_ids(tokenizer, it["prompt"], cfg.head) for it in items]
         noise = np.stack([np.random.default_rng(it["seed"]).standard_normal(shape, dtype=np.float32)
                           for it in items])
         return generate(model, vae, cfg, ids, cfg_weight=cfg_weight, steps=steps, noise=noise,

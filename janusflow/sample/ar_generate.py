@@ -176,7 +176,8 @@ def iter_generate_ar(model, cfg: ModelConfig, prompt_ids: Sequence[Sequence[int]
 
 def generate_ar(model, cfg: ModelConfig, prompt_ids, *, return_codes: bool = False, **kw) -> np.ndarray:
     """All images (or codes) of :func:`iter_generate_ar`, in index order. ``prompt_ids``: per
-    prompt the official sequence ``BOS User: {prompt}\\n\\nAssistant:<begin_of_image>`` as ids."""
+    prompt the official sequence ``BOS <|User|>: {prompt}\\n\\n<|Assistant|>:<begin_of_image>`` as
+    ids (``data.tokenizer.generation_prompt_ids``)."""
     out = None
     for idx, codes, images in iter_generate_ar(model, cfg, prompt_ids, decode=not return_codes, **kw):
         part = codes if return_codes else images

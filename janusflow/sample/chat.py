@@ -1,7 +1,8 @@
 """Image understanding ("chat"): preprocessing, the understanding prompt, KV-cache decoding.
 
 Sequence (spec section 2): ``BOS [system] User: <begin_of_image> [N image embeddings]
-<end_of_image>\\n{question}\\n\\nAssistant:`` then the answer. The ``<begin_of_image>`` slot
+<end_of_image>\\n{question}\\n\\nAssistant:`` then the answer (Janus-Pro's speakers are
+``<|User|>``/``<|Assistant|>``: ``GenHead.roles``). The ``<begin_of_image>`` slot
 carries ``beg_of_und_embed`` and the N placeholders the aligned SigLIP features
 (``JanusFlow.understanding_embeds``). With a tokenizer the ids come from
 ``janusflow.data.tokenizer``; without one the caller gives the question ids and an
@@ -197,14 +198,15 @@ def _check_decoding(max_new_tokens, temperature, top_p):
         raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
 
 
-def tokenizer_prompt(tokenizer, question: str, num_image_tokens: int, system_prompt: Optional[str] = None):
-    """(ids, image_mask) of the understanding prompt up to ``Assistant:`` from the shared
-    template (``janusflow.data.tokenizer``): the training example cut where the answer starts."""
+def tokenizer_prompt(tokenizer, question: str, cfg: ModelConfig, system_prompt: Optional[str] = None):
+    """(ids, image_mask) of the understanding prompt of ``cfg``'s family up to the assistant's
+    name, from the shared template (``janusflow.data.tokenizer``): the training example cut
+    where the answer starts."""
     from janusflow.configs.data import SYSTEM_PROMPT
     from janusflow.data import tokenizer as tok_mod
     system = SYSTEM_PROMPT if system_prompt is None else system_prompt
-    ids, image_mask, loss_mask = tok_mod.understanding_example(tokenizer, question, "",
-                                                               num_image_tokens, system)
+    ids, image_mask, loss_mask = tok_mod.understanding_example(tokenizer, question, "", cfg.num_und_tokens,
+                                                               system, roles=cfg.head.roles)
     cut = int(np.argmax(loss_mask))
     return [int(x) for x in ids[:cut]], [bool(x) for x in image_mask[:cut]]
 
@@ -218,7 +220,7 @@ def _prompts(cfg, tokenizer, questions, template, system_prompt):
         for i, q in enumerate(questions):
             if not isinstance(q, str) or not q.strip():
                 raise ValueError(f"question {i} is empty or not a string: {q!r}")
-            built.append(tokenizer_prompt(tokenizer, q, n, system_prompt))
+            built.append(tokenizer_prompt(tokenizer, q, cfg, system_prompt))
         return built, tokenizer.eos_id
     if template is None:
         raise ValueError("without a tokenizer, pass template=UnderstandingTemplate(...) and "

@@ -146,8 +146,8 @@ def shape_gap(model, vae, cfg, tokenizer, *, n: int = 192, ts: Sequence[float] =
     items = shape_swap_prompts(n, seed)
     images = np.stack([shapes.render(shapes.scene_from_metadata(md, rng, mc.image_size), mc.image_size, rng)
                        for md, _ in items]).astype(np.float32) / 127.5 - 1.0
-    right = [generation_prompt_ids(tokenizer, md["prompt"]) for md, _ in items]
-    wrong = [generation_prompt_ids(tokenizer, p) for _, p in items]
+    right = [generation_prompt_ids(tokenizer, md["prompt"], mc.head) for md, _ in items]
+    wrong = [generation_prompt_ids(tokenizer, p, mc.head) for _, p in items]
     length = max(map(len, right + wrong))
     ids, mask = pad_prompts(right, length, tokenizer.pad_id)
     ids2, mask2 = pad_prompts(wrong, length, tokenizer.pad_id)

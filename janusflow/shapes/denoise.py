@@ -157,7 +157,7 @@ def trajectory_grid(model, vae, mcfg, tokenizer, prompts: Sequence[str], *, step
     from janusflow.models.vae import decode_latents
     from janusflow.objectives.cfg_dropout import uncond_prompt_mask
     from janusflow.sample.generate import latent_shape, pad_prompts
-    ids = [generation_prompt_ids(tokenizer, p) for p in prompts]
+    ids = [generation_prompt_ids(tokenizer, p, mcfg.head) for p in prompts]
     pid, pmask = pad_prompts(ids, max(map(len, ids)), tokenizer.pad_id)
     pid, pmask = jnp.asarray(pid), jnp.asarray(pmask)
     umask = uncond_prompt_mask(pmask)

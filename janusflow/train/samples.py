@@ -32,7 +32,7 @@ class FixedPromptSampler:
     def __init__(self, cfg, tokenizer, workdir: str, writer, *, primary: bool = True, mesh=None):
         t = cfg.train
         self.cfg, self.workdir, self.writer, self.primary, self.mesh = cfg, workdir, writer, primary, mesh
-        self.prompt_ids = [generation_prompt_ids(tokenizer, p) for p in t.sample_prompts]
+        self.prompt_ids = [generation_prompt_ids(tokenizer, p, cfg.model.head) for p in t.sample_prompts]
         self.pad_id = tokenizer.pad_id
 
     def due(self, step: int) -> bool:
