@@ -140,6 +140,7 @@ def test_run_directory_removal_keeps_what_the_run_did_not_write(tmp_path):
     assert "holds a run of another config" in sweep_results.claim_run_dir(str(run), {"config_sha": "xyz"})
     os.makedirs(run / "stage3" / "model")
     (run / "results.json").write_text("{}")
+    (run / "vq_pretrain.json").write_text("{}")          # the Janus-Pro recipe's vq phase summary
     (run / "notes.txt").write_text("mine")
     sweep_results.remove_run_dir(str(run), logs.append)
     assert sorted(os.listdir(run)) == ["janusflow_sweep_run.json", "notes.txt"]

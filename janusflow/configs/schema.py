@@ -18,12 +18,14 @@ from janusflow.configs.data import DataConfig
 from janusflow.configs.errors import ConfigError
 from janusflow.configs.model import (ATTENTION_IMPLS, FAMILIES, REMAT_POLICIES, GenCodecConfig, LLMConfig,
                                      ModelConfig, SiglipConfig, VAEConfig, VQConfig)
-from janusflow.configs.training import (OPTIMIZERS, RECIPE_PHASES, CurriculumPhase, LoraConfig, LossConfig,
+from janusflow.configs.training import (OPTIMIZERS, RECIPE_PHASES, SIGLIP_PRETRAIN_FILE, VQ_PRETRAIN_FILE,
+                                        CurriculumPhase, LoraConfig, LossConfig,
                                         MeshConfig, OptimConfig, RecipeConfig, TrainConfig)
 
 __all__ = ["ConfigError", "DataConfig", "ATTENTION_IMPLS", "FAMILIES", "VQConfig", "OPTIMIZERS", "REMAT_POLICIES",
            "GenCodecConfig", "LLMConfig",
-           "ModelConfig", "SiglipConfig", "VAEConfig", "RECIPE_PHASES", "CurriculumPhase", "LoraConfig", "LossConfig",
+           "ModelConfig", "SiglipConfig", "VAEConfig", "RECIPE_PHASES", "SIGLIP_PRETRAIN_FILE",
+           "VQ_PRETRAIN_FILE", "CurriculumPhase", "LoraConfig", "LossConfig",
            "MeshConfig", "OptimConfig", "RecipeConfig", "TrainConfig", "ExperimentConfig", "replace"]
 
 

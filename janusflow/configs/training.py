@@ -186,6 +186,8 @@ class TrainConfig:
 # The default recipe's phase directories in WORKDIR, in order (train/recipe.py runs them; sweep
 # results and --checkpoint WORKDIR read them).
 RECIPE_PHASES = ("llm", "stage1", "stage2", "stage3")
+# The pre-training phases' summaries the recipe writes in WORKDIR (a sweep removes them with the run)
+SIGLIP_PRETRAIN_FILE, VQ_PRETRAIN_FILE = "siglip_pretrain.json", "vq_pretrain.json"
 
 
 @dataclass(frozen=True)

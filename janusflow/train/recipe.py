@@ -27,6 +27,7 @@ from flax import nnx
 
 from janusflow import paths
 from janusflow.configs.schema import RECIPE_PHASES as PHASES
+from janusflow.configs.schema import SIGLIP_PRETRAIN_FILE, VQ_PRETRAIN_FILE
 from janusflow.configs.schema import ConfigError, ExperimentConfig, OptimConfig
 from janusflow.configs.variants import RECTIFIED_FLOW
 from janusflow.data.mixing import with_task_ratios
@@ -214,7 +215,7 @@ def _train_vq(cfg: ExperimentConfig, workdir: str, log: Callable) -> dict:
     res = pretrain_vq(cfg.model.vq, batches, r.vq_steps, lr=r.vq_lr, seed=cfg.train.seed, log=log)
     batches.close() if hasattr(batches, "close") else None
     log(f"vq: {res['codes_used']} of {res['codebook_size']} codes used over the last tenth of the steps")
-    with open(os.path.join(workdir, "vq_pretrain.json"), "w") as f:
+    with open(os.path.join(workdir, VQ_PRETRAIN_FILE), "w") as f:
         json.dump({k: res[k] for k in ("first", "last", "codes_used", "codebook_size")}, f, indent=2)
     return res["params"]
 
@@ -238,7 +239,7 @@ def _run(cfg: ExperimentConfig, workdir: str, log: Callable, start_over: bool) -
         res = pretrain_siglip(cfg.model.siglip, cfg.model.llm.vocab_size, batches, r.siglip_steps,
                               lr=r.siglip_lr, seed=cfg.train.seed, log=log, scan=cfg.model.scan_layers)
         batches.close() if hasattr(batches, "close") else None
-        with open(os.path.join(workdir, "siglip_pretrain.json"), "w") as f:
+        with open(os.path.join(workdir, SIGLIP_PRETRAIN_FILE), "w") as f:
             json.dump({"first_loss": res["first_loss"], "last_loss": res["last_loss"]}, f)
         _save_init(cfg, res["params"], init_dir, log, vq_params)
     prev = init_dir

@@ -23,7 +23,7 @@ import math
 import os
 from typing import Callable, Optional
 
-from janusflow.configs.schema import RECIPE_PHASES
+from janusflow.configs.schema import RECIPE_PHASES, SIGLIP_PRETRAIN_FILE, VQ_PRETRAIN_FILE
 from janusflow.records import Record, RecordError, iter_jsonl, read_json_object
 
 FORMAT = "janusflow-sweep-run"
@@ -220,7 +220,7 @@ def finished(records: list[dict], member: str, seed: int, sha: str) -> bool:
 # Names the recipe (train/recipe.py) and a single-stage run (train/loop.py) write into a workdir,
 # and the sweep's own marker: only these are removed with a finished run's directory.
 SWEEP_MARKER = "janusflow_sweep_run.json"
-RUN_NAMES = frozenset(("init", "siglip_pretrain.json", "eval_final", "eval_untrained", "results.json",
+RUN_NAMES = frozenset(("init", SIGLIP_PRETRAIN_FILE, VQ_PRETRAIN_FILE, "eval_final", "eval_untrained", "results.json",
                        "learning_curves.png", "janusflow.lock", "janusflow_run.json", "janusflow_run.json.tmp",
                        "checkpoints", "model", "model_ema", "metrics.jsonl", "run_info.json", "tensorboard",
                        SWEEP_MARKER) + RECIPE_PHASES)
