@@ -81,6 +81,24 @@ def test_official_parameter_counts(preset):
     assert got["checkpoint_total"] == want["total"]
 
 
+@pytest.mark.parametrize("preset", ["janus_pro_1b", "janus_pro_7b"])
+def test_info_cli_prints_the_official_counts(preset, capsys):
+    """``janusflow info --config janus_pro_*``: each component's line carries the official
+    module's name and the official module's parameter count."""
+    from janusflow.cli import main as cli
+    want = json.load(open(os.path.join(FIX, "janus_pro_official_counts.json")))[preset]
+    assert cli.main(["info", "--config", preset]) == 0
+    rows = {}
+    for line in capsys.readouterr().out.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[-1].replace(",", "").isdigit():
+            rows[parts[0]] = (parts[1], int(parts[-1].replace(",", "")))
+    for ours, official in JANUS_PRO_NAMES.items():
+        name = official.split(" ")[0]
+        assert rows[ours] == (name, want[name]), ours
+    assert rows["checkpoint"][1] == want["total"]
+
+
 # ------------------------------------------------------------------------ parity (official code)
 def test_config_json_recognised(official):
     _, cfg, _ = official
