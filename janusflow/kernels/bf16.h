@@ -1,11 +1,18 @@
 // bf16 <-> fp32 scalar conversions shared by the decoding kernels (bf16 travels as uint16_t),
-// and whether they take AVX512-BF16's dot product instruction.
+// whether this CPU runs the kernels at all, and whether they take AVX512-BF16's dot instruction.
 #pragma once
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 
 namespace janusflow_bf16 {
+
+// Whether this CPU runs the kernels (AVX-512 F and BW; each library's *Supported() export asks
+// before the loader registers its handlers).
+inline bool HasAvx512FBw() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+}
 
 // Whether this CPU has AVX512-BF16's dot product instruction; JANUSFLOW_GEMV_WIDEN_BF16=1 says
 // no on any CPU (tests of the widening paths).

@@ -62,8 +62,7 @@ ffi::Error Handler(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v, ffi::Bu
 }  // namespace
 
 extern "C" int JanusflowDecodeAttentionSupported() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+  return janusflow_bf16::HasAvx512FBw();
 }
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JanusflowDecodeAttention, Handler,

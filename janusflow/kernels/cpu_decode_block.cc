@@ -208,8 +208,7 @@ ffi::Error Block(ffi::AnyBuffer x, ffi::AnyBuffer n1, ffi::AnyBuffer n2, ffi::Bu
 }  // namespace
 
 extern "C" int JanusflowDecodeBlockSupported() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+  return janusflow_bf16::HasAvx512FBw();
 }
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JanusflowDecodeBlock, Block,

@@ -178,8 +178,7 @@ ffi::Error GemvHandler(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::Buff
 
 // The CPU this was built for runs it (the loader checks the flags first: cpu_gemv.py).
 extern "C" int JanusflowGemvSupported() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+  return janusflow_bf16::HasAvx512FBw();
 }
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JanusflowGemv, GemvHandler,

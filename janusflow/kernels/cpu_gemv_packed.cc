@@ -66,8 +66,7 @@ ffi::Error GemvPackedHandler(ffi::AnyBuffer a, ffi::Buffer<ffi::U8> lo, ffi::Buf
 }  // namespace
 
 extern "C" int JanusflowGemvPackedSupported() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+  return janusflow_bf16::HasAvx512FBw();
 }
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JanusflowGemvPacked, GemvPackedHandler,

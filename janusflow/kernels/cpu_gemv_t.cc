@@ -196,8 +196,7 @@ ffi::Error GemvTHandler(ffi::AnyBuffer a, ffi::AnyBuffer bt, ffi::Result<ffi::Bu
 }  // namespace
 
 extern "C" int JanusflowGemvTSupported() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+  return janusflow_bf16::HasAvx512FBw();
 }
 
 // Which bf16 path this CPU takes (tests and benchmarks report it).
